@@ -1,0 +1,1 @@
+"""miles_sdk: typed RL post-training on Miles semantics."""

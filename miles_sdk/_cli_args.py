@@ -1,0 +1,111 @@
+"""Miles-style command-line flags -> Config.
+
+The parser is generated from Config's fields, so every field has its ``--dashed-name`` flag and a
+new field can never be forgotten on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import types
+import typing
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from miles_sdk.config import Config
+
+
+class _ErrorRaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        from miles_sdk.config import ConfigError
+
+        raise ConfigError(message)
+
+
+def _strip_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected JSON, got {text!r} ({exc})") from exc
+
+
+def _add_field(parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp: Any) -> None:
+    name = field.name
+    flag = field.metadata.get("flag", "--" + name.replace("_", "-"))
+    help_text = (field.__doc__ or "").strip() or None
+    base = _strip_optional(tp)
+    origin = typing.get_origin(base)
+    if base is bool:
+        if flag.startswith("--disable-"):
+            parser.add_argument(flag, dest=name, action="store_false", default=field.default)
+        else:
+            parser.add_argument(flag, dest=name, action="store_true", default=field.default)
+            # a Miles store_false default=True field also gets an explicit --no- form
+            parser.add_argument("--no-" + flag[2:], dest=name, action="store_false")
+        return
+    default: Any = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class at run time
+        default = default.factory()
+    if origin is list:
+        (item,) = typing.get_args(base)
+        parser.add_argument(flag, dest=name, nargs="+", type=item, default=default, help=help_text)
+    elif origin is dict:
+        parser.add_argument(flag, dest=name, type=_json_value, default=default, help=help_text)
+    elif origin is typing.Literal:
+        choices = list(typing.get_args(base))
+        parser.add_argument(flag, dest=name, choices=choices, default=default, help=help_text)
+    else:
+        parser.add_argument(flag, dest=name, type=base, default=default, help=help_text)
+
+
+def build_parser(cls: type[Config]) -> argparse.ArgumentParser:
+    parser = _ErrorRaisingParser(prog="miles-sdk train", allow_abbrev=False)
+    hints = cls.field_types()
+    for field in attrs.fields(cls):
+        if field.name == "extra":
+            continue
+        _add_field(parser, field, hints[field.name])
+    return parser
+
+
+def _unknown_to_extra(unknown: list[str]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    key: str | None = None
+    for token in unknown:
+        if token.startswith("--"):
+            key = token[2:].replace("-", "_")
+            extra[key] = True
+        elif key is not None:
+            prev = extra[key]
+            extra[key] = token if prev is True else (prev if isinstance(prev, list) else [prev]) + [token]
+    return extra
+
+
+def parse_config_args(cls: type[Config], argv: Sequence[str] | None, *, allow_unknown: bool) -> Config:
+    from miles_sdk.config import ConfigError
+
+    parser = build_parser(cls)
+    namespace, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
+    if unknown and not allow_unknown:
+        flags = [u for u in unknown if u.startswith("-")] or unknown
+        known_flags = [s for a in parser._actions for s in a.option_strings]
+        hint = difflib.get_close_matches(flags[0], known_flags, n=1)
+        raise ConfigError(
+            f"unknown flag {flags[0]!r}" + (f" (did you mean {hint[0]}?)" if hint else "")
+            + "; pass allow_unknown=True to keep unrecognised flags in Config.extra"
+        )
+    values = vars(namespace)
+    return cls(**values, extra=_unknown_to_extra(unknown))
