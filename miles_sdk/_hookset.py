@@ -1,0 +1,130 @@
+"""Resolve every hook once: the object passed to ``Trainer(...)``, else the Config's ``--*-path``,
+else None (the Miles default). Every hook that enters is checked against its Protocol."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from miles_sdk.config import HOOK_PATH_FIELDS, Config
+from miles_sdk.hooks import (
+    BackendInitFn,
+    BatchedRewardFn,
+    BeforeLogProbHookFn,
+    BeforeTrainStepHookFn,
+    BufferFilterFn,
+    ConvertSamplesToTrainDataFn,
+    DataSource,
+    DataSourceFactory,
+    DynamicSamplingFilterFn,
+    EvalRolloutLogFn,
+    GenerateFn,
+    LossFn,
+    ModelProviderFn,
+    PGLossReducer,
+    PostSaveHookFn,
+    RewardFn,
+    RewardPostProcessFn,
+    RolloutAllSamplesProcessFn,
+    RolloutDataPostprocessFn,
+    RolloutFn,
+    RolloutLogFn,
+    RolloutSampleFilterFn,
+    RouterMiddleware,
+    TISFn,
+)
+from miles_sdk.loading import check_hook_signature, load_hook
+
+__all__ = ["HookSet", "resolve_hooks"]
+
+
+@attrs.define
+class HookSet:
+    """The resolved hooks of a run; None means "use the built-in default"."""
+
+    rollout_fn: RolloutFn | None = None
+    generate_fn: GenerateFn | None = None
+    data_source: DataSource | DataSourceFactory | None = None
+    eval_fn: RolloutFn | None = None
+    reward_fn: RewardFn | None = None
+    batched_reward_fn: BatchedRewardFn | None = None
+    reward_post_process: RewardPostProcessFn | None = None
+    dynamic_sampling_filter: DynamicSamplingFilterFn | None = None
+    buffer_filter: BufferFilterFn | None = None
+    rollout_sample_filter: RolloutSampleFilterFn | None = None
+    rollout_all_samples_process: RolloutAllSamplesProcessFn | None = None
+    rollout_data_postprocess: RolloutDataPostprocessFn | None = None
+    loss_fn: LossFn | None = None
+    tis_fn: TISFn | None = None
+    pg_loss_reducer: PGLossReducer | None = None
+    convert_samples_to_train_data: ConvertSamplesToTrainDataFn | None = None
+    backend_init: BackendInitFn | None = None
+    before_log_prob_hook: BeforeLogProbHookFn | None = None
+    before_train_step_hook: BeforeTrainStepHookFn | None = None
+    post_save_hook: PostSaveHookFn | None = None
+    rollout_log_fn: RolloutLogFn | None = None
+    eval_rollout_log_fn: EvalRolloutLogFn | None = None
+    router_middlewares: list[RouterMiddleware] = attrs.field(factory=list)
+    model_provider: ModelProviderFn | None = None
+
+
+# HookSet attribute -> Config path field. The reward hook maps to one of two attributes by group_rm.
+_ATTR_TO_PATH = {
+    "rollout_fn": "rollout_function_path",
+    "generate_fn": "custom_generate_function_path",
+    "data_source": "data_source_path",
+    "eval_fn": "eval_function_path",
+    "reward_post_process": "custom_reward_post_process_path",
+    "dynamic_sampling_filter": "dynamic_sampling_filter_path",
+    "buffer_filter": "buffer_filter_path",
+    "rollout_sample_filter": "rollout_sample_filter_path",
+    "rollout_all_samples_process": "rollout_all_samples_process_path",
+    "rollout_data_postprocess": "rollout_data_postprocess_path",
+    "loss_fn": "custom_loss_function_path",
+    "tis_fn": "custom_tis_function_path",
+    "pg_loss_reducer": "custom_pg_loss_reducer_function_path",
+    "convert_samples_to_train_data": "custom_convert_samples_to_train_data_path",
+    "backend_init": "custom_megatron_init_path",
+    "before_log_prob_hook": "custom_megatron_before_log_prob_hook_path",
+    "before_train_step_hook": "custom_megatron_before_train_step_hook_path",
+    "post_save_hook": "custom_megatron_post_save_hook_path",
+    "rollout_log_fn": "custom_rollout_log_function_path",
+    "eval_rollout_log_fn": "custom_eval_rollout_log_function_path",
+    "model_provider": "custom_model_provider_path",
+}
+
+
+def _flag(path_field: str) -> str:
+    return "--" + path_field.replace("_", "-")
+
+
+def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
+    """``given`` holds the Trainer's keyword arguments (None = not given)."""
+    resolved: dict[str, Any] = {}
+    for attr, path_field in _ATTR_TO_PATH.items():
+        protocol = HOOK_PATH_FIELDS[path_field]
+        obj = given.get(attr)
+        if obj is not None:
+            if not (attr == "data_source" and isinstance(obj, DataSource)):
+                check_hook_signature(obj, protocol, name=attr)
+            resolved[attr] = obj
+        elif getattr(args, path_field) is not None:
+            resolved[attr] = load_hook(getattr(args, path_field), protocol, flag=_flag(path_field))
+
+    reward = given.get("reward_model")
+    reward_protocol = "BatchedRewardFn" if args.group_rm else "RewardFn"
+    if reward is not None:
+        check_hook_signature(reward, reward_protocol, name="reward_model")
+    elif args.custom_rm_path is not None:
+        reward = load_hook(args.custom_rm_path, reward_protocol, flag="--custom-rm-path")
+    if reward is not None:
+        resolved["batched_reward_fn" if args.group_rm else "reward_fn"] = reward
+
+    middlewares = list(given.get("router_middlewares") or [])
+    for i, mw in enumerate(middlewares):
+        check_hook_signature(mw, "RouterMiddleware", name=f"router_middlewares[{i}]")
+    for path in args.miles_router_middleware_paths or []:
+        middlewares.append(load_hook(path, "RouterMiddleware", flag="--miles-router-middleware-paths"))
+    resolved["router_middlewares"] = middlewares
+    return HookSet(**resolved)

@@ -1,0 +1,85 @@
+"""The policy: a transformers causal LM and its tokenizer, from ``hf_checkpoint`` or given objects."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from miles_sdk.config import Config
+from miles_sdk.hooks import ModelProviderFn
+
+__all__ = ["Policy", "build_policy", "resolve_device"]
+
+
+def resolve_device(args: Config) -> torch.device:
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def _dtype(args: Config, device: torch.device) -> torch.dtype:
+    # Parameters stay float32 (the optimizer's master copy); CUDA compute runs under bf16 autocast.
+    if args.dtype == "auto":
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+
+
+@attrs.define
+class Policy:
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+
+    def load_reference(self, args: Config) -> nn.Module:
+        """The frozen reference model: ``ref_load`` when set, else a copy of the initial policy."""
+        if args.ref_load is not None:
+            from transformers import AutoModelForCausalLM
+
+            ref: nn.Module = AutoModelForCausalLM.from_pretrained(args.ref_load, dtype=_dtype(args, self.device))
+            ref.to(self.device)
+        else:
+            ref = copy.deepcopy(self.model)
+        ref.eval()
+        ref.requires_grad_(False)
+        return ref
+
+    def save_hf(self, directory: str) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save = getattr(self.model, "save_pretrained", None)
+        if save is None:
+            raise TypeError(f"save_hf: {type(self.model).__name__} has no save_pretrained")
+        save(directory)
+        if hasattr(self.tokenizer, "save_pretrained"):
+            self.tokenizer.save_pretrained(directory)
+
+
+def build_policy(
+    args: Config, *, model: nn.Module | None, tokenizer: Any, model_provider: ModelProviderFn | None
+) -> Policy:
+    device = resolve_device(args)
+    if model is None and model_provider is not None:
+        model = model_provider(True, True, None)
+    if model is None:
+        if args.hf_checkpoint is None:
+            raise ValueError("no policy: set hf_checkpoint in the Config, or pass model= and tokenizer=")
+        from transformers import AutoModelForCausalLM
+
+        path = Path(args.hf_checkpoint)
+        if not path.is_dir():
+            raise FileNotFoundError(f"hf_checkpoint {args.hf_checkpoint!r} is not a local directory")
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_dtype(args, device))
+    if tokenizer is None:
+        source = args.hf_checkpoint
+        if source is None:
+            raise ValueError("a model was given without tokenizer=; pass the tokenizer too")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    model.to(device)
+    model.train()
+    return Policy(model=model, tokenizer=tokenizer, device=device)

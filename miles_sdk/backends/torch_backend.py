@@ -1,0 +1,301 @@
+"""Torch training backend over a transformers causal LM: log-probs, AdamW steps, checkpoint state.
+
+Log-probs are computed from the final hidden states in chunks over tokens
+(:func:`miles_sdk.algo.log_probs_and_entropy`), so the full ``[tokens x vocab]`` float32 logits
+are never materialised, except for a custom ``LossFn``, whose Miles signature takes logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from miles_sdk.algo import compute_loss, log_probs_and_entropy
+from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.config import Config
+from miles_sdk.hooks import (
+    BeforeLogProbHookFn,
+    BeforeTrainStepHookFn,
+    LossFn,
+    PGLossReducer,
+    TISFn,
+)
+from miles_sdk.types import Metrics, TrainData
+
+__all__ = ["TorchBackend"]
+
+# Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
+_PER_SAMPLE_TENSOR_KEYS = ("log_probs", "ref_log_probs", "rollout_log_probs", "advantages", "returns", "values")
+
+
+class TorchBackend:
+    """Single-process torch backend. ``model`` is trained in place (the engine may share it)."""
+
+    def __init__(
+        self,
+        args: Config,
+        model: nn.Module,
+        *,
+        ref_model: nn.Module | None = None,
+        loss_fn: LossFn | None = None,
+        tis_fn: TISFn | None = None,
+        pg_loss_reducer: PGLossReducer | None = None,
+        before_log_prob_hook: BeforeLogProbHookFn | None = None,
+        before_train_step_hook: BeforeTrainStepHookFn | None = None,
+    ) -> None:
+        self.args = args
+        self._model = model
+        self.device = next(model.parameters()).device
+        self.ref_model = ref_model
+        if ref_model is None and args.needs_reference_model:
+            self.ref_model = _frozen_copy(model)
+        self.loss_fn = loss_fn
+        self.tis_fn = tis_fn
+        self.pg_loss_reducer = pg_loss_reducer
+        self.before_log_prob_hook = before_log_prob_hook
+        self.before_train_step_hook = before_train_step_hook
+        if args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+            model.gradient_checkpointing_enable()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=args.lr,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_eps,
+            weight_decay=args.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
+        self.step_id = 0
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    # ---- forward passes ------------------------------------------------------------------------
+
+    def _temperature(self) -> float:
+        return self.args.rollout_temperature if self.args.rollout_temperature > 0 else 1.0
+
+    def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded forward; returns the last hidden states [B, T, H] and the padded ids [B, T]."""
+        max_len = max(len(t) for t in tokens)
+        input_ids = torch.zeros(len(tokens), max_len, dtype=torch.long, device=self.device)
+        attention_mask = torch.zeros(len(tokens), max_len, dtype=torch.long, device=self.device)
+        for i, seq in enumerate(tokens):
+            input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[i, : len(seq)] = 1
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state, input_ids
+
+    def _response_log_probs(
+        self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        hidden, input_ids = self._forward_hidden(model, tokens)
+        # Position t predicts token t+1, so the response tokens [L-R, L) are scored at [L-R-1, L-1).
+        rows = [
+            hidden[i, len(seq) - r - 1 : len(seq) - 1] for i, (seq, r) in enumerate(zip(tokens, response_lengths))
+        ]
+        targets = [
+            input_ids[i, len(seq) - r : len(seq)] for i, (seq, r) in enumerate(zip(tokens, response_lengths))
+        ]
+        weight = _lm_head(model).weight
+        logp, entropy = log_probs_and_entropy(
+            torch.cat(rows), weight, torch.cat(targets),
+            temperature=self._temperature(), chunk_size=self.args.log_probs_chunk_size, with_entropy=with_entropy,
+        )
+        logp_list = list(torch.split(logp, response_lengths))
+        ent_list = list(torch.split(entropy, response_lengths)) if entropy is not None else None
+        return logp_list, ent_list
+
+    @torch.no_grad()
+    def compute_log_probs(self, data: TrainData, *, which: LogProbModel) -> list[torch.Tensor]:
+        model = self._model if which == "actor" else self.ref_model
+        if model is None:
+            raise RuntimeError("reference log-probs requested but no reference model is loaded")
+        if self.before_log_prob_hook is not None:
+            self.before_log_prob_hook(self.args, model, "" if which == "actor" else "ref_")
+        was_training = model.training
+        model.eval()
+        out: list[torch.Tensor] = []
+        try:
+            for idx in _chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
+                logp, _ = self._response_log_probs(
+                    model, [data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx],
+                    with_entropy=False,
+                )
+                out.extend(t.float().cpu() for t in logp)
+        finally:
+            model.train(was_training)
+        return out
+
+    def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
+        return None
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def train(self, rollout_id: int, rollout_data: RolloutData) -> Metrics:
+        n = len(rollout_data["tokens"])
+        steps = self.args.num_steps_per_rollout
+        global_batch = n // steps if steps else min(self.args.effective_global_batch_size, n)
+        self._model.train()
+        totals: dict[str, float] = {}
+        count = 0
+        for step_start in range(0, n - global_batch + 1, global_batch):
+            step_idx = list(range(step_start, step_start + global_batch))
+            metrics = self._optimizer_step(rollout_id, rollout_data, step_idx)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+            count += 1
+        return {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
+
+    def _optimizer_step(self, rollout_id: int, data: RolloutData, step_idx: list[int]) -> Metrics:
+        if self.before_train_step_hook is not None:
+            self.before_train_step_hook(self.args, rollout_id, self.step_id, self._model, self.optimizer,
+                                        self.scheduler)
+        self.optimizer.zero_grad(set_to_none=True)
+        per_token = self.args.calculate_per_token_loss
+        step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
+        sums: dict[str, float] = {}
+        for mb in _chunks_of(step_idx, self.args.micro_batch_size):
+            batch = _micro_batch(data, mb, self.device)
+            mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
+            weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
+            loss, metrics = self._micro_batch_loss(batch)
+            (loss * weight).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * weight
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.args.clip_grad)
+        if not torch.isfinite(grad_norm):
+            # A non-finite gradient would poison the weights: skip the step and report it.
+            self.optimizer.zero_grad(set_to_none=True)
+            sums["skipped_nonfinite_grad"] = 1.0
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.step_id += 1
+        sums["grad_norm"] = float(grad_norm)
+        sums["lr"] = float(self.scheduler.get_last_lr()[0])
+        return sums
+
+    def _micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        args = self.args
+        if args.loss_type == "custom_loss":
+            if self.loss_fn is None:
+                raise RuntimeError("loss_type=custom_loss but no loss_fn / custom_loss_function_path was given")
+            from miles_sdk.algo import get_sum_of_sample_mean
+
+            logits = self._packed_logits(batch)
+            reducer = get_sum_of_sample_mean(batch["total_lengths"], batch["response_lengths"], batch["loss_masks"],
+                                             args.calculate_per_token_loss)
+            loss, metrics = self.loss_fn(args, batch, logits, reducer)
+            return loss, dict(metrics)
+        with_entropy = args.entropy_coef != 0.0 or args.loss_type == "policy_loss"
+        log_probs, entropy = self._response_log_probs(
+            self._model, batch["unconcat_tokens_list"], batch["response_lengths"], with_entropy=with_entropy
+        )
+        return compute_loss(args, batch, log_probs, entropy, None, tis_fn=self.tis_fn,
+                            pg_loss_reducer=self.pg_loss_reducer)
+
+    def _packed_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Miles's packed layout: [1, sum(total_lengths), V] float32 logits."""
+        tokens: list[list[int]] = batch["unconcat_tokens_list"]
+        hidden, _ = self._forward_hidden(self._model, tokens)
+        rows = torch.cat([hidden[i, : len(seq)] for i, seq in enumerate(tokens)])
+        logits = _lm_head(self._model)(rows).float() / self._temperature()
+        return logits.unsqueeze(0)
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"model": self._model.state_dict(), "step_id": self.step_id,
+                                 "scheduler": self.scheduler.state_dict()}
+        if not self.args.no_save_optim:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._model.load_state_dict(state["model"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_id = int(state["step_id"])
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    ref = copy.deepcopy(model)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _decoder(model: nn.Module) -> Callable[..., Any]:
+    """The transformer body without the LM head (hidden states only)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    if callable(get_decoder):
+        decoder = get_decoder()
+        if isinstance(decoder, nn.Module):
+            return decoder
+    raise TypeError(f"{type(model).__name__} has no get_decoder(); the torch backend needs a transformers causal LM")
+
+
+def _lm_head(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"{type(model).__name__}: expected an nn.Linear LM head, got {type(head).__name__}")
+    return head
+
+
+def _lr_lambda(args: Config) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if args.lr_warmup_iters > 0 and step < args.lr_warmup_iters:
+            return (step + 1) / args.lr_warmup_iters
+        if args.lr_decay_style == "constant" or not args.num_rollout:
+            return 1.0
+        total = max(args.num_rollout * (args.num_steps_per_rollout or 1), 1)
+        progress = min(step / total, 1.0)
+        floor = args.min_lr / args.lr if args.lr > 0 else 0.0
+        if args.lr_decay_style == "linear":
+            return floor + (1.0 - floor) * (1.0 - progress)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _chunks(n: int, size: int) -> Iterator[list[int]]:
+    for start in range(0, n, size):
+        yield list(range(start, min(start + size, n)))
+
+
+def _chunks_of(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _micro_batch(data: RolloutData, idx: list[int], device: torch.device) -> dict[str, Any]:
+    """Slice the rollout data to ``idx``; per-sample tensors move to ``device``."""
+    tokens = [data["tokens"][i] for i in idx]
+    response_lengths = [data["response_lengths"][i] for i in idx]
+    batch: dict[str, Any] = {
+        "unconcat_tokens_list": tokens,
+        "unconcat_tokens": [torch.tensor(t, device=device) for t in tokens],
+        "tokens": [torch.tensor(t, device=device) for t in tokens],
+        "response_lengths": response_lengths,
+        "total_lengths": [len(t) for t in tokens],
+        "loss_masks": [torch.as_tensor(data["loss_masks"][i], dtype=torch.float32, device=device) for i in idx],
+        "rewards": [data["rewards"][i] for i in idx],
+        "sample_indices": [data["sample_indices"][i] for i in idx],
+    }
+    for key in _PER_SAMPLE_TENSOR_KEYS:
+        values = data.get(key)
+        if values is None:
+            batch[key] = None
+            continue
+        batch[key] = [torch.as_tensor(values[i], dtype=torch.float32).to(device) for i in idx]
+    return batch

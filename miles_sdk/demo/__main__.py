@@ -1,0 +1,5 @@
+import sys
+
+from miles_sdk.demo.run import main
+
+sys.exit(main())

@@ -1,0 +1,316 @@
+"""`Trainer`: the generate -> score -> filter -> train -> sync loop, in-process.
+
+``Trainer.step()`` is the loop of design.md, one line per stage::
+
+    1-2  rollout        data_source + rollout_fn (generate, reward, dynamic filter, sample filters)
+    3-4  train data     reward_post_process + convert_samples_to_train_data
+    5    log-probs      old (and ref) log-probs; rollout_data_postprocess
+    6    advantages     grpo / gspo / reinforce++ (baseline) / ppo
+    7    train          optimizer steps (loss_fn or policy loss with tis_fn and pg_loss_reducer)
+    8    sync           weights -> inference engine
+    9    log            rollout_log_fn, metrics, eval every eval_interval, save every save_interval
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+
+from miles_sdk import algo
+from miles_sdk._hookset import HookSet, resolve_hooks
+from miles_sdk._loop import LoopThread
+from miles_sdk._policy import build_policy
+from miles_sdk.backends.base import RolloutData, TrainBackend
+from miles_sdk.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from miles_sdk.config import Config
+from miles_sdk.engines.base import InferenceEngine
+from miles_sdk.hooks import DataSource, RolloutOutput
+from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
+from miles_sdk.logging.progress import Progress
+from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample, TrainData
+
+__all__ = ["Trainer"]
+
+
+class Trainer:
+    """Runs RL post-training with Miles semantics. Every hook is optional; None keeps the Miles default.
+
+    Hooks may also come from the Config's ``--*-path`` settings; an object passed here wins.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        engine: InferenceEngine | None = None,
+        dataset: Any = None,
+        **hooks: Any,
+    ) -> None:
+        self.args = config
+        unknown = set(hooks) - set(attr for attr in HookSet.__annotations__) - {"reward_model"}
+        if unknown:
+            raise TypeError(f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
+                            f"known: reward_model, {', '.join(HookSet.__annotations__)}")
+        self.hooks = resolve_hooks(config, hooks)
+        torch.manual_seed(config.seed)
+        self.policy = build_policy(config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider)
+        self.tokenizer = self.policy.tokenizer
+        self._loop = LoopThread()
+        self.engine = engine if engine is not None else self._default_engine()
+        self.data_source = self._build_data_source(dataset)
+        self.backend: TrainBackend = self._build_backend()
+        if self.hooks.backend_init is not None:
+            self.hooks.backend_init(config)
+        self.eval_datasets = self._load_eval_datasets()
+        self.rollout_id = config.start_rollout_id or 0
+        self.writer = MetricsWriter(config)
+        self.history: list[Metrics] = []
+        if config.load is not None and latest_checkpoint(config.load) is not None:
+            self.load(config.load)
+
+    # ==== the loop ==============================================================================
+
+    def step(self) -> Metrics:
+        """One rollout step; returns its metrics."""
+        args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
+        with timer("rollout"):
+            groups, metrics = self._rollout(rollout_id)                          # 1-2
+        samples = algo.flatten_and_trim(args, groups)
+        metrics |= rollout_metrics(args, samples)
+        if not args.debug_rollout_only:
+            with timer("train_data"):
+                train_data = self._convert(samples)                              # 3-4
+            with timer("log_prob"):
+                rollout_data = self._log_probs(train_data)                       # 5
+            if self.hooks.rollout_data_postprocess is not None:
+                self.hooks.rollout_data_postprocess(args, rollout_data)
+            with timer("advantages"):
+                self._advantages(rollout_data)                                   # 6
+            with timer("train"):
+                metrics |= self.backend.train(rollout_id, rollout_data)          # 7
+            with timer("sync"):
+                self._sync_weights(rollout_id)                                   # 8
+        metrics |= timer.metrics()
+        self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
+        self.rollout_id += 1
+        if args.eval_interval and self.eval_datasets and self.rollout_id % args.eval_interval == 0:
+            metrics |= self.evaluate()
+        if args.save and args.save_interval and self.rollout_id % args.save_interval == 0:
+            self.save(args.save)
+        self.writer.write(rollout_id, metrics)
+        self.history.append(metrics)
+        return metrics
+
+    def fit(self, num_rollout: int | None = None) -> list[Metrics]:
+        """Run ``num_rollout`` steps (default: the Config's num_rollout / num_epoch)."""
+        total = num_rollout if num_rollout is not None else self._num_rollout()
+        if self.args.eval_interval and self.eval_datasets and not self.args.skip_eval_before_train \
+                and self.rollout_id == 0:
+            self.writer.write(0, self.evaluate())
+        with Progress(self.args, total=total, initial=self.rollout_id) as progress:
+            while self.rollout_id < total:
+                progress.update(self.step())
+        if self.args.save and self.rollout_id > 0:
+            self.save(self.args.save)
+        return self.history
+
+    def evaluate(self) -> Metrics:
+        """Run the eval function over the eval datasets; returns ``eval/<name>`` metrics."""
+        eval_fn = self.hooks.eval_fn or self.hooks.rollout_fn or _default_rollout_fn()
+        output = self._run_rollout_fn(eval_fn, self.rollout_id, evaluation=True)
+        if not isinstance(output, RolloutFnEvalOutput):
+            raise TypeError(f"eval function returned {type(output).__name__}, expected RolloutFnEvalOutput")
+        data = dict(output.data)
+        metrics = eval_metrics(self.args, data) | output.metrics
+        log_fn = self.hooks.eval_rollout_log_fn
+        if log_fn is None or not log_fn(self.rollout_id, self.args, data, output.metrics):
+            self.writer.write(self.rollout_id, metrics)
+        return metrics
+
+    # ==== stages ================================================================================
+
+    def _rollout(self, rollout_id: int) -> tuple[list[list[Sample]], Metrics]:
+        from miles_sdk.rollout import load_rollout_data, save_rollout_data
+
+        if self.args.load_debug_rollout_data is not None:
+            return load_rollout_data(self.args.load_debug_rollout_data, rollout_id), {}
+        rollout_fn = self.hooks.rollout_fn or _default_rollout_fn()
+        output = self._run_rollout_fn(rollout_fn, rollout_id, evaluation=False)
+        if not isinstance(output, RolloutFnTrainOutput):
+            raise TypeError(f"rollout function returned {type(output).__name__}, expected RolloutFnTrainOutput")
+        if self.args.save_debug_rollout_data is not None:
+            save_rollout_data(self.args.save_debug_rollout_data, rollout_id, output.samples)
+        return output.samples, dict(output.metrics)
+
+    def _run_rollout_fn(self, fn: Any, rollout_id: int, *, evaluation: bool) -> RolloutOutput:
+        from miles_sdk.rollout import use_rollout_context
+
+        async def run() -> RolloutOutput:
+            with use_rollout_context(self._rollout_context()):
+                result = fn(self.args, rollout_id, self.data_source, evaluation)
+                if inspect.isawaitable(result):
+                    result = await result
+                return cast(RolloutOutput, result)
+
+        return self._loop.run(run())
+
+    def _convert(self, samples: list[Sample]) -> TrainData:
+        if self.hooks.convert_samples_to_train_data is not None:
+            return self.hooks.convert_samples_to_train_data(self.args, samples)
+        post = self.hooks.reward_post_process or algo.grpo_reward_post_process
+        return algo.convert_samples_to_train_data(self.args, samples, reward_post_process=post)
+
+    def _log_probs(self, train_data: TrainData) -> RolloutData:
+        data: RolloutData = dict(train_data)
+        if self.args.use_rollout_logprobs:
+            if "rollout_log_probs" not in train_data:
+                raise ValueError("use_rollout_logprobs is set but the samples carry no rollout_log_probs")
+            data["log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]]
+        else:
+            data["log_probs"] = self.backend.compute_log_probs(train_data, which="actor")
+        ref_needed = self.args.needs_reference_model
+        data["ref_log_probs"] = self.backend.compute_log_probs(train_data, which="ref") if ref_needed else None
+        data["values"] = self.backend.compute_values(train_data)
+        return data
+
+    def _advantages(self, data: RolloutData) -> None:
+        masks = [torch.as_tensor(m, dtype=torch.float32) for m in data["loss_masks"]]
+        advantages, returns = algo.compute_advantages_and_returns(
+            self.args, rewards=list(data["rewards"]), log_probs=data["log_probs"],
+            ref_log_probs=data["ref_log_probs"], loss_masks=masks, values=data["values"],
+        )
+        if self.args.normalize_advantages:
+            advantages = algo.normalize_advantages(advantages, masks)
+        data["advantages"], data["returns"] = advantages, returns
+
+    def _sync_weights(self, rollout_id: int) -> None:
+        if (rollout_id + 1) % self.args.update_weights_interval == 0:
+            self.engine.update_weights()
+
+    def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> None:
+        log_fn = self.hooks.rollout_log_fn
+        if log_fn is not None and log_fn(rollout_id, self.args, samples, metrics, seconds):
+            metrics.clear()  # the hook replaced the default logging
+
+    # ==== checkpoints ===========================================================================
+
+    def save(self, path: str | Path) -> Path:
+        """Write an atomic checkpoint (model, optimizer, data source with buffer, RNG, rollout id)."""
+        state = {
+            "rollout_id": self.rollout_id,
+            "backend": self.backend.state_dict(),
+            "data_source": _data_source_state(self.data_source, self.rollout_id),
+            "rng": capture_rng_state(),
+            "engine_weight_version": self.engine.weight_version,
+        }
+        out = save_checkpoint(path, self.rollout_id, state)
+        if self.args.save_hf is not None:
+            hf_dir = self.args.save_hf.format(rollout_id=self.rollout_id)
+            self.policy.save_hf(hf_dir)
+        else:
+            hf_dir = None
+        if self.hooks.post_save_hook is not None:
+            self.hooks.post_save_hook(self.args, self.rollout_id, str(out), hf_dir)
+        return out
+
+    def load(self, path: str | Path, rollout_id: int | None = None) -> None:
+        """Restore a checkpoint written by :meth:`save` (the latest when ``rollout_id`` is None)."""
+        state = load_checkpoint(path, rollout_id)
+        self.backend.load_state_dict(state["backend"])
+        _load_data_source_state(self.data_source, state["data_source"], state["rollout_id"])
+        restore_rng_state(state["rng"])
+        self.rollout_id = int(state["rollout_id"])
+        self.engine.update_weights()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._loop.close()
+
+    # ==== construction helpers ==================================================================
+
+    def _default_engine(self) -> InferenceEngine:
+        from miles_sdk.engines.embedded import EmbeddedEngine
+
+        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=self.args.max_engine_batch_size)
+
+    def _build_data_source(self, dataset: Any) -> DataSource:
+        given = self.hooks.data_source
+        if isinstance(given, DataSource):
+            return given
+        if given is not None:
+            return given(self.args)
+        from miles_sdk.data import RolloutDataSourceWithBuffer
+
+        if dataset is None and self.args.prompt_data is None and not self.args.debug_train_only:
+            raise ValueError("no prompts: set prompt_data in the Config, or pass dataset= or data_source=")
+        return RolloutDataSourceWithBuffer(self.args, tokenizer=self.tokenizer, dataset=dataset,
+                                           buffer_filter=self.hooks.buffer_filter)
+
+    def _build_backend(self) -> TrainBackend:
+        from miles_sdk.backends.torch_backend import TorchBackend
+
+        ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
+        return TorchBackend(
+            self.args, self.policy.model, ref_model=ref_model, loss_fn=self.hooks.loss_fn, tis_fn=self.hooks.tis_fn,
+            pg_loss_reducer=self.hooks.pg_loss_reducer, before_log_prob_hook=self.hooks.before_log_prob_hook,
+            before_train_step_hook=self.hooks.before_train_step_hook,
+        )
+
+    def _load_eval_datasets(self) -> dict[str, Any]:
+        if not self.args.eval_prompt_data:
+            return {}
+        from miles_sdk.data import load_eval_datasets
+
+        return dict(load_eval_datasets(self.args, self.tokenizer))
+
+    def _rollout_context(self) -> Any:
+        from miles_sdk.loading import load_hook
+        from miles_sdk.rollout import RolloutContext
+
+        return RolloutContext(
+            engine=self.engine, tokenizer=self.tokenizer, generate_fn=self.hooks.generate_fn,
+            reward_fn=self.hooks.reward_fn, batched_reward_fn=self.hooks.batched_reward_fn,
+            dynamic_sampling_filter=self.hooks.dynamic_sampling_filter,
+            rollout_sample_filter=self.hooks.rollout_sample_filter,
+            rollout_all_samples_process=self.hooks.rollout_all_samples_process,
+            eval_datasets=self.eval_datasets,
+            load_generate_fn=functools.partial(load_hook, protocol="GenerateFn", flag="sample.generate_function_path"),
+        )
+
+    def _num_rollout(self) -> int:
+        if self.args.num_rollout is not None:
+            return self.args.num_rollout
+        if self.args.num_epoch is not None:
+            from miles_sdk.data import num_rollout_for_epochs
+
+            return num_rollout_for_epochs(self.args, getattr(self.data_source, "dataset_size", 0))
+        raise ValueError("set num_rollout or num_epoch in the Config, or call fit(num_rollout=...)")
+
+
+def _default_rollout_fn() -> Any:
+    from miles_sdk.rollout import generate_rollout
+
+    return generate_rollout
+
+
+def _data_source_state(source: DataSource, rollout_id: int) -> Any:
+    state_dict = getattr(source, "state_dict", None)
+    if callable(state_dict):
+        return state_dict()
+    source.save(rollout_id)  # a user data source without state_dict persists itself
+    return None
+
+
+def _load_data_source_state(source: DataSource, state: Any, rollout_id: int) -> None:
+    load_state_dict = getattr(source, "load_state_dict", None)
+    if state is not None and callable(load_state_dict):
+        load_state_dict(state)
+    else:
+        source.load(rollout_id)
+
