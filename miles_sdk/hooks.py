@@ -11,7 +11,7 @@ arity): see :mod:`miles_sdk.loading`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import torch
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendInitFn",
+    "BatchedRewardFn",
     "BatchedRewardModel",
     "BeforeLogProbHookFn",
     "BeforeTrainStepHookFn",
@@ -156,7 +157,7 @@ class BatchedRewardFn(Protocol):
     """``--custom-rm-path`` with ``--group-rm``: score a whole group (or a generate function's
     list) in one call. Returns one reward per sample, in order."""
 
-    def __call__(self, args: Config, samples: list[Sample], /) -> Awaitable[list[RewardValue]]: ...
+    def __call__(self, args: Config, samples: list[Sample], /) -> Awaitable[Sequence[RewardValue]]: ...
 
 
 RewardModel: TypeAlias = RewardFn
@@ -188,7 +189,7 @@ class DynamicSamplingFilterFn(Protocol):
     ``rollout_batch_size`` groups are kept. A bare bool is accepted as the result.
     """
 
-    def __call__(self, args: Config, samples: list[Sample], /, **kwargs: Any) -> DynamicFilterOutput | bool: ...
+    def __call__(self, args: Config, samples: list[Sample], /) -> DynamicFilterOutput | bool: ...
 
 
 class BufferFilterFn(Protocol):

@@ -97,8 +97,9 @@ def _accepts(sig: inspect.Signature, positional: int, keywords: tuple[str, ...])
     required_positional = [p for p in positional_params if p.default is p.empty]
     if len(positional_params) < positional and not has_varargs:
         return f"takes {len(positional_params)} positional parameter(s), the loop passes {positional}"
-    if len(required_positional) > positional:
-        extra = [p.name for p in required_positional[positional:]]
+    unfilled = [p for p in required_positional[positional:] if p.name not in keywords]
+    if unfilled:
+        extra = [p.name for p in unfilled]
         return f"requires {len(required_positional)} positional parameter(s) ({', '.join(extra)} have no default), " \
                f"the loop passes {positional}"
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}

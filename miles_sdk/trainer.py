@@ -237,6 +237,10 @@ class Trainer:
     def _default_engine(self) -> InferenceEngine:
         from miles_sdk.engines.embedded import EmbeddedEngine
 
+        from transformers import PreTrainedModel
+
+        if not isinstance(self.policy.model, PreTrainedModel):
+            raise TypeError("the embedded engine needs a transformers PreTrainedModel; pass engine= for other models")
         return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=self.args.max_engine_batch_size)
 
     def _build_data_source(self, dataset: Any) -> DataSource:

@@ -59,8 +59,9 @@ class TorchBackend:
         self.pg_loss_reducer = pg_loss_reducer
         self.before_log_prob_hook = before_log_prob_hook
         self.before_train_step_hook = before_train_step_hook
-        if args.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
-            model.gradient_checkpointing_enable()
+        enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
+        if args.gradient_checkpointing and callable(enable_checkpointing):
+            enable_checkpointing()
         self.optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad],
             lr=args.lr,
@@ -168,7 +169,7 @@ class TorchBackend:
             mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
             weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
             loss, metrics = self._micro_batch_loss(batch)
-            (loss * weight).backward()
+            torch.autograd.backward(loss * weight)
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * weight
         grad_norm = torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.args.clip_grad)
@@ -208,7 +209,7 @@ class TorchBackend:
         tokens: list[list[int]] = batch["unconcat_tokens_list"]
         hidden, _ = self._forward_hidden(self._model, tokens)
         rows = torch.cat([hidden[i, : len(seq)] for i, seq in enumerate(tokens)])
-        logits = _lm_head(self._model)(rows).float() / self._temperature()
+        logits: torch.Tensor = _lm_head(self._model)(rows).float() / self._temperature()
         return logits.unsqueeze(0)
 
     # ---- state ---------------------------------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Config parsing (Miles flags) and validation."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from miles_sdk import Config, ConfigError
+
+
+def test_defaults_match_miles() -> None:
+    c = Config()
+    assert (c.rollout_temperature, c.rollout_top_p, c.rollout_top_k, c.rollout_seed) == (1.0, 1.0, -1, 42)
+    assert (c.eps_clip, c.effective_eps_clip_high, c.lr, c.clip_grad) == (0.2, 0.2, 1e-6, 1.0)
+    assert (c.tis_clip, c.tis_clip_low, c.kl_loss_type, c.advantage_estimator) == (2.0, 0.0, "k1", "grpo")
+    assert c.rewards_normalization and c.grpo_std_normalization
+
+
+def test_from_args_parses_miles_flags() -> None:
+    c = Config.from_args([
+        "--rollout-batch-size", "4", "--n-samples-per-prompt", "8", "--over-sampling-batch-size", "6",
+        "--rollout-stop", "</answer>", "###", "--rollout-stop-token-ids", "1", "2",
+        "--disable-rewards-normalization", "--disable-grpo-std-normalization", "--use-kl-loss",
+        "--kl-loss-type", "low_var_kl", "--apply-chat-template-kwargs", '{"enable_thinking": false}',
+        "--eps-clip-high", "0.28", "--advantage-estimator", "gspo", "--eval-prompt-data", "aime", "a.jsonl",
+    ])
+    assert c.rollout_batch_size == 4 and c.n_samples_per_prompt == 8 and c.over_sampling_batch_size == 6
+    assert c.rollout_stop == ["</answer>", "###"] and c.rollout_stop_token_ids == [1, 2]
+    assert not c.rewards_normalization and not c.grpo_std_normalization
+    assert c.use_kl_loss and c.kl_loss_type == "low_var_kl" and c.advantage_estimator == "gspo"
+    assert c.apply_chat_template_kwargs == {"enable_thinking": False}
+    assert c.effective_eps_clip_high == 0.28
+    assert c.eval_prompt_data == ["aime", "a.jsonl"]
+
+
+def test_unknown_flag_names_it_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError, match=r"--rollout-bach-size.*did you mean --rollout-batch-size"):
+        Config.from_args(["--rollout-bach-size", "3"])
+
+
+def test_unknown_flags_kept_for_hooks_when_allowed() -> None:
+    c = Config.from_args(["--tensor-model-parallel-size", "2", "--sequence-parallel"], allow_unknown=True)
+    assert c.tensor_model_parallel_size == "2"
+    assert c.sequence_parallel is True
+    with pytest.raises(AttributeError, match="no setting 'nope'"):
+        _ = c.nope
+
+
+def test_bad_choice_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="advantage-estimator"):
+        Config.from_args(["--advantage-estimator", "dpo"])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rollout_batch_size": 4, "over_sampling_batch_size": 2}, "over_sampling_batch_size"),
+        ({"loss_type": "custom_loss"}, "custom_loss_function_path"),
+        ({"rollout_batch_size": 3, "n_samples_per_prompt": 2, "num_steps_per_rollout": 4}, "not divisible"),
+        ({"global_batch_size": 6, "micro_batch_size": 4}, "micro_batch_size"),
+        ({"rollout_batch_size": 2, "n_samples_per_prompt": 2, "global_batch_size": 8}, "larger than one rollout"),
+        ({"advantage_estimator": "ppo", "kl_coef": 0.1}, "kl_coef"),
+        ({"rm_type": "remote_rm"}, "rm_url"),
+        ({"debug_train_only": True}, "load_debug_rollout_data"),
+        ({"eval_prompt_data": ["only_name"]}, "pairs"),
+        ({"eps_clip_c": 0.5}, "eps_clip_c"),
+    ],
+)
+def test_contradictions_are_rejected(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_is_frozen_and_keyword_only() -> None:
+    c = Config()
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        c.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Config(1)  # type: ignore[misc]
+    assert c.replace(lr=0.5).lr == 0.5
