@@ -24,6 +24,7 @@ __all__ = [
     "RolloutFnEvalOutput",
     "RolloutFnTrainOutput",
     "Sample",
+    "SampleStatus",
     "SampleValidationError",
     "TrainData",
 ]
@@ -54,6 +55,10 @@ class _Status(str, enum.Enum):
     TRUNCATED = "truncated"
     ABORTED = "aborted"
     FAILED = "failed"
+
+
+SampleStatus: TypeAlias = _Status
+"""``Sample.Status`` usable in annotations (mypy rejects a class attribute alias as a type)."""
 
 
 @dataclass

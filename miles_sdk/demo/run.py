@@ -31,6 +31,7 @@ __all__ = ["demo_config", "main", "run_demo"]
 def demo_config(output_dir: str, num_rollout: int, seed: int) -> Config:
     return Config(
         num_rollout=num_rollout,
+        label_key="label",
         rollout_batch_size=16,
         n_samples_per_prompt=8,
         rollout_max_response_len=3,

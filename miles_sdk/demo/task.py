@@ -1,7 +1,7 @@
 """The demo task: single-digit addition with a verifiable reward.
 
 Prompts are ``"a+b="`` with ``a + b <= 9``; the answer is one digit. The reward is 1.0 when the
-response (up to EOS, stripped) equals the sum, else 0.0.
+response (up to the first special token, stripped) equals the sum, else 0.0.
 """
 
 from __future__ import annotations
@@ -23,5 +23,9 @@ def make_addition_dataset(seed: int = 0) -> list[dict[str, Any]]:
 
 
 async def addition_reward(args: Config, sample: Sample) -> float:
-    """1.0 for the exact sum, else 0.0."""
-    return 1.0 if sample.response.strip() == (sample.label or "").strip() else 0.0
+    """1.0 for the exact sum, else 0.0. The response text keeps the EOS marker (Miles's default
+    ``rollout_skip_special_tokens=False``), so the answer is what precedes the first special token."""
+    if sample.label is None:
+        raise ValueError(f"sample index={sample.index} has no label; set label_key")
+    answer = sample.response.split("<|", 1)[0].strip()
+    return 1.0 if answer == sample.label.strip() else 0.0

@@ -43,4 +43,4 @@ def format_warmup(model: nn.Module, tokenizer: Any, prompts: list[str], *, steps
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return float(loss)
+    return float(loss.detach())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_parquet_matches_jsonl(tmp_path: Path) -> None:
 
 
 def test_in_memory_rows_are_copied(tmp_path: Path) -> None:
-    rows = [{"input": [{"role": "user", "content": "hi"}], "metadata": {"k": [1]}}]
+    rows: list[dict[str, Any]] = [{"input": [{"role": "user", "content": "hi"}], "metadata": {"k": [1]}}]
     ds = PromptDataset(rows)
     ds[0].metadata["k"].append(2)
     assert isinstance(ds[0].prompt, list)
@@ -110,7 +111,7 @@ def test_metadata_as_json_string_and_missing_metadata() -> None:
 
 
 def test_chat_template_renders_messages_and_strings(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"input": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]},
         {"input": "3+3?"},
     ]
@@ -130,16 +131,20 @@ def test_chat_template_passes_tools_and_kwargs(tiny_tokenizer: PreTrainedTokeniz
     assert "<tools>" in ds[0].prompt and '"name": "calc"' in ds[0].prompt
     assert ds[0].prompt.endswith("<|im_start|>user\nuse calc<|im_end|>\n<|im_start|>assistant\n")
 
-    tok = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer)
+    tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = "{{ greeting }}|{% for m in messages %}{{ m.content }}{% endfor %}"
     ds2 = PromptDataset(
-        [{"input": "x"}], tokenizer=tok, apply_chat_template=True, apply_chat_template_kwargs={"greeting": "hey"}
+        [{"input": "x"}],
+        tokenizer=tok,
+        apply_chat_template=True,
+        apply_chat_template_kwargs={"greeting": "hey"},
     )
     assert ds2[0].prompt == "hey|x"
 
 
 def test_chat_template_needs_a_template(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
-    tok = PreTrainedTokenizerFast(tokenizer_object=tiny_tokenizer.backend_tokenizer)
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
     with pytest.raises(DatasetError, match="no chat_template"):
         PromptDataset([{"input": "x"}], tokenizer=tok, apply_chat_template=True)
     with pytest.raises(DatasetError, match="needs a tokenizer"):
@@ -172,9 +177,14 @@ def test_length_filter_counts_the_rendered_chat_prompt(tiny_tokenizer: PreTraine
     assert prompts(ds) == [rendered] and ds.prompt_lengths == [n] and ds.num_dropped_long == 1
 
 
-def test_length_filter_counts_unrendered_messages_through_the_template(tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+def test_length_filter_counts_unrendered_messages_through_the_template(
+    tiny_tokenizer: PreTrainedTokenizerFast,
+) -> None:
     n = len(tiny_tokenizer.encode(render_chat_prompt(tiny_tokenizer, "hi"), add_special_tokens=False))
-    rows = [{"input": [{"role": "user", "content": "hi"}]}, {"input": [{"role": "user", "content": "hi" * 9}]}]
+    rows = [
+        {"input": [{"role": "user", "content": "hi"}]},
+        {"input": [{"role": "user", "content": "hi" * 9}]},
+    ]
     ds = PromptDataset(rows, tokenizer=tiny_tokenizer, max_prompt_len=n)
     assert ds.num_dropped_long == 1
     assert ds[0].prompt == [{"role": "user", "content": "hi"}]  # kept as messages
@@ -197,7 +207,9 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path: Path) -> None:
 
 def test_missing_input_key_names_key_and_row(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"input": "a"}, {"prompt": "b"}])
-    with pytest.raises(DatasetError, match=rf"{path}:2: missing input key 'input' \(row keys: \['prompt'\]\)"):
+    with pytest.raises(
+        DatasetError, match=rf"{path}:2: missing input key 'input' \(row keys: \['prompt'\]\)"
+    ):
         PromptDataset(path)
 
 
@@ -243,3 +255,15 @@ def test_empty_and_missing_and_unsupported(tmp_path: Path) -> None:
         PromptDataset(str(tmp_path / "d.csv"))
     with pytest.raises(DatasetError, match="set prompt_data"):
         PromptDataset.from_config(Config())
+
+
+def test_uncountable_messages_are_kept_with_a_warning(
+    tiny_tokenizer: PreTrainedTokenizerFast, caplog: pytest.LogCaptureFixture
+) -> None:
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = None
+    rows: list[dict[str, Any]] = [{"input": [{"role": "user", "content": "x" * 50}]}, {"input": "y" * 50}]
+    with caplog.at_level(logging.WARNING, logger="miles_sdk.data.dataset"):
+        ds = PromptDataset(rows, tokenizer=tok, max_prompt_len=10)
+    assert len(ds) == 1 and ds.prompt_lengths == [-1] and ds.num_dropped_long == 1
+    assert "1 chat prompts not counted" in caplog.text

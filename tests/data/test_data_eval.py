@@ -42,11 +42,21 @@ def test_pairs_use_eval_and_rollout_settings(files: dict[str, str]) -> None:
     )
     (aime,) = resolve_eval_settings(args)
     assert (aime.name, aime.path, aime.label_key, aime.input_key) == ("aime", files["aime"], "label", "input")
-    assert (aime.n_samples_per_eval_prompt, aime.temperature, aime.top_p, aime.max_response_len) == (2, 0.5, 0.9, 32)
+    assert (aime.n_samples_per_eval_prompt, aime.temperature, aime.top_p, aime.max_response_len) == (
+        2,
+        0.5,
+        0.9,
+        32,
+    )
     params = aime.sampling_params(args)
     assert params == {
-        "temperature": 0.5, "top_p": 0.9, "top_k": -1, "max_new_tokens": 32, "skip_special_tokens": False,
-        "no_stop_trim": True, "stop": ["</s>"],
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": -1,
+        "max_new_tokens": 32,
+        "skip_special_tokens": False,
+        "no_stop_trim": True,
+        "stop": ["</s>"],
     }
 
 
@@ -87,8 +97,21 @@ def test_groups_repeat_and_inject_metadata(tmp_path: Path, files: dict[str, str]
 
 def test_json_config_entry_overrides_pair_path(tmp_path: Path, files: dict[str, str]) -> None:
     config = tmp_path / "eval.json"
-    config.write_text(json.dumps({"datasets": [{"name": "aime", "path": files["gpqa"], "input_key": "q",
-                                                "temperature": 0, "reward_key": "score"}]}))
+    config.write_text(
+        json.dumps(
+            {
+                "datasets": [
+                    {
+                        "name": "aime",
+                        "path": files["gpqa"],
+                        "input_key": "q",
+                        "temperature": 0,
+                        "reward_key": "score",
+                    }
+                ]
+            }
+        )
+    )
     args = Config(eval_prompt_data=["aime", files["aime"]], eval_config=str(config))
     (aime,) = resolve_eval_settings(args)
     assert aime.path == files["gpqa"] and aime.temperature == 0.0 and isinstance(aime.temperature, float)
@@ -105,7 +128,10 @@ def test_eval_chat_template(files: dict[str, str], tiny_tokenizer: PreTrainedTok
     ("text", "message"),
     [
         ("eval: [1, 2]\n", "'eval' must be a mapping"),
-        ("datasets:\n  x: {path: a.jsonl, temprature: 1}\n", r"dataset 'x' has unknown keys \['temprature'\]"),
+        (
+            "datasets:\n  x: {path: a.jsonl, temprature: 1}\n",
+            r"dataset 'x' has unknown keys \['temprature'\]",
+        ),
         ("datasets:\n  x: {path: a.jsonl, top_k: 0.5}\n", "dataset 'x' key 'top_k' must be int, got 0.5"),
         ("datasets:\n  x: {path: a.jsonl, n_samples_per_eval_prompt: true}\n", "must be int, got True"),
         ("datasets:\n  x: {path: a.jsonl, n_samples_per_eval_prompt: 0}\n", "must be >= 1"),

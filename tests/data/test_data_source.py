@@ -11,6 +11,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerFast
 
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.data import (
@@ -145,7 +146,9 @@ def test_pop_first_takes_and_removes() -> None:
 def test_custom_buffer_filter_is_used() -> None:
     calls: list[tuple[int | None, int]] = []
 
-    def newest_first(args: Config, rollout_id: int | None, buffer: list[list[Sample]], n: int) -> list[list[Sample]]:
+    def newest_first(
+        args: Config, rollout_id: int | None, buffer: list[list[Sample]], n: int
+    ) -> list[list[Sample]]:
         calls.append((rollout_id, n))
         taken = buffer[::-1][:n]
         for g in taken:
@@ -190,18 +193,23 @@ def test_add_samples_requires_groups_of_n() -> None:
 # -- state and resume --------------------------------------------------------------------------
 
 
-def served_ids(groups: list[list[Sample]]) -> list[tuple[int, int | None]]:
-    return [(g[0].metadata["id"], g[0].group_index) for g in groups]
+def served_ids(groups: list[list[Sample]]) -> list[tuple[int, int]]:
+    out = []
+    for g in groups:
+        assert g[0].group_index is not None
+        out.append((g[0].metadata["id"], g[0].group_index))
+    return out
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_resume_loses_and_repeats_nothing(tmp_path: Path, shuffle: bool) -> None:
     args = cfg(rollout_shuffle=shuffle, save=str(tmp_path), load=str(tmp_path))
+
     # Reference: an uninterrupted run serving 6 steps of 2 groups, with a partial-rollout style
     # return of one group to the buffer after step 2.
-    def run(resume_after: int | None) -> list[tuple[int, int | None]]:
+    def run(resume_after: int | None) -> list[tuple[int, int]]:
         src = RolloutDataSourceWithBuffer(args, dataset=ROWS)
-        log: list[tuple[int, int | None]] = []
+        log: list[tuple[int, int]] = []
         for step in range(6):
             groups = src.get_samples(2)
             if step == 2:
@@ -235,7 +243,11 @@ def test_state_dict_roundtrip_with_buffer() -> None:
     twin = RolloutDataSourceWithBuffer(args, dataset=ROWS)
     twin.load_state_dict(state)
     assert twin.buffer == src.buffer and twin.buffer[0] is not src.buffer[0]
-    assert (twin.epoch, twin.sample_offset, twin.sample_index) == (src.epoch, src.sample_offset, src.sample_index)
+    assert (twin.epoch, twin.sample_offset, twin.sample_index) == (
+        src.epoch,
+        src.sample_offset,
+        src.sample_index,
+    )
     assert served_ids(twin.get_samples(5)) == served_ids(src.get_samples(5))
 
 
@@ -246,7 +258,13 @@ def test_save_uses_miles_layout_and_reads_miles_files(tmp_path: Path) -> None:
     src.save(4)
     assert (tmp_path / "rollout" / "global_dataset_state_dict_4.pt").exists()
     # A state file as Miles writes it: no buffer, no dataset_size.
-    miles_state = {"sample_offset": 1, "epoch_id": 2, "sample_group_index": 11, "sample_index": 22, "metadata": {}}
+    miles_state = {
+        "sample_offset": 1,
+        "epoch_id": 2,
+        "sample_group_index": 11,
+        "sample_index": 22,
+        "metadata": {},
+    }
     torch.save(miles_state, state_path(str(tmp_path), 9))
     fresh = RolloutDataSourceWithBuffer(args, dataset=ROWS)
     fresh.load()  # picks 9, the latest
@@ -324,3 +342,16 @@ def test_every_epoch_is_a_permutation_and_resume_anywhere_is_seamless(
             resumed_src.load_state_dict(state)
         resumed += ids(resumed_src.get_samples(n))
     assert resumed == straight
+
+
+def test_factory_shape_loads_the_tokenizer_from_hf_checkpoint(
+    tmp_path: Path, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
+    tiny_tokenizer.save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    args = cfg(hf_checkpoint=str(tmp_path / "ckpt"), prompt_data=str(path), apply_chat_template=True)
+    factory: DataSourceFactory = RolloutDataSourceWithBuffer
+    src = factory(args)
+    (group,) = src.get_samples(1)
+    assert group[0].prompt == "<|im_start|>user\np0<|im_end|>\n<|im_start|>assistant\n"

@@ -1,0 +1,263 @@
+"""The per-micro-batch loss the training backend calls: policy, SFT or value loss, plus metrics.
+
+``compute_loss(args, batch, log_probs, entropy, values)`` takes the current policy's per-sample
+log-probs (with gradient) and entropy, and the micro-batch's stored tensors in ``batch``:
+``response_lengths``, ``total_lengths``, ``loss_masks``, ``advantages``, ``returns``,
+``log_probs`` (old), ``ref_log_probs``, ``rollout_log_probs``, ``values`` (old) -- lists of
+per-sample 1-D tensors. It returns ``(loss, metrics)``; metric names follow Miles (``loss``,
+``pg_loss``, ``pg_clipfrac``, ``ppo_kl``, ``entropy_loss``, ``kl_loss``, ``tis``...), each a
+detached 0-d tensor.
+
+``loss_type=custom_loss`` is not handled here: the backend calls the user's ``LossFn`` with the
+logits and :func:`~miles_sdk.algo.reducers.get_sum_of_sample_mean`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+
+from miles_sdk.algo.kl import compute_approx_kl
+from miles_sdk.algo.policy_loss import (
+    compute_policy_loss,
+    compute_sft_loss,
+    compute_value_loss,
+    gspo_sequence_kl,
+    policy_ratio_metrics,
+)
+from miles_sdk.algo.reducers import get_sum_of_sample_mean
+from miles_sdk.algo.tis import mis_function, vanilla_tis_function
+from miles_sdk.config import Config
+from miles_sdk.hooks import LossReducer, PGLossReducer, TISFn
+
+__all__ = ["compute_loss", "needs_tis", "old_log_probs_source"]
+
+
+def old_log_probs_source(args: Config) -> Literal["log_probs", "rollout_log_probs"]:
+    """Which batch key holds the old policy's log-probs: the engine's with ``use_rollout_logprobs``
+    (the backend then skips recomputing them), else the trainer's recomputed ones."""
+    return "rollout_log_probs" if args.use_rollout_logprobs else "log_probs"
+
+
+def needs_tis(args: Config) -> bool:
+    """Whether the mismatch correction (TIS/MIS hook) runs: ``use_tis``, ``use_rs`` or
+    ``get_mismatch_metrics``. The backend must then provide ``rollout_log_probs``."""
+    return bool(args.use_tis or args.use_rs or args.get_mismatch_metrics)
+
+
+def _tensors(batch: Mapping[str, Any], key: str, *, like: torch.Tensor | None = None) -> list[torch.Tensor]:
+    value = batch.get(key)
+    if value is None:
+        raise KeyError(f"compute_loss: batch has no {key!r}")
+    out: list[torch.Tensor] = []
+    for v in value:
+        t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+        if like is not None:
+            t = t.to(device=like.device)
+        out.append(t.detach())
+    return out
+
+
+def _masks(batch: Mapping[str, Any], response_lengths: Sequence[int], device: torch.device) -> list[torch.Tensor]:
+    masks = [m.to(device=device, dtype=torch.float32) for m in _tensors(batch, "loss_masks")]
+    for i, (m, n) in enumerate(zip(masks, response_lengths, strict=True)):
+        if m.numel() != n:
+            raise ValueError(f"compute_loss: loss_masks[{i}] has {m.numel()} entries, response_lengths says {n}")
+    return masks
+
+
+def _flat(parts: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if not parts:
+        return torch.zeros(0, dtype=dtype, device=device)
+    return torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+
+
+def _anchor(x: torch.Tensor) -> torch.Tensor:
+    """A zero that depends on ``x``: an all-masked micro-batch still gives every parameter a
+    (zero) gradient, keeping data-parallel ranks in step. An empty slice, unlike ``0 * x.sum()``,
+    stays 0 even if a masked position holds NaN or -inf."""
+    return x[:0].sum()
+
+
+def _active_only(x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    # Masked tokens may hold garbage (NaN from a padded position); they must not reach the loss.
+    return torch.where(active, torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), x.new_zeros(()))
+
+
+def _policy_loss(
+    args: Config,
+    batch: Mapping[str, Any],
+    log_probs: list[torch.Tensor],
+    entropy: list[torch.Tensor] | None,
+    tis_fn: TISFn | None,
+    pg_loss_reducer: PGLossReducer | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    response_lengths = list(batch["response_lengths"])
+    total_lengths = list(batch["total_lengths"])
+    device = log_probs[0].device if log_probs else torch.device("cpu")
+    dtype = log_probs[0].dtype if log_probs else torch.float32
+    masks = _masks(batch, response_lengths, device)
+    if len(log_probs) != len(masks):
+        raise ValueError(f"compute_loss: {len(log_probs)} log_probs for {len(masks)} samples")
+    for i, (lp, m) in enumerate(zip(log_probs, masks, strict=True)):
+        if lp.shape != m.shape:
+            raise ValueError(f"compute_loss: log_probs[{i}] {tuple(lp.shape)} but loss_mask {tuple(m.shape)}")
+    reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+
+    old_key = old_log_probs_source(args)
+    if batch.get(old_key) is None:
+        why = " (use_rollout_logprobs is set)" if args.use_rollout_logprobs else ""
+        raise KeyError(f"compute_loss: policy loss needs old log-probs in batch[{old_key!r}]{why}")
+    old = _tensors(batch, old_key, like=log_probs[0] if log_probs else None)
+    advantages = _flat(_tensors(batch, "advantages"), dtype, device)
+    cur = _flat(log_probs, dtype, device)
+    old_flat = _flat(old, dtype, device)
+    active = _flat(masks, dtype, device) != 0
+
+    if args.advantage_estimator == "gspo":
+        ppo_kl = gspo_sequence_kl(log_probs, [o.to(dtype) for o in old], masks).to(device)
+    else:
+        ppo_kl = old_flat - cur
+    ppo_kl = _active_only(ppo_kl, active)
+    advantages = _active_only(advantages, active)
+    eps_high = args.effective_eps_clip_high
+    pg_loss, pg_clipfrac = compute_policy_loss(ppo_kl, advantages, args.eps_clip, eps_high, args.eps_clip_c)
+
+    metrics: dict[str, torch.Tensor] = {}
+    pg_masks: list[torch.Tensor] = masks
+    pg_reducer: LossReducer = reducer
+    if needs_tis(args):
+        if batch.get("rollout_log_probs") is None:
+            raise KeyError("compute_loss: use_tis/use_rs/get_mismatch_metrics need batch['rollout_log_probs']")
+        rollout = _tensors(batch, "rollout_log_probs", like=cur)
+        # The IS weight compares the trainer's *old* log-probs with the engine's; without stored
+        # old log-probs (use_rollout_logprobs) the current ones stand in, detached.
+        train_old = _tensors(batch, "log_probs", like=cur) if batch.get("log_probs") is not None else [
+            lp.detach() for lp in log_probs
+        ]
+        fn: TISFn = tis_fn if tis_fn is not None else (mis_function if args.use_rs else vanilla_tis_function)
+        pg_loss, pg_masks, tis_metrics = fn(
+            args=args,
+            pg_loss=pg_loss,
+            train_log_probs=train_old,
+            rollout_log_probs=rollout,
+            loss_masks=masks,
+            total_lengths=total_lengths,
+            response_lengths=response_lengths,
+        )
+        pg_masks = [m.to(device=device, dtype=torch.float32) for m in pg_masks]
+        # Modified masks change the numerator only; denominators stay the original token counts.
+        pg_reducer = get_sum_of_sample_mean(
+            total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss,
+            denominators=[m.sum() for m in masks],
+        )
+        n_tokens = sum(response_lengths)
+        for key, value in tis_metrics.items():
+            if value.dim() == 1 and value.numel() == n_tokens:
+                metrics[key] = reducer(value.detach().to(device=device, dtype=dtype))
+            elif value.dim() == 0:
+                metrics[key] = value.detach()
+            else:
+                raise ValueError(
+                    f"compute_loss: TIS metric {key!r} has shape {tuple(value.shape)}; expected a scalar or "
+                    f"one value per response token ({n_tokens})"
+                )
+        metrics["ois"] = reducer(torch.exp(-ppo_kl.detach()))
+    if pg_loss_reducer is not None:
+        pg_reducer = pg_loss_reducer(total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss)
+
+    pg = pg_reducer(pg_loss)
+    loss = pg
+    entropy_loss = pg.new_zeros(())
+    if entropy is not None:
+        entropy_loss = reducer(_active_only(_flat(entropy, dtype, device), active))
+        if args.entropy_coef != 0:
+            loss = loss - args.entropy_coef * entropy_loss
+    elif args.entropy_coef != 0:
+        raise ValueError(f"compute_loss: entropy_coef={args.entropy_coef} but no entropy was passed")
+
+    if args.use_kl_loss:
+        if batch.get("ref_log_probs") is None:
+            raise KeyError("compute_loss: use_kl_loss needs batch['ref_log_probs'] (a reference model)")
+        ref = _flat(_tensors(batch, "ref_log_probs"), dtype, device)
+        ratio = torch.exp(cur - old_flat) if args.use_unbiased_kl else None
+        kl = _active_only(compute_approx_kl(cur, ref, args.kl_loss_type, importance_ratio=ratio), active)
+        kl_loss = reducer(kl.to(dtype))
+        if args.kl_loss_coef != 0:
+            loss = loss + args.kl_loss_coef * kl_loss
+        metrics["kl_loss"] = kl_loss.detach()
+
+    if batch.get("rollout_log_probs") is not None and old_key != "rollout_log_probs":
+        rollout_flat = _flat(_tensors(batch, "rollout_log_probs"), dtype, device)
+        metrics["train_rollout_logprob_abs_diff"] = reducer(_active_only((old_flat - rollout_flat).abs(), active))
+
+    loss = loss + _anchor(cur)
+    metrics.update(
+        policy_ratio_metrics(ppo_kl, advantages, _flat(masks, dtype, device), args.eps_clip, eps_high, reducer)
+    )
+    metrics.update(
+        {
+            "loss": loss.detach(),
+            "pg_loss": pg.detach(),
+            "entropy_loss": entropy_loss.detach(),
+            "pg_clipfrac": reducer(pg_clipfrac).detach(),
+            "ppo_kl": reducer(ppo_kl).detach(),
+        }
+    )
+    return loss, metrics
+
+
+def compute_loss(
+    args: Config,
+    batch: dict[str, Any],
+    log_probs: list[torch.Tensor],
+    entropy: list[torch.Tensor] | None,
+    values: list[torch.Tensor] | None = None,
+    *,
+    tis_fn: TISFn | None = None,
+    pg_loss_reducer: PGLossReducer | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one micro-batch for ``args.loss_type`` and its metrics.
+
+    - ``policy_loss``: PPO clip (``eps_clip``/``eps_clip_high``, dual clip ``eps_clip_c``), GSPO
+      sequence ratio for ``advantage_estimator=gspo``, TIS/MIS through ``tis_fn`` (default:
+      vanilla TIS, or MIS when ``use_rs``) when ``use_tis``/``use_rs``/``get_mismatch_metrics``,
+      ``pg_loss_reducer`` for the pg term only, ``- entropy_coef * entropy`` and
+      ``+ kl_loss_coef * KL(pi || ref)`` with ``use_kl_loss``.
+    - ``sft_loss``: ``-mean log-prob``.
+    - ``value_loss``: clipped value loss of ``values`` (current critic) against
+      ``batch['returns']`` with ``batch['values']`` as the old values.
+    """
+    if args.loss_type == "policy_loss":
+        return _policy_loss(args, batch, log_probs, entropy, tis_fn, pg_loss_reducer)
+    response_lengths = list(batch["response_lengths"])
+    total_lengths = list(batch["total_lengths"])
+    if args.loss_type == "sft_loss":
+        device = log_probs[0].device if log_probs else torch.device("cpu")
+        dtype = log_probs[0].dtype if log_probs else torch.float32
+        masks = _masks(batch, response_lengths, device)
+        reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+        cur = _flat(log_probs, dtype, device)
+        loss = compute_sft_loss(cur, reducer) + _anchor(cur)
+        return loss, {"loss": loss.detach()}
+    if args.loss_type == "value_loss":
+        if values is None:
+            raise ValueError("compute_loss: loss_type=value_loss needs values (the critic's current values)")
+        device = values[0].device if values else torch.device("cpu")
+        dtype = values[0].dtype if values else torch.float32
+        masks = _masks(batch, response_lengths, device)
+        reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+        cur = _flat(values, dtype, device)
+        old = _flat(_tensors(batch, "values"), dtype, device)
+        returns = _flat(_tensors(batch, "returns"), dtype, device)
+        per_token, clipfrac = compute_value_loss(cur, old, returns, args.value_clip)
+        loss = reducer(per_token) + _anchor(cur)
+        return loss, {"value_loss": loss.detach(), "value_clipfrac": reducer(clipfrac).detach()}
+    if args.loss_type == "custom_loss":
+        raise ValueError(
+            "compute_loss: loss_type=custom_loss is computed by the user's LossFn "
+            "(custom_loss_function_path), which the backend calls with the logits"
+        )
+    raise ValueError(f"compute_loss: unknown loss_type {args.loss_type!r}")

@@ -1,0 +1,138 @@
+"""Loss reducers: flat per-token tensor of a micro-batch -> scalar.
+
+The default reducer (Miles's ``sum_of_sample_mean``) averages each sample's loss over its trainable
+tokens, then averages over the samples of the micro-batch. With ``calculate_per_token_loss`` it
+divides the token sum by the micro-batch's trainable-token count instead.
+
+Deliberate difference from Miles: Miles returns the *sum* over samples and divides by the global
+batch size later, in the backend. Here the reducer returns the *mean* over the micro-batch, so a
+loss value means the same thing whatever the micro-batch size; the backend scales by
+``micro_batch_size / global_batch_size`` when it accumulates gradients (see docs/algorithms.md).
+
+Both reducers precompute one weight per token, so reducing is a single fused multiply-sum, and a
+masked position never contributes, even when the value there is NaN or inf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from miles_sdk.hooks import LossReducer, PGLossReducer
+
+__all__ = ["constant_divisor_reducer", "get_sum_of_sample_mean", "masked_token_weights"]
+
+
+def _check_layout(response_lengths: Sequence[int], loss_masks: Sequence[torch.Tensor]) -> None:
+    if len(response_lengths) != len(loss_masks):
+        raise ValueError(
+            f"reducer: {len(response_lengths)} response_lengths but {len(loss_masks)} loss_masks"
+        )
+    for i, (length, mask) in enumerate(zip(response_lengths, loss_masks, strict=True)):
+        if mask.dim() != 1 or mask.numel() != length:
+            raise ValueError(
+                f"reducer: loss_masks[{i}] has shape {tuple(mask.shape)}, expected ({length},) "
+                "from response_lengths"
+            )
+
+
+def masked_token_weights(
+    response_lengths: Sequence[int],
+    loss_masks: Sequence[torch.Tensor],
+    calculate_per_token_loss: bool = False,
+    denominators: Sequence[float | torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Per-token weights ``w`` such that the default reduction of ``x`` is ``sum(w * x)``.
+
+    Sample mode: ``w = mask_i / max(den_i, 1) / n_samples`` with ``den_i = sum(mask_i)`` unless
+    ``denominators`` overrides it. Per-token mode: ``w = mask / max(sum(den), 1)``.
+    """
+    _check_layout(response_lengths, loss_masks)
+    if not loss_masks:
+        return torch.zeros(0)
+    masks = [m.to(torch.float64) for m in loss_masks]
+    if denominators is None:
+        dens = [m.sum() for m in masks]
+    else:
+        if len(denominators) != len(masks):
+            raise ValueError(f"reducer: {len(denominators)} denominators for {len(masks)} samples")
+        dens = [torch.as_tensor(d, dtype=torch.float64, device=masks[0].device) for d in denominators]
+    if calculate_per_token_loss:
+        total = torch.clamp_min(torch.stack(dens).sum(), 1.0)
+        weights = [m / total for m in masks]
+    else:
+        n = len(masks)
+        weights = [m / (torch.clamp_min(d, 1.0) * n) for m, d in zip(masks, dens, strict=True)]
+    return torch.cat(weights)
+
+
+def _weighted_sum(weights: torch.Tensor, expected: int, name: str) -> LossReducer:
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def reduce(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 1 or x.numel() != expected:
+            raise ValueError(
+                f"{name}: got a tensor of shape {tuple(x.shape)}, expected ({expected},) = "
+                "sum(response_lengths) (flat per-token values of the micro-batch)"
+            )
+        key = (x.device, x.dtype)
+        w = cache.get(key)
+        if w is None:
+            w = weights.to(device=x.device, dtype=x.dtype)
+            cache[key] = w
+        # where() rather than x * w: 0 * NaN is NaN, and masked positions must never leak.
+        return torch.where(w != 0, x * w, torch.zeros((), dtype=x.dtype, device=x.device)).sum()
+
+    return reduce
+
+
+def get_sum_of_sample_mean(
+    total_lengths: Sequence[int],
+    response_lengths: Sequence[int],
+    loss_masks: Sequence[torch.Tensor],
+    calculate_per_token_loss: bool = False,
+    denominators: Sequence[float | torch.Tensor] | None = None,
+) -> LossReducer:
+    """The default reducer (Miles ``sum_of_sample_mean``), as a callable on flat per-token tensors.
+
+    ``calculate_per_token_loss=False``: mean over samples of each sample's masked token mean.
+    ``True``: masked token sum divided by the number of trainable tokens. A sample whose mask is
+    all zeros contributes 0 (not NaN). ``denominators`` replaces each sample's own mask sum (used
+    when TIS/MIS masks change only the numerator).
+    """
+    if len(total_lengths) != len(response_lengths):
+        raise ValueError(
+            f"reducer: {len(total_lengths)} total_lengths but {len(response_lengths)} response_lengths"
+        )
+    weights = masked_token_weights(response_lengths, loss_masks, calculate_per_token_loss, denominators)
+    return _weighted_sum(weights, sum(response_lengths), "sum_of_sample_mean")
+
+
+def constant_divisor_reducer(divisor: float) -> PGLossReducer:
+    """A ``PGLossReducer`` dividing each sample's masked token sum by ``divisor`` (Dr.GRPO).
+
+    Sample mode: ``mean_i(sum_t mask * x / divisor)``, so the gradient no longer favours short
+    answers. Per-token mode keeps the default token mean, as Miles's Dr.GRPO example does.
+    """
+    if not divisor > 0:
+        raise ValueError(f"constant_divisor_reducer: divisor must be > 0, got {divisor}")
+
+    def factory(
+        total_lengths: list[int],
+        response_lengths: list[int],
+        loss_masks: list[torch.Tensor],
+        calculate_per_token_loss: bool = False,
+        /,
+    ) -> LossReducer:
+        if calculate_per_token_loss:
+            return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True)
+        _check_layout(response_lengths, loss_masks)
+        n = max(len(loss_masks), 1)
+        if not loss_masks:
+            weights = torch.zeros(0)
+        else:
+            weights = torch.cat([m.to(torch.float64) for m in loss_masks]) / (divisor * n)
+        return _weighted_sum(weights, sum(response_lengths), "constant_divisor_reducer")
+
+    return factory

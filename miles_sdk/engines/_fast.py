@@ -1,0 +1,420 @@
+"""The fast model runner: a hand-written decoder step over a static slot-major KV cache.
+
+For Llama-style decoders (Qwen2, Qwen3, Llama, Mistral without sliding window):
+- the cache is ``[slots, kv_heads, max_seq_len, head_dim]`` per layer, allocated once; row ``i``
+  of a decode batch is slot ``i``, so no gather is needed and the scheduler keeps slots dense;
+- q/k/v and gate/up are one GEMM each (fused weight copies, refreshed by ``weights_updated``);
+  norm+residual, RoPE+cache store, SwiGLU and the sampling tail are fused kernels on CUDA;
+- on CUDA each (batch bucket, length bucket, filter) step is captured once in a CUDA graph that
+  also advances tokens/positions on the device, so ``k`` steps run with a single host sync.
+On CPU the same code runs eagerly with the torch references (this is how it is unit-tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from miles_sdk.engines._kernels import add_rmsnorm, decode_attention, rope_store, sample_plain, silu_mul
+from miles_sdk.engines._runner import StepResult
+from miles_sdk.engines._sampling import RowParams, row_keys, sample_rows, top_k_top_p_filter
+
+__all__ = ["FastRunner", "fast_path_unsupported"]
+
+_ARCHS = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def fast_path_unsupported(model: nn.Module) -> str | None:
+    """Why the fast runner cannot run ``model`` (None when it can)."""
+    cfg = getattr(model, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in _ARCHS:
+        return f"model_type {kind!r} is not one of {_ARCHS}"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"hidden_act {getattr(cfg, 'hidden_act', None)!r} (only silu)"
+    if getattr(cfg, "use_sliding_window", False) or (
+        kind == "mistral" and getattr(cfg, "sliding_window", None)
+    ):
+        return "sliding-window attention"
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if rope.get("rope_type", rope.get("type", "default")) in ("dynamic", "longrope"):
+        return "position-dependent RoPE scaling (dynamic/longrope)"
+    if getattr(getattr(model, "model", None), "layers", None) is None:
+        return "no model.layers"
+    return None
+
+
+@attrs.define
+class _Layer:
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o: nn.Linear
+    gate_up_w: torch.Tensor
+    down: nn.Linear
+    in_norm: torch.Tensor
+    post_norm: torch.Tensor
+    q_norm: nn.Module | None
+    k_norm: nn.Module | None
+
+
+def _buckets(limit: int, start: int) -> list[int]:
+    out = [start]
+    while out[-1] < limit:
+        out.append(out[-1] * 2)
+    out[-1] = limit
+    return out
+
+
+class FastRunner:
+    """A :class:`~miles_sdk.engines._runner.ModelRunner` with a static cache and CUDA graphs."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        device: torch.device,
+        *,
+        max_batch_size: int,
+        max_seq_len: int,
+        decode_chunk: int = 16,
+        cuda_graphs: bool | None = None,
+    ) -> None:
+        reason = fast_path_unsupported(model)
+        if reason is not None:
+            raise ValueError(f"FastRunner: unsupported model: {reason}")
+        self._model = model
+        self._device = device
+        cfg = model.config
+        inner = model.model
+        attn0 = inner.layers[0].self_attn
+        self._n_q = int(cfg.num_attention_heads)
+        self._n_kv = int(cfg.num_key_value_heads)
+        self._head_dim = int(attn0.head_dim)
+        self._scale = float(attn0.scaling)
+        self._eps = float(cfg.rms_norm_eps)
+        self._dtype = next(model.parameters()).dtype
+        self.max_context = min(int(cfg.max_position_embeddings), max_seq_len)
+        self._max_batch = max_batch_size
+        self._chunk = decode_chunk
+        self._graphs_on = device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._layers: list[_Layer] = []
+        self._live_ptrs: list[int] = []
+        self._bind_weights()
+        n_layers = len(self._layers)
+        cache_shape = (max_batch_size, self._n_kv, self.max_context, self._head_dim)
+        self._k = [torch.zeros(cache_shape, dtype=self._dtype, device=device) for _ in range(n_layers)]
+        self._v = [torch.zeros(cache_shape, dtype=self._dtype, device=device) for _ in range(n_layers)]
+        self._build_rope_tables(inner)
+        # Device-side decode state; the graphs read and advance these in place.
+        b = max_batch_size
+        self._tok = torch.zeros(b, dtype=torch.long, device=device)
+        self._pos = torch.zeros(b, dtype=torch.long, device=device)
+        self._step_idx = torch.zeros(b, dtype=torch.long, device=device)
+        self._seed = torch.zeros(b, dtype=torch.long, device=device)
+        self._temp = torch.ones(b, dtype=torch.float32, device=device)
+        self._greedy = torch.ones(b, dtype=torch.bool, device=device)
+        self._top_k = torch.full((b,), -1, dtype=torch.long, device=device)
+        self._top_p = torch.ones(b, dtype=torch.float32, device=device)
+        self._rows = torch.arange(b, device=device)
+        self._counter = torch.zeros(1, dtype=torch.long, device=device)
+        self._hist_tok = torch.zeros(decode_chunk, b, dtype=torch.long, device=device)
+        self._hist_lp = torch.zeros(decode_chunk, b, dtype=torch.float32, device=device)
+        self._len_buckets = _buckets(self.max_context, min(256, self.max_context))
+        self._batch_buckets = _buckets(max_batch_size, 1)
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self._pool: Any = None  # torch's opaque graph memory-pool handle
+        # Host mirrors of the slots.
+        self._pending: dict[int, list[int]] = {}
+        self._params: dict[int, RowParams] = {}
+        self._host_pos: dict[int, int] = {}
+        self._host_last: dict[int, int] = {}
+        self._host_steps: dict[int, int] = {}
+
+    # -- weights -------------------------------------------------------------------------------
+
+    def _bind_weights(self) -> None:
+        inner = self._model.model
+        self._layers = []
+        live: list[torch.Tensor] = [inner.embed_tokens.weight, inner.norm.weight, self._model.lm_head.weight]
+        for layer in inner.layers:
+            a, m = layer.self_attn, layer.mlp
+            biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+            qkv_b = torch.cat([bb.detach() for bb in biases]) if biases[0] is not None else None
+            if m.gate_proj.bias is not None:
+                raise ValueError("FastRunner: MLP biases are not supported")
+            self._layers.append(
+                _Layer(
+                    qkv_w=torch.cat(
+                        [a.q_proj.weight.detach(), a.k_proj.weight.detach(), a.v_proj.weight.detach()]
+                    ),
+                    qkv_b=qkv_b,
+                    o=a.o_proj,
+                    gate_up_w=torch.cat([m.gate_proj.weight.detach(), m.up_proj.weight.detach()]),
+                    down=m.down_proj,
+                    in_norm=layer.input_layernorm.weight,
+                    post_norm=layer.post_attention_layernorm.weight,
+                    q_norm=getattr(a, "q_norm", None),
+                    k_norm=getattr(a, "k_norm", None),
+                )
+            )
+            live += [a.o_proj.weight, m.down_proj.weight, layer.input_layernorm.weight]
+        self._live_ptrs = [t.data_ptr() for t in live]
+        self._embed = inner.embed_tokens.weight
+        self._final_norm = inner.norm.weight
+        self._lm_head = self._model.lm_head.weight
+
+    def weights_updated(self) -> None:
+        """Refresh the fused q/k/v and gate/up copies in place (graph addresses stay valid).
+
+        If the trainer replaced parameter tensors instead of updating them in place, every
+        captured graph would read stale memory: then rebind and recapture.
+        """
+        inner = self._model.model
+        live = [inner.embed_tokens.weight, inner.norm.weight, self._model.lm_head.weight]
+        for layer in inner.layers:
+            live += [layer.self_attn.o_proj.weight, layer.mlp.down_proj.weight, layer.input_layernorm.weight]
+        if [t.data_ptr() for t in live] != self._live_ptrs:
+            self._bind_weights()
+            self._graphs.clear()
+            return
+        with torch.no_grad():
+            for mine, layer in zip(self._layers, inner.layers, strict=True):
+                a, m = layer.self_attn, layer.mlp
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight], out=mine.qkv_w)
+                if mine.qkv_b is not None:
+                    torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias], out=mine.qkv_b)
+                torch.cat([m.gate_proj.weight, m.up_proj.weight], out=mine.gate_up_w)
+
+    def _build_rope_tables(self, inner: nn.Module) -> None:
+        # The model's own rotary module computes the tables: any static RoPE variant it supports
+        # (linear, llama3, yarn scaling, partial attention factors) comes out identical.
+        positions = torch.arange(self.max_context, device=self._device)[None, :]
+        dummy = torch.zeros(1, dtype=self._dtype, device=self._device)
+        with torch.no_grad():
+            rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+            rotary = cast(
+                Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], inner.rotary_emb
+            )
+            cos, sin = rotary(dummy, positions)
+        self._cos = cos[0].to(self._dtype).contiguous()
+        self._sin = sin[0].to(self._dtype).contiguous()
+
+    # -- slots ---------------------------------------------------------------------------------
+
+    def admit(self, slot: int, prompt: list[int], params: RowParams) -> None:
+        if slot in self._params:
+            raise RuntimeError(f"FastRunner: slot {slot} is already in use")
+        if not 0 <= slot < self._max_batch:
+            raise RuntimeError(f"FastRunner: slot {slot} outside [0, {self._max_batch})")
+        self._pending[slot] = list(prompt)
+        self._params[slot] = params
+
+    def release(self, slot: int) -> None:
+        self._pending.pop(slot, None)
+        self._params.pop(slot, None)
+        self._host_pos.pop(slot, None)
+        self._host_last.pop(slot, None)
+        self._host_steps.pop(slot, None)
+
+    def reset(self) -> None:
+        for slot in list(self._params):
+            self.release(slot)
+
+    # -- stepping ------------------------------------------------------------------------------
+
+    def step(self, max_tokens: int = 1) -> StepResult:
+        if self._pending:
+            return self._prefill()
+        active = sorted(self._host_pos)
+        if not active:
+            return {}
+        batch = next(b for b in self._batch_buckets if b > active[-1])
+        k = min(self._chunk, max(1, max_tokens), min(self.max_context - self._host_pos[s] for s in active))
+        k = max(k, 1)
+        length = next(n for n in self._len_buckets if n >= max(self._host_pos[s] for s in active) + k)
+        filt = any(self._params[s].needs_filter for s in active)
+        self._upload(active, batch)
+        self._counter.zero_()
+        if self._graphs_on:
+            graph = self._graphs.get((batch, length, filt)) or self._capture(batch, length, filt)
+            for _ in range(k):
+                graph.replay()
+        else:
+            for _ in range(k):
+                self._decode_body(batch, length, filt)
+        # One transfer and one tolist() each: per-element tensor indexing costs ~1 us a token.
+        toks: list[list[int]] = self._hist_tok[:k, :batch].t().cpu().tolist()
+        lps: list[list[float]] = self._hist_lp[:k, :batch].t().cpu().tolist()
+        result: StepResult = {}
+        for s in active:
+            tk = toks[s]
+            result[s] = (tk, lps[s])
+            self._host_pos[s] += k
+            self._host_steps[s] += k
+            self._host_last[s] = tk[-1]
+        return result
+
+    def _upload(self, active: list[int], batch: int) -> None:
+        tok = [0] * batch
+        pos = [0] * batch
+        steps = [0] * batch
+        seed = [0] * batch
+        temp = [1.0] * batch
+        greedy = [True] * batch
+        top_k = [-1] * batch
+        top_p = [1.0] * batch
+        for s in active:
+            p = self._params[s]
+            tok[s], pos[s], steps[s], seed[s] = (
+                self._host_last[s],
+                self._host_pos[s],
+                self._host_steps[s],
+                p.seed,
+            )
+            temp[s], greedy[s] = (1.0, True) if p.greedy else (p.temperature, False)
+            top_k[s], top_p[s] = p.top_k, p.top_p
+        for buf, vals in (
+            (self._tok, tok), (self._pos, pos), (self._step_idx, steps), (self._seed, seed),
+            (self._temp, temp), (self._greedy, greedy), (self._top_k, top_k), (self._top_p, top_p),
+        ):  # fmt: skip
+            buf[:batch].copy_(torch.tensor(vals, dtype=buf.dtype))
+
+    def _capture(self, batch: int, length: int, filt: bool) -> torch.cuda.CUDAGraph:
+        # Warm up once outside capture (Triton compiles, cuBLAS picks kernels), then restore the
+        # state the warm-up advanced: the cache writes it made are rewritten identically later.
+        saved = [t.clone() for t in (self._tok, self._pos, self._step_idx, self._counter)]
+        stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.cuda.stream(stream):
+            self._decode_body(batch, length, filt)
+        torch.cuda.current_stream(self._device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._decode_body(batch, length, filt)
+        self._pool = graph.pool()
+        for dst, src in zip((self._tok, self._pos, self._step_idx, self._counter), saved, strict=True):
+            dst.copy_(src)
+        self._graphs[(batch, length, filt)] = graph
+        return graph
+
+    def _decode_body(self, batch: int, length: int, filt: bool) -> None:
+        pos = self._pos[:batch]
+
+        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+            return decode_attention(q, self._k[li], self._v[li], pos, length, self._scale)
+
+        mlp_out, res = self._forward_rows(self._tok[:batch], pos, self._rows[:batch], attend)
+        logits = self._logits(mlp_out, res)
+        tokens, logp = self._sample(logits, batch, filt)
+        self._hist_tok[:, :batch].index_copy_(0, self._counter, tokens[None])
+        self._hist_lp[:, :batch].index_copy_(0, self._counter, logp[None])
+        self._counter.add_(1)
+        self._tok[:batch].copy_(tokens)
+        self._pos[:batch].add_(1)
+        self._step_idx[:batch].add_(1)
+
+    def _sample(self, logits: torch.Tensor, batch: int, filt: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = row_keys(self._seed[:batch], self._step_idx[:batch])
+        temp, greedy = self._temp[:batch], self._greedy[:batch]
+        if not filt:
+            return sample_plain(logits, temp, greedy, keys)
+        scaled = logits.float() / temp[:, None]
+        cand = top_k_top_p_filter(scaled, self._top_k[:batch], self._top_p[:batch])
+        cand = torch.where(greedy[:, None], scaled, cand)
+        tokens, _ = sample_plain(cand, torch.ones_like(temp), greedy, keys)
+        logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+        return tokens, logp
+
+    def _prefill(self) -> StepResult:
+        # Admit a prefix of the queue whose padded size fits the token budget (at least one).
+        slots: list[int] = []
+        width = 0
+        for s, prompt in self._pending.items():
+            w = max(width, len(prompt))
+            if slots and w * (len(slots) + 1) > 16384:
+                break
+            slots.append(s)
+            width = w
+        prompts = [self._pending.pop(s) for s in slots]
+        n, dev = len(slots), self._device
+        ids = torch.zeros(n, width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+        pos = torch.arange(width, device=dev).repeat(n)
+        slots_dev = torch.tensor(slots, device=dev)
+        d = self._head_dim
+
+        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+            # Right padding under a causal mask: real tokens never see the pads after them.
+            out = F.scaled_dot_product_attention(
+                q.view(n, width, self._n_q, d).transpose(1, 2),
+                self._k[li][slots_dev, :, :width],
+                self._v[li][slots_dev, :, :width],
+                is_causal=True,
+                scale=self._scale,
+                enable_gqa=self._n_q != self._n_kv,
+            )
+            return out.transpose(1, 2).reshape(n * width, self._n_q * d)
+
+        mlp_out, res = self._forward_rows(
+            ids.to(dev).reshape(-1), pos, slots_dev.repeat_interleave(width), attend
+        )
+        last = torch.tensor([i * width + len(p) - 1 for i, p in enumerate(prompts)], device=dev)
+        logits = self._logits(mlp_out[last], res[last])
+        params = [self._params[s] for s in slots]
+        tokens, logps = sample_rows(logits, params, [0] * n)
+        result: StepResult = {}
+        for s, p, tok, lp in zip(slots, prompts, tokens.tolist(), logps.tolist(), strict=True):
+            result[s] = ([int(tok)], [float(lp)])
+            self._host_pos[s] = len(p)
+            self._host_last[s] = int(tok)
+            self._host_steps[s] = 1
+        return result
+
+    # -- the decoder, shared by prefill and decode -----------------------------------------------
+
+    def _forward_rows(
+        self,
+        tok: torch.Tensor,
+        pos: torch.Tensor,
+        slot: torch.Tensor,
+        attend: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run every layer over rows (one token each); return the last MLP output and residual."""
+        eps, d, n_q = self._eps, self._head_dim, self._n_q
+        x = F.embedding(tok, self._embed)
+        mlp_out: torch.Tensor | None = None
+        res: torch.Tensor | None = None
+        for li, layer in enumerate(self._layers):
+            if mlp_out is None:
+                h, res = add_rmsnorm(x, None, layer.in_norm, eps)
+            else:
+                h, res = add_rmsnorm(mlp_out, res, layer.in_norm, eps)
+            qkv = F.linear(h, layer.qkv_w, layer.qkv_b)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                rows = qkv.shape[0]
+                q_part = qkv[:, : n_q * d].view(rows, n_q, d)
+                k_part = qkv[:, n_q * d : (n_q + self._n_kv) * d].view(rows, self._n_kv, d)
+                qkv = torch.cat(
+                    [
+                        layer.q_norm(q_part).reshape(rows, -1),
+                        layer.k_norm(k_part).reshape(rows, -1),
+                        qkv[:, (n_q + self._n_kv) * d :],
+                    ],
+                    dim=-1,
+                )
+            q = rope_store(qkv, self._cos, self._sin, pos, slot, self._k[li], self._v[li], n_q)
+            o = F.linear(attend(li, q), layer.o.weight, layer.o.bias)
+            h, res = add_rmsnorm(o, res, layer.post_norm, eps)
+            mlp_out = F.linear(silu_mul(F.linear(h, layer.gate_up_w)), layer.down.weight)
+        assert mlp_out is not None and res is not None
+        return mlp_out, res
+
+    def _logits(self, mlp_out: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+        h, _ = add_rmsnorm(mlp_out, res, self._final_norm, self._eps)
+        return F.linear(h, self._lm_head)

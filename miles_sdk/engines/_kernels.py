@@ -1,0 +1,143 @@
+"""The fused per-layer operations of the fast decode path, each with a torch reference.
+
+Every function reproduces the rounding of the transformers modules it replaces (bf16 products
+rounded where transformers rounds them), so the fast path stays token-identical to the generic
+one in float32 and within bf16 noise otherwise. On CUDA with Triton present the fused kernels of
+``_triton_kernels`` run; elsewhere (CPU tests) the torch references do.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+from miles_sdk.engines._sampling import gumbel_from_keys
+
+__all__ = ["add_rmsnorm", "decode_attention", "rope_store", "sample_plain", "silu_mul", "triton_available"]
+
+
+@functools.cache
+def _triton() -> ModuleType | None:
+    try:
+        from miles_sdk.engines import _triton_kernels
+    except ImportError:  # no triton (CPU-only torch): the torch references run instead
+        return None
+    return _triton_kernels
+
+
+def triton_available() -> bool:
+    """Whether the fused Triton kernels can be used (Triton importable)."""
+    return _triton() is not None
+
+
+def _use_triton(x: torch.Tensor) -> ModuleType | None:
+    return _triton() if x.is_cuda else None
+
+
+def add_rmsnorm(
+    x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``s = residual + x`` (or ``x`` alone), then ``(rmsnorm(s) * weight, s)``, rows of [R, H]."""
+    tk = _use_triton(x)
+    if tk is not None:
+        out: tuple[torch.Tensor, torch.Tensor] = tk.add_rmsnorm(x, residual, weight, eps)
+        return out
+    s = x if residual is None else residual + x
+    sf = s.float()
+    normed = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
+    return weight * normed, s
+
+
+def rope_store(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    slot: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_q: int,
+) -> torch.Tensor:
+    """Rotate q and k of each row, store k and v at ``cache[slot, :, pos]``, return q [R, Hq, D].
+
+    ``qkv`` is [R, (Hq + 2 Hkv) * D]; ``cos``/``sin`` are [L, D] tables; caches [S, Hkv, L, D].
+    """
+    tk = _use_triton(qkv)
+    if tk is not None:
+        q_out: torch.Tensor = tk.rope_store(qkv, cos, sin, pos, slot, k_cache, v_cache, n_q)
+        return q_out
+    rows = qkv.shape[0]
+    d = k_cache.shape[-1]
+    heads = qkv.view(rows, -1, d)
+    n_kv = k_cache.shape[1]
+    c = cos[pos][:, None, :]
+    s = sin[pos][:, None, :]
+    qk = heads[:, : n_q + n_kv]
+    half = d // 2
+    rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+    qk = (qk * c) + (rotated * s)
+    k_cache[slot, :, pos] = qk[:, n_q:]
+    v_cache[slot, :, pos] = heads[:, n_q + n_kv :]
+    return qk[:, :n_q]
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    pos: torch.Tensor,
+    length: int,
+    scale: float,
+) -> torch.Tensor:
+    """One decode step of GQA attention: row ``i`` (= cache slot ``i``) attends to its keys
+    ``0..pos[i]``. ``q`` is [B, Hq, D]; returns [B, Hq * D]. ``length`` bounds every ``pos + 1``
+    (the torch reference reads the cache up to it; the kernel reads only what each row needs).
+    """
+    tk = _use_triton(q)
+    if tk is not None:
+        out: torch.Tensor = tk.decode_attention(q, k_cache, v_cache, pos, scale)
+        return out
+    batch, n_q, d = q.shape
+    n_kv = k_cache.shape[1]
+    valid = (torch.arange(length, device=q.device)[None, :] <= pos[:, None])[:, None, None, :]
+    # GQA as a short "query sequence" per kv head: [B, Hkv, G, D] against [B, Hkv, L, D].
+    att = F.scaled_dot_product_attention(
+        q.view(batch, n_kv, n_q // n_kv, d),
+        k_cache[:batch, :, :length],
+        v_cache[:batch, :, :length],
+        attn_mask=valid,
+        scale=scale,
+    )
+    return att.reshape(batch, n_q * d)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up = [gate | up]`` of shape [R, 2 I]."""
+    tk = _use_triton(gate_up)
+    if tk is not None:
+        out: torch.Tensor = tk.silu_mul(gate_up)
+        return out
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def sample_plain(
+    logits: torch.Tensor, temps: torch.Tensor, greedy: torch.Tensor, keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max sampling without top-k/top-p: (tokens [B] int64, log-probs [B] float32).
+
+    ``temps`` is 1 on greedy rows; the log-prob is ``log_softmax(logits / temp)`` at the token.
+    """
+    tk = _use_triton(logits)
+    if tk is not None:
+        out: tuple[torch.Tensor, torch.Tensor] = tk.sample_plain(logits, temps, greedy, keys)
+        return out
+    scaled = logits.float() / temps[:, None]
+    noise = gumbel_from_keys(keys, logits.shape[-1])
+    score = torch.where(greedy[:, None], scaled, scaled + noise)
+    tokens = score.argmax(dim=-1)
+    logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, logp

@@ -1,0 +1,159 @@
+"""One generate request on the host side: its parsed sampling params, its tokens so far, and the
+stop checks run after every sampled token."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import attrs
+from transformers import PreTrainedTokenizerBase
+
+from miles_sdk.engines._sampling import RowParams
+from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
+
+__all__ = ["Request", "parse_sampling_params"]
+
+_SEED_MASK = (1 << 63) - 1
+
+
+@attrs.define(eq=False)
+class Request:
+    """A request queued in or running on the embedded engine."""
+
+    prompt: list[int]
+    row: RowParams
+    max_new_tokens: int
+    stop_strings: tuple[str, ...]
+    stop_ids: frozenset[int]
+    """Token ids that end generation (EOS + ``stop_token_ids``; empty under ``ignore_eos``)."""
+    max_context: int
+    skip_special_tokens: bool
+    future: asyncio.Future[EngineOutput]
+    tokens: list[int] = attrs.field(factory=list)
+    log_probs: list[float] = attrs.field(factory=list)
+    cancelled: bool = False
+
+    @property
+    def stop_window(self) -> int:
+        """Tokens to decode to see any stop string whole: a byte-level token can be a quarter of
+        a character, plus one token of slack for a string that starts mid-token."""
+        return 4 * max((len(s) for s in self.stop_strings), default=0) + 2
+
+    def accept(self, token: int, log_prob: float, tokenizer: PreTrainedTokenizerBase) -> FinishReason | None:
+        """Append one sampled token; return why the request ends now, or None to go on.
+
+        The order follows SGLang: the token budget first, then stop ids, then stop strings.
+        """
+        self.tokens.append(token)
+        self.log_probs.append(log_prob)
+        if len(self.tokens) >= self.max_new_tokens or len(self.prompt) + len(self.tokens) >= self.max_context:
+            return FinishReason.LENGTH
+        if token in self.stop_ids:
+            return FinishReason.STOP
+        if self.stop_strings:
+            tail = str(tokenizer.decode(self.tokens[-self.stop_window :], skip_special_tokens=False))
+            if any(s in tail for s in self.stop_strings):
+                return FinishReason.STOP
+        return None
+
+    def accept_many(
+        self, tokens: list[int], log_probs: list[float], tokenizer: PreTrainedTokenizerBase
+    ) -> FinishReason | None:
+        """:meth:`accept` for a chunk of tokens; the excess after a finish is dropped.
+
+        Without stop strings this works on whole lists (a decode chunk is 16 tokens x every
+        running request, so per-token Python would cost as much as the GPU step).
+        """
+        if self.stop_strings:
+            for tok, lp in zip(tokens, log_probs, strict=True):
+                reason = self.accept(tok, lp, tokenizer)
+                if reason is not None:
+                    return reason
+            return None
+        done = len(self.tokens)
+        limit = min(self.max_new_tokens - done, self.max_context - len(self.prompt) - done)
+        cut = (
+            next((i for i, t in enumerate(tokens[:limit]) if t in self.stop_ids), None)
+            if self.stop_ids
+            else None
+        )
+        if cut is not None and cut < limit - 1:
+            self.tokens += tokens[: cut + 1]
+            self.log_probs += log_probs[: cut + 1]
+            return FinishReason.STOP
+        if len(tokens) >= limit:  # the budget is checked before stop ids, as in accept()
+            self.tokens += tokens[:limit]
+            self.log_probs += log_probs[:limit]
+            return FinishReason.LENGTH
+        self.tokens += tokens
+        self.log_probs += log_probs
+        return None
+
+
+def _number(params: Mapping[str, object], key: str, default: float) -> float:
+    value = params.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"sampling_params[{key!r}] must be a number, got {value!r}")
+    return float(value)
+
+
+def parse_sampling_params(
+    input_ids: Sequence[int],
+    sampling_params: SamplingParams,
+    *,
+    vocab_size: int,
+    eos_ids: frozenset[int],
+    default_seed: int,
+    default_max_new_tokens: int,
+    max_context: int,
+    future: asyncio.Future[EngineOutput],
+) -> Request:
+    """Validate one request and build its :class:`Request`. Errors name the offending key.
+
+    Keys outside :class:`SamplingParams` are ignored, as SGLang passes many the engine needn't.
+    """
+    p: Mapping[str, object] = sampling_params
+    prompt = [int(t) for t in input_ids]
+    if not prompt:
+        raise ValueError("generate: input_ids is empty; the engine needs at least one prompt token")
+    bad = [t for t in prompt if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"generate: input_ids holds ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
+    if len(prompt) >= max_context:
+        raise ValueError(
+            f"generate: prompt of {len(prompt)} tokens leaves no room in the context of {max_context}"
+        )
+    temperature = _number(p, "temperature", 1.0)
+    top_p = _number(p, "top_p", 1.0)
+    top_k = int(_number(p, "top_k", -1))
+    max_new = int(_number(p, "max_new_tokens", default_max_new_tokens))
+    seed = int(_number(p, "sampling_seed", default_seed))
+    if temperature < 0:
+        raise ValueError(f"sampling_params['temperature'] must be >= 0, got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"sampling_params['top_p'] must be in (0, 1], got {top_p}")
+    if max_new < 0:
+        raise ValueError(f"sampling_params['max_new_tokens'] must be >= 0, got {max_new}")
+    stop = p.get("stop") or []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
+        raise TypeError(f"sampling_params['stop'] must be a list of non-empty strings, got {stop!r}")
+    extra_ids = p.get("stop_token_ids") or []
+    if not isinstance(extra_ids, list | tuple) or not all(isinstance(t, int) for t in extra_ids):
+        raise TypeError(f"sampling_params['stop_token_ids'] must be a list of ints, got {extra_ids!r}")
+    # SGLang: ignore_eos turns off every token-id stop (EOS and stop_token_ids); strings still stop.
+    stop_ids = frozenset() if p.get("ignore_eos", False) else eos_ids | frozenset(int(t) for t in extra_ids)
+    return Request(
+        prompt=prompt,
+        row=RowParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed & _SEED_MASK),
+        max_new_tokens=max_new,
+        stop_strings=tuple(str(s) for s in stop),
+        stop_ids=stop_ids,
+        max_context=max_context,
+        skip_special_tokens=bool(p.get("skip_special_tokens", True)),
+        future=future,
+    )

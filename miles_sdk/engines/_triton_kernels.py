@@ -1,0 +1,319 @@
+# mypy: ignore-errors
+# Triton kernels are untyped by nature (tl.* is dynamic, and triton is absent on the CPU dev
+# machines where mypy runs); the typed wrappers with torch references live in _kernels.py.
+"""Fused Triton kernels for the fast decode path (CUDA only). See ``_kernels`` for semantics."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rmsnorm_kernel(
+    x_ptr, r_ptr, w_ptr, out_ptr, s_ptr, H, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    m = offs < H
+    x = tl.load(x_ptr + row * H + offs, mask=m, other=0.0)
+    if HAS_RES:
+        r = tl.load(r_ptr + row * H + offs, mask=m, other=0.0)
+        s = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
+        tl.store(s_ptr + row * H + offs, s, mask=m)
+    else:
+        s = x
+    sf = s.to(tl.float32)
+    var = tl.sum(sf * sf, axis=0) / H
+    y = (sf * tl.rsqrt(var + eps)).to(x.dtype)
+    w = tl.load(w_ptr + offs, mask=m, other=0.0)
+    tl.store(out_ptr + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(x.dtype), mask=m)
+
+
+def add_rmsnorm(x, residual, weight, eps):
+    rows, hidden = x.shape
+    out = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else x
+    _add_rmsnorm_kernel[(rows,)](
+        x,
+        residual if residual is not None else x,
+        weight,
+        out,
+        s,
+        hidden,
+        eps,
+        HAS_RES=residual is not None,
+        BLOCK=triton.next_power_of_2(hidden),
+        num_warps=4,
+    )
+    return out, s
+
+
+@triton.jit
+def _rope_store_kernel(
+    qkv_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    slot_ptr,
+    k_ptr,
+    v_ptr,
+    q_ptr,
+    n_q,
+    n_kv,
+    qkv_stride,
+    c_s,
+    c_h,
+    c_l,
+    D: tl.constexpr,
+    HALF: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    pos = tl.load(pos_ptr + row).to(tl.int64)
+    slot = tl.load(slot_ptr + row).to(tl.int64)
+    offs = tl.arange(0, HALF)
+    src = qkv_ptr + row * qkv_stride + h * D
+    x1 = tl.load(src + offs)
+    x2 = tl.load(src + HALF + offs)
+    dt = x1.dtype
+    c1 = tl.load(cos_ptr + pos * D + offs).to(tl.float32)
+    c2 = tl.load(cos_ptr + pos * D + HALF + offs).to(tl.float32)
+    s1 = tl.load(sin_ptr + pos * D + offs).to(tl.float32)
+    s2 = tl.load(sin_ptr + pos * D + HALF + offs).to(tl.float32)
+    f1 = x1.to(tl.float32)
+    f2 = x2.to(tl.float32)
+    # transformers rounds each product to the model dtype before the sum: do the same.
+    o1 = ((f1 * c1).to(dt).to(tl.float32) + (-f2 * s1).to(dt).to(tl.float32)).to(dt)
+    o2 = ((f2 * c2).to(dt).to(tl.float32) + (f1 * s2).to(dt).to(tl.float32)).to(dt)
+    if h < n_q:
+        q_dst = q_ptr + (row * n_q + h) * D
+        tl.store(q_dst + offs, o1)
+        tl.store(q_dst + HALF + offs, o2)
+    else:
+        kh = h - n_q
+        at = slot * c_s + kh * c_h + pos * c_l
+        tl.store(k_ptr + at + offs, o1)
+        tl.store(k_ptr + at + HALF + offs, o2)
+        vsrc = qkv_ptr + row * qkv_stride + (n_q + n_kv + kh) * D
+        tl.store(v_ptr + at + offs, tl.load(vsrc + offs))
+        tl.store(v_ptr + at + HALF + offs, tl.load(vsrc + HALF + offs))
+
+
+def rope_store(qkv, cos, sin, pos, slot, k_cache, v_cache, n_q):
+    rows = qkv.shape[0]
+    n_kv, d = k_cache.shape[1], k_cache.shape[3]
+    q = torch.empty(rows, n_q, d, dtype=qkv.dtype, device=qkv.device)
+    _rope_store_kernel[(rows, n_q + n_kv)](
+        qkv,
+        cos,
+        sin,
+        pos,
+        slot,
+        k_cache,
+        v_cache,
+        q,
+        n_q,
+        n_kv,
+        qkv.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        D=d,
+        HALF=d // 2,
+        num_warps=1,
+    )
+    return q
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < inter
+    g = tl.load(gu_ptr + row * 2 * inter + offs, mask=m, other=0.0)
+    u = tl.load(gu_ptr + row * 2 * inter + inter + offs, mask=m, other=0.0)
+    gf = g.to(tl.float32)
+    a = (gf / (1.0 + tl.exp(-gf))).to(g.dtype)
+    tl.store(out_ptr + row * inter + offs, (a.to(tl.float32) * u.to(tl.float32)).to(g.dtype), mask=m)
+
+
+def silu_mul(gate_up):
+    rows, two_i = gate_up.shape
+    inter = two_i // 2
+    out = torch.empty(rows, inter, dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block, num_warps=4)
+    return out
+
+
+@triton.jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr,
+    temp_ptr,
+    greedy_ptr,
+    key_ptr,
+    part_m,
+    part_s,
+    part_score,
+    part_idx,
+    V,
+    stride,
+    CH,
+    NS,
+    BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    sp = tl.program_id(1)
+    t = tl.load(temp_ptr + row)
+    greedy = tl.load(greedy_ptr + row)
+    key = tl.load(key_ptr + row).to(tl.uint32)
+    start = sp * CH
+    end = tl.minimum(start + CH, V)
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.full((), 0.0, tl.float32)
+    best = tl.full((), float("-inf"), tl.float32)
+    bidx = tl.full((), 0, tl.int32)
+    for off in range(start, end, BLOCK):
+        idx = off + tl.arange(0, BLOCK)
+        msk = idx < end
+        x = tl.load(logits_ptr + row * stride + idx, mask=msk, other=float("-inf")).to(tl.float32) / t
+        bits = _mix32(_mix32(idx.to(tl.uint32)) + key)
+        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        noise = -tl.log(-tl.log(u))
+        score = tl.where(greedy != 0, x, x + noise)
+        score = tl.where(msk, score, float("-inf"))
+        new_m = tl.maximum(m, tl.max(x, axis=0))
+        s = s * tl.exp(m - new_m) + tl.sum(tl.where(msk, tl.exp(x - new_m), 0.0), axis=0)
+        m = new_m
+        cb = tl.max(score, axis=0)
+        ci = tl.argmax(score, axis=0).to(tl.int32)
+        upd = cb > best
+        best = tl.where(upd, cb, best)
+        bidx = tl.where(upd, off + ci, bidx)
+    o = row * NS + sp
+    tl.store(part_m + o, m)
+    tl.store(part_s + o, s)
+    tl.store(part_score + o, best)
+    tl.store(part_idx + o, bidx)
+
+
+def sample_plain(logits, temps, greedy, keys):
+    rows, vocab = logits.shape
+    block = 2048
+    splits = min(16, triton.cdiv(vocab, block))
+    chunk = triton.cdiv(triton.cdiv(vocab, splits), block) * block
+    splits = triton.cdiv(vocab, chunk)  # every split then holds at least one real token
+    dev = logits.device
+    part_m = torch.empty(rows, splits, dtype=torch.float32, device=dev)
+    part_s = torch.empty_like(part_m)
+    part_score = torch.empty_like(part_m)
+    part_idx = torch.empty(rows, splits, dtype=torch.int32, device=dev)
+    _sample_kernel[(rows, splits)](
+        logits,
+        temps,
+        greedy.to(torch.int32),
+        keys,
+        part_m,
+        part_s,
+        part_score,
+        part_idx,
+        vocab,
+        logits.stride(0),
+        chunk,
+        splits,
+        BLOCK=block,
+        num_warps=8,
+    )
+    top = part_m.max(dim=1).values
+    lse = top + torch.log((part_s * torch.exp(part_m - top[:, None])).sum(dim=1))
+    tokens = part_idx.gather(1, part_score.argmax(dim=1, keepdim=True)).squeeze(1).long()
+    chosen = logits.gather(1, tokens[:, None]).squeeze(1).float() / temps
+    return tokens, chosen - lse
+
+
+@triton.jit
+def _decode_attn_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    pos_ptr,
+    out_ptr,
+    scale,
+    n_q,
+    c_s,
+    c_h,
+    c_l,
+    G: tl.constexpr,
+    GP: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    # One program per (row, kv head): the G query heads sharing that kv head attend together,
+    # over keys 0..pos of the row only (no padding to a length bucket is read).
+    row = tl.program_id(0).to(tl.int64)
+    kh = tl.program_id(1)
+    n_ctx = tl.load(pos_ptr + row) + 1
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    gm = g < G
+    q = tl.load(q_ptr + (row * n_q + kh * G + g[:, None]) * D + d[None, :], mask=gm[:, None], other=0.0)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    base = row * c_s + kh * c_h
+    for off in range(0, n_ctx, BLOCK_L):
+        ls = off + tl.arange(0, BLOCK_L)
+        lm = ls < n_ctx
+        kv_off = base + ls[:, None] * c_l + d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+        s = tl.where(lm[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(
+        out_ptr + row * n_q * D + (kh * G + g[:, None]) * D + d[None, :], out.to(q.dtype), mask=gm[:, None]
+    )
+
+
+def decode_attention(q, k_cache, v_cache, pos, scale):
+    rows, n_q, d = q.shape
+    n_kv = k_cache.shape[1]
+    group = n_q // n_kv
+    out = torch.empty(rows, n_q * d, dtype=q.dtype, device=q.device)
+    _decode_attn_kernel[(rows, n_kv)](
+        q,
+        k_cache,
+        v_cache,
+        pos,
+        out,
+        scale,
+        n_q,
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        G=group,
+        GP=max(16, triton.next_power_of_2(group)),
+        D=d,
+        BLOCK_L=64,
+        PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=4,
+    )
+    return out

@@ -1,0 +1,268 @@
+"""The embedded inference engine: generation in-process, on the policy's own live weights.
+
+Concurrent ``generate`` calls are gathered by a scheduler task on the running event loop into
+one batch of at most ``max_batch_size`` slots. Each scheduler tick runs one model step (prefill of
+newly admitted prompts, or one decode token for every running slot) in a worker thread, so the
+loop (the Trainer's, or Jupyter's) stays responsive; finished slots are refilled from the queue
+on the next tick. Stop strings, stop ids and budgets are checked on the host after every step.
+
+The engine shares the trainer's ``nn.Module``: an optimizer step changes what it samples at once,
+and :meth:`EmbeddedEngine.update_weights` only bumps the version (plus a refresh for a fast path
+that keeps fused copies). Each step runs under ``torch.inference_mode`` with dropout off, and the
+module's train/eval flags are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import heapq
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from miles_sdk.engines._fast import FastRunner, fast_path_unsupported
+from miles_sdk.engines._requests import Request, parse_sampling_params
+from miles_sdk.engines._runner import HFRunner, ModelRunner, StepResult
+from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
+
+__all__ = ["EmbeddedEngine"]
+
+
+class EmbeddedEngine:
+    """In-process :class:`~miles_sdk.engines.base.InferenceEngine` over a transformers causal LM.
+
+    Args:
+        model: the policy. Its parameters are read live (no copy) when ``device`` is its device.
+        tokenizer: used for EOS ids, stop strings and the returned text.
+        max_batch_size: the most requests decoded together; the rest wait in FIFO order.
+        device: where to generate. Defaults to the model's device. A different device keeps a
+            copy of the model there, refreshed by :meth:`update_weights`.
+        seed: seeds requests that carry no ``sampling_seed`` (request ``i`` gets ``seed + i``).
+        default_max_new_tokens: the budget when ``max_new_tokens`` is unset (SGLang's is 128).
+        fast_path: use the static-cache runner with fused kernels and CUDA graphs. ``None``
+            picks it on CUDA when the architecture is supported (Qwen2/Qwen3/Llama/Mistral),
+            else the generic transformers path; ``True`` insists (error if unsupported).
+        max_seq_len: the fast path's per-slot cache length (prompt + response), allocated once.
+        decode_chunk: fast-path decode steps run per host sync; stops are checked after each
+            chunk (tokens past a stop are discarded, so output is unchanged).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        max_batch_size: int = 64,
+        device: torch.device | None = None,
+        seed: int = 0,
+        default_max_new_tokens: int = 128,
+        fast_path: bool | None = None,
+        max_seq_len: int = 4096,
+        decode_chunk: int = 16,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"EmbeddedEngine: max_batch_size must be >= 1, got {max_batch_size}")
+        self._source = model
+        model_device = next(model.parameters()).device
+        self.device = device if device is not None else model_device
+        if self.device == model_device:
+            self._model = model
+        else:
+            self._model = copy.deepcopy(model)
+            torch.nn.Module.to(self._model, self.device)
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.default_max_new_tokens = default_max_new_tokens
+        self._eos_ids = _eos_ids(model, tokenizer)
+        self._vocab = int(model.config.get_text_config(decoder=True).vocab_size)
+        self._runner: ModelRunner
+        unsupported = fast_path_unsupported(self._model)
+        if fast_path and unsupported:
+            raise ValueError(f"EmbeddedEngine(fast_path=True): {unsupported}")
+        if fast_path or (fast_path is None and self.device.type == "cuda" and unsupported is None):
+            self._runner = FastRunner(
+                self._model, self.device, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
+                decode_chunk=decode_chunk,
+            )  # fmt: skip
+        else:
+            self._runner = HFRunner(self._model, self.device)
+        self.fast_path = isinstance(self._runner, FastRunner)
+        self._lock = threading.Lock()
+        self._version = 0
+        self._next_seed = seed
+        # Event-loop state, rebuilt when generate() is first called from a new loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._waiting: deque[Request] = deque()
+        self._active: dict[int, Request] = {}
+        self._free: list[int] = list(range(max_batch_size))
+        """A heap: the lowest free slot goes first, so the fast path's batch stays dense."""
+        self._to_release: list[int] = []
+
+    # -- InferenceEngine -----------------------------------------------------------------------
+
+    @property
+    def weight_version(self) -> int:
+        """Monotonic version of the weights the engine samples from."""
+        return self._version
+
+    def update_weights(self, version: int | None = None) -> None:
+        """Sample from the trainer's current weights from the next step on; bump the version.
+
+        With the live module shared this is a version bump; a copy on another device is refreshed.
+        """
+        if version is not None and version < self._version:
+            raise ValueError(f"EmbeddedEngine.update_weights: version {version} < current {self._version}")
+        with self._lock:
+            if self._model is not self._source:
+                with torch.no_grad():
+                    for dst, src in zip(self._model.parameters(), self._source.parameters(), strict=True):
+                        dst.copy_(src)
+            self._runner.weights_updated()
+        self._version = self._version + 1 if version is None else version
+
+    async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
+        """Continue ``input_ids``; batched with every other request in flight on this loop."""
+        self._ensure_scheduler()
+        seed = self._next_seed
+        self._next_seed += 1
+        req = parse_sampling_params(
+            input_ids,
+            sampling_params,
+            vocab_size=self._vocab,
+            eos_ids=self._eos_ids,
+            default_seed=seed,
+            default_max_new_tokens=self.default_max_new_tokens,
+            max_context=self._runner.max_context,
+            future=asyncio.get_running_loop().create_future(),
+        )
+        if req.max_new_tokens == 0:
+            return self._output(req, FinishReason.LENGTH)
+        self._waiting.append(req)
+        self._wake.set()
+        try:
+            return await req.future
+        finally:
+            req.cancelled = not req.future.done()
+            if req.cancelled:
+                self._wake.set()
+
+    async def abort_all(self) -> None:
+        """Resolve every queued and running request now with ABORT and the tokens it has."""
+        for req in [*self._waiting, *self._active.values()]:
+            self._finish(req, FinishReason.ABORT)
+        self._waiting.clear()
+        self._wake.set()
+
+    # -- scheduler -----------------------------------------------------------------------------
+
+    def _ensure_scheduler(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task is not None and not self._task.done():
+            return
+        if self._loop is not loop:
+            # The old loop (an earlier asyncio.run) is gone with its requests: start clean.
+            self._waiting.clear()
+            self._active.clear()
+            self._to_release.clear()
+            self._free = list(range(self.max_batch_size))
+            with self._lock:
+                self._runner.reset()
+            self._wake = asyncio.Event()
+        self._loop = loop
+        self._task = loop.create_task(self._schedule(), name="EmbeddedEngine.scheduler")
+
+    async def _schedule(self) -> None:
+        try:
+            while True:
+                self._reap()
+                self._admit()
+                if not self._active:
+                    self._wake.clear()
+                    if not self._waiting:
+                        await self._wake.wait()
+                    continue
+                budget = max(r.max_new_tokens - len(r.tokens) for r in self._active.values())
+                result = await asyncio.to_thread(self._step, budget)
+                self._absorb(result)
+        except Exception as exc:  # a model error fails every request instead of hanging them
+            for req in [*self._waiting, *self._active.values()]:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+            self._waiting.clear()
+            self._active.clear()
+            raise
+
+    def _step(self, max_tokens: int) -> StepResult:
+        with self._lock:
+            flipped = [m for m in self._model.modules() if m.training]
+            for m in flipped:
+                m.training = False
+            try:
+                with torch.inference_mode():
+                    return self._runner.step(max_tokens)
+            finally:
+                for m in flipped:
+                    m.training = True
+
+    def _reap(self) -> None:
+        """Free slots of finished or cancelled requests (only between steps: the runner is idle)."""
+        for slot, req in list(self._active.items()):
+            if req.cancelled or req.future.done():
+                del self._active[slot]
+                self._to_release.append(slot)
+        while self._waiting and (self._waiting[0].cancelled or self._waiting[0].future.done()):
+            self._waiting.popleft()
+        for slot in self._to_release:
+            self._runner.release(slot)
+            heapq.heappush(self._free, slot)
+        self._to_release.clear()
+
+    def _admit(self) -> None:
+        while self._waiting and self._free:
+            req = self._waiting.popleft()
+            if req.cancelled or req.future.done():
+                continue
+            slot = heapq.heappop(self._free)
+            self._active[slot] = req
+            self._runner.admit(slot, req.prompt, req.row)
+
+    def _absorb(self, result: StepResult) -> None:
+        for slot, (tokens, logps) in result.items():
+            req = self._active.get(slot)
+            if req is None or req.future.done():
+                continue  # aborted while the step ran: its answer is already out
+            reason = req.accept_many(tokens, logps, self.tokenizer)
+            if reason is not None:
+                self._finish(req, reason)
+
+    def _finish(self, req: Request, reason: FinishReason) -> None:
+        if not req.future.done():
+            req.future.set_result(self._output(req, reason))
+
+    def _output(self, req: Request, reason: FinishReason) -> EngineOutput:
+        text = str(self.tokenizer.decode(req.tokens, skip_special_tokens=req.skip_special_tokens))
+        return EngineOutput(
+            token_ids=list(req.tokens),
+            log_probs=list(req.log_probs),
+            finish_reason=reason,
+            weight_version=self._version,
+            text=text,
+        )
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list | tuple):
+        ids.update(int(i) for i in gen_eos)
+    return frozenset(ids)

@@ -1,0 +1,322 @@
+"""`HttpEngine`: an :class:`~miles_sdk.engines.base.InferenceEngine` that talks to SGLang's HTTP API.
+
+It POSTs ``{"input_ids", "sampling_params", "return_logprob": true}`` to ``{url}/generate`` (an
+SGLang server, the Miles router, or :func:`miles_sdk.engines.http_server.start_server`) and reads
+the new tokens and their log-probs from ``meta_info.output_token_logprobs``, exactly as Miles's
+default generate function does. The wire-format helpers here (:func:`generate_payload`,
+:func:`parse_generate_response`) are shared with the router and the offline SGLang adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import aiohttp
+
+from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
+
+__all__ = [
+    "HttpEngine",
+    "HttpEngineError",
+    "generate_payload",
+    "normalize_url",
+    "parse_finish_reason",
+    "parse_generate_response",
+    "parse_weight_version",
+]
+
+logger = logging.getLogger(__name__)
+
+# Gateway-style statuses mean "this server is not ready / overloaded", so retrying is safe; a 4xx
+# or 500 means the request itself is bad and retrying would repeat the failure.
+_RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+class HttpEngineError(RuntimeError):
+    """A server answered with an error, an unreadable reply, or could not be reached."""
+
+
+def normalize_url(url: str) -> str:
+    """``host:port`` or ``http://host:port/`` -> ``http://host:port`` (no trailing slash)."""
+    url = url.strip().rstrip("/")
+    if not url:
+        raise ValueError("empty engine URL")
+    if "://" not in url:
+        url = "http://" + url
+    return url
+
+
+def generate_payload(
+    input_ids: Sequence[int],
+    sampling_params: SamplingParams | Mapping[str, Any],
+    *,
+    return_logprob: bool = True,
+) -> dict[str, Any]:
+    """The SGLang /generate body Miles sends for one token-level request."""
+    return {
+        "input_ids": [int(t) for t in input_ids],
+        "sampling_params": dict(sampling_params),
+        "return_logprob": return_logprob,
+    }
+
+
+def parse_finish_reason(value: object, *, source: str = "reply") -> FinishReason:
+    """SGLang's ``meta_info.finish_reason`` (``{"type": "stop", ...}`` or a bare string) -> enum."""
+    kind = value.get("type") if isinstance(value, Mapping) else value
+    try:
+        return FinishReason(kind)
+    except ValueError:
+        raise HttpEngineError(
+            f"{source}: meta_info.finish_reason {value!r} is not one of stop/length/abort"
+        ) from None
+
+
+def parse_weight_version(value: object, default: int) -> int:
+    """SGLang reports ``weight_version`` as a string ("default" until set); ints parse, others fall back."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return default
+
+
+def parse_generate_response(
+    reply: object, *, default_version: int = 0, source: str = "reply"
+) -> EngineOutput:
+    """One SGLang /generate reply (``{"text", "output_ids"?, "meta_info": {...}}``) -> EngineOutput.
+
+    Tokens and log-probs come from ``meta_info.output_token_logprobs`` (``[[logprob, token_id,
+    text|None], ...]``), so the request must have had ``return_logprob: true``. ``source`` names
+    the server in error messages.
+    """
+    if not isinstance(reply, Mapping):
+        raise HttpEngineError(
+            f"{source}: expected a JSON object, got {type(reply).__name__}: {str(reply)[:200]}"
+        )
+    meta = reply.get("meta_info")
+    if not isinstance(meta, Mapping):
+        raise HttpEngineError(f"{source}: reply has no 'meta_info' object (keys: {sorted(reply)})")
+    if "finish_reason" not in meta:
+        raise HttpEngineError(f"{source}: meta_info has no 'finish_reason' (keys: {sorted(meta)})")
+    finish = parse_finish_reason(meta["finish_reason"], source=source)
+    entries = meta.get("output_token_logprobs")
+    if entries is None:
+        raise HttpEngineError(
+            f"{source}: meta_info has no 'output_token_logprobs'; send return_logprob=true (keys: {sorted(meta)})"
+        )
+    token_ids: list[int] = []
+    log_probs: list[float] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Sequence) or len(entry) < 2 or entry[0] is None:
+            raise HttpEngineError(
+                f"{source}: output_token_logprobs[{i}] = {entry!r}, expected [logprob, token_id, ...]"
+            )
+        log_probs.append(float(entry[0]))
+        token_ids.append(int(entry[1]))
+    output_ids = reply.get("output_ids")
+    if output_ids is not None and [int(t) for t in output_ids] != token_ids:
+        raise HttpEngineError(
+            f"{source}: output_ids ({len(output_ids)} tokens) disagree with output_token_logprobs "
+            f"({len(token_ids)} tokens)"
+        )
+    text = reply.get("text")
+    return EngineOutput(
+        token_ids=token_ids,
+        log_probs=log_probs,
+        finish_reason=finish,
+        weight_version=parse_weight_version(meta.get("weight_version"), default_version),
+        text=text if isinstance(text, str) else None,
+    )
+
+
+async def read_json(response: aiohttp.ClientResponse) -> object:
+    """The body as JSON when it parses, else the text (SGLang answers some errors in plain text)."""
+    text = await response.text()
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return text
+
+
+class HttpEngine:
+    """An InferenceEngine over one or more SGLang-compatible HTTP servers.
+
+    Args:
+        urls: one URL or several (``http://host:port`` or ``host:port``). Each request goes to the
+            server with the fewest requests in flight from this client.
+        tokenizer: unused for generation (ids go over the wire); kept so callers can hand the
+            engine and its tokenizer around together.
+        timeout: seconds for one request (None: no limit, as Miles's client).
+        max_connections: the connection-pool size shared by all servers.
+        max_retries: extra attempts after a connection error or a 502/503/504, each on the
+            next-least-busy server, with exponential backoff from ``retry_backoff`` seconds.
+        weight_version: the starting version, used when a reply carries no integer version.
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        tokenizer: object | None = None,
+        timeout: float | None = None,
+        max_connections: int = 512,
+        max_retries: int = 5,
+        retry_backoff: float = 0.2,
+        weight_version: int = 0,
+    ) -> None:
+        url_list = [urls] if isinstance(urls, str) else list(urls)
+        if not url_list:
+            raise ValueError("HttpEngine: urls is empty")
+        if max_connections < 1 or max_retries < 0:
+            raise ValueError(
+                f"HttpEngine: max_connections={max_connections}, max_retries={max_retries} out of range"
+            )
+        self.urls = [normalize_url(u) for u in url_list]
+        self.tokenizer = tokenizer
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_connections = max_connections
+        self._max_retries = max_retries
+        self._retry_backoff = retry_backoff
+        self._weight_version = weight_version
+        self._pending_version: int | None = None
+        self._active = dict.fromkeys(self.urls, 0)
+        self._session: aiohttp.ClientSession | None = None
+        self._session_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- InferenceEngine ---------------------------------------------------------------------------
+
+    @property
+    def weight_version(self) -> int:
+        return self._weight_version
+
+    def update_weights(self, version: int | None = None) -> None:
+        """Record the new version; it is sent to every server (``/update_weight_version``) before
+        the next request. Moving the weights themselves is the trainer's weight-sync job."""
+        self._weight_version = self._weight_version + 1 if version is None else version
+        self._pending_version = self._weight_version
+
+    async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
+        await self._push_pending_version()
+        payload = generate_payload(input_ids, sampling_params)
+        url, reply = await self._post_with_retries("/generate", payload)
+        return parse_generate_response(reply, default_version=self._weight_version, source=f"{url}/generate")
+
+    async def abort_all(self) -> None:
+        """POST ``/abort_request {"abort_all": true}`` to every server; unreachable ones are logged."""
+        session = self._get_session()
+        for url in self.urls:
+            try:
+                async with session.post(f"{url}/abort_request", json={"rid": "", "abort_all": True}) as resp:
+                    await resp.read()
+            except (TimeoutError, aiohttp.ClientError) as e:
+                logger.warning("HttpEngine: abort_request to %s failed: %s", url, e)
+
+    # -- extras ------------------------------------------------------------------------------------
+
+    async def push_weight_version(self, version: int | None = None) -> None:
+        """Send ``/update_weight_version`` now (``version`` defaults to the current one)."""
+        if version is not None:
+            self._weight_version = version
+        self._pending_version = None
+        body = {"new_version": str(self._weight_version), "abort_all_requests": False}
+        for url in self.urls:
+            await self._post_with_retries("/update_weight_version", body, only=url)
+
+    async def update_weights_from_disk(self, model_path: str, *, version: int | None = None) -> None:
+        """Ask every server to load ``model_path`` (SGLang's ``/update_weights_from_disk``)."""
+        self._weight_version = self._weight_version + 1 if version is None else version
+        body = {"model_path": model_path, "weight_version": str(self._weight_version)}
+        for url in self.urls:
+            _, reply = await self._post_with_retries("/update_weights_from_disk", body, only=url)
+            if isinstance(reply, Mapping) and reply.get("success") is False:
+                raise HttpEngineError(f"{url}/update_weights_from_disk: {reply.get('message')}")
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # An aiohttp session is bound to the loop it was made on; tests and notebooks may run
+        # several loops over the engine's life, so a new loop gets a new session.
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._session_loop is not loop:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._max_connections)
+            )
+            self._session_loop = loop
+        return self._session
+
+    async def _push_pending_version(self) -> None:
+        if self._pending_version is None:
+            return
+        version = self._pending_version
+        self._pending_version = None
+        try:
+            await self.push_weight_version(version)
+        except HttpEngineError as e:
+            # A plain SGLang build without the endpoint still serves; versions then come from us.
+            logger.warning("HttpEngine: could not send weight version %d: %s", version, e)
+
+    async def _post_with_retries(
+        self, path: str, body: Mapping[str, Any], *, only: str | None = None
+    ) -> tuple[str, object]:
+        session = self._get_session()
+        last_error = "no attempt"
+        failed: set[str] = set()
+        for attempt in range(self._max_retries + 1):
+            if only is not None:
+                url = only
+            else:
+                # Fail over: servers that already failed this request go last.
+                candidates = [u for u in self.urls if u not in failed] or self.urls
+                url = min(candidates, key=lambda u: self._active[u])
+            self._active[url] += 1
+            try:
+                async with session.post(url + path, json=body) as resp:
+                    reply = await read_json(resp)
+                    if resp.status == 200:
+                        return url, reply
+                    last_error = f"HTTP {resp.status}: {str(reply)[:300]}"
+                    if resp.status not in _RETRY_STATUSES:
+                        raise HttpEngineError(f"{url}{path}: {last_error}")
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                last_error = f"{type(e).__name__}: {e}"
+            finally:
+                self._active[url] -= 1
+            failed.add(url)
+            if attempt < self._max_retries:
+                logger.info(
+                    "HttpEngine: %s%s failed (%s); retry %d/%d",
+                    url,
+                    path,
+                    last_error,
+                    attempt + 1,
+                    self._max_retries,
+                )
+                # Another server can be tried at once; once all have failed, back off.
+                if only is not None or len(failed) >= len(self.urls):
+                    failed.clear()
+                    await asyncio.sleep(self._retry_backoff * (2**attempt))
+        targets = only if only is not None else ", ".join(self.urls)
+        raise HttpEngineError(
+            f"POST {path} to {targets} failed after {self._max_retries + 1} attempts: {last_error}"
+        )

@@ -1,0 +1,232 @@
+"""The reward stage of the rollout: score samples, and fail loudly per sample.
+
+:func:`score_samples` is what the rollout calls. A reward that raises, times out, returns NaN or
+a value that is not a reward marks *that* sample FAILED with ``metadata["reward_error"]``
+(``"<hook or rm type>: <reason>"``); it is never turned into a 0 and never stops the others.
+:func:`validate_labels` finds missing labels before training starts rather than mid-run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from miles_sdk.rewards.dapo import minerva_normalize
+from miles_sdk.rewards.ifbench import IFBenchError, ifbench_instructions
+from miles_sdk.rewards.registry import (
+    RewardConfigError,
+    _base,
+    check_rm_type,
+    compute_builtin_reward,
+    resolve_rm_type,
+    rm_type_of,
+)
+from miles_sdk.types import Sample
+
+if TYPE_CHECKING:
+    from miles_sdk.config import Config
+    from miles_sdk.hooks import BatchedRewardFn, RewardFn
+
+__all__ = ["RewardLabelError", "compute_builtin_reward", "score_samples", "validate_labels"]
+
+logger = logging.getLogger(__name__)
+
+_SKIP = (Sample.Status.ABORTED, Sample.Status.FAILED)
+
+
+class RewardLabelError(ValueError):
+    """Rows or samples lack what their rm type needs (a label, gpqa's answer, ifbench metadata)."""
+
+
+def hook_name(fn: object) -> str:
+    """``module.qualname`` of a hook, for error messages."""
+    target = getattr(fn, "func", fn)  # functools.partial
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    module = getattr(target, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+def _fail(sample: Sample, source: str, reason: str) -> None:
+    sample.status = Sample.Status.FAILED
+    sample.metadata["reward_error"] = f"{source}: {reason}"
+    logger.warning("reward failed for sample index=%s: %s: %s", sample.index, source, reason)
+
+
+def _problem(args: Config, value: object) -> str | None:
+    """Why ``value`` cannot be a reward, or None when it can."""
+    if isinstance(value, bool) or not isinstance(value, int | float | dict):
+        return f"returned {type(value).__name__} {value!r:.80}; expected a float or a dict"
+    if isinstance(value, int | float):
+        return None if math.isfinite(value) else f"returned {value}"
+    key = args.reward_key
+    if key is None:
+        return None
+    if key not in value:
+        return f"returned a dict without reward_key {key!r} (keys: {sorted(map(str, value))})"
+    scalar = value[key]
+    if isinstance(scalar, bool) or not isinstance(scalar, int | float):
+        return f"reward[{key!r}] is {type(scalar).__name__}; expected a number"
+    return None if math.isfinite(scalar) else f"reward[{key!r}] is {scalar}"
+
+
+def _accept(args: Config, sample: Sample, source: str, value: object) -> None:
+    problem = _problem(args, value)
+    if problem is not None:
+        _fail(sample, source, problem)
+    elif isinstance(value, dict):
+        sample.reward = value
+    elif isinstance(value, int | float):
+        sample.reward = float(value)  # Miles's 0/1 ints become floats, the type Sample declares
+
+
+async def _call(result: object, timeout: float | None) -> object:
+    # Miles rewards are async; a plain function's value is taken as is (it cannot be timed out).
+    if inspect.isawaitable(result):
+        return await asyncio.wait_for(result, timeout)
+    return result
+
+
+def _reason(exc: BaseException, timeout: float | None) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"timed out after reward_timeout={timeout}s"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def score_samples(
+    args: Config,
+    samples: list[Sample],
+    *,
+    reward_fn: RewardFn | None = None,
+    batched_reward_fn: BatchedRewardFn | None = None,
+) -> None:
+    """Set ``reward`` on each sample that has none and is not ABORTED or FAILED.
+
+    With ``batched_reward_fn`` the pending samples are scored in one call; else each sample is
+    scored with ``reward_fn`` (default: the built-in rm type), at most ``reward_concurrency`` at a
+    time. Failures mark the sample FAILED with ``metadata["reward_error"]`` (see the module doc).
+    """
+    pending = [s for s in samples if s.reward is None and s.status not in _SKIP]
+    if not pending:
+        return
+    timeout = args.reward_timeout
+    if batched_reward_fn is not None:
+        await _score_batched(args, pending, batched_reward_fn, timeout)
+        return
+    fn: RewardFn = reward_fn if reward_fn is not None else compute_builtin_reward
+    limit = asyncio.Semaphore(max(1, args.reward_concurrency))
+
+    async def score_one(sample: Sample) -> None:
+        if reward_fn is not None:
+            source = hook_name(reward_fn)
+        else:
+            try:
+                source = resolve_rm_type(args, sample)
+            except RewardConfigError as exc:
+                _fail(sample, "rm_type", str(exc))
+                return
+        async with limit:
+            try:
+                value: object = await _call(fn(args, sample), timeout)
+            except Exception as exc:  # noqa: BLE001 - any reward bug is recorded on its sample
+                _fail(sample, source, _reason(exc, timeout))
+                return
+        _accept(args, sample, source, value)
+
+    await asyncio.gather(*(score_one(s) for s in pending))
+
+
+async def _score_batched(
+    args: Config, pending: list[Sample], fn: BatchedRewardFn, timeout: float | None
+) -> None:
+    source = hook_name(fn)
+    try:
+        values = await _call(fn(args, pending), timeout)
+    except Exception as exc:  # noqa: BLE001 - the whole batch failed; each sample says why
+        for sample in pending:
+            _fail(sample, source, _reason(exc, timeout))
+        return
+    if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+        for sample in pending:
+            _fail(
+                sample,
+                source,
+                f"returned {type(values).__name__}; expected a list with one reward per sample",
+            )
+        return
+    if len(values) != len(pending):
+        for sample in pending:
+            _fail(sample, source, f"returned {len(values)} rewards for {len(pending)} samples")
+        return
+    for sample, value in zip(pending, values, strict=True):
+        _accept(args, sample, source, value)
+
+
+# -- label validation ---------------------------------------------------------------------------
+
+_LABELLED = frozenset({"math", "deepscaler", "dapo", "f1"})
+
+
+def _row_view(args: Config, row: Sample | Mapping[str, Any]) -> tuple[Any, Mapping[str, Any]]:
+    if isinstance(row, Sample):
+        return row.label, row.metadata if isinstance(row.metadata, Mapping) else {}
+    label = row.get(args.label_key) if args.label_key else None
+    metadata = row.get(args.metadata_key) or {}
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata)
+        except ValueError:
+            metadata = {}
+    return label, metadata if isinstance(metadata, Mapping) else {}
+
+
+def _label_problem(rm_type: str, label: Any, metadata: Mapping[str, Any], where: str) -> str | None:
+    base, _ = _base(rm_type)
+    missing = label is None or (isinstance(label, str) and not label.strip())
+    if base in _LABELLED and missing:
+        return f"rm_type {rm_type!r} needs a label ({where})"
+    if base == "dapo":
+        try:
+            int(float(minerva_normalize(str(label))))
+        except ValueError:
+            return f"rm_type 'dapo' needs an integer label, got {label!r}"
+    if base == "gpqa" and missing and not metadata.get("correct_letter"):
+        return f"rm_type 'gpqa' needs a label or metadata['correct_letter'] ({where})"
+    if base == "ifbench":
+        try:
+            ifbench_instructions(metadata)
+        except IFBenchError as exc:
+            return str(exc)
+    return None
+
+
+def validate_labels(args: Config, rows: Sequence[Sample | Mapping[str, Any]]) -> None:
+    """Raise :class:`RewardLabelError` when a sample or dataset row lacks what its built-in rm
+    type needs. Rows are raw dataset dicts read with ``label_key`` / ``metadata_key``.
+
+    Call it before training when no custom reward model is used. The message lists the first
+    few culprits by position and the number of bad rows.
+    """
+    problems: list[str] = []
+    for pos, row in enumerate(rows):
+        label, metadata = _row_view(args, row)
+        try:
+            rm_type = check_rm_type(rm_type_of(args, metadata))
+        except RewardConfigError as exc:
+            problems.append(f"row {pos}: {exc}")
+            continue
+        if isinstance(row, Sample):
+            where = f"sample.label={label!r}"
+        else:
+            where = f"label_key={args.label_key!r}" if args.label_key else "Config.label_key is unset"
+        problem = _label_problem(rm_type, label, metadata, where)
+        if problem is not None:
+            problems.append(f"row {pos}: {problem}")
+    if problems:
+        shown = "\n  ".join(problems[:5])
+        more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise RewardLabelError(f"{len(problems)} of {len(rows)} rows cannot be scored:\n  {shown}{more}")

@@ -1,0 +1,287 @@
+"""The default rollout (Miles's ``sglang_rollout.generate_rollout``): generate, score, filter, over-sample.
+
+One training rollout, in order:
+
+1. Draw ``over_sampling_batch_size`` groups from the data source whenever kept + in-flight groups
+   fall short of ``rollout_batch_size``. Every sample runs concurrently under a semaphore of
+   ``sglang_server_concurrency``: generate fn (per-sample override, else custom, else single
+   turn), then reward (per sample; with ``group_rm`` per group in one batched call).
+2. Each finished group is checked: a group with a sample lacking a reward (FAILED scoring, or
+   ABORTED by the engine/generate fn without a reward) is dropped and counted
+   (``rollout/reward_failed`` samples, ``rollout/dropped_groups/{reward_failed,unscored_aborted}``).
+   Otherwise the dynamic filter decides; drops count as ``rollout/dynamic_filter/drop_{reason}``.
+3. Once ``rollout_batch_size`` groups are kept, in-flight requests are aborted and awaited, so no
+   request outlives the rollout. With ``partial_rollout`` the unfinished groups go back to the
+   data source (``add_samples``) keeping their tokens; they resume from them next time.
+4. ``rollout_sample_filter`` runs on the kept groups, then ``rollout_all_samples_process`` on
+   every finished group (dropped ones too). Groups come out sorted by sample index.
+
+Why FAILED groups are dropped rather than kept with ``remove_sample``: GRPO normalisation needs
+every reward of a group, and inventing one (0, the group mean) would train on a made-up signal.
+The error stays visible in the metrics, the log, ``sample.metadata["reward_error"]`` and the
+all-samples hook. If the first ``rollout_batch_size`` finished groups all failed, the reward
+function is broken: the rollout raises with the first error instead of draining the dataset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from miles_sdk.config import Config
+from miles_sdk.engines.base import SamplingParams
+from miles_sdk.hooks import DataSource
+from miles_sdk.rollout._shared import gather_or_cancel, pick_generate_fn, run_generate_fn, score_unscored
+from miles_sdk.rollout.context import RolloutContext, get_rollout_context
+from miles_sdk.rollout.eval import eval_rollout
+from miles_sdk.rollout.filters import call_dynamic_filter
+from miles_sdk.rollout.generate import sampling_params_from_args
+from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample
+
+__all__ = ["RolloutError", "generate_rollout", "train_rollout"]
+
+logger = logging.getLogger(__name__)
+
+_FINISHED = (Sample.Status.COMPLETED, Sample.Status.TRUNCATED, Sample.Status.FAILED)
+
+
+class RolloutError(RuntimeError):
+    """The rollout cannot make progress (empty data source, reward function failing every time)."""
+
+
+async def generate_rollout(
+    args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
+) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
+    """The default ``RolloutFn``: :func:`train_rollout`, or :func:`eval_rollout` when evaluating.
+
+    Needs a :class:`RolloutContext` installed (the Trainer does it; see :func:`get_rollout_context`).
+    """
+    if evaluation:
+        return await eval_rollout(args, rollout_id)
+    return await train_rollout(args, rollout_id, data_source)
+
+
+async def train_rollout(args: Config, rollout_id: int, data_source: DataSource) -> RolloutFnTrainOutput:
+    """One training rollout: ``rollout_batch_size`` kept groups (see the module doc)."""
+    return await _TrainRollout(args, rollout_id, data_source, get_rollout_context()).run()
+
+
+def _group_key(group: list[Sample]) -> int:
+    indices = [s.index for s in group if s.index is not None]
+    return min(indices) if indices else -1
+
+
+class _TrainRollout:
+    def __init__(self, args: Config, rollout_id: int, data_source: DataSource, ctx: RolloutContext) -> None:
+        self.args = args
+        self.rollout_id = rollout_id
+        self.data_source = data_source
+        self.ctx = ctx
+        self.semaphore = asyncio.Semaphore(args.sglang_server_concurrency)
+        self.params = sampling_params_from_args(args)
+        self.aborted = False
+        # task -> the group as drawn, so an unfinished group can go back to the data source whole
+        self.pending: dict[asyncio.Task[list[Sample]], list[Sample]] = {}
+        self.counts: Counter[str] = Counter()
+        self.first_reward_error: str | None = None
+
+    async def run(self) -> RolloutFnTrainOutput:
+        start = time.perf_counter()
+        target = self.args.rollout_batch_size
+        kept: list[list[Sample]] = []
+        finished: list[list[Sample]] = []
+        try:
+            while len(kept) < target:
+                while len(kept) + len(self.pending) < target:
+                    self._submit(self.data_source.get_samples(self.args.effective_over_sampling_batch_size))
+                done, _ = await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
+                # Sorted so that which group fills the last slot does not depend on task order.
+                for group in sorted((self._take(t) for t in done), key=_group_key):
+                    finished.append(group)
+                    if not await self._accept(group):
+                        continue
+                    if len(kept) < target:
+                        kept.append(group)
+                    else:
+                        self.counts["rollout/extra_groups_discarded"] += 1
+                self._check_progress(kept)
+            await self._abort_in_flight()
+        except BaseException:
+            await self._cancel_in_flight()
+            raise
+
+        kept.sort(key=_group_key)
+        finished.sort(key=_group_key)
+        if self.ctx.rollout_sample_filter is not None:
+            self.ctx.rollout_sample_filter(self.args, kept)
+        if self.ctx.rollout_all_samples_process is not None:
+            self.ctx.rollout_all_samples_process(self.args, finished, self.data_source)
+        return RolloutFnTrainOutput(samples=kept, metrics=self._metrics(kept, time.perf_counter() - start))
+
+    # -- drawing and generating ----------------------------------------------------------------
+
+    def _submit(self, groups: list[list[Sample]]) -> None:
+        n = self.args.effective_over_sampling_batch_size
+        if not groups:
+            raise RolloutError(
+                f"data source {type(self.data_source).__name__}.get_samples({n}) returned no groups "
+                f"in rollout {self.rollout_id}; the rollout cannot fill rollout_batch_size"
+            )
+        self.counts["rollout/over_sampling_rounds"] += 1
+        self.counts["rollout/groups_drawn"] += len(groups)
+        rounds = self.counts["rollout/over_sampling_rounds"]
+        if rounds in (10, 100, 1000, 10000):
+            # Miles loops silently when a filter drops everything (e.g. all-zero rewards); say so.
+            drops = {k: v for k, v in self.counts.items() if "drop" in k}
+            logger.warning(
+                "rollout %d: %d over-sampling rounds drew %d groups so far; drops: %s",
+                self.rollout_id,
+                rounds,
+                self.counts["rollout/groups_drawn"],
+                drops,
+            )
+        for group in groups:
+            if not group:
+                raise RolloutError(f"data source {type(self.data_source).__name__} returned an empty group")
+            task = asyncio.create_task(self._generate_group(group))
+            self.pending[task] = group
+
+    def _take(self, task: asyncio.Task[list[Sample]]) -> list[Sample]:
+        del self.pending[task]
+        return task.result()
+
+    async def _generate_group(self, group: list[Sample]) -> list[Sample]:
+        results = await gather_or_cancel([self._generate_sample(s, i) for i, s in enumerate(group)])
+        samples = [s for result in results for s in result]
+        if self.args.group_rm and not self.aborted:
+            await score_unscored(self.args, samples, self.ctx, batched=True)
+        return samples
+
+    async def _generate_sample(self, sample: Sample, index_in_group: int) -> list[Sample]:
+        args = self.args
+        if sample.rollout_id is None:
+            sample.rollout_id = self.rollout_id
+        if args.partial_rollout and args.mask_offpolicy_in_partial_rollout:
+            self._mask_offpolicy(sample)
+        if sample.status in _FINISHED:
+            # Finished in an earlier rollout, returned with its unfinished group-mates.
+            if not args.group_rm:
+                await score_unscored(args, [sample], self.ctx, batched=False)
+            return [sample]
+        params = SamplingParams(**self.params)
+        if args.sglang_enable_deterministic_inference:
+            params["sampling_seed"] = args.rollout_seed + index_in_group
+        async with self.semaphore:
+            if self.aborted:
+                sample.status = Sample.Status.ABORTED
+                return [sample]
+            self.counts["rollout/generate_calls"] += 1
+            fn = pick_generate_fn(self.ctx, sample)
+            samples = await run_generate_fn(fn, args, sample, params)
+        if not args.group_rm:
+            await score_unscored(args, samples, self.ctx, batched=False)
+        return samples
+
+    def _mask_offpolicy(self, sample: Sample) -> None:
+        """Zero the loss mask of tokens generated under older weights before resuming.
+
+        Tokens before the sample's last engine call were masked when it was last resumed, so
+        comparing the last recorded version with the engine's is enough.
+        """
+        versions = sample.weight_versions
+        if sample.response_length > 0 and versions and versions[-1] != self.ctx.engine.weight_version:
+            sample.loss_mask = [0] * sample.response_length
+
+    # -- judging finished groups ---------------------------------------------------------------
+
+    async def _accept(self, group: list[Sample]) -> bool:
+        failed = [s for s in group if s.status is Sample.Status.FAILED]
+        if failed:
+            self.counts["rollout/reward_failed"] += len(failed)
+            self.counts["rollout/dropped_groups/reward_failed"] += 1
+            error = str(failed[0].metadata.get("reward_error", "unknown error"))
+            if self.first_reward_error is None:
+                self.first_reward_error = f"sample index={failed[0].index}: {error}"
+            logger.warning(
+                "rollout %d: dropped group %d, reward failed: %s", self.rollout_id, _group_key(group), error
+            )
+            return False
+        if any(s.reward is None for s in group):
+            self.counts["rollout/dropped_groups/unscored_aborted"] += 1
+            return False
+        verdict = await call_dynamic_filter(self.ctx.dynamic_sampling_filter, self.args, group)
+        if not verdict.keep:
+            self.counts[f"rollout/dynamic_filter/drop_{verdict.reason or 'unspecified'}"] += 1
+        return verdict.keep
+
+    def _check_progress(self, kept: list[list[Sample]]) -> None:
+        failed_groups = self.counts["rollout/dropped_groups/reward_failed"]
+        if not kept and failed_groups >= self.args.rollout_batch_size:
+            raise RolloutError(
+                f"rollout {self.rollout_id}: the first {failed_groups} finished groups all failed reward "
+                f"scoring; first error: {self.first_reward_error}"
+            )
+
+    # -- ending the rollout --------------------------------------------------------------------
+
+    async def _abort_in_flight(self) -> None:
+        """Abort what is still generating and wait for it; with partial_rollout, return it."""
+        self.aborted = True
+        if not self.pending:
+            return
+        self.counts["rollout/aborted_groups"] += len(self.pending)
+        await self.ctx.engine.abort_all()
+        drawn = list(self.pending.values())
+        results = await asyncio.gather(*self.pending, return_exceptions=True)
+        self.pending.clear()
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        if not self.args.partial_rollout:
+            return
+        back: list[list[Sample]] = []
+        for original, result in zip(drawn, results, strict=True):
+            assert not isinstance(result, BaseException)
+            if len(result) != len(original):
+                # A generate fn that returned several samples per sample cannot be resumed.
+                self.counts["rollout/partial_groups_not_resumable"] += 1
+                continue
+            for s in result:
+                if s.response_length > 0:
+                    s.metadata.setdefault("start_rollout_id", self.rollout_id)
+            back.append(result)
+        if back:
+            self.data_source.add_samples(back)
+        self.counts["rollout/partial_groups_returned"] += len(back)
+
+    async def _cancel_in_flight(self) -> None:
+        """On error: stop everything this rollout started before the exception propagates."""
+        self.aborted = True
+        tasks = list(self.pending)
+        self.pending.clear()
+        for t in tasks:
+            t.cancel()
+        try:
+            await self.ctx.engine.abort_all()
+        finally:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _metrics(self, kept: list[list[Sample]], seconds: float) -> Metrics:
+        samples = [s for g in kept for s in g]
+        n = max(len(samples), 1)
+        metrics: Metrics = {k: float(v) for k, v in self.counts.items()}
+        metrics.update(
+            {
+                "rollout/time_s": seconds,
+                "rollout/groups_kept": float(len(kept)),
+                "rollout/samples_kept": float(len(samples)),
+                "rollout/truncated_ratio": sum(s.status is Sample.Status.TRUNCATED for s in samples) / n,
+                "rollout/aborted_samples": float(sum(s.status is Sample.Status.ABORTED for s in samples)),
+                "rollout/response_len_mean": sum(s.response_length for s in samples) / n,
+            }
+        )
+        metrics.setdefault("rollout/reward_failed", 0.0)
+        metrics.setdefault("rollout/aborted_groups", 0.0)
+        return metrics
