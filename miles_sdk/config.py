@@ -141,6 +141,9 @@ class Config:
     """Zero the loss mask of resumed tokens that older weights generated."""
     update_weights_interval: int = 1
     use_miles_router: bool = False
+    serve_http: bool = False
+    """Serve an SGLang-compatible HTTP API around the engine and point sglang_router_ip/port at it,
+    so unchanged Miles generate functions that POST to /generate work."""
     rollout_num_gpus: int | None = None
     rollout_num_gpus_per_engine: int = 1
     max_engine_batch_size: int = 64

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -32,6 +32,9 @@ from miles_sdk.hooks import DataSource, RolloutOutput
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
 from miles_sdk.logging.progress import Progress
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample, TrainData
+
+if TYPE_CHECKING:
+    from miles_sdk.router import RolloutServing
 
 __all__ = ["Trainer"]
 
@@ -62,7 +65,8 @@ class Trainer:
         self.policy = build_policy(config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider)
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
-        self.engine = engine if engine is not None else self._default_engine()
+        self._serving: RolloutServing | None = None
+        self.engine = self._build_engine(engine)
         self.data_source = self._build_data_source(dataset)
         self.backend: TrainBackend = self._build_backend()
         if self.hooks.backend_init is not None:
@@ -71,6 +75,8 @@ class Trainer:
         self.rollout_id = config.start_rollout_id or 0
         self.writer = MetricsWriter(config)
         self.history: list[Metrics] = []
+        self.last_samples: list[Sample] = []
+        """The samples trained on in the latest step (for notebooks and tests)."""
         if config.load is not None and latest_checkpoint(config.load) is not None:
             self.load(config.load)
 
@@ -82,7 +88,8 @@ class Trainer:
         with timer("rollout"):
             groups, metrics = self._rollout(rollout_id)                          # 1-2
         samples = algo.flatten_and_trim(args, groups)
-        metrics |= rollout_metrics(args, samples)
+        self.last_samples = samples
+        metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         if not args.debug_rollout_only:
             with timer("train_data"):
                 train_data = self._convert(samples)                              # 3-4
@@ -229,23 +236,53 @@ class Trainer:
         self.engine.update_weights()
 
     def close(self) -> None:
+        """Stop servers and the loop thread; the Trainer cannot step afterwards."""
+        if self._serving is not None:
+            self._loop.run(self._serving.close())
+            self._serving = None
         self.writer.close()
         self._loop.close()
 
     # ==== construction helpers ==================================================================
 
-    def _default_engine(self) -> InferenceEngine:
+    def _build_engine(self, given: InferenceEngine | None) -> InferenceEngine:
+        """The engine the rollout calls: given, else embedded / sglang / http per the Config; wrapped in
+        our router and HTTP server when middlewares, use_miles_router or serve_http ask for it."""
+        args = self.args
+        engine = given
+        if engine is None and args.rollout_engine == "embedded":
+            engine = self._embedded_engine()
+        elif engine is None and args.rollout_engine == "sglang":
+            from miles_sdk.engines.sglang_engine import SGLangEngine
+
+            model = self.policy.model
+            engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
+        needs_serving = args.rollout_engine == "http" or args.use_miles_router or args.serve_http \
+            or bool(self.hooks.router_middlewares)
+        if not needs_serving:
+            assert engine is not None
+            return engine
+        from miles_sdk.router import serve_rollout
+
+        serving = self._loop.run(serve_rollout(args, engine, self.tokenizer,
+                                               middlewares=self.hooks.router_middlewares))
+        self._serving = serving
+        self.args = serving.args  # now carries sglang_router_ip/port of our server
+        return serving.engine
+
+    def _embedded_engine(self) -> InferenceEngine:
         from miles_sdk.engines.embedded import EmbeddedEngine
 
         from transformers import PreTrainedModel
 
         if not isinstance(self.policy.model, PreTrainedModel):
             raise TypeError("the embedded engine needs a transformers PreTrainedModel; pass engine= for other models")
-        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=self.args.max_engine_batch_size)
+        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=self.args.max_engine_batch_size,
+                              seed=self.args.rollout_seed)
 
     def _build_data_source(self, dataset: Any) -> DataSource:
         given = self.hooks.data_source
-        if isinstance(given, DataSource):
+        if isinstance(given, DataSource) and not isinstance(given, type):  # a class is a factory
             return given
         if given is not None:
             return given(self.args)
@@ -267,7 +304,7 @@ class Trainer:
         )
 
     def _load_eval_datasets(self) -> dict[str, Any]:
-        if not self.args.eval_prompt_data:
+        if not self.args.eval_prompt_data and not self.args.eval_config:
             return {}
         from miles_sdk.data import load_eval_datasets
 

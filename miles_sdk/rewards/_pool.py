@@ -1,4 +1,4 @@
-"""Where CPU-heavy graders run: a process pool of ``reward_num_workers``, or threads when 0.
+"""Where CPU-heavy graders run: a process pool of ``reward_num_workers``, or two threads when 0.
 
 Grading off the event loop keeps generation flowing while sympy works. Processes give real
 parallelism (the GIL serialises sympy in threads) and let math-verify keep its ``signal.alarm``
@@ -21,11 +21,11 @@ import pickle
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-__all__ = ["MAX_CHUNK", "run_cpu_bound", "shutdown_reward_workers"]
+__all__ = ["GRADER_THREADS", "MAX_CHUNK", "run_cpu_bound", "shutdown_reward_workers"]
 
 MAX_CHUNK = 32
 """Most calls sent to a worker in one message."""
@@ -33,9 +33,24 @@ MAX_CHUNK = 32
 T = TypeVar("T")
 _Call = tuple[Callable[..., Any], tuple[Any, ...]]
 
+GRADER_THREADS = 2
+"""Threads used when ``reward_num_workers`` is 0. sympy holds the GIL, so more threads would
+only add switching; two keep grading going if one answer makes sympy crawl."""
+
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
+_threads: ThreadPoolExecutor | None = None
+
+
+def _get_threads() -> ThreadPoolExecutor:
+    # Our own threads, not the loop's default executor, which other stages (tokenizers, file
+    # reads via asyncio.to_thread) share and which sympy would otherwise crowd out.
+    global _threads
+    with _lock:
+        if _threads is None:
+            _threads = ThreadPoolExecutor(max_workers=GRADER_THREADS, thread_name_prefix="reward-grader")
+        return _threads
 
 
 def _init_worker() -> None:
@@ -99,10 +114,10 @@ class _Batcher:
 
     def _flush(self) -> None:
         items, self.pending = self.pending, []
-        parallel = max(1, self.num_workers)
+        parallel = self.num_workers if self.num_workers > 0 else GRADER_THREADS
         n_chunks = max(min(len(items), parallel), math.ceil(len(items) / MAX_CHUNK))
         size = math.ceil(len(items) / n_chunks)
-        executor: Executor | None = _get_pool(self.num_workers) if self.num_workers > 0 else None
+        executor: Executor = _get_pool(self.num_workers) if self.num_workers > 0 else _get_threads()
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
             done = self.loop.run_in_executor(executor, _run_many, [call for call, _ in chunk])
@@ -112,10 +127,10 @@ class _Batcher:
     def _deliver(
         done: asyncio.Future[list[tuple[bool, Any]]],
         chunk: list[tuple[_Call, asyncio.Future[Any]]],
-        executor: Executor | None,
+        executor: Executor,
     ) -> None:
         error = done.exception()
-        if isinstance(error, BrokenProcessPool) and executor is not None:
+        if isinstance(error, BrokenProcessPool):
             _drop_pool(executor)
             error = RuntimeError(
                 "a reward worker process died (crash or out of memory); the pool was restarted"
@@ -155,12 +170,15 @@ async def run_cpu_bound(num_workers: int, fn: Callable[..., T], *args: Any) -> T
 
 
 def shutdown_reward_workers() -> None:
-    """Stop the reward worker processes (they restart on the next call that needs them)."""
-    global _pool
+    """Stop the reward worker processes and threads (they restart on the next call that needs them)."""
+    global _pool, _threads
     with _lock:
         pool, _pool = _pool, None
+        threads, _threads = _threads, None
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
+    if threads is not None:
+        threads.shutdown(wait=False, cancel_futures=True)
 
 
 atexit.register(shutdown_reward_workers)

@@ -90,7 +90,9 @@ class RemoteRewardClient:
                     # timeout; retrying would swallow the cancel and overrun the deadline.
                     raise asyncio.CancelledError from exc
                 last = exc
-        reason = f"{type(last).__name__}: {last}" if last is not None else "no attempt"
+        reason = (
+            (f"{type(last).__name__}: {last}" if str(last) else type(last).__name__) if last else "no attempt"
+        )
         raise RemoteRewardError(
             f"remote_rm {self.url}: gave up after {self.max_retries + 1} attempts ({reason})"
         )

@@ -94,7 +94,7 @@ async def _call(result: object, timeout: float | None) -> object:
 def _reason(exc: BaseException, timeout: float | None) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out after reward_timeout={timeout}s"
-    return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def score_samples(

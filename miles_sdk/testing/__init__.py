@@ -6,6 +6,7 @@
 - :func:`make_sample`, :func:`make_group`, :func:`make_batch`: consistent Samples in one line.
 - :func:`call_hook`, :func:`run_sync`, :func:`check_hook`: run a sync/async hook from any test;
   run the Trainer's conformance check.
+- :func:`run_steps`: a few real loop steps on the tiny policy with your hooks plugged in.
 - ``miles_sdk.testing.strategies``: hypothesis strategies (needs ``hypothesis``; import it
   directly, it is not re-exported here).
 - pytest fixtures ``miles_config``, ``tiny_policy``, ``tiny_tokenizer``, ``tiny_checkpoint``,
@@ -23,18 +24,22 @@ if TYPE_CHECKING:
     from miles_sdk.testing.builders import make_batch, make_group, make_sample
     from miles_sdk.testing.engine import ScriptedEngine, ScriptedRequest
     from miles_sdk.testing.hooks import call_hook, check_hook, run_sync
+    from miles_sdk.testing.run import StepsResult, run_steps, small_config
     from miles_sdk.testing.tiny import save_tiny_policy, tiny_policy, tiny_tokenizer
 
 __all__ = [
     "ScriptedEngine",
     "ScriptedRequest",
+    "StepsResult",
     "call_hook",
     "check_hook",
     "make_batch",
     "make_group",
     "make_sample",
+    "run_steps",
     "run_sync",
     "save_tiny_policy",
+    "small_config",
     "tiny_policy",
     "tiny_tokenizer",
 ]
@@ -45,6 +50,9 @@ _WHERE: dict[str, str] = {
     "call_hook": "hooks",
     "check_hook": "hooks",
     "run_sync": "hooks",
+    "StepsResult": "run",
+    "run_steps": "run",
+    "small_config": "run",
     "make_batch": "builders",
     "make_group": "builders",
     "make_sample": "builders",

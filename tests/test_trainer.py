@@ -1,0 +1,136 @@
+"""The Trainer end to end on the tiny policy: engine/weight sharing, reward failures, resume, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from miles_sdk import Config, Sample, Trainer
+from miles_sdk.demo.task import addition_reward
+from miles_sdk.testing import run_steps, small_config, tiny_policy
+
+ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+
+
+def test_run_steps_reports_every_phase() -> None:
+    result = run_steps(steps=2)
+    assert len(result.metrics) == 2
+    last = result.metrics[-1]
+    for key in ("rollout/reward_mean", "train/loss", "train/grad_norm", "perf/rollout_time", "perf/train_time",
+                "perf/log_prob_time", "perf/sync_time"):
+        assert key in last, key
+    assert len(result.samples[0]) == 4
+    assert all(s.reward in (0.0, 1.0) for s in result.samples[0])
+
+
+async def _alternating_reward(args: Config, sample: Sample) -> float:
+    return float((sample.index or 0) % 2)  # differs within each group, so GRPO has a signal
+
+
+def test_engine_samples_from_trained_weights(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=1)
+    cfg = small_config(lr=5e-2, output_dir=str(tmp_path))
+    trainer = Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward)
+    try:
+        prompt = tok.encode("1+1=", add_special_tokens=False)
+
+        async def greedy() -> list[float]:
+            out = await trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
+            return out.log_probs
+
+        before = trainer._loop.run(greedy())
+        version = trainer.engine.weight_version
+        trainer.step()
+        assert trainer.engine.weight_version > version
+        after_out = trainer._loop.run(trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3}))
+        assert after_out.log_probs != pytest.approx(before, abs=1e-6)
+        # The engine's log-probs are the trained model's: recompute them with the backend.
+        data = {"tokens": [prompt + after_out.token_ids], "response_lengths": [len(after_out.token_ids)]}
+        recomputed = trainer.backend.compute_log_probs(data, which="actor")  # type: ignore[arg-type]
+        assert recomputed[0].tolist() == pytest.approx(after_out.log_probs, abs=1e-4)
+    finally:
+        trainer.close()
+
+
+async def _flaky_reward(args: Config, sample: Sample) -> float:
+    if sample.prompt == "1+1=":
+        raise RuntimeError("grader exploded")
+    return await addition_reward(args, sample)
+
+
+def test_reward_error_marks_sample_failed_and_run_goes_on(tmp_path: Path) -> None:
+    cfg = small_config(output_dir=str(tmp_path), rollout_batch_size=2, over_sampling_batch_size=3)
+    rows = [{"input": "1+1=", "label": "2"}] + ROWS[:4]
+    result = run_steps({"reward_model": _flaky_reward}, steps=3, config=cfg, dataset=rows)
+    failed = sum(m.get("rollout/reward_failed", 0.0) for m in result.metrics)
+    assert failed > 0
+    for step_samples in result.samples:
+        assert all(s.prompt != "1+1=" for s in step_samples)  # failed groups are not trained on
+        assert all(s.status is not Sample.Status.FAILED for s in step_samples)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert any(json.loads(line).get("rollout/reward_failed", 0) > 0 for line in lines)
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+
+
+def _resume_trainer(tmp_path: Path, name: str) -> Trainer:
+    model, tok = tiny_policy("unit", seed=3)
+    cfg = small_config(output_dir=str(tmp_path / name), sglang_enable_deterministic_inference=True,
+                       rollout_shuffle=True, lr=1e-2, num_rollout=4)
+    return Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=addition_reward)
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    straight = _resume_trainer(tmp_path, "straight")
+    for _ in range(4):
+        straight.step()
+    expected = _weights(straight)
+    straight.close()
+
+    first = _resume_trainer(tmp_path, "first")
+    first.step()
+    first.step()
+    first.save(tmp_path / "ckpt")
+    first.close()
+    assert (tmp_path / "ckpt" / "rollout_2").is_dir() and not list((tmp_path / "ckpt").glob(".tmp-*"))
+
+    resumed = _resume_trainer(tmp_path, "resumed")
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.rollout_id == 2
+    resumed.step()
+    resumed.step()
+    got = _weights(resumed)
+    resumed.close()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_works_inside_a_running_event_loop(tmp_path: Path) -> None:
+    async def notebook_cell() -> float:
+        result = run_steps(steps=1)  # sync API called from inside a running loop, as in Jupyter
+        return result.metrics[0]["rollout/reward_mean"]
+
+    assert 0.0 <= asyncio.run(notebook_cell()) <= 1.0
+
+
+def test_cli_train_from_hf_checkpoint(tmp_path: Path) -> None:
+    from miles_sdk.cli import main
+    from miles_sdk.testing import save_tiny_policy
+
+    ckpt = save_tiny_policy(tmp_path / "policy", "unit", seed=0)
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    rc = main(["train", "--hf-checkpoint", str(ckpt), "--prompt-data", str(data), "--label-key", "label",
+               "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "3",
+               "--num-rollout", "2", "--device", "cpu", "--rm-type", "f1", "--output-dir", str(tmp_path / "out"),
+               "--micro-batch-size", "2", "--save", str(tmp_path / "ckpt"), "--no-progress-bar"])
+    assert rc == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert (tmp_path / "ckpt" / "rollout_2").is_dir()
