@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from miles_sdk.config import HOOK_PATH_FIELDS, Config
+from miles_sdk.config import HOOK_PATH_FIELDS, Config, ConfigError
 from miles_sdk.hooks import (
     BackendInitFn,
     BatchedRewardFn,
@@ -127,4 +127,16 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
     for path in args.miles_router_middleware_paths or []:
         middlewares.append(load_hook(path, "RouterMiddleware", flag="--miles-router-middleware-paths"))
     resolved["router_middlewares"] = middlewares
-    return HookSet(**resolved)
+    hook_set = HookSet(**resolved)
+    _check_consistency(args, hook_set)
+    return hook_set
+
+
+def _check_consistency(args: Config, hooks: HookSet) -> None:
+    """Contradictions between settings and hooks, caught before any work is done."""
+    if args.loss_type == "custom_loss" and hooks.loss_fn is None:
+        raise ConfigError("loss_type=custom_loss needs a loss function: pass loss_fn= to the Trainer or set "
+                          "--custom-loss-function-path")
+    if args.loss_type != "custom_loss" and hooks.loss_fn is not None:
+        raise ConfigError(f"a custom loss function was given but loss_type={args.loss_type!r}; set "
+                          "loss_type='custom_loss' (Miles's --loss-type custom_loss) to use it")

@@ -377,10 +377,6 @@ def _validate(c: Config) -> None:
             f"global_batch_size ({gbs}) is larger than one rollout ({per_rollout} samples); "
             "lower it or pass --disable-rollout-trim-samples",
         )
-    need(
-        c.loss_type != "custom_loss" or c.custom_loss_function_path is not None or "_loss_fn_given" in c.extra,
-        "loss_type=custom_loss needs custom_loss_function_path (or a loss_fn passed to Trainer)",
-    )
     need(c.eps_clip >= 0, f"eps_clip must be >= 0, got {c.eps_clip}")
     need(c.eps_clip_c is None or c.eps_clip_c > 1.0, f"eps_clip_c must be > 1 (dual clip), got {c.eps_clip_c}")
     need(

@@ -123,7 +123,8 @@ class Trainer:
         with Progress(self.args, total=total, initial=self.rollout_id) as progress:
             while self.rollout_id < total:
                 progress.update(self.step())
-        if self.args.save and self.rollout_id > 0:
+        saved_by_step = bool(self.args.save_interval) and self.rollout_id % (self.args.save_interval or 1) == 0
+        if self.args.save and self.rollout_id > 0 and not saved_by_step:
             self.save(self.args.save)
         return self.history
 

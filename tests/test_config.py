@@ -55,7 +55,6 @@ def test_bad_choice_is_a_config_error() -> None:
     ("kwargs", "message"),
     [
         ({"rollout_batch_size": 4, "over_sampling_batch_size": 2}, "over_sampling_batch_size"),
-        ({"loss_type": "custom_loss"}, "custom_loss_function_path"),
         ({"rollout_batch_size": 3, "n_samples_per_prompt": 2, "num_steps_per_rollout": 4}, "not divisible"),
         ({"global_batch_size": 6, "micro_batch_size": 4}, "micro_batch_size"),
         ({"rollout_batch_size": 2, "n_samples_per_prompt": 2, "global_batch_size": 8}, "larger than one rollout"),

@@ -103,3 +103,13 @@ def test_data_source_class_must_have_methods(hook_module: str) -> None:
 def test_not_callable() -> None:
     with pytest.raises(HookSignatureError, match="not callable"):
         check_hook_signature(42, "RewardFn", name="reward_model")
+
+
+def test_trainer_rejects_custom_loss_without_a_loss_function() -> None:
+    from miles_sdk import Config, ConfigError
+    from miles_sdk._hookset import resolve_hooks
+
+    with pytest.raises(ConfigError, match="custom_loss needs a loss function"):
+        resolve_hooks(Config(loss_type="custom_loss"), {})
+    with pytest.raises(ConfigError, match="set loss_type='custom_loss'"):
+        resolve_hooks(Config(), {"loss_fn": lambda args, batch, logits, reducer: (logits.sum(), {})})

@@ -33,13 +33,14 @@ def demo_config(output_dir: str, num_rollout: int, seed: int) -> Config:
         num_rollout=num_rollout,
         label_key="label",
         rollout_batch_size=16,
-        n_samples_per_prompt=8,
+        n_samples_per_prompt=16,
         rollout_max_response_len=3,
         rollout_temperature=1.0,
         lr=2e-3,
+        lr_warmup_iters=20,
         adam_beta2=0.99,
-        micro_batch_size=32,
-        num_steps_per_rollout=2,
+        micro_batch_size=64,
+        num_steps_per_rollout=1,
         rollout_shuffle=True,
         seed=seed,
         rollout_seed=seed,
@@ -49,7 +50,7 @@ def demo_config(output_dir: str, num_rollout: int, seed: int) -> Config:
     )
 
 
-def run_demo(output_dir: str, num_rollout: int = 40, seed: int = 0, min_rise: float = 0.4) -> tuple[float, float]:
+def run_demo(output_dir: str, num_rollout: int = 500, seed: int = 0, min_rise: float = 0.4) -> tuple[float, float]:
     """Train and return (first rollout reward, mean of the last five)."""
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m miles_sdk.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/demo")
-    parser.add_argument("--num-rollout", type=int, default=40)
+    parser.add_argument("--num-rollout", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-rise", type=float, default=0.4)
     ns = parser.parse_args(argv)

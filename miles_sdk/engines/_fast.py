@@ -12,6 +12,8 @@ On CPU the same code runs eagerly with the torch references (this is how it is u
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,9 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from miles_sdk.engines._kernels import add_rmsnorm, decode_attention, rope_store, sample_plain, silu_mul
+from miles_sdk.engines._kernels import (
+    add_rmsnorm,
+    advance,
+    decode_attention,
+    rope_store,
+    sample_advance,
+    sample_plain,
+    silu_mul,
+)
 from miles_sdk.engines._runner import StepResult
-from miles_sdk.engines._sampling import RowParams, row_keys, sample_rows, top_k_top_p_filter
+from miles_sdk.engines._sampling import RowParams, sample_rows, top_k_top_p_filter
 
 __all__ = ["FastRunner", "fast_path_unsupported"]
 
@@ -98,6 +108,8 @@ class FastRunner:
         self._scale = float(attn0.scaling)
         self._eps = float(cfg.rms_norm_eps)
         self._dtype = next(model.parameters()).dtype
+        self.stats: dict[str, float] = defaultdict(float)
+        """Seconds in prefill and decode (host clock, synchronised), steps, graph captures."""
         self.max_context = min(int(cfg.max_position_embeddings), max_seq_len)
         self._max_batch = max_batch_size
         self._chunk = decode_chunk
@@ -228,8 +240,17 @@ class FastRunner:
     # -- stepping ------------------------------------------------------------------------------
 
     def step(self, max_tokens: int = 1) -> StepResult:
+        t0 = time.perf_counter()
         if self._pending:
-            return self._prefill()
+            out = self._prefill()
+            self.stats["prefill_s"] += time.perf_counter() - t0
+            self.stats["prefill_calls"] += 1
+            return out
+        out = self._decode_chunk(max_tokens)
+        self.stats["decode_s"] += time.perf_counter() - t0
+        return out
+
+    def _decode_chunk(self, max_tokens: int) -> StepResult:
         active = sorted(self._host_pos)
         if not active:
             return {}
@@ -248,6 +269,7 @@ class FastRunner:
             for _ in range(k):
                 self._decode_body(batch, length, filt)
         # One transfer and one tolist() each: per-element tensor indexing costs ~1 us a token.
+        self.stats["decode_steps"] += k
         toks: list[list[int]] = self._hist_tok[:k, :batch].t().cpu().tolist()
         lps: list[list[float]] = self._hist_lp[:k, :batch].t().cpu().tolist()
         result: StepResult = {}
@@ -300,6 +322,7 @@ class FastRunner:
         for dst, src in zip((self._tok, self._pos, self._step_idx, self._counter), saved, strict=True):
             dst.copy_(src)
         self._graphs[(batch, length, filt)] = graph
+        self.stats["graph_captures"] += 1
         return graph
 
     def _decode_body(self, batch: int, length: int, filt: bool) -> None:
@@ -310,25 +333,19 @@ class FastRunner:
 
         mlp_out, res = self._forward_rows(self._tok[:batch], pos, self._rows[:batch], attend)
         logits = self._logits(mlp_out, res)
-        tokens, logp = self._sample(logits, batch, filt)
-        self._hist_tok[:, :batch].index_copy_(0, self._counter, tokens[None])
-        self._hist_lp[:, :batch].index_copy_(0, self._counter, logp[None])
-        self._counter.add_(1)
-        self._tok[:batch].copy_(tokens)
-        self._pos[:batch].add_(1)
-        self._step_idx[:batch].add_(1)
-
-    def _sample(self, logits: torch.Tensor, batch: int, filt: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = row_keys(self._seed[:batch], self._step_idx[:batch])
         temp, greedy = self._temp[:batch], self._greedy[:batch]
+        seed, steps = self._seed[:batch], self._step_idx[:batch]
+        state = (self._tok[:batch], pos, self._hist_tok[:, :batch], self._hist_lp[:, :batch], self._counter)
         if not filt:
-            return sample_plain(logits, temp, greedy, keys)
+            sample_advance(logits, temp, greedy, seed, steps, state)
+            return
+        # top-k / top-p rows: sort-based filter in torch (rare in RL rollouts), same noise.
         scaled = logits.float() / temp[:, None]
         cand = top_k_top_p_filter(scaled, self._top_k[:batch], self._top_p[:batch])
         cand = torch.where(greedy[:, None], scaled, cand)
-        tokens, _ = sample_plain(cand, torch.ones_like(temp), greedy, keys)
+        tokens, _ = sample_plain(cand, torch.ones_like(temp), greedy, seed, steps)
         logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-        return tokens, logp
+        advance(tokens, logp, steps, state)
 
     def _prefill(self) -> StepResult:
         # Admit a prefix of the queue whose padded size fits the token budget (at least one).

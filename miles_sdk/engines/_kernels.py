@@ -14,9 +14,18 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from miles_sdk.engines._sampling import gumbel_from_keys
+from miles_sdk.engines._sampling import gumbel_from_keys, row_keys
 
-__all__ = ["add_rmsnorm", "decode_attention", "rope_store", "sample_plain", "silu_mul", "triton_available"]
+__all__ = [
+    "add_rmsnorm",
+    "advance",
+    "decode_attention",
+    "rope_store",
+    "sample_advance",
+    "sample_plain",
+    "silu_mul",
+    "triton_available",
+]
 
 
 @functools.cache
@@ -125,19 +134,56 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def sample_plain(
-    logits: torch.Tensor, temps: torch.Tensor, greedy: torch.Tensor, keys: torch.Tensor
+    logits: torch.Tensor, temps: torch.Tensor, greedy: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gumbel-max sampling without top-k/top-p: (tokens [B] int64, log-probs [B] float32).
 
     ``temps`` is 1 on greedy rows; the log-prob is ``log_softmax(logits / temp)`` at the token.
+    The noise of each row is :func:`~miles_sdk.engines._sampling.row_keys` of (seed, step).
     """
     tk = _use_triton(logits)
     if tk is not None:
-        out: tuple[torch.Tensor, torch.Tensor] = tk.sample_plain(logits, temps, greedy, keys)
+        out: tuple[torch.Tensor, torch.Tensor] = tk.sample_plain(logits, temps, greedy, seeds, steps)
         return out
     scaled = logits.float() / temps[:, None]
-    noise = gumbel_from_keys(keys, logits.shape[-1])
+    noise = gumbel_from_keys(row_keys(seeds, steps), logits.shape[-1])
     score = torch.where(greedy[:, None], scaled, scaled + noise)
     tokens = score.argmax(dim=-1)
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logp
+
+
+def sample_advance(
+    logits: torch.Tensor,
+    temps: torch.Tensor,
+    greedy: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """:func:`sample_plain`, then advance the decode state in place:
+    ``state = (tok, pos, hist_tok, hist_lp, counter)``: ``hist_*[counter] = sampled``,
+    ``tok = sampled``, ``pos += 1``, ``steps += 1``, ``counter += 1`` (one fused pass on CUDA)."""
+    tok, pos, hist_tok, hist_lp, counter = state
+    tk = _use_triton(logits)
+    if tk is not None:
+        tk.sample_advance(logits, temps, greedy, seeds, steps, tok, pos, hist_tok, hist_lp, counter)
+        return
+    tokens, logp = sample_plain(logits, temps, greedy, seeds, steps)
+    advance(tokens, logp, steps, state)
+
+
+def advance(
+    tokens: torch.Tensor,
+    logp: torch.Tensor,
+    steps: torch.Tensor,
+    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    """The state update of :func:`sample_advance` for tokens sampled elsewhere."""
+    tok, pos, hist_tok, hist_lp, counter = state
+    hist_tok.index_copy_(0, counter, tokens[None])
+    hist_lp.index_copy_(0, counter, logp[None])
+    counter.add_(1)
+    tok.copy_(tokens)
+    pos.add_(1)
+    steps.add_(1)

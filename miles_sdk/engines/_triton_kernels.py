@@ -162,7 +162,8 @@ def _sample_kernel(
     logits_ptr,
     temp_ptr,
     greedy_ptr,
-    key_ptr,
+    seed_ptr,
+    step_ptr,
     part_m,
     part_s,
     part_score,
@@ -173,11 +174,17 @@ def _sample_kernel(
     NS,
     BLOCK: tl.constexpr,
 ):
+    # Pass 1 over one vocabulary split of one row: online max / sum-exp of logits/T (for the
+    # log-prob) and the Gumbel-max candidate. The key is row_keys(seed, step) in uint32 math.
     row = tl.program_id(0).to(tl.int64)
     sp = tl.program_id(1)
     t = tl.load(temp_ptr + row)
     greedy = tl.load(greedy_ptr + row)
-    key = tl.load(key_ptr + row).to(tl.uint32)
+    seed = tl.load(seed_ptr + row)
+    step = tl.load(step_ptr + row)
+    lo = (seed & 0xFFFFFFFF).to(tl.uint32)
+    hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    key = _mix32(lo ^ _mix32((step & 0xFFFFFFFF).to(tl.uint32) * 0x9E3779B9 + hi))
     start = sp * CH
     end = tl.minimum(start + CH, V)
     m = tl.full((), float("-inf"), tl.float32)
@@ -208,7 +215,53 @@ def _sample_kernel(
     tl.store(part_idx + o, bidx)
 
 
-def sample_plain(logits, temps, greedy, keys):
+@triton.jit
+def _sample_finish_kernel(
+    logits_ptr,
+    temp_ptr,
+    part_m,
+    part_s,
+    part_score,
+    part_idx,
+    tok_out,
+    lp_out,
+    pos_ptr,
+    step_ptr,
+    counter_ptr,
+    hist_tok,
+    hist_lp,
+    hist_stride,
+    stride,
+    NS,
+    NSP: tl.constexpr,
+    ADVANCE: tl.constexpr,
+):
+    # Pass 2, one program per row: merge the splits, then (ADVANCE) record the token in the
+    # chunk history and move the row's decode state on, all inside the captured graph.
+    row = tl.program_id(0).to(tl.int64)
+    j = tl.arange(0, NSP)
+    jm = j < NS
+    pm = tl.load(part_m + row * NS + j, mask=jm, other=float("-inf"))
+    ps = tl.load(part_s + row * NS + j, mask=jm, other=0.0)
+    psc = tl.load(part_score + row * NS + j, mask=jm, other=float("-inf"))
+    pidx = tl.load(part_idx + row * NS + j, mask=jm, other=0)
+    top = tl.max(pm, axis=0)
+    lse = top + tl.log(tl.sum(ps * tl.exp(pm - top), axis=0))
+    jb = tl.argmax(psc, axis=0)
+    token = tl.sum(tl.where(j == jb, pidx, 0), axis=0).to(tl.int64)
+    x = tl.load(logits_ptr + row * stride + token).to(tl.float32) / tl.load(temp_ptr + row)
+    logp = x - lse
+    tl.store(tok_out + row, token)
+    tl.store(lp_out + row, logp)
+    if ADVANCE:
+        c = tl.load(counter_ptr)
+        tl.store(hist_tok + c * hist_stride + row, token)
+        tl.store(hist_lp + c * hist_stride + row, logp)
+        tl.store(pos_ptr + row, tl.load(pos_ptr + row) + 1)
+        tl.store(step_ptr + row, tl.load(step_ptr + row) + 1)
+
+
+def _sample(logits, temps, greedy, seeds, steps, tok_out, advance):
     rows, vocab = logits.shape
     block = 2048
     splits = min(16, triton.cdiv(vocab, block))
@@ -222,8 +275,9 @@ def sample_plain(logits, temps, greedy, keys):
     _sample_kernel[(rows, splits)](
         logits,
         temps,
-        greedy.to(torch.int32),
-        keys,
+        greedy,
+        seeds,
+        steps,
         part_m,
         part_s,
         part_score,
@@ -235,11 +289,40 @@ def sample_plain(logits, temps, greedy, keys):
         BLOCK=block,
         num_warps=8,
     )
-    top = part_m.max(dim=1).values
-    lse = top + torch.log((part_s * torch.exp(part_m - top[:, None])).sum(dim=1))
-    tokens = part_idx.gather(1, part_score.argmax(dim=1, keepdim=True)).squeeze(1).long()
-    chosen = logits.gather(1, tokens[:, None]).squeeze(1).float() / temps
-    return tokens, chosen - lse
+    lp_out = torch.empty(rows, dtype=torch.float32, device=dev)
+    pos, counter, hist_tok, hist_lp = advance if advance is not None else (steps, steps, tok_out, lp_out)
+    _sample_finish_kernel[(rows,)](
+        logits,
+        temps,
+        part_m,
+        part_s,
+        part_score,
+        part_idx,
+        tok_out,
+        lp_out,
+        pos,
+        steps,
+        counter,
+        hist_tok,
+        hist_lp,
+        hist_tok.stride(0),
+        logits.stride(0),
+        splits,
+        NSP=triton.next_power_of_2(splits),
+        ADVANCE=advance is not None,
+        num_warps=1,
+    )
+    return tok_out, lp_out
+
+
+def sample_plain(logits, temps, greedy, seeds, steps):
+    tokens = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+    return _sample(logits, temps, greedy, seeds, steps, tokens, None)
+
+
+def sample_advance(logits, temps, greedy, seeds, steps, tok, pos, hist_tok, hist_lp, counter):
+    _sample(logits, temps, greedy, seeds, steps, tok, (pos, counter, hist_tok, hist_lp))
+    counter.add_(1)
 
 
 @triton.jit

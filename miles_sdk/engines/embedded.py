@@ -18,7 +18,8 @@ import asyncio
 import copy
 import heapq
 import threading
-from collections import deque
+import time
+from collections import defaultdict, deque
 from collections.abc import Sequence
 
 import torch
@@ -92,6 +93,9 @@ class EmbeddedEngine:
             self._runner = HFRunner(self._model, self.device)
         self.fast_path = isinstance(self._runner, FastRunner)
         self._lock = threading.Lock()
+        self.stats: dict[str, float] = defaultdict(float)
+        """Scheduler timings: ``step_wall_s`` (model steps, worker thread included) and
+        ``absorb_s`` (host stop checks). The fast runner adds its own in ``runner_stats``."""
         self._version = 0
         self._next_seed = seed
         # Event-loop state, rebuilt when generate() is first called from a new loop.
@@ -159,6 +163,10 @@ class EmbeddedEngine:
         self._waiting.clear()
         self._wake.set()
 
+    def runner_stats(self) -> dict[str, float]:
+        """The model runner's own counters (prefill/decode seconds, steps), if it keeps any."""
+        return dict(getattr(self._runner, "stats", {}))
+
     # -- scheduler -----------------------------------------------------------------------------
 
     def _ensure_scheduler(self) -> None:
@@ -188,8 +196,12 @@ class EmbeddedEngine:
                         await self._wake.wait()
                     continue
                 budget = max(r.max_new_tokens - len(r.tokens) for r in self._active.values())
+                t0 = time.perf_counter()
                 result = await asyncio.to_thread(self._step, budget)
+                t1 = time.perf_counter()
                 self._absorb(result)
+                self.stats["step_wall_s"] += t1 - t0
+                self.stats["absorb_s"] += time.perf_counter() - t1
         except Exception as exc:  # a model error fails every request instead of hanging them
             for req in [*self._waiting, *self._active.values()]:
                 if not req.future.done():
