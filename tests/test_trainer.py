@@ -134,3 +134,22 @@ def test_cli_train_from_hf_checkpoint(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     assert (tmp_path / "ckpt" / "rollout_2").is_dir()
+
+
+def test_ppo_trains_a_critic_with_gae(tmp_path: Path) -> None:
+    cfg = small_config(output_dir=str(tmp_path), advantage_estimator="ppo", gamma=1.0, lambd=0.95, critic_lr=1e-2,
+                       num_critic_only_steps=1)
+    result = run_steps({"reward_model": _alternating_reward}, steps=2, config=cfg)
+    first, second = result.metrics
+    assert "train/critic_value_loss" in first and "train/critic_value_loss" in second
+    assert "train/pg_loss" not in first  # critic-only warm-up step
+    assert "train/pg_loss" in second
+    assert second["train/critic_grad_norm"] > 0.0
+
+
+@pytest.mark.parametrize("estimator", ["gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"])
+def test_every_estimator_runs_in_the_loop(tmp_path: Path, estimator: str) -> None:
+    cfg = small_config(output_dir=str(tmp_path), advantage_estimator=estimator, kl_coef=0.01,
+                       use_kl_loss=estimator == "gspo", kl_loss_coef=0.01, normalize_advantages=True)
+    result = run_steps({"reward_model": _alternating_reward}, steps=1, config=cfg)
+    assert result.metrics[0]["train/grad_norm"] > 0.0

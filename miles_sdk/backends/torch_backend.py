@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
+from miles_sdk.backends._batching import chunks, chunks_of, micro_batch, pad_tokens
 from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.backends.critic import Critic
 from miles_sdk.config import Config
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
@@ -29,8 +31,6 @@ from miles_sdk.types import Metrics, TrainData
 
 __all__ = ["TorchBackend"]
 
-# Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
-_PER_SAMPLE_TENSOR_KEYS = ("log_probs", "ref_log_probs", "rollout_log_probs", "advantages", "returns", "values")
 
 
 class TorchBackend:
@@ -70,6 +70,7 @@ class TorchBackend:
             weight_decay=args.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
+        self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
 
@@ -84,12 +85,7 @@ class TorchBackend:
 
     def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded forward; returns the last hidden states [B, T, H] and the padded ids [B, T]."""
-        max_len = max(len(t) for t in tokens)
-        input_ids = torch.zeros(len(tokens), max_len, dtype=torch.long, device=self.device)
-        attention_mask = torch.zeros(len(tokens), max_len, dtype=torch.long, device=self.device)
-        for i, seq in enumerate(tokens):
-            input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[i, : len(seq)] = 1
+        input_ids, attention_mask = pad_tokens(tokens, self.device)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -126,7 +122,7 @@ class TorchBackend:
         model.eval()
         out: list[torch.Tensor] = []
         try:
-            for idx in _chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
+            for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
                 logp, _ = self._response_log_probs(
                     model, [data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx],
                     with_entropy=False,
@@ -137,7 +133,12 @@ class TorchBackend:
         return out
 
     def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
-        return None
+        if self.critic is None:
+            return None
+        out: list[torch.Tensor] = []
+        for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
+            out.extend(self.critic.compute([data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx]))
+        return out
 
     # ---- training ------------------------------------------------------------------------------
 
@@ -160,30 +161,18 @@ class TorchBackend:
         if self.before_train_step_hook is not None:
             self.before_train_step_hook(self.args, rollout_id, self.step_id, self._model, self.optimizer,
                                         self.scheduler)
-        self.optimizer.zero_grad(set_to_none=True)
-        per_token = self.args.calculate_per_token_loss
-        step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
-        sums: dict[str, float] = {}
-        for mb in _chunks_of(step_idx, self.args.micro_batch_size):
-            batch = _micro_batch(data, mb, self.device)
-            mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
-            weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
-            loss, metrics = self._micro_batch_loss(batch)
-            torch.autograd.backward(loss * weight)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * weight
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._model.parameters(), self.args.clip_grad)
-        if not torch.isfinite(grad_norm):
-            # A non-finite gradient would poison the weights: skip the step and report it.
-            self.optimizer.zero_grad(set_to_none=True)
-            sums["skipped_nonfinite_grad"] = 1.0
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+        metrics: Metrics = {}
+        if self.critic is not None:
+            critic = self.critic
+            metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, critic.micro_batch_loss,
+                                            critic.model, critic.optimizer, prefix="critic_")
+        if rollout_id >= self.args.num_critic_only_steps:
+            metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, self._micro_batch_loss,
+                                            self._model, self.optimizer)
+            self.scheduler.step()
         self.step_id += 1
-        sums["grad_norm"] = float(grad_norm)
-        sums["lr"] = float(self.scheduler.get_last_lr()[0])
-        return sums
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        return metrics
 
     def _micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         args = self.args
@@ -217,6 +206,8 @@ class TorchBackend:
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"model": self._model.state_dict(), "step_id": self.step_id,
                                  "scheduler": self.scheduler.state_dict()}
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
         if not self.args.no_save_optim:
             state["optimizer"] = self.optimizer.state_dict()
         return state
@@ -226,6 +217,8 @@ class TorchBackend:
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
         self.step_id = int(state["step_id"])
 
 
@@ -269,34 +262,38 @@ def _lr_lambda(args: Config) -> Callable[[int], float]:
     return factor
 
 
-def _chunks(n: int, size: int) -> Iterator[list[int]]:
-    for start in range(0, n, size):
-        yield list(range(start, min(start + size, n)))
-
-
-def _chunks_of(items: list[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _micro_batch(data: RolloutData, idx: list[int], device: torch.device) -> dict[str, Any]:
-    """Slice the rollout data to ``idx``; per-sample tensors move to ``device``."""
-    tokens = [data["tokens"][i] for i in idx]
-    response_lengths = [data["response_lengths"][i] for i in idx]
-    batch: dict[str, Any] = {
-        "unconcat_tokens_list": tokens,
-        "unconcat_tokens": [torch.tensor(t, device=device) for t in tokens],
-        "tokens": [torch.tensor(t, device=device) for t in tokens],
-        "response_lengths": response_lengths,
-        "total_lengths": [len(t) for t in tokens],
-        "loss_masks": [torch.as_tensor(data["loss_masks"][i], dtype=torch.float32, device=device) for i in idx],
-        "rewards": [data["rewards"][i] for i in idx],
-        "sample_indices": [data["sample_indices"][i] for i in idx],
-    }
-    for key in _PER_SAMPLE_TENSOR_KEYS:
-        values = data.get(key)
-        if values is None:
-            batch[key] = None
-            continue
-        batch[key] = [torch.as_tensor(values[i], dtype=torch.float32).to(device) for i in idx]
-    return batch
+def _accumulate_and_step(
+    args: Config,
+    data: RolloutData,
+    step_idx: list[int],
+    device: torch.device,
+    loss_of: Callable[[dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    prefix: str = "",
+) -> Metrics:
+    """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
+    gradient is that of the mean over the global batch (per sample, or per token with
+    ``calculate_per_token_loss``), then clipped."""
+    optimizer.zero_grad(set_to_none=True)
+    per_token = args.calculate_per_token_loss
+    step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
+    sums: Metrics = {}
+    for mb in chunks_of(step_idx, args.micro_batch_size):
+        batch = micro_batch(data, mb, device)
+        mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
+        weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
+        loss, metrics = loss_of(batch)
+        torch.autograd.backward(loss * weight)
+        for k, v in metrics.items():
+            sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v) * weight
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+    if torch.isfinite(grad_norm):
+        optimizer.step()
+    else:
+        # A non-finite gradient would poison the weights: skip the step and report it.
+        optimizer.zero_grad(set_to_none=True)
+        sums[prefix + "skipped_nonfinite_grad"] = 1.0
+    sums[prefix + "grad_norm"] = float(grad_norm)
+    return sums

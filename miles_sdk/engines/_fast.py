@@ -38,6 +38,8 @@ from miles_sdk.engines._sampling import RowParams, sample_rows, top_k_top_p_filt
 __all__ = ["FastRunner", "fast_path_unsupported"]
 
 _ARCHS = ("qwen2", "qwen3", "llama", "mistral")
+_PREFILL_TOKENS = 16384
+"""Most padded prompt tokens one prefill forward takes (bounds its activation memory)."""
 
 
 def fast_path_unsupported(model: nn.Module) -> str | None:
@@ -348,30 +350,37 @@ class FastRunner:
         advance(tokens, logp, steps, state)
 
     def _prefill(self) -> StepResult:
-        # Admit a prefix of the queue whose padded size fits the token budget (at least one).
-        slots: list[int] = []
+        # Identical prompts (the n samples of a GRPO group) are computed once: the lead slot of
+        # each group runs the forward pass and its KV rows are copied to the others. Admit a
+        # prefix of the queue whose padded unique-prompt size fits the token budget.
+        groups: dict[tuple[int, ...], list[int]] = {}
         width = 0
         for s, prompt in self._pending.items():
+            key = tuple(prompt)
             w = max(width, len(prompt))
-            if slots and w * (len(slots) + 1) > 16384:
+            if groups and key not in groups and w * (len(groups) + 1) > _PREFILL_TOKENS:
                 break
-            slots.append(s)
+            groups.setdefault(key, []).append(s)
             width = w
-        prompts = [self._pending.pop(s) for s in slots]
-        n, dev = len(slots), self._device
+        uniq = list(groups)
+        leads = [g[0] for g in groups.values()]
+        for g in groups.values():
+            for s in g:
+                del self._pending[s]
+        n, dev = len(uniq), self._device
         ids = torch.zeros(n, width, dtype=torch.long)
-        for i, p in enumerate(prompts):
+        for i, p in enumerate(uniq):
             ids[i, : len(p)] = torch.tensor(p)
         pos = torch.arange(width, device=dev).repeat(n)
-        slots_dev = torch.tensor(slots, device=dev)
+        leads_dev = torch.tensor(leads, device=dev)
         d = self._head_dim
 
         def attend(li: int, q: torch.Tensor) -> torch.Tensor:
             # Right padding under a causal mask: real tokens never see the pads after them.
             out = F.scaled_dot_product_attention(
                 q.view(n, width, self._n_q, d).transpose(1, 2),
-                self._k[li][slots_dev, :, :width],
-                self._v[li][slots_dev, :, :width],
+                self._k[li][leads_dev, :, :width],
+                self._v[li][leads_dev, :, :width],
                 is_causal=True,
                 scale=self._scale,
                 enable_gqa=self._n_q != self._n_kv,
@@ -379,16 +388,25 @@ class FastRunner:
             return out.transpose(1, 2).reshape(n * width, self._n_q * d)
 
         mlp_out, res = self._forward_rows(
-            ids.to(dev).reshape(-1), pos, slots_dev.repeat_interleave(width), attend
+            ids.to(dev).reshape(-1), pos, leads_dev.repeat_interleave(width), attend
         )
-        last = torch.tensor([i * width + len(p) - 1 for i, p in enumerate(prompts)], device=dev)
+        last = torch.tensor([i * width + len(p) - 1 for i, p in enumerate(uniq)], device=dev)
         logits = self._logits(mlp_out[last], res[last])
+        slots = [s for g in groups.values() for s in g]
+        row_of = [i for i, g in enumerate(groups.values()) for _ in g]
+        copies = [(s, g[0]) for g in groups.values() for s in g[1:]]
+        if copies:
+            dst = torch.tensor([c[0] for c in copies], device=dev)
+            src = torch.tensor([c[1] for c in copies], device=dev)
+            for cache in (*self._k, *self._v):
+                head = cache[:, :, :width]
+                head.index_copy_(0, dst, head[src])
         params = [self._params[s] for s in slots]
-        tokens, logps = sample_rows(logits, params, [0] * n)
+        tokens, logps = sample_rows(logits[torch.tensor(row_of, device=dev)], params, [0] * len(slots))
         result: StepResult = {}
-        for s, p, tok, lp in zip(slots, prompts, tokens.tolist(), logps.tolist(), strict=True):
+        for s, r, tok, lp in zip(slots, row_of, tokens.tolist(), logps.tolist(), strict=True):
             result[s] = ([int(tok)], [float(lp)])
-            self._host_pos[s] = len(p)
+            self._host_pos[s] = len(uniq[r])
             self._host_last[s] = int(tok)
             self._host_steps[s] = 1
         return result

@@ -51,11 +51,12 @@ def test_is_an_inference_engine(model: PreTrainedModel, tok: PreTrainedTokenizer
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
-async def test_greedy_matches_transformers_generate(tok: PreTrainedTokenizerFast, arch: str) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_greedy_matches_transformers_generate(fast: bool, tok: PreTrainedTokenizerFast, arch: str) -> None:
     model = build_model(tok, arch, seed=3)
     prompts = [tok.encode(t) for t in TEXTS]
     # Two slots for five prompts: finished slots are refilled while others are mid-decode.
-    engine = EmbeddedEngine(model, tok, max_batch_size=2)
+    engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=2)
     lens = [9, 14, 5, 12, 7]
     outs = await run_all(
         engine, prompts, [{"temperature": 0.0, "max_new_tokens": n, "ignore_eos": True} for n in lens]
@@ -70,10 +71,11 @@ async def test_greedy_matches_transformers_generate(tok: PreTrainedTokenizerFast
         )
 
 
-async def test_sampled_logprobs_match_full_forward(
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_sampled_logprobs_match_full_forward(fast: bool, 
     model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
-    engine = EmbeddedEngine(model, tok, max_batch_size=8)
+    engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=8)
     prompts = [tok.encode(t) for t in TEXTS]
     params: list[SamplingParams] = [
         {"temperature": 0.7, "max_new_tokens": 10, "ignore_eos": True, "sampling_seed": 11},
@@ -94,7 +96,8 @@ async def test_sampled_logprobs_match_full_forward(
     assert all(int(t) in top3[i].tolist() for i, t in enumerate(out.token_ids))
 
 
-async def test_batching_does_not_change_seeded_samples(
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_batching_does_not_change_seeded_samples(fast: bool, 
     model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
     prompts = [tok.encode(t) for t in TEXTS]
@@ -108,8 +111,8 @@ async def test_batching_does_not_change_seeded_samples(
         }
         for i in range(len(prompts))
     ]
-    together = await run_all(EmbeddedEngine(model, tok, max_batch_size=8), prompts, params)
-    alone_engine = EmbeddedEngine(model, tok, max_batch_size=1)
+    together = await run_all(EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=8), prompts, params)
+    alone_engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=1)
     for prompt, sp, out in zip(prompts, params, together, strict=True):
         single = await alone_engine.generate(prompt, sp)
         assert single.token_ids == out.token_ids
@@ -122,10 +125,11 @@ async def test_batching_does_not_change_seeded_samples(
     assert a.token_ids != b.token_ids
 
 
-async def test_stop_token_ids_eos_and_ignore_eos(
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_stop_token_ids_eos_and_ignore_eos(fast: bool, 
     model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
-    engine = EmbeddedEngine(model, tok)
+    engine = EmbeddedEngine(model, tok, fast_path=fast)
     prompt = tok.encode(TEXTS[2])
     free = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True})
     stop_at = free.token_ids[4]
@@ -138,7 +142,7 @@ async def test_stop_token_ids_eos_and_ignore_eos(
     # The model's EOS ids (generation_config, besides the tokenizer's) stop too, unless ignore_eos.
     model.generation_config.eos_token_id = [stop_at]
     try:
-        eos_engine = EmbeddedEngine(model, tok)
+        eos_engine = EmbeddedEngine(model, tok, fast_path=fast)
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
     eos_out = await eos_engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 12})
@@ -149,8 +153,9 @@ async def test_stop_token_ids_eos_and_ignore_eos(
     assert ignored.token_ids == free.token_ids and ignored.finish_reason is FinishReason.LENGTH
 
 
-async def test_stop_strings_keep_the_stop_text(model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> None:
-    engine = EmbeddedEngine(model, tok)
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_stop_strings_keep_the_stop_text(fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> None:
+    engine = EmbeddedEngine(model, tok, fast_path=fast)
     prompt = tok.encode(TEXTS[0])
     free = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True})
     assert free.text is not None
@@ -176,10 +181,11 @@ async def test_max_new_tokens_zero_and_budget(model: PreTrainedModel, tok: PreTr
     assert len(three.token_ids) == 3 and three.finish_reason is FinishReason.LENGTH
 
 
-async def test_abort_returns_promptly_with_partial_tokens(
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_abort_returns_promptly_with_partial_tokens(fast: bool, 
     model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
-    engine = EmbeddedEngine(model, tok, max_batch_size=2)
+    engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=2)
     sp: SamplingParams = {"max_new_tokens": 200, "ignore_eos": True}
     tasks = [asyncio.create_task(engine.generate(tok.encode(t), sp)) for t in TEXTS[:3]]
     while not engine._active or min(len(r.tokens) for r in engine._active.values()) < 3:
@@ -195,10 +201,11 @@ async def test_abort_returns_promptly_with_partial_tokens(
     assert len(again.token_ids) == 4 and again.finish_reason is FinishReason.LENGTH
 
 
-async def test_update_weights_samples_from_new_weights(tok: PreTrainedTokenizerFast) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_update_weights_samples_from_new_weights(fast: bool, tok: PreTrainedTokenizerFast) -> None:
     model = build_model(tok, seed=5)
     model.train()
-    engine = EmbeddedEngine(model, tok)
+    engine = EmbeddedEngine(model, tok, fast_path=fast)
     prompt = tok.encode(TEXTS[2])
     sp: SamplingParams = {"temperature": 0.0, "max_new_tokens": 8, "ignore_eos": True}
     before = await engine.generate(prompt, sp)
@@ -253,3 +260,23 @@ async def test_bad_requests_name_the_culprit(
     engine = EmbeddedEngine(model, tok)
     with pytest.raises((ValueError, TypeError), match=match):
         await engine.generate(prompt, params)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
+async def test_identical_prompts_share_prefill_but_not_samples(
+    model: PreTrainedModel, tok: PreTrainedTokenizerFast, fast: bool
+) -> None:
+    # A GRPO group: one prompt, n samples. The fast path prefills it once and copies the cache.
+    engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=8)
+    prompt = tok.encode(TEXTS[4])
+    params: list[SamplingParams] = [
+        {"temperature": 1.0, "max_new_tokens": 12, "ignore_eos": True, "sampling_seed": i} for i in range(6)
+    ]
+    others = [tok.encode(TEXTS[0]), tok.encode(TEXTS[1])]
+    sp: SamplingParams = {"temperature": 0.0, "max_new_tokens": 12, "ignore_eos": True}
+    outs = await run_all(engine, [prompt] * 6 + others, [*params, sp, sp])
+    assert len({tuple(o.token_ids) for o in outs[:6]}) > 1
+    for out in outs[:6]:
+        torch.testing.assert_close(torch.tensor(out.log_probs), full_forward_logps(model, prompt, out, 1.0), atol=1e-4, rtol=1e-4)
+    for p, out in zip(others, outs[6:], strict=True):
+        assert out.token_ids == hf_greedy(model, p, 12)

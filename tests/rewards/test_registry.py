@@ -87,24 +87,9 @@ def test_missing_label_raises_instead_of_scoring() -> None:
         score_builtin_sync("f1", "text", None, {}, [])
 
 
-async def test_math_in_worker_processes() -> None:
-    """reward_num_workers > 0: graded in spawned processes, where math-verify keeps its alarms."""
-    from miles_sdk.rewards import shutdown_reward_workers
-
-    args = Config(rm_type="math", reward_num_workers=1)
-    try:
-        assert (
-            await compute_builtin_reward(
-                args, Sample(response=r"\boxed{\frac{\sqrt2}{2}}", label=r"\sqrt{2}/2")
-            )
-            == 1.0
-        )
-        assert await compute_builtin_reward(args, Sample(response=r"\boxed{3}", label="4")) == 0.0
-    finally:
-        shutdown_reward_workers()
-
-
-async def test_worker_crash_fails_those_calls_and_the_pool_restarts() -> None:
+async def test_math_in_worker_processes_and_crash_recovery() -> None:
+    """reward_num_workers > 0: graded in spawned processes, where math-verify keeps its alarms.
+    A worker that dies fails only the calls it held; the next call gets a fresh pool."""
     import os
 
     from miles_sdk.rewards import shutdown_reward_workers
@@ -112,10 +97,12 @@ async def test_worker_crash_fails_those_calls_and_the_pool_restarts() -> None:
 
     args = Config(rm_type="math", reward_num_workers=1)
     try:
+        sample = Sample(response=r"\boxed{\frac{\sqrt2}{2}}", label=r"\sqrt{2}/2")  # needs sympy
+        assert await compute_builtin_reward(args, sample) == 1.0
+        assert await compute_builtin_reward(args, Sample(response=r"\boxed{3}", label="4")) == 0.0
         with pytest.raises(RuntimeError, match="reward worker process died"):
             await run_cpu_bound(1, os._exit, 3)
-        # an answer that needs sympy, so it goes to the (fresh) pool
-        sample = Sample(response=r"\boxed{(x+1)^2}", label="x^2+2x+1")
+        sample = Sample(response=r"\boxed{(x+1)^2}", label="x^2+2x+1")  # needs sympy: fresh pool
         assert await compute_builtin_reward(args, sample) == 1.0
     finally:
         shutdown_reward_workers()
