@@ -8,7 +8,10 @@ from pathlib import Path
 __all__ = ["plot_metrics"]
 
 
-def plot_metrics(jsonl_path: Path, png_path: Path, keys: tuple[str, ...] = ("rollout/reward_mean", "train/loss")) -> Path:
+_DEFAULT_KEYS = ("rollout/reward_mean", "train/entropy_loss", "train/loss")
+
+
+def plot_metrics(jsonl_path: Path, png_path: Path, keys: tuple[str, ...] = _DEFAULT_KEYS) -> Path:
     """Plot ``keys`` against step, one panel each; keys absent from the file are skipped."""
     import matplotlib
 

@@ -52,7 +52,9 @@ def test_is_an_inference_engine(model: PreTrainedModel, tok: PreTrainedTokenizer
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_greedy_matches_transformers_generate(fast: bool, tok: PreTrainedTokenizerFast, arch: str) -> None:
+async def test_greedy_matches_transformers_generate(
+    fast: bool, tok: PreTrainedTokenizerFast, arch: str
+) -> None:
     model = build_model(tok, arch, seed=3)
     prompts = [tok.encode(t) for t in TEXTS]
     # Two slots for five prompts: finished slots are refilled while others are mid-decode.
@@ -72,8 +74,8 @@ async def test_greedy_matches_transformers_generate(fast: bool, tok: PreTrainedT
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_sampled_logprobs_match_full_forward(fast: bool, 
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast
+async def test_sampled_logprobs_match_full_forward(
+    fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
     engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=8)
     prompts = [tok.encode(t) for t in TEXTS]
@@ -97,8 +99,8 @@ async def test_sampled_logprobs_match_full_forward(fast: bool,
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_batching_does_not_change_seeded_samples(fast: bool, 
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast
+async def test_batching_does_not_change_seeded_samples(
+    fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
     prompts = [tok.encode(t) for t in TEXTS]
     params: list[SamplingParams] = [
@@ -126,8 +128,8 @@ async def test_batching_does_not_change_seeded_samples(fast: bool,
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_stop_token_ids_eos_and_ignore_eos(fast: bool, 
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast
+async def test_stop_token_ids_eos_and_ignore_eos(
+    fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
     engine = EmbeddedEngine(model, tok, fast_path=fast)
     prompt = tok.encode(TEXTS[2])
@@ -154,7 +156,9 @@ async def test_stop_token_ids_eos_and_ignore_eos(fast: bool,
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_stop_strings_keep_the_stop_text(fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast) -> None:
+async def test_stop_strings_keep_the_stop_text(
+    fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast
+) -> None:
     engine = EmbeddedEngine(model, tok, fast_path=fast)
     prompt = tok.encode(TEXTS[0])
     free = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 16, "ignore_eos": True})
@@ -182,8 +186,8 @@ async def test_max_new_tokens_zero_and_budget(model: PreTrainedModel, tok: PreTr
 
 
 @pytest.mark.parametrize("fast", [False, True], ids=["generic", "fast"])
-async def test_abort_returns_promptly_with_partial_tokens(fast: bool, 
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast
+async def test_abort_returns_promptly_with_partial_tokens(
+    fast: bool, model: PreTrainedModel, tok: PreTrainedTokenizerFast
 ) -> None:
     engine = EmbeddedEngine(model, tok, fast_path=fast, max_batch_size=2)
     sp: SamplingParams = {"max_new_tokens": 200, "ignore_eos": True}
@@ -277,6 +281,25 @@ async def test_identical_prompts_share_prefill_but_not_samples(
     outs = await run_all(engine, [prompt] * 6 + others, [*params, sp, sp])
     assert len({tuple(o.token_ids) for o in outs[:6]}) > 1
     for out in outs[:6]:
-        torch.testing.assert_close(torch.tensor(out.log_probs), full_forward_logps(model, prompt, out, 1.0), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            torch.tensor(out.log_probs), full_forward_logps(model, prompt, out, 1.0), atol=1e-4, rtol=1e-4
+        )
     for p, out in zip(others, outs[6:], strict=True):
         assert out.token_ids == hf_greedy(model, p, 12)
+
+
+async def test_fast_path_rebinds_replaced_parameters(tok: PreTrainedTokenizerFast) -> None:
+    # A trainer that assigns new tensors (load_state_dict(assign=True), FSDP resharding) instead
+    # of updating in place must still be picked up by update_weights().
+    model = build_model(tok, seed=8)
+    engine = EmbeddedEngine(model, tok, fast_path=True)
+    prompt = tok.encode(TEXTS[1])
+    sp: SamplingParams = {"temperature": 0.0, "max_new_tokens": 8, "ignore_eos": True}
+    before = await engine.generate(prompt, sp)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.down_proj.weight = torch.nn.Parameter(torch.randn_like(layer.mlp.down_proj.weight))
+            layer.self_attn.q_proj.weight.mul_(-1.5)
+    engine.update_weights()
+    after = await engine.generate(prompt, sp)
+    assert after.token_ids == hf_greedy(model, prompt, 8) != before.token_ids

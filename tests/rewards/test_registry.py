@@ -119,7 +119,9 @@ async def test_one_failure_in_a_chunk_leaves_the_others() -> None:
 
     from miles_sdk.rewards._pool import run_cpu_bound
 
-    results = await asyncio.gather(*(run_cpu_bound(0, _fails_on_two, i) for i in range(5)), return_exceptions=True)
+    results = await asyncio.gather(
+        *(run_cpu_bound(0, _fails_on_two, i) for i in range(5)), return_exceptions=True
+    )
     assert results[:2] == [0, 10] and results[3:] == [30, 40]
     assert isinstance(results[2], ValueError) and str(results[2]) == "two"
 

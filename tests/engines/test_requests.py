@@ -1,0 +1,53 @@
+"""Host-side request bookkeeping: chunked acceptance equals token-by-token acceptance."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import PreTrainedTokenizerFast
+
+from miles_sdk.engines._requests import Request, parse_sampling_params
+from miles_sdk.engines.base import EngineOutput, SamplingParams
+from miles_sdk.testing.tiny import tiny_tokenizer
+
+TOK: PreTrainedTokenizerFast = tiny_tokenizer()
+
+
+def make(params: SamplingParams, prompt_len: int, max_context: int) -> Request:
+    loop = asyncio.new_event_loop()
+    fut: asyncio.Future[EngineOutput] = loop.create_future()
+    loop.close()
+    return parse_sampling_params(
+        [1] * prompt_len, params, vocab_size=300, eos_ids=frozenset({7}), default_seed=0,
+        default_max_new_tokens=128, max_context=max_context, future=fut,
+    )  # fmt: skip
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 12), min_size=1, max_size=40),
+    st.integers(1, 30),
+    st.booleans(),
+    st.lists(st.integers(0, 12), max_size=2),
+    st.integers(1, 16),
+    st.integers(2, 80),
+)
+def test_accept_many_equals_accept_one_by_one(
+    tokens: list[int], budget: int, ignore_eos: bool, stop_ids: list[int], chunk: int, max_context: int
+) -> None:
+    params: SamplingParams = {"max_new_tokens": budget, "ignore_eos": ignore_eos, "stop_token_ids": stop_ids}
+    one, many = make(params, 1, max_context), make(params, 1, max_context)
+    r_one = None
+    for t in tokens:
+        r_one = one.accept(t, float(t), TOK)
+        if r_one is not None:
+            break
+    r_many = None
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start : start + chunk]
+        r_many = many.accept_many(part, [float(t) for t in part], TOK)
+        if r_many is not None:
+            break
+    assert (r_one, one.tokens, one.log_probs) == (r_many, many.tokens, many.log_probs)
