@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,21 @@ class RunOptions:
     seed: int
     preset: str
     """``tiny_policy`` size preset: "unit" (fastest) or "arithmetic" (can learn a little)."""
+    switches: frozenset[str] = frozenset()
+    """The example's own on/off flags that were given (``--cli`` -> ``"cli"``)."""
 
 
 def parse_run_args(
-    argv: Sequence[str] | None, *, name: str, description: str | None, num_rollout: int = 4
+    argv: Sequence[str] | None,
+    *,
+    name: str,
+    description: str | None,
+    num_rollout: int = 4,
+    switches: Mapping[str, str] | None = None,
 ) -> RunOptions:
-    """Parse ``--num-rollout``, ``--output-dir``, ``--seed`` and ``--preset`` for example ``name``
-    (``examples/<name>/``); create the output dir."""
+    """Parse ``--num-rollout``, ``--output-dir``, ``--seed``, ``--preset`` and the example's own
+    ``switches`` (flag name -> help) for example ``name`` (``examples/<name>/``); create the
+    output dir."""
     parser = argparse.ArgumentParser(
         prog=f"python -m examples.{name}.run", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -53,11 +61,16 @@ def parse_run_args(
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", default="unit", choices=("unit", "arithmetic", "small"),
                         help="tiny_policy size preset")
+    for flag, help_text in (switches or {}).items():
+        parser.add_argument(f"--{flag}", action="store_true", help=help_text)
     ns = parser.parse_args(list(argv) if argv is not None else None)
     if ns.num_rollout < 1:
         parser.error(f"--num-rollout must be >= 1, got {ns.num_rollout}")
     Path(ns.output_dir).mkdir(parents=True, exist_ok=True)
-    return RunOptions(num_rollout=ns.num_rollout, output_dir=ns.output_dir, seed=ns.seed, preset=ns.preset)
+    given = frozenset(flag for flag in (switches or {}) if getattr(ns, flag.replace("-", "_")))
+    return RunOptions(
+        num_rollout=ns.num_rollout, output_dir=ns.output_dir, seed=ns.seed, preset=ns.preset, switches=given
+    )
 
 
 def tiny_config(opts: RunOptions, **settings: Any) -> Config:

@@ -68,6 +68,7 @@ class Trainer:
         self._serving: RolloutServing | None = None
         self.engine = self._build_engine(engine)
         self.data_source = self._build_data_source(dataset)
+        self._check_labels()
         self.backend: TrainBackend = self._build_backend()
         if self.hooks.backend_init is not None:
             self.hooks.backend_init(config)
@@ -238,9 +239,12 @@ class Trainer:
 
     def close(self) -> None:
         """Stop servers and the loop thread; the Trainer cannot step afterwards."""
+        from miles_sdk.rewards import close_reward_resources
+
         if self._serving is not None:
             self._loop.run(self._serving.close())
             self._serving = None
+        self._loop.run(close_reward_resources())
         self.writer.close()
         self._loop.close()
 
@@ -293,6 +297,17 @@ class Trainer:
             raise ValueError("no prompts: set prompt_data in the Config, or pass dataset= or data_source=")
         return RolloutDataSourceWithBuffer(self.args, tokenizer=self.tokenizer, dataset=dataset,
                                            buffer_filter=self.hooks.buffer_filter)
+
+    def _check_labels(self) -> None:
+        """With a built-in rm type, every prompt must carry what its grader needs: fail before training."""
+        hooks = self.hooks
+        if hooks.reward_fn or hooks.batched_reward_fn or hooks.rollout_fn or self.args.load_debug_rollout_data:
+            return
+        samples = getattr(getattr(self.data_source, "dataset", None), "samples", None)
+        if samples:
+            from miles_sdk.rewards import validate_labels
+
+            validate_labels(self.args, samples)
 
     def _build_backend(self) -> TrainBackend:
         from miles_sdk.backends.torch_backend import TorchBackend

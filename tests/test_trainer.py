@@ -153,3 +153,12 @@ def test_every_estimator_runs_in_the_loop(tmp_path: Path, estimator: str) -> Non
                        use_kl_loss=estimator == "gspo", kl_loss_coef=0.01, normalize_advantages=True)
     result = run_steps({"reward_model": _alternating_reward}, steps=1, config=cfg)
     assert result.metrics[0]["train/grad_norm"] > 0.0
+
+
+def test_missing_label_for_builtin_rm_fails_before_training(tmp_path: Path) -> None:
+    from miles_sdk.rewards import RewardLabelError
+
+    model, tok = tiny_policy("unit", seed=0)
+    cfg = small_config(output_dir=str(tmp_path), rm_type="math", label_key=None)
+    with pytest.raises(RewardLabelError, match="label"):
+        Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS)

@@ -42,7 +42,7 @@ def get_pg_loss_reducer(
                 "sum(response_lengths)"
             )
         total = x.new_zeros(())
-        for x_i, mask_i in zip(x.split(response_lengths), loss_masks, strict=True):
+        for x_i, mask_i in zip(torch.split(x, response_lengths), loss_masks, strict=True):
             mask_i = mask_i.to(device=x.device, dtype=x.dtype)
             # where(), not x * mask: a masked position may hold NaN/inf, and 0 * NaN is NaN.
             total = total + torch.where(mask_i != 0, x_i * mask_i, torch.zeros_like(x_i)).sum()

@@ -163,6 +163,13 @@ class EmbeddedEngine:
         self._waiting.clear()
         self._wake.set()
 
+    def reset_stats(self) -> None:
+        """Zero :attr:`stats` and the runner's counters (e.g. after a warm-up)."""
+        self.stats.clear()
+        runner_stats = getattr(self._runner, "stats", None)
+        if isinstance(runner_stats, dict):
+            runner_stats.clear()
+
     def runner_stats(self) -> dict[str, float]:
         """The model runner's own counters (prefill/decode seconds, steps), if it keeps any."""
         return dict(getattr(self._runner, "stats", {}))
