@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
-__all__ = ["AdvantageEstimator", "Config", "ConfigError", "HOOK_PATH_FIELDS", "KLLossType", "LossType"]
+__all__ = ["HOOK_PATH_FIELDS", "AdvantageEstimator", "Config", "ConfigError", "KLLossType", "LossType"]
 
 AdvantageEstimator: TypeAlias = Literal[
     "grpo", "gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "ppo"

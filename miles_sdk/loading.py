@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from miles_sdk import hooks
 
-__all__ = ["HookLoadError", "HookSignatureError", "HookSpec", "HOOK_SPECS", "check_hook_signature", "load_hook"]
+__all__ = ["HOOK_SPECS", "HookLoadError", "HookSignatureError", "HookSpec", "check_hook_signature", "load_hook"]
 
 
 class HookLoadError(ImportError):
@@ -160,7 +160,7 @@ def _check_class_like(obj: object, spec: HookSpec, label: str) -> None:
 
 def _protocol_signature(proto_name: str) -> str:
     proto = getattr(hooks, proto_name, None)
-    call = getattr(proto, "__call__", None)
+    call = vars(proto).get("__call__") if proto is not None else None
     if call is None:
         return ""
     try:

@@ -25,7 +25,13 @@ from miles_sdk._hookset import HookSet, resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
 from miles_sdk.backends.base import RolloutData, TrainBackend
-from miles_sdk.checkpoint import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from miles_sdk.checkpoint import (
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from miles_sdk.config import Config
 from miles_sdk.engines.base import InferenceEngine
 from miles_sdk.hooks import DataSource, RolloutOutput
@@ -56,7 +62,7 @@ class Trainer:
         **hooks: Any,
     ) -> None:
         self.args = config
-        unknown = set(hooks) - set(attr for attr in HookSet.__annotations__) - {"reward_model"}
+        unknown = set(hooks) - set(HookSet.__annotations__) - {"reward_model"}
         if unknown:
             raise TypeError(f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
                             f"known: reward_model, {', '.join(HookSet.__annotations__)}")
@@ -276,9 +282,9 @@ class Trainer:
         return serving.engine
 
     def _embedded_engine(self) -> InferenceEngine:
-        from miles_sdk.engines.embedded import EmbeddedEngine
-
         from transformers import PreTrainedModel
+
+        from miles_sdk.engines.embedded import EmbeddedEngine
 
         if not isinstance(self.policy.model, PreTrainedModel):
             raise TypeError("the embedded engine needs a transformers PreTrainedModel; pass engine= for other models")

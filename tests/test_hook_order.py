@@ -40,10 +40,10 @@ from miles_sdk import (
     Sample,
     SamplingParams,
     TISFn,
-    Trainer,
     TrainData,
+    Trainer,
+    algo,
 )
-from miles_sdk import algo
 from miles_sdk.data import RolloutDataSourceWithBuffer, pop_first
 from miles_sdk.rollout import generate_with_engine, sampling_params_from_args
 from miles_sdk.testing import small_config, tiny_policy

@@ -65,5 +65,5 @@ def test_import_pulls_no_heavy_optional_dependency() -> None:
 
     code = ("import sys, miles_sdk; bad = [m for m in sys.modules if m.split('.')[0] in "
             "('megatron', 'sglang', 'ray', 'wandb', 'hypothesis')]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr

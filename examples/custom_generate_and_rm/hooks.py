@@ -59,11 +59,13 @@ async def reward_fn(args: Config, sample: Sample) -> float:
             "set --label-key"
         )
     context = sample.metadata.get("context")
-    if not isinstance(context, str):
+    where = f"examples.custom_generate_and_rm.hooks.reward_fn: sample index={sample.index}"
+    if context is None:
         raise ValueError(
-            f"examples.custom_generate_and_rm.hooks.reward_fn: sample index={sample.index} has no "
-            f"metadata['context'] (metadata keys: {sorted(sample.metadata)}); set --metadata-key"
+            f"{where} has no metadata['context'] (metadata keys: {sorted(sample.metadata)}); set --metadata-key"
         )
+    if not isinstance(context, str):
+        raise TypeError(f"{where}: metadata['context'] is a {type(context).__name__}, expected the passage text")
     answer = extract_answer(sample.response)
     f1 = f1_score(answer, sample.label)[0]
     return f1 if is_grounded(answer, context) else f1 * UNGROUNDED_FACTOR

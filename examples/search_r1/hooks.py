@@ -6,15 +6,19 @@ from __future__ import annotations
 import re
 import time
 
+from examples.search_r1.retriever import BM25, CORPUS
 from miles_sdk.config import Config
 from miles_sdk.engines.base import SamplingParams
 from miles_sdk.hooks import GenerateFn, RewardFn
 from miles_sdk.rewards import squad_normalize
-from miles_sdk.rollout import append_tokens, extract_tool_call, generate_with_engine, get_rollout_context
-from miles_sdk.rollout import stop_at_markers
+from miles_sdk.rollout import (
+    append_tokens,
+    extract_tool_call,
+    generate_with_engine,
+    get_rollout_context,
+    stop_at_markers,
+)
 from miles_sdk.types import Sample
-
-from examples.search_r1.retriever import BM25, CORPUS
 
 __all__ = [
     "PROMPT_TEMPLATE",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from miles_sdk.config import Config
 from miles_sdk.types import Metrics
@@ -32,7 +32,7 @@ class Progress:
         )
         self._bar.update(1)
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

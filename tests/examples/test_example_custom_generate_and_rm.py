@@ -14,7 +14,14 @@ from miles_sdk import cli
 from miles_sdk.config import Config
 from miles_sdk.hooks import GenerateFn, RewardFn
 from miles_sdk.rollout import RolloutContext, use_rollout_context
-from miles_sdk.testing import ScriptedEngine, call_hook, check_hook, make_sample, save_tiny_policy, tiny_tokenizer
+from miles_sdk.testing import (
+    ScriptedEngine,
+    call_hook,
+    check_hook,
+    make_sample,
+    save_tiny_policy,
+    tiny_tokenizer,
+)
 from miles_sdk.types import Sample
 
 PROMPT = run.dataset()[0]["input"]

@@ -7,10 +7,9 @@ Positive cases: Miles-style hook functions assign to their Protocol. Negative ca
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, assert_type
 
 import torch
-from typing_extensions import assert_type
 
 from miles_sdk import (
     BackendInitFn,
