@@ -162,3 +162,26 @@ def test_missing_label_for_builtin_rm_fails_before_training(tmp_path: Path) -> N
     cfg = small_config(output_dir=str(tmp_path), rm_type="math", label_key=None)
     with pytest.raises(RewardLabelError, match="label"):
         Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS)
+
+
+def test_debug_save_then_train_only_on_the_saved_rollouts(tmp_path: Path) -> None:
+    from miles_sdk import algo
+
+    template = str(tmp_path / "dump" / "rollout_{rollout_id}.pt")
+    saved = run_steps({"reward_model": _alternating_reward}, steps=2,
+                      config=small_config(output_dir=str(tmp_path / "a"), save_debug_rollout_data=template))
+    cfg = small_config(output_dir=str(tmp_path / "b"), debug_train_only=True, load_debug_rollout_data=template)
+    replayed = run_steps({"reward_model": _alternating_reward}, steps=2, config=cfg)
+    for before, after in zip(saved.samples, replayed.samples):
+        assert algo.convert_samples_to_train_data(cfg, after) == algo.convert_samples_to_train_data(cfg, before)
+    assert "train/loss" in replayed.metrics[-1]
+
+
+def test_debug_rollout_only_does_not_train(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_steps({"reward_model": _alternating_reward, "model": model, "tokenizer": tok}, steps=1,
+                       config=small_config(output_dir=str(tmp_path), debug_rollout_only=True))
+    assert "rollout/reward_mean" in result.metrics[0] and "train/loss" not in result.metrics[0]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
