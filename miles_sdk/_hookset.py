@@ -120,6 +120,13 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
         reward = load_hook(args.custom_rm_path, reward_protocol, flag="--custom-rm-path")
     if reward is not None:
         resolved["batched_reward_fn" if args.group_rm else "reward_fn"] = reward
+    batched = given.get("batched_reward_model")
+    if batched is not None:
+        if args.group_rm and reward is not None:
+            raise ConfigError("group_rm is set and both reward_model= and batched_reward_model= were given; "
+                              "with group_rm, reward_model is the batched one: pass only one")
+        check_hook_signature(batched, "BatchedRewardFn", name="batched_reward_model")
+        resolved["batched_reward_fn"] = batched
 
     middlewares = list(given.get("router_middlewares") or [])
     for i, mw in enumerate(middlewares):

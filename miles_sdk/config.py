@@ -371,12 +371,6 @@ def _validate(c: Config) -> None:
         gbs % c.micro_batch_size == 0,
         f"global_batch_size ({gbs}) is not divisible by micro_batch_size ({c.micro_batch_size})",
     )
-    if c.global_batch_size is not None and c.rollout_trim_samples:
-        need(
-            per_rollout % gbs == 0 or per_rollout > gbs,
-            f"global_batch_size ({gbs}) is larger than one rollout ({per_rollout} samples); "
-            "lower it or pass --disable-rollout-trim-samples",
-        )
     need(c.eps_clip >= 0, f"eps_clip must be >= 0, got {c.eps_clip}")
     need(c.eps_clip_c is None or c.eps_clip_c > 1.0, f"eps_clip_c must be > 1 (dual clip), got {c.eps_clip_c}")
     need(

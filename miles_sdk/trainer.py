@@ -62,10 +62,10 @@ class Trainer:
         **hooks: Any,
     ) -> None:
         self.args = config
-        unknown = set(hooks) - set(HookSet.__annotations__) - {"reward_model"}
+        unknown = set(hooks) - set(HookSet.__annotations__) - {"reward_model", "batched_reward_model"}
         if unknown:
             raise TypeError(f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
-                            f"known: reward_model, {', '.join(HookSet.__annotations__)}")
+                            f"known: reward_model, batched_reward_model, {', '.join(HookSet.__annotations__)}")
         self.hooks = resolve_hooks(config, hooks)
         torch.manual_seed(config.seed)
         self.policy = build_policy(config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider)

@@ -57,7 +57,6 @@ def test_bad_choice_is_a_config_error() -> None:
         ({"rollout_batch_size": 4, "over_sampling_batch_size": 2}, "over_sampling_batch_size"),
         ({"rollout_batch_size": 3, "n_samples_per_prompt": 2, "num_steps_per_rollout": 4}, "not divisible"),
         ({"global_batch_size": 6, "micro_batch_size": 4}, "micro_batch_size"),
-        ({"rollout_batch_size": 2, "n_samples_per_prompt": 2, "global_batch_size": 8}, "larger than one rollout"),
         ({"advantage_estimator": "ppo", "kl_coef": 0.1}, "kl_coef"),
         ({"rm_type": "remote_rm"}, "rm_url"),
         ({"debug_train_only": True}, "load_debug_rollout_data"),

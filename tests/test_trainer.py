@@ -185,3 +185,25 @@ def test_debug_rollout_only_does_not_train(tmp_path: Path) -> None:
     assert "rollout/reward_mean" in result.metrics[0] and "train/loss" not in result.metrics[0]
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Path) -> None:
+    from miles_sdk.rollout import generate_with_engine
+    from miles_sdk import SamplingParams
+
+    batch_sizes: list[int] = []
+
+    async def two_agents(args: Config, sample: Sample, sampling_params: SamplingParams) -> list[Sample]:
+        first = await generate_with_engine(args, sample, sampling_params)
+        second = Sample.from_dict(first.to_dict())
+        return [first, second]
+
+    async def batched(args: Config, samples: list[Sample]) -> list[float]:
+        batch_sizes.append(len(samples))
+        return [float(i % 2) for i in range(len(samples))]
+
+    cfg = small_config(output_dir=str(tmp_path))
+    result = run_steps({"generate_fn": two_agents, "reward_model": _alternating_reward,
+                        "batched_reward_model": batched}, steps=1, config=cfg)
+    assert batch_sizes and set(batch_sizes) == {2}
+    assert len(result.samples[0]) == 8

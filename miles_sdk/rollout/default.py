@@ -181,7 +181,9 @@ class _TrainRollout:
             fn = pick_generate_fn(self.ctx, sample)
             samples = await run_generate_fn(fn, args, sample, params)
         if not args.group_rm:
-            await score_unscored(args, samples, self.ctx, batched=False)
+            # As in Miles, a list from a generate function goes to the batched reward in one call.
+            as_batch = len(samples) > 1 and self.ctx.batched_reward_fn is not None
+            await score_unscored(args, samples, self.ctx, batched=as_batch)
         return samples
 
     def _mask_offpolicy(self, sample: Sample) -> None:
