@@ -288,8 +288,11 @@ class Trainer:
 
         if not isinstance(self.policy.model, PreTrainedModel):
             raise TypeError("the embedded engine needs a transformers PreTrainedModel; pass engine= for other models")
-        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=self.args.max_engine_batch_size,
-                              seed=self.args.rollout_seed)
+        args = self.args
+        # The fast path allocates its KV cache once per slot: prompt + response must fit.
+        max_seq_len = args.rollout_max_context_len or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
+        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=args.max_engine_batch_size,
+                              seed=args.rollout_seed, max_seq_len=max_seq_len)
 
     def _build_data_source(self, dataset: Any) -> DataSource:
         given = self.hooks.data_source

@@ -1,0 +1,115 @@
+"""W1's full GRPO step through the Trainer on a GPU: generate, score, log-probs, train, sync.
+
+    python -m bench.w1_step [--steps 3]
+
+Same workload as ``bench.w1`` (Qwen2.5-0.5B-shaped, bf16, 16 prompts x 8 samples, prompt 128,
+response exactly 256, one optimizer step per rollout, AdamW, no KL). Prints the step time split
+by phase (steps after the first, which captures CUDA graphs), train tokens/s and MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from bench.w1 import PROMPT_LEN, PROMPTS, RESPONSE_LEN, SAMPLES, VOCAB, ceilings, w1_model, w1_tokenizer
+from miles_sdk import Config, Sample, SamplingParams, Trainer
+from miles_sdk.rollout import generate_with_engine
+
+PARAMS = 494e6
+
+
+class RandomPromptSource:
+    """Groups of SAMPLES samples sharing a random 128-token prompt."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.rng = random.Random(0)
+        self.index = 0
+
+    def get_samples(self, num_samples: int) -> list[list[Sample]]:
+        groups = []
+        for g in range(num_samples):
+            prompt = [self.rng.randrange(VOCAB - 2) for _ in range(PROMPT_LEN)]
+            group = []
+            for _ in range(self.n):
+                group.append(Sample(group_index=g, index=self.index, prompt="", tokens=list(prompt), label="x"))
+                self.index += 1
+            groups.append(group)
+        return groups
+
+    def add_samples(self, samples: list[list[Sample]]) -> None: ...
+
+    def save(self, rollout_id: int) -> None: ...
+
+    def load(self, rollout_id: int | None = None) -> None: ...
+
+
+async def exact_length(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:
+    sampling_params["ignore_eos"] = True  # W1: every response is exactly RESPONSE_LEN tokens
+    return await generate_with_engine(args, sample, sampling_params)
+
+
+async def random_reward(args: Config, sample: Sample) -> float:
+    return float(sum(sample.response_tokens[:4]) % 2)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--micro-batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script itself")
+    ns = ap.parse_args()
+    device = torch.device(ns.device)
+    matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
+    model = w1_model(device)
+    model.train(True)
+    config = Config(
+        device=ns.device, rollout_batch_size=PROMPTS, n_samples_per_prompt=SAMPLES, rollout_max_response_len=RESPONSE_LEN,
+        rollout_max_context_len=PROMPT_LEN + RESPONSE_LEN, micro_batch_size=ns.micro_batch_size,
+        num_steps_per_rollout=1, lr=1e-6, max_engine_batch_size=PROMPTS * SAMPLES, progress_bar=False,
+        log_probs_chunk_size=4096,
+    )
+    trainer = Trainer(config, model=model, tokenizer=w1_tokenizer(), data_source=RandomPromptSource(SAMPLES),
+                      generate_fn=exact_length, reward_model=random_reward)
+    rows = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(ns.steps):
+        start = time.perf_counter()
+        metrics = trainer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        metrics["perf/step_time"] = time.perf_counter() - start
+        rows.append(metrics)
+        print(f"step {step}: {metrics['perf/step_time']:.2f} s "
+              + " ".join(f"{k[5:-5]}={v:.3f}" for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time")))
+    trainer.close()
+    steady = rows[1:] or rows
+    tokens = PROMPTS * SAMPLES * (PROMPT_LEN + RESPONSE_LEN)
+    new_tokens = PROMPTS * SAMPLES * RESPONSE_LEN
+    step_s = statistics.mean(r["perf/step_time"] for r in steady)
+    rollout_s = statistics.mean(r["perf/rollout_time"] for r in steady)
+    train_s = statistics.mean(r["perf/train_time"] for r in steady)
+    logprob_s = statistics.mean(r["perf/log_prob_time"] for r in steady)
+    print()
+    print("| phase | seconds | rate |")
+    print("|---|---|---|")
+    print(f"| full GRPO step (steady) | {step_s:.2f} | |")
+    print(f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |")
+    print(f"| old log-probs (forward) | {logprob_s:.2f} | {tokens / logprob_s / 1e3:.1f}k tok/s |")
+    train_tps = tokens / train_s
+    print(f"| train (forward+backward+AdamW) | {train_s:.2f} | {train_tps / 1e3:.1f}k tok/s, "
+          f"MFU {6 * PARAMS * train_tps / matmul_peak:.1%} |")
+    print(f"| weight sync | {statistics.mean(r['perf/sync_time'] for r in steady) * 1e3:.1f} ms | |")
+    print(f"| first step (includes CUDA-graph capture) | {rows[0]['perf/step_time']:.2f} | |")
+    if device.type == "cuda":
+        print(f"| peak GPU memory | {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB | |")
+
+
+if __name__ == "__main__":
+    main()
