@@ -239,6 +239,7 @@ class Config:
     micro_batch_size: int = 1
     num_steps_per_rollout: int | None = None
     use_dynamic_batch_size: bool = False
+    """Form micro-batches by token count (max_tokens_per_gpu) instead of micro_batch_size."""
     max_tokens_per_gpu: int | None = None
     gradient_checkpointing: bool = False
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
@@ -385,6 +386,8 @@ def _validate(c: Config) -> None:
     )
     need(c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0,
          "eval_prompt_data takes pairs: name path [name path ...]")
+    need(not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
+         "use_dynamic_batch_size needs max_tokens_per_gpu > 0")
     need(c.rollout_max_response_len >= 1, "rollout_max_response_len must be >= 1")
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")
     need(c.rollout_temperature >= 0.0, "rollout_temperature must be >= 0")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from miles_sdk.router import RolloutServing
 
 __all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer:
@@ -321,6 +324,13 @@ class Trainer:
     def _build_backend(self) -> TrainBackend:
         from miles_sdk.backends.torch_backend import TorchBackend
 
+        if self.args.train_backend != "torch":
+            raise NotImplementedError(
+                f"train_backend={self.args.train_backend!r} is not available in this release; "
+                "the torch backend (train_backend='torch') is the one implemented"
+            )
+        _warn_placement_flags(self.args)
+
         ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
         return TorchBackend(
             self.args, self.policy.model, ref_model=ref_model, loss_fn=self.hooks.loss_fn, tis_fn=self.hooks.tis_fn,
@@ -357,6 +367,20 @@ class Trainer:
 
             return num_rollout_for_epochs(self.args, getattr(self.data_source, "dataset_size", 0))
         raise ValueError("set num_rollout or num_epoch in the Config, or call fit(num_rollout=...)")
+
+
+def _warn_placement_flags(args: Config) -> None:
+    """Multi-process placement flags are accepted (Miles launch scripts pass them) but mean nothing
+    to the in-process loop, where the engine and the trainer always share one process and device."""
+    ignored = [name for name, value in (
+        ("colocate", args.colocate), ("offload_train", args.offload_train),
+        ("offload_rollout", args.offload_rollout), ("rollout_num_gpus", args.rollout_num_gpus),
+        ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),
+        ("actor_num_nodes", args.actor_num_nodes != 1),
+        ("actor_num_gpus_per_node", args.actor_num_gpus_per_node != 1),
+    ) if value]
+    if ignored:
+        logger.warning("in-process Trainer: %s have no effect (one process, one device)", ", ".join(ignored))
 
 
 def _default_rollout_fn() -> Any:

@@ -207,3 +207,17 @@ def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Pat
                         "batched_reward_model": batched}, steps=1, config=cfg)
     assert batch_sizes and set(batch_sizes) == {2}
     assert len(result.samples[0]) == 8
+
+
+def test_dynamic_batch_size_gives_the_same_update_as_fixed_micro_batches(tmp_path: Path) -> None:
+    def final_weights(**overrides: object) -> dict[str, torch.Tensor]:
+        model, tok = tiny_policy("unit", seed=5)
+        cfg = small_config(output_dir=str(tmp_path), sglang_enable_deterministic_inference=True, lr=1e-2,
+                           **overrides)  # type: ignore[arg-type]
+        run_steps({"reward_model": _alternating_reward, "model": model, "tokenizer": tok}, steps=1, config=cfg)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    fixed = final_weights(micro_batch_size=1)
+    dynamic = final_weights(use_dynamic_batch_size=True, max_tokens_per_gpu=20)
+    for key, value in fixed.items():
+        torch.testing.assert_close(dynamic[key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["chunks", "chunks_of", "micro_batch", "pad_tokens"]
+__all__ = ["chunks", "chunks_of", "micro_batch", "micro_batches", "pad_tokens", "token_budget_chunks"]
 
 # Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
 PER_SAMPLE_TENSOR_KEYS = ("log_probs", "ref_log_probs", "rollout_log_probs", "advantages", "returns", "values")
@@ -32,6 +32,30 @@ def chunks(n: int, size: int) -> Iterator[list[int]]:
 def chunks_of(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def token_budget_chunks(items: list[int], lengths: list[int], max_tokens: int) -> Iterator[list[int]]:
+    """Consecutive groups of ``items`` whose summed ``lengths`` stay within ``max_tokens``
+    (Miles's ``use_dynamic_batch_size``); a sequence longer than the budget gets a group alone."""
+    group: list[int] = []
+    used = 0
+    for i in items:
+        if group and used + lengths[i] > max_tokens:
+            yield group
+            group, used = [], 0
+        group.append(i)
+        used += lengths[i]
+    if group:
+        yield group
+
+
+def micro_batches(data: dict[str, Any], step_idx: list[int], *, micro_batch_size: int,
+                  max_tokens: int | None) -> Iterator[list[int]]:
+    """Micro-batches of one optimizer step: by token budget when ``max_tokens`` is set, else by count."""
+    if max_tokens is None:
+        return chunks_of(step_idx, micro_batch_size)
+    lengths = [len(t) for t in data["tokens"]]
+    return token_budget_chunks(step_idx, lengths, max_tokens)
 
 
 def micro_batch(data: dict[str, Any], idx: list[int], device: torch.device) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
-from miles_sdk.backends._batching import chunks, chunks_of, micro_batch, pad_tokens
+from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.config import Config
@@ -280,7 +280,8 @@ def _accumulate_and_step(
     per_token = args.calculate_per_token_loss
     step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
     sums: Metrics = {}
-    for mb in chunks_of(step_idx, args.micro_batch_size):
+    max_tokens = args.max_tokens_per_gpu if args.use_dynamic_batch_size else None
+    for mb in micro_batches(data, step_idx, micro_batch_size=args.micro_batch_size, max_tokens=max_tokens):
         batch = micro_batch(data, mb, device)
         mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
         weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
