@@ -111,3 +111,26 @@ def test_sum_of_sample_mean_ignores_padding(b: MaskedTokenBatch) -> None:
     # And it is the mean over samples of each sample's masked mean (0 for an all-masked sample).
     per_sample = [(v * m).sum() / m.sum().clamp_min(1) for v, m in zip(b.values, b.loss_masks, strict=True)]
     torch.testing.assert_close(reduce(b), torch.stack(per_sample).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipe 4: a hook composes with the whole loop (run_steps)
+# ---------------------------------------------------------------------------------------------
+
+
+def keep_mixed_groups(args: Config, samples: list[Sample]) -> DynamicFilterOutput:
+    rewards = {s.reward for s in samples}
+    return DynamicFilterOutput(keep=len(rewards) > 1, reason="all_same")
+
+
+async def alternating(args: Config, sample: Sample) -> float:
+    return float((sample.index or 0) % 2)  # both rewards in every group, so some groups are kept
+
+
+def test_filter_composes_with_the_loop() -> None:
+    from miles_sdk.testing import run_steps
+
+    result = run_steps({"dynamic_sampling_filter": keep_mixed_groups, "reward_model": alternating}, steps=2)
+    assert len(result.metrics) == 2
+    for step_samples in result.samples:
+        assert all(s.reward is not None for s in step_samples)
