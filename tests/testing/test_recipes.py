@@ -20,7 +20,7 @@ from miles_sdk.rollout import (
 )
 from miles_sdk.testing import ScriptedEngine, call_hook, check_hook, make_sample, tiny_tokenizer
 from miles_sdk.testing.strategies import MaskedTokenBatch, masked_token_tensors
-from miles_sdk.types import Sample
+from miles_sdk.types import DynamicFilterOutput, Sample
 
 # ---------------------------------------------------------------------------------------------
 # Recipe 1: a reward function
