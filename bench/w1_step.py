@@ -58,11 +58,22 @@ async def random_reward(args: Config, sample: Sample) -> float:
     return float(sum(sample.response_tokens[:4]) % 2)
 
 
+def _profile_step(trainer: Trainer) -> None:
+    """Where one steady step's GPU time goes, by operator (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script itself")
+    ap.add_argument("--profile", action="store_true", help="profile one more step; print the top kernels")
     ns = ap.parse_args()
     device = torch.device(ns.device)
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
@@ -88,6 +99,8 @@ def main() -> None:
         rows.append(metrics)
         print(f"step {step}: {metrics['perf/step_time']:.2f} s "
               + " ".join(f"{k[5:-5]}={v:.3f}" for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time")))
+    if ns.profile:
+        _profile_step(trainer)
     trainer.close()
     steady = rows[1:] or rows
     tokens = PROMPTS * SAMPLES * (PROMPT_LEN + RESPONSE_LEN)
