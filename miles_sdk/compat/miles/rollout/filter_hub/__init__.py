@@ -1,0 +1,1 @@
+"""Shim of ``miles.rollout.filter_hub``: ``base_types``, ``dynamic_sampling_filters``."""

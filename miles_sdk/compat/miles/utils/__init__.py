@@ -1,0 +1,1 @@
+"""Shim of ``miles.utils``: ``types``, ``http_utils``, ``misc``, ``async_utils``."""
