@@ -114,13 +114,14 @@ class Trainer:
             with timer("sync"):
                 self._sync_weights(rollout_id)                                   # 8
         metrics |= timer.metrics()
-        self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
+        replaced = self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
+        if not replaced:
+            self.writer.write(rollout_id, metrics)
         self.rollout_id += 1
         if args.eval_interval and self.eval_datasets and self.rollout_id % args.eval_interval == 0:
             metrics |= self.evaluate()
         if args.save and args.save_interval and self.rollout_id % args.save_interval == 0:
             self.save(args.save)
-        self.writer.write(rollout_id, metrics)
         self.history.append(metrics)
         return metrics
 
@@ -148,7 +149,7 @@ class Trainer:
         metrics = eval_metrics(self.args, data) | output.metrics
         log_fn = self.hooks.eval_rollout_log_fn
         if log_fn is None or not log_fn(self.rollout_id, self.args, data, output.metrics):
-            self.writer.write(self.rollout_id, metrics)
+            self.writer.write(self.rollout_id, metrics)  # eval rows carry the step they followed
         return metrics
 
     # ==== stages ================================================================================
@@ -211,10 +212,11 @@ class Trainer:
         if (rollout_id + 1) % self.args.update_weights_interval == 0:
             self.engine.update_weights()
 
-    def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> None:
+    def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> bool:
+        """Run the rollout-log hook; True when it replaces the default logging (the metrics are
+        still returned by ``step()``, but not written)."""
         log_fn = self.hooks.rollout_log_fn
-        if log_fn is not None and log_fn(rollout_id, self.args, samples, metrics, seconds):
-            metrics.clear()  # the hook replaced the default logging
+        return log_fn is not None and bool(log_fn(rollout_id, self.args, samples, metrics, seconds))
 
     # ==== checkpoints ===========================================================================
 

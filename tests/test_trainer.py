@@ -221,3 +221,18 @@ def test_dynamic_batch_size_gives_the_same_update_as_fixed_micro_batches(tmp_pat
     dynamic = final_weights(use_dynamic_batch_size=True, max_tokens_per_gpu=20)
     for key, value in fixed.items():
         torch.testing.assert_close(dynamic[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_rollout_log_hook_returning_true_replaces_default_logging(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def my_log(rollout_id: int, args: Config, samples: list[Sample], extra: dict[str, float] | None,
+               rollout_time: float) -> bool:
+        seen.append(rollout_id)
+        return rollout_id == 0  # replace the default for step 0 only
+
+    result = run_steps({"rollout_log_fn": my_log}, steps=2, config=small_config(output_dir=str(tmp_path)))
+    assert seen == [0, 1]
+    assert "rollout/reward_mean" in result.metrics[0]  # still returned by step()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1]
