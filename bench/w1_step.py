@@ -74,10 +74,14 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script itself")
     ap.add_argument("--profile", action="store_true", help="profile one more step; print the top kernels")
+    ap.add_argument("--fp32-master", action="store_true",
+                    help="the Trainer's default on CUDA: fp32 parameters, bf16 autocast, bf16 engine copy")
     ns = ap.parse_args()
     device = torch.device(ns.device)
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
     model = w1_model(device)
+    if ns.fp32_master:
+        model.float()
     model.train(True)
     config = Config(
         device=ns.device, rollout_batch_size=PROMPTS, n_samples_per_prompt=SAMPLES, rollout_max_response_len=RESPONSE_LEN,

@@ -296,8 +296,13 @@ class Trainer:
         args = self.args
         # The fast path allocates its KV cache once per slot: prompt + response must fit.
         max_seq_len = args.rollout_max_context_len or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
+        # fp32 master weights train correctly at RL learning rates (1e-6 updates vanish in bf16), but
+        # decoding reads every weight per token: on CUDA the engine decodes from a bf16 copy.
+        on_cuda = self.policy.device.type == "cuda"
+        fp32 = next(self.policy.model.parameters()).dtype == torch.float32
+        dtype = torch.bfloat16 if on_cuda and fp32 else None
         return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=args.max_engine_batch_size,
-                              seed=args.rollout_seed, max_seq_len=max_seq_len)
+                              seed=args.rollout_seed, max_seq_len=max_seq_len, dtype=dtype)
 
     def _build_data_source(self, dataset: Any) -> DataSource:
         given = self.hooks.data_source

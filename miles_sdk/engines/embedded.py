@@ -46,6 +46,9 @@ class EmbeddedEngine:
         max_batch_size: the most requests decoded together; the rest wait in FIFO order.
         device: where to generate. Defaults to the model's device. A different device keeps a
             copy of the model there, refreshed by :meth:`update_weights`.
+        dtype: the inference dtype. Defaults to the model's. A different one also keeps a copy,
+            e.g. bf16 decoding for a policy trained with fp32 master weights; the copy is
+            refreshed (and cast) by :meth:`update_weights`.
         seed: seeds requests that carry no ``sampling_seed`` (request ``i`` gets ``seed + i``).
         default_max_new_tokens: the budget when ``max_new_tokens`` is unset (SGLang's is 128).
         fast_path: use the static-cache runner with fused kernels and CUDA graphs. ``None``
@@ -63,6 +66,7 @@ class EmbeddedEngine:
         *,
         max_batch_size: int = 64,
         device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
         seed: int = 0,
         default_max_new_tokens: int = 128,
         fast_path: bool | None = None,
@@ -72,13 +76,13 @@ class EmbeddedEngine:
         if max_batch_size < 1:
             raise ValueError(f"EmbeddedEngine: max_batch_size must be >= 1, got {max_batch_size}")
         self._source = model
-        model_device = next(model.parameters()).device
-        self.device = device if device is not None else model_device
-        if self.device == model_device:
+        first = next(model.parameters())
+        self.device = device if device is not None else first.device
+        if self.device == first.device and (dtype is None or dtype == first.dtype):
             self._model = model
         else:
             self._model = copy.deepcopy(model)
-            torch.nn.Module.to(self._model, self.device)
+            torch.nn.Module.to(self._model, device=self.device, dtype=dtype or first.dtype)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_max_new_tokens = default_max_new_tokens

@@ -303,3 +303,22 @@ async def test_fast_path_rebinds_replaced_parameters(tok: PreTrainedTokenizerFas
     engine.update_weights()
     after = await engine.generate(prompt, sp)
     assert after.token_ids == hf_greedy(model, prompt, 8) != before.token_ids
+
+
+async def test_inference_dtype_copy_is_refreshed_and_cast_on_update() -> None:
+    from miles_sdk.testing import tiny_policy
+
+    model, tok = tiny_policy("unit", seed=0)
+    engine = EmbeddedEngine(model, tok, dtype=torch.float64)
+    assert next(engine._model.parameters()).dtype == torch.float64  # a copy in the inference dtype
+    prompt = tok.encode("1+1=", add_special_tokens=False)
+    before = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 2})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    stale = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 2})
+    assert stale.log_probs == before.log_probs  # the copy is not live
+    engine.update_weights()
+    fresh = await engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 2})
+    assert fresh.log_probs != before.log_probs
+    await engine.abort_all()

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import weakref
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from miles_sdk.compat._bridge import run_blocking
 from miles_sdk.compat.miles.rollout.rm_hub import async_rm, batched_async_rm
@@ -162,7 +162,7 @@ def _engine_params(sampling_params: dict[str, Any]) -> SamplingParams:
                 f"(supported: {sorted(_SAMPLING_KEYS)})"
             )
         params[key] = value
-    return SamplingParams(**params)  # type: ignore[typeddict-item]
+    return cast(SamplingParams, params)
 
 
 async def generate(args: Config, sample: Sample, sampling_params: dict[str, Any]) -> Sample:
