@@ -81,7 +81,7 @@ def main() -> None:
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
     model = w1_model(device)
     if ns.fp32_master:
-        model.to(torch.float32)
+        torch.nn.Module.to(model, torch.float32)
     model.train(True)
     config = Config(
         device=ns.device, rollout_batch_size=PROMPTS, n_samples_per_prompt=SAMPLES, rollout_max_response_len=RESPONSE_LEN,

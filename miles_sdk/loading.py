@@ -193,6 +193,10 @@ def load_hook(path: str, protocol: type | str, *, flag: str | None = None) -> An
     appears in every error message."""
     proto_name = protocol if isinstance(protocol, str) else protocol.__name__
     label = flag or proto_name
+    # Miles hook files import miles.*: resolve those to our shims unless real Miles is installed.
+    from miles_sdk.compat import install
+
+    install()
     obj = _import_attr(path, label)
     check_hook_signature(obj, proto_name, name=f"{label}={path}")
     return obj

@@ -172,7 +172,14 @@ class Trainer:
 
         async def run() -> RolloutOutput:
             with use_rollout_context(self._rollout_context()):
-                result = fn(self.args, rollout_id, self.data_source, evaluation)
+                if _is_async_callable(fn):
+                    result = fn(self.args, rollout_id, self.data_source, evaluation)
+                else:
+                    # Sync rollout functions (Miles's are) may block on async work (miles.utils.async_utils.run,
+                    # the sync generate_rollout): run them off this loop, which keeps serving the engine.
+                    from miles_sdk.compat import call_off_loop
+
+                    result = await call_off_loop(fn, self.args, rollout_id, self.data_source, evaluation)
                 if inspect.isawaitable(result):
                     result = await result
                 return cast(RolloutOutput, result)
@@ -273,8 +280,11 @@ class Trainer:
 
             model = self.policy.model
             engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
+        # Miles generate/rollout functions POST to args.sglang_router_ip:port, so a configured path
+        # gets the HTTP server too (an object passed to the Trainer opts in with serve_http).
         needs_serving = args.rollout_engine == "http" or args.use_miles_router or args.serve_http \
-            or bool(self.hooks.router_middlewares)
+            or bool(self.hooks.router_middlewares) \
+            or args.custom_generate_function_path is not None or args.rollout_function_path is not None
         if not needs_serving:
             assert engine is not None
             return engine
@@ -388,6 +398,10 @@ def _warn_placement_flags(args: Config) -> None:
     ) if value]
     if ignored:
         logger.warning("in-process Trainer: %s have no effect (one process, one device)", ", ".join(ignored))
+
+
+def _is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
 
 
 def _default_rollout_fn() -> Any:

@@ -10,7 +10,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, NotRequired, TypeAlias, TypedDict
+from typing import Any, NotRequired, Protocol, TypeAlias, TypedDict
 
 import torch
 
@@ -59,6 +59,13 @@ class _Status(str, enum.Enum):
 
 SampleStatus: TypeAlias = _Status
 """``Sample.Status`` usable in annotations (mypy rejects a class attribute alias as a type)."""
+
+
+class _HasRewardKey(Protocol):
+    """An ``args`` object (the Config) as ``Sample.get_reward_value(args)`` reads it."""
+
+    @property
+    def reward_key(self) -> str | None: ...
 
 
 @dataclass
@@ -127,12 +134,17 @@ class Sample:
         """The last ``response_length`` entries of ``tokens``."""
         return self.tokens[len(self.tokens) - self.response_length :]
 
-    def get_reward_value(self, reward_key: str | None = None) -> float:
+    def get_reward_value(self, reward_key: str | _HasRewardKey | None = None) -> float:
         """The scalar reward: ``reward`` itself, or ``reward[reward_key]`` for dict rewards.
+
+        ``reward_key`` may also be the ``args`` object, whose ``reward_key`` is used: Miles code
+        calls ``sample.get_reward_value(args)``.
 
         Raises ValueError when the sample is not scored yet or the key is missing: a missing
         reward must never become a silent zero.
         """
+        if reward_key is not None and not isinstance(reward_key, str):
+            reward_key = reward_key.reward_key
         if self.reward is None:
             raise ValueError(f"sample index={self.index} has no reward (status={self.status.value})")
         if isinstance(self.reward, dict):
