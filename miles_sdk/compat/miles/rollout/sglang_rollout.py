@@ -178,9 +178,9 @@ async def generate(args: Config, sample: Sample, sampling_params: dict[str, Any]
 
 
 async def _generate_over_http(args: Config, sample: Sample, sampling_params: dict[str, Any]) -> Sample:
-    state = GenerateState(args)
     if not sample.tokens:
-        sample.tokens = list(state.tokenizer.encode(sample.prompt, add_special_tokens=False))
+        tokenizer = GenerateState(args).tokenizer
+        sample.tokens = list(tokenizer.encode(sample.prompt, add_special_tokens=False))
         sample.response_length = 0
     budget = int(sampling_params.get("max_new_tokens", args.rollout_max_response_len)) - sample.response_length
     if budget <= 0:
