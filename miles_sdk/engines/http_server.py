@@ -36,6 +36,7 @@ __all__ = [
     "ServerHandle",
     "build_app",
     "engine_output_to_reply",
+    "read_json_object",
     "split_batch",
     "start_server",
 ]
@@ -238,14 +239,9 @@ def _json_handler(
     fn: Callable[[Mapping[str, Any]], Awaitable[object]],
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        body: object = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError as e:
-                return _error(400, f"body is not JSON: {e}")
-        if not isinstance(body, Mapping):
-            return _error(400, f"body must be a JSON object, got {type(body).__name__}")
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             return web.json_response(await fn(body))
         except ApiError as e:
@@ -260,6 +256,19 @@ def _json_handler(
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message}}, status=status)
+
+
+async def read_json_object(request: web.Request) -> Mapping[str, Any] | web.Response:
+    """The request's JSON-object body (``{}`` when it has none), or a 400 reply saying what is wrong."""
+    body: object = {}
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except ValueError as e:
+            return _error(400, f"body is not JSON: {e}")
+    if not isinstance(body, Mapping):
+        return _error(400, f"body must be a JSON object, got {type(body).__name__}")
+    return body
 
 
 def build_app(service: EngineService) -> web.Application:

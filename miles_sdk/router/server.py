@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from miles_sdk.engines.http_client import parse_weight_version
-from miles_sdk.engines.http_server import ApiError, ServerHandle, serve_app, split_batch
+from miles_sdk.engines.http_server import ApiError, ServerHandle, read_json_object, serve_app, split_batch
 from miles_sdk.router._workers import UpstreamError
 from miles_sdk.router.router import NoHealthyWorkerError, Router
 
@@ -46,14 +46,9 @@ def _relay(status: int, body: object) -> web.Response:
 
 def _endpoint(fn: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        body: object = {}
-        if request.can_read_body:
-            try:
-                body = await request.json()
-            except ValueError as e:
-                return _error(400, f"body is not JSON: {e}")
-        if not isinstance(body, Mapping):
-            return _error(400, f"body must be a JSON object, got {type(body).__name__}")
+        body = await read_json_object(request)
+        if isinstance(body, web.Response):
+            return body
         try:
             return await fn(request, body)
         except ApiError as e:
