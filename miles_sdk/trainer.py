@@ -17,7 +17,7 @@ import functools
 import inspect
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import torch
 
@@ -255,8 +255,16 @@ class Trainer:
         self.rollout_id = int(state["rollout_id"])
         self.engine.update_weights()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Stop servers and the loop thread; the Trainer cannot step afterwards."""
+        """Stop servers and the loop thread; the Trainer cannot step afterwards. Idempotent."""
+        if self._loop.loop.is_closed():
+            return
         from miles_sdk.rewards import close_reward_resources
 
         if self._serving is not None:

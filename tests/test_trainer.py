@@ -236,3 +236,12 @@ def test_rollout_log_hook_returning_true_replaces_default_logging(tmp_path: Path
     assert "rollout/reward_mean" in result.metrics[0]  # still returned by step()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1]
+
+
+def test_trainer_is_a_context_manager_and_close_is_idempotent(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    with Trainer(small_config(output_dir=str(tmp_path)), model=model, tokenizer=tok, dataset=ROWS,
+                 reward_model=addition_reward) as trainer:
+        trainer.step()
+    trainer.close()  # a second close is harmless
+    assert trainer._loop.loop.is_closed()

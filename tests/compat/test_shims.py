@@ -222,11 +222,12 @@ def test_generate_state_is_one_per_args_and_builds_miles_sampling_params() -> No
     tok = _CharTok()
     args = small_config(rollout_temperature=0.7, rollout_stop=["</a>"], sglang_server_concurrency=3,
                         sglang_enable_deterministic_inference=True, rollout_seed=5)
-    with use_rollout_context(RolloutContext(engine=ScriptedEngine([1]), tokenizer=tok)):
-        state = GenerateState(args)
+    state = GenerateState(args)
     assert GenerateState(args) is state
     assert GenerateState(small_config()) is not state
-    assert state.tokenizer is tok
+    with use_rollout_context(RolloutContext(engine=ScriptedEngine([1]), tokenizer=tok)):
+        assert state.tokenizer is tok
+    assert state.tokenizer is tok  # resolved once
     assert state.sampling_params == {
         "temperature": 0.7, "top_p": 1.0, "top_k": -1, "max_new_tokens": 4, "stop": ["</a>"],
         "stop_token_ids": None, "skip_special_tokens": False, "no_stop_trim": True,
@@ -240,8 +241,9 @@ def test_generate_state_is_one_per_args_and_builds_miles_sampling_params() -> No
 
 
 def test_generate_state_without_a_tokenizer_says_what_to_set() -> None:
+    state = GenerateState(small_config())
     with pytest.raises(ValueError, match="hf_checkpoint"):
-        GenerateState(small_config())
+        state.tokenizer  # noqa: B018
 
 
 async def test_generate_calls_the_context_engine_with_miles_sampling_params() -> None:

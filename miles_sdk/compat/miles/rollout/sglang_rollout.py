@@ -92,7 +92,7 @@ class GenerateState(metaclass=_OnePerArgs):
 
     def __init__(self, args: Config) -> None:
         self.args = args
-        self.tokenizer: Any = self._tokenizer(args)
+        self._tokenizer: Any = None
         self.processor: Any = None
         self.semaphore = asyncio.Semaphore(int(args.sglang_server_concurrency))
         self.sampling_params: dict[str, Any] = {
@@ -111,8 +111,19 @@ class GenerateState(metaclass=_OnePerArgs):
         self.dp_rank = 0
         self.reset()
 
+    @property
+    def tokenizer(self) -> Any:
+        """Resolved on first use, so a state built outside a rollout still finds the Trainer's."""
+        if self._tokenizer is None:
+            self._tokenizer = self._load_tokenizer(self.args)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self._tokenizer = value
+
     @staticmethod
-    def _tokenizer(args: Config) -> Any:
+    def _load_tokenizer(args: Config) -> Any:
         ctx = _context()
         if ctx is not None and ctx.tokenizer is not None:
             return ctx.tokenizer
