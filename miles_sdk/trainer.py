@@ -409,7 +409,8 @@ def _warn_placement_flags(args: Config) -> None:
 
 
 def _is_async_callable(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
 
 
 def _default_rollout_fn() -> Any:

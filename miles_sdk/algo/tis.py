@@ -99,7 +99,8 @@ def mismatch_metrics(
     """Per-token diagnostics of the train/rollout mismatch (flat, to be reduced by the caller).
 
     ``kl`` (rollout - train, k1 of KL(rollout || train)), ``k3_kl``, ``training_log_ppl``,
-    ``rollout_log_ppl``, ``log_ppl_abs_diff``, ``chi2_token`` (E[w^2] - 1 per sample),
+    ``rollout_log_ppl``, ``log_ppl_abs_diff``, ``training_ppl``, ``rollout_ppl``, ``log_ppl_diff``
+    (training minus rollout log-ppl), ``ppl_ratio``, ``chi2_token`` (E[w^2] - 1 per sample),
     ``chi2_seq`` ((prod w)^2 - 1) and, with ``modified_masks``, ``masked_fraction`` (share of
     trainable tokens that the correction masked out).
     """
@@ -123,6 +124,11 @@ def mismatch_metrics(
             put("training_log_ppl", train_ppl.expand_as(t))
             put("rollout_log_ppl", rollout_ppl.expand_as(t))
             put("log_ppl_abs_diff", (train_ppl - rollout_ppl).abs().expand_as(t))
+            # The plain-ppl forms Miles also logs (log_ppl_diff = log(training_ppl / rollout_ppl)).
+            put("training_ppl", torch.exp(train_ppl).expand_as(t))
+            put("rollout_ppl", torch.exp(rollout_ppl).expand_as(t))
+            put("log_ppl_diff", (train_ppl - rollout_ppl).expand_as(t))
+            put("ppl_ratio", torch.exp(train_ppl - rollout_ppl).expand_as(t))
             put("chi2_token", (_masked_mean(torch.exp(2.0 * safe), mf) - 1.0).expand_as(t))
             seq = ((diff * mf).sum()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
             put("chi2_seq", torch.expm1(2.0 * seq).expand_as(t))
@@ -205,6 +211,7 @@ def mis_function(
                 weights = torch.exp(safe_log_ratio(_level_log_ratio(diff, mf, args.tis_level)))
                 put("tis_weight_before_bound", weights)
                 weights, mask = _bounded(weights, mf, args.tis_mode, tis_lower, tis_upper, "tis_", put)
+                put("tis_weight_after_bound", weights)
             if args.use_rs:
                 rs_w = torch.exp(safe_log_ratio(_level_log_ratio(diff, mf, args.rs_level)))
                 _, mask = _bounded(rs_w, mask, "mask", rs_lower, rs_upper, "rs_", put)
@@ -230,8 +237,14 @@ def mis_function(
             all_weights = [w / factor for w in all_weights]
             for w in all_weights:
                 put("batch_norm_factor", torch.full_like(w, float(factor)))
-        for w in all_weights:
+        for w, m in zip(all_weights, loss_masks, strict=True):
             put("is_ratio_final", w)
+            # Per-sample summaries of the final weights, expanded to tokens (Miles's names).
+            active = m.to(device=w.device) != 0
+            kept = w[active]
+            put("is_ratio_mean_final", _masked_mean(w, active.to(w.dtype)).expand_as(w))
+            put("is_ratio_min_final", (kept.min() if kept.numel() else w.new_zeros(())).expand_as(w))
+            put("is_ratio_max_final", (kept.max() if kept.numel() else w.new_zeros(())).expand_as(w))
 
         base = mismatch_metrics(train_log_probs, rollout_log_probs, loss_masks, new_masks)
         metrics = {f"mis_{k}": v for k, v in base.items()}

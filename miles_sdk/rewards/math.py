@@ -67,12 +67,26 @@ _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _INT = re.compile(r"-?\d+(?:\.0*)?")
 _FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|(-?\d+)/(\d+))")
 _TUPLE_BRACKETS = "()[]"
+# Font and box commands that only change how the answer looks: \mathbf{10} is 10.
+_FORMATTING = re.compile(r"\\(?:textbf|textrm|textit|mathbf|mathrm|mathit|boldsymbol|bm|mbox)\{")
+
+
+def _strip_outer_braces(s: str) -> str:
+    """``{10}`` -> ``10``, but ``{1}{2}`` stays: only a brace pair that encloses everything goes."""
+    while len(s) >= 2 and s[0] == "{" and s[-1] == "}":
+        depth = 0
+        for i, ch in enumerate(s):
+            depth += (ch == "{") - (ch == "}")
+            if depth == 0 and i < len(s) - 1:
+                return s
+        s = s[1:-1]
+    return s
 
 
 def normalize_math_answer(answer: str) -> str:
     """Hendrycks-style normal form: no units, ``$``, ``%``, ``\\text{}``, spaces or thousands
     commas; ``\\dfrac``/``\\tfrac`` become ``\\frac``; ``a/b`` of integers becomes ``\\frac{a}{b}``."""
-    s = answer.strip()
+    s = _FORMATTING.sub(r"\\text{", answer.strip())
     whole_text = re.fullmatch(r"\\text\{(.+?)\}", s)
     if whole_text is not None:
         s = whole_text.group(1).strip()
@@ -89,7 +103,12 @@ def normalize_math_answer(answer: str) -> str:
     if len(sides) == 2 and len(sides[0].strip()) <= 2:
         s = sides[1]
     s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
-    s = s.replace(" ", "")
+    # "1 and 2" / "1 or 2" list the same values as "1, 2" (Miles's grader reads them so too).
+    s = re.sub(r"\s+(?:and|or)\s+", ",", s)
+    s = s.replace(" ", "").replace("{,}", ",")  # 1{,}000: LaTeX's thousands separator
+    if s.startswith("\\{") and s.endswith("\\}"):
+        s = s[2:-2]  # a set {1,2} lists its elements
+    s = _strip_outer_braces(s)
     while True:
         merged = _THOUSANDS.sub(r"\1\2", s)
         if merged == s:

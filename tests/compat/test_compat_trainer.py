@@ -10,8 +10,8 @@ from miles_sdk.testing import run_steps, small_config
 
 install()  # the hook modules import miles.*; load_hook does this for --*-path values
 
-from miles_style_hooks import filters, reducer, rewards  # noqa: E402
-from miles_style_hooks.multi_turn import OBSERVATION, TURN_TOKENS  # noqa: E402
+from miles_style_hooks import filters, reducer, rewards
+from miles_style_hooks.multi_turn import OBSERVATION, TURN_TOKENS
 
 HOOKS = "miles_style_hooks"
 
@@ -107,3 +107,26 @@ def test_data_source_subclassing_miles_data_source() -> None:
     prompts = {s.prompt for s in result.samples[0]}
     assert prompts == {"0+0=", "0+1="}
     assert {s.label for s in result.samples[0]} == {"0", "1"}
+
+
+def test_miles_own_hook_paths_from_a_launch_script() -> None:
+    """Paths into Miles itself (its defaults and stock filters) resolve to the shims and run."""
+    cfg = small_config(
+        rollout_function_path="miles.rollout.sglang_rollout.generate_rollout",
+        custom_generate_function_path="miles.rollout.sglang_rollout.generate",
+        dynamic_sampling_filter_path="miles.rollout.filter_hub.dynamic_sampling_filters.check_no_aborted",
+    )
+    result = run_steps(config=cfg, steps=1)
+    samples = result.samples[0]
+    assert len(samples) == 4
+    for s in samples:
+        assert s.status in (s.Status.COMPLETED, s.Status.TRUNCATED)
+        assert s.rollout_log_probs is not None and len(s.rollout_log_probs) == s.response_length > 0
+
+
+def test_generate_wrapping_miles_default_generate() -> None:
+    cfg = small_config(custom_generate_function_path=f"{HOOKS}.generate_wrapping_default.generate")
+    result = run_steps(config=cfg, steps=1)
+    for s in result.samples[0]:
+        assert s.metadata["wrapped_default"] == len(s.tokens)
+        assert s.response_length > 0 and s.weight_versions == [0]

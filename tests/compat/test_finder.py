@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import miles_sdk.compat as compat
 import miles_sdk.types
+from miles_sdk import compat
 from miles_sdk.loading import load_hook
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +30,7 @@ def test_install_is_idempotent_and_aliases_the_shim_modules(fresh_install: objec
     assert sum(isinstance(f, compat.MilesShimFinder) for f in sys.meta_path) == 1
     import miles.utils.types
     from miles.rollout.sglang_rollout import GenerateState
+
     from miles_sdk.compat.miles.rollout import sglang_rollout
 
     # One module under two names: state (GenerateState's registry) exists once.
@@ -41,7 +42,7 @@ def test_install_is_idempotent_and_aliases_the_shim_modules(fresh_install: objec
 
 def test_uninstall_removes_the_finder_and_the_aliases(fresh_install: object) -> None:
     compat.install()
-    import miles.utils.misc  # noqa: F401
+    import miles.utils.misc
 
     compat.uninstall()
     assert not compat.is_installed()
@@ -53,7 +54,7 @@ def test_uninstall_removes_the_finder_and_the_aliases(fresh_install: object) -> 
 def test_unknown_miles_module_names_itself_and_what_is_provided() -> None:
     compat.install()
     with pytest.raises(ModuleNotFoundError) as info:
-        import miles.backends.megatron_utils  # noqa: F401
+        import miles.backends.megatron_utils
     message = str(info.value)
     assert "'miles.backends'" in message
     assert "miles.utils.http_utils" in message and "miles.rollout.sglang_rollout" in message
@@ -107,7 +108,22 @@ def test_a_real_miles_package_is_never_shadowed(tmp_path: Path) -> None:
         print(miles.utils.types.Sample, hook.__globals__["Sample"], miles.REAL)
     """)
     env_path = f"{tmp_path}:{REPO}"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
                          env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["False False", "the real one the real one True"]
+
+
+def test_miles_default_paths_load_as_their_protocols() -> None:
+    from miles_sdk.data import RolloutDataSourceWithBuffer, pop_first
+    from miles_sdk.rollout import check_reward_nonzero_std
+
+    assert load_hook("miles.rollout.data_source.RolloutDataSourceWithBuffer", "DataSourceFactory") \
+        is RolloutDataSourceWithBuffer
+    assert load_hook("miles.rollout.data_source.pop_first", "BufferFilterFn") is pop_first
+    assert load_hook("miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std",
+                     "DynamicSamplingFilterFn") is check_reward_nonzero_std
+    load_hook("miles.rollout.sglang_rollout.generate_rollout", "RolloutFn")
+    load_hook("miles.rollout.sglang_rollout.generate", "GenerateFn")
+    load_hook("miles.rollout.rm_hub.async_rm", "RewardFn")
+    load_hook("miles.rollout.rm_hub.batched_async_rm", "BatchedRewardFn")

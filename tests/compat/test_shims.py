@@ -21,14 +21,14 @@ from miles_sdk.types import DynamicFilterOutput, Sample
 
 install()
 
-from miles.rollout.filter_hub.base_types import MetricGatherer, call_dynamic_filter  # noqa: E402
-from miles.rollout.rm_hub import async_rm, batched_async_rm  # noqa: E402
-from miles.rollout.rm_hub.math_dapo_utils import compute_score  # noqa: E402
-from miles.rollout.rm_hub.math_utils import extract_answer, grade_answer_verl  # noqa: E402
-from miles.rollout.sglang_rollout import GenerateState, generate, get_model_url  # noqa: E402
-from miles.utils.async_utils import run  # noqa: E402
-from miles.utils.http_utils import HttpRequestError, get, post  # noqa: E402
-from miles.utils.misc import load_function  # noqa: E402
+from miles.rollout.filter_hub.base_types import MetricGatherer, call_dynamic_filter
+from miles.rollout.rm_hub import async_rm, batched_async_rm
+from miles.rollout.rm_hub.math_dapo_utils import compute_score
+from miles.rollout.rm_hub.math_utils import extract_answer, grade_answer_verl
+from miles.rollout.sglang_rollout import GenerateState, generate, get_model_url
+from miles.utils.async_utils import run
+from miles.utils.http_utils import HttpRequestError, get, post
+from miles.utils.misc import load_function
 
 
 def _free_port() -> int:
@@ -241,7 +241,8 @@ def test_generate_state_is_one_per_args_and_builds_miles_sampling_params() -> No
 
 
 def test_generate_state_without_a_tokenizer_says_what_to_set() -> None:
-    state = GenerateState(small_config())
+    args = small_config()
+    state = GenerateState(args)
     with pytest.raises(ValueError, match="hf_checkpoint"):
         state.tokenizer  # noqa: B018
 
@@ -276,3 +277,22 @@ async def test_generate_outside_a_trainer_posts_to_the_router() -> None:
 async def test_generate_refuses_a_finished_sample() -> None:
     with pytest.raises(ValueError, match="has status completed"):
         await generate(small_config(), Sample(status=Sample.Status.COMPLETED), {})
+
+
+def test_generate_state_entry_goes_with_its_args() -> None:
+    import gc
+
+    from miles_sdk.compat.miles.rollout.sglang_rollout import _OnePerArgs
+
+    args = small_config()
+    state = GenerateState(args)
+    assert state.args is args
+    before = len(_OnePerArgs._instances)
+    del args
+    gc.collect()
+    assert len(_OnePerArgs._instances) == before - 1
+
+
+async def test_custom_rm_path_naming_async_rm_itself_uses_the_builtins() -> None:
+    args = small_config(rm_type="math", custom_rm_path="miles.rollout.rm_hub.async_rm")
+    assert await async_rm(args, Sample(response="\\boxed{2}", label="2")) == 1.0

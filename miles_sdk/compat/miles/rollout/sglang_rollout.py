@@ -62,16 +62,24 @@ class _OnePerArgs(type):
     _instances: ClassVar[dict[int, tuple[Any, Any]]] = {}
 
     def __call__(cls, args: Any) -> Any:
-        entry = _OnePerArgs._instances.get(id(args))
+        key = id(args)
+        entry = _OnePerArgs._instances.get(key)
         if entry is not None and _deref(entry[0]) is args:
             return entry[1]
         instance = super().__call__(args)
-        try:
-            ref: Any = weakref.ref(args)
-        except TypeError:  # an args object without weakref support: keep it alive instead
-            ref = args
-        _OnePerArgs._instances[id(args)] = (ref, instance)
+        ref = _ref(args)
+        if isinstance(ref, weakref.ref):
+            # The state refers to args weakly, so args can die; its entry goes with it.
+            weakref.finalize(args, _OnePerArgs._instances.pop, key, None)
+        _OnePerArgs._instances[key] = (ref, instance)
         return instance
+
+
+def _ref(obj: Any) -> Any:
+    try:
+        return weakref.ref(obj)
+    except TypeError:  # an object without weakref support: keep it alive instead
+        return obj
 
 
 def _deref(ref: Any) -> Any:
@@ -91,7 +99,7 @@ class GenerateState(metaclass=_OnePerArgs):
     """
 
     def __init__(self, args: Config) -> None:
-        self.args = args
+        self._args_ref: Any = _ref(args)
         self._tokenizer: Any = None
         self.processor: Any = None
         self.semaphore = asyncio.Semaphore(int(args.sglang_server_concurrency))
@@ -110,6 +118,14 @@ class GenerateState(metaclass=_OnePerArgs):
             self.group_sampling_seeds = [args.rollout_seed + i for i in range(args.n_samples_per_prompt)]
         self.dp_rank = 0
         self.reset()
+
+    @property
+    def args(self) -> Config:
+        """The ``args`` this state was built for."""
+        args: Config | None = _deref(self._args_ref)
+        if args is None:
+            raise RuntimeError("GenerateState: its args object no longer exists")
+        return args
 
     @property
     def tokenizer(self) -> Any:

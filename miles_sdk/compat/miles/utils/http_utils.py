@@ -84,7 +84,7 @@ async def post(
                 if exc.status < 500:
                     raise HttpRequestError(f"{action.upper()} {url} failed: {exc}") from None
                 error: Exception = exc
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 error = exc
             if attempt == max_retries:
                 raise HttpRequestError(

@@ -49,8 +49,8 @@ async def async_rm(args: Config, sample: Sample, **kwargs: Any) -> RewardValue:
     """Score one sample: ``args.custom_rm_path`` (called with ``kwargs``), else the Trainer's reward
     object, else the built-in rm type. Errors propagate (the caller decides what a failure means)."""
     path = getattr(args, "custom_rm_path", None)
-    if path:
-        fn = load_function(path)
+    fn = load_function(path) if path else None
+    if fn is not None and fn is not async_rm:  # --custom-rm-path naming async_rm itself means the built-ins
         result: RewardValue = await fn(args, sample, **kwargs)
         return result
     ctx = _context()
@@ -83,7 +83,7 @@ async def batched_async_rm(
     batched: Sequence[RewardValue]
     if ctx is not None and ctx.batched_reward_fn is not None:
         batched = await ctx.batched_reward_fn(args, samples)
-    elif getattr(args, "custom_rm_path", None):
+    elif getattr(args, "custom_rm_path", None) and load_function(args.custom_rm_path) not in (async_rm, batched_async_rm):
         batched = await load_function(args.custom_rm_path)(args, samples, **kwargs)
     else:
         return list(await asyncio.gather(*(async_rm(args, s, **kwargs) for s in samples)))
