@@ -113,7 +113,7 @@ class Trainer:
                 metrics |= self.backend.train(rollout_id, rollout_data)          # 7
             with timer("sync"):
                 self._sync_weights(rollout_id)                                   # 8
-        metrics |= timer.metrics()
+        metrics |= timer.metrics() | _throughput(samples, timer.times)
         replaced = self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
         if not replaced:
             self.writer.write(rollout_id, metrics)
@@ -392,6 +392,16 @@ class Trainer:
 
             return num_rollout_for_epochs(self.args, getattr(self.data_source, "dataset_size", 0))
         raise ValueError("set num_rollout or num_epoch in the Config, or call fit(num_rollout=...)")
+
+
+def _throughput(samples: list[Sample], seconds: dict[str, float]) -> Metrics:
+    """Tokens per second of the rollout (new tokens) and of the train phase (all tokens)."""
+    out: Metrics = {}
+    if seconds.get("rollout"):
+        out["perf/rollout_tokens_per_s"] = sum(s.response_length for s in samples) / seconds["rollout"]
+    if seconds.get("train"):
+        out["perf/train_tokens_per_s"] = sum(len(s.tokens) for s in samples) / seconds["train"]
+    return out
 
 
 def _warn_placement_flags(args: Config) -> None:

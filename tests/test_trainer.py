@@ -20,8 +20,10 @@ def test_run_steps_reports_every_phase() -> None:
     result = run_steps(steps=2)
     assert len(result.metrics) == 2
     last = result.metrics[-1]
-    for key in ("rollout/reward_mean", "train/loss", "train/grad_norm", "perf/rollout_time", "perf/train_time",
-                "perf/log_prob_time", "perf/sync_time"):
+    for key in ("rollout/reward_mean", "rollout/reward_std", "rollout/response_len_mean", "rollout/truncated_ratio",
+                "train/loss", "train/grad_norm", "perf/rollout_time", "perf/train_time", "perf/log_prob_time",
+                "perf/sync_time", "perf/generate_time_sum", "perf/reward_time_sum", "perf/rollout_tokens_per_s",
+                "perf/train_tokens_per_s"):
         assert key in last, key
     assert len(result.samples[0]) == 4
     assert all(s.reward in (0.0, 1.0) for s in result.samples[0])

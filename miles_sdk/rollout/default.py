@@ -26,9 +26,11 @@ function is broken: the rollout raises with the first error instead of draining 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from miles_sdk.config import Config
 from miles_sdk.engines.base import SamplingParams
@@ -85,6 +87,7 @@ class _TrainRollout:
         # task -> the group as drawn, so an unfinished group can go back to the data source whole
         self.pending: dict[asyncio.Task[list[Sample]], list[Sample]] = {}
         self.counts: Counter[str] = Counter()
+        self.busy: dict[str, float] = {"perf/generate_time_sum": 0.0, "perf/reward_time_sum": 0.0}
         self.first_reward_error: str | None = None
 
     async def run(self) -> RolloutFnTrainOutput:
@@ -156,7 +159,8 @@ class _TrainRollout:
         results = await gather_or_cancel([self._generate_sample(s, i) for i, s in enumerate(group)])
         samples = [s for result in results for s in result]
         if self.args.group_rm and not self.aborted:
-            await score_unscored(self.args, samples, self.ctx, batched=True)
+            with self._busy("perf/reward_time_sum"):
+                await score_unscored(self.args, samples, self.ctx, batched=True)
         return samples
 
     async def _generate_sample(self, sample: Sample, index_in_group: int) -> list[Sample]:
@@ -179,12 +183,24 @@ class _TrainRollout:
                 return [sample]
             self.counts["rollout/generate_calls"] += 1
             fn = pick_generate_fn(self.ctx, sample)
-            samples = await run_generate_fn(fn, args, sample, params)
+            with self._busy("perf/generate_time_sum"):
+                samples = await run_generate_fn(fn, args, sample, params)
         if not args.group_rm:
             # As in Miles, a list from a generate function goes to the batched reward in one call.
             as_batch = len(samples) > 1 and self.ctx.batched_reward_fn is not None
-            await score_unscored(args, samples, self.ctx, batched=as_batch)
+            with self._busy("perf/reward_time_sum"):
+                await score_unscored(args, samples, self.ctx, batched=as_batch)
         return samples
+
+    @contextlib.contextmanager
+    def _busy(self, key: str) -> Iterator[None]:
+        """Add the seconds spent inside to ``key``: summed over concurrent samples (busy time, not
+        wall time), so generate and reward cost can be compared although they overlap."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.busy[key] += time.perf_counter() - start
 
     def _mask_offpolicy(self, sample: Sample) -> None:
         """Zero the loss mask of tokens generated under older weights before resuming.
@@ -273,7 +289,7 @@ class _TrainRollout:
     def _metrics(self, kept: list[list[Sample]], seconds: float) -> Metrics:
         samples = [s for g in kept for s in g]
         n = max(len(samples), 1)
-        metrics: Metrics = {k: float(v) for k, v in self.counts.items()}
+        metrics: Metrics = {k: float(v) for k, v in self.counts.items()} | self.busy
         metrics.update(
             {
                 "rollout/time_s": seconds,
