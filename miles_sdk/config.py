@@ -86,7 +86,7 @@ class Config:
     device: str = "auto"
     """Torch device for policy and engine: "cpu", "cuda", "cuda:1" or "auto" (cuda when present)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Parameter dtype: auto = bfloat16 on CUDA, float32 on CPU."""
+    """Parameter dtype. auto: float32 master weights, with bf16 autocast and a bf16 engine copy on CUDA."""
     train_backend: Literal["torch", "megatron"] = "torch"
     """Training backend. megatron needs the `megatron` extra and a GPU."""
     rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"
@@ -96,9 +96,13 @@ class Config:
     prompt_data: str | None = None
     """Training prompts: .jsonl or .parquet, optionally ``path@[start:end]``."""
     input_key: str = "input"
+    """Dataset key of the prompt (text or chat messages)."""
     label_key: str | None = None
+    """Dataset key of the label (ground truth) read by the reward; None: no label."""
     metadata_key: str = "metadata"
+    """Dataset key of per-row metadata (e.g. rm_type, instruction ids), copied to sample.metadata."""
     tool_key: str | None = None
+    """Dataset key of the tool specs passed to the chat template."""
     multimodal_keys: dict[str, str] | None = None
     """JSON mapping of multimodal type -> dataset key, e.g. {"image": "images"}."""
     apply_chat_template: bool = False
@@ -106,65 +110,96 @@ class Config:
     apply_chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict)
     """Extra kwargs for apply_chat_template, as JSON on the CLI."""
     rollout_shuffle: bool = False
+    """Reshuffle the prompts each epoch with seed rollout_seed + epoch."""
     rollout_global_dataset: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-global-dataset"))
+    """Serve prompts from the global dataset (Miles); --disable-rollout-global-dataset turns it off."""
     rollout_max_prompt_len: int | None = None
     """Prompts longer than this many tokens are dropped (and counted)."""
     num_rollout: int | None = None
     """Number of rollout steps; derived from num_epoch when unset."""
     num_epoch: int | None = None
+    """Passes over the dataset; converted to num_rollout when num_rollout is unset."""
     start_rollout_id: int | None = None
+    """Rollout id to start counting from (a checkpoint's own id wins)."""
     rollout_seed: int = 42
+    """Seed of data shuffling and of deterministic sampling seeds."""
 
     # ---- rollout -------------------------------------------------------------------------------
     rollout_batch_size: int = 8
     """Prompt groups per rollout step."""
     n_samples_per_prompt: int = 1
+    """Samples per prompt (the GRPO group size)."""
     over_sampling_batch_size: int | None = None
     """Groups requested per refill while over-sampling; defaults to rollout_batch_size."""
     rollout_temperature: float = 1.0
+    """Sampling temperature; training log-probs use the same temperature."""
     rollout_top_p: float = 1.0
+    """Nucleus sampling threshold."""
     rollout_top_k: int = -1
+    """Top-k sampling; -1 disables it."""
     rollout_max_response_len: int = 1024
+    """Most new tokens per response."""
     rollout_max_context_len: int | None = None
+    """Most prompt + response tokens; caps the response budget."""
     rollout_stop: list[str] | None = None
+    """Stop strings (kept in the response)."""
     rollout_stop_token_ids: list[int] | None = None
+    """Extra stop token ids besides EOS."""
     rollout_skip_special_tokens: bool = False
+    """Drop special tokens from the decoded response text."""
     sglang_server_concurrency: int = 512
     """Most samples generated at once (per engine)."""
     sglang_enable_deterministic_inference: bool = False
     """Deterministic mode: sample i of each group is seeded with rollout_seed + i."""
     sglang_router_ip: str | None = None
+    """Host of the SGLang(-compatible) server or router; filled in when this SDK serves one."""
     sglang_router_port: int | None = None
+    """Port of the SGLang(-compatible) server or router."""
     partial_rollout: bool = False
     """Unfinished groups go back to the buffer and resume from their tokens next step."""
     mask_offpolicy_in_partial_rollout: bool = False
     """Zero the loss mask of resumed tokens that older weights generated."""
     update_weights_interval: int = 1
+    """Sync weights to the engine every this many rollout steps."""
     use_miles_router: bool = False
+    """Route engine requests through the router (least-active choice, health checks, middlewares)."""
     serve_http: bool = False
     """Serve an SGLang-compatible HTTP API around the engine and point sglang_router_ip/port at it,
     so unchanged Miles generate functions that POST to /generate work."""
     rollout_num_gpus: int | None = None
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     rollout_num_gpus_per_engine: int = 1
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     max_engine_batch_size: int = 64
     """Embedded engine: most sequences decoded in one batch."""
 
     # ---- eval ----------------------------------------------------------------------------------
     eval_interval: int | None = None
+    """Run the eval function every this many rollout steps."""
     eval_prompt_data: list[str] | None = None
     """Pairs ``name path [name path ...]``."""
     eval_config: str | None = None
     """YAML/JSON file with per-dataset eval settings (n_samples, rm_type, metadata overrides)."""
     n_samples_per_eval_prompt: int = 1
+    """Samples per eval prompt."""
     eval_temperature: float | None = None
+    """Eval sampling temperature (default: rollout_temperature)."""
     eval_top_p: float | None = None
+    """Eval top-p (default: rollout_top_p)."""
     eval_top_k: int | None = None
+    """Eval top-k (default: rollout_top_k)."""
     eval_max_response_len: int | None = None
+    """Eval response budget (default: rollout_max_response_len)."""
     eval_input_key: str | None = None
+    """Prompt key of the eval datasets (default: input_key)."""
     eval_label_key: str | None = None
+    """Label key of the eval datasets (default: label_key)."""
     eval_tool_key: str | None = None
+    """Tool key of the eval datasets (default: tool_key)."""
     eval_reward_key: str | None = None
+    """Reward key for eval dict rewards (default: reward_key)."""
     skip_eval_before_train: bool = True
+    """Skip the eval before the first training step."""
 
     # ---- reward --------------------------------------------------------------------------------
     rm_type: str | None = None
@@ -173,6 +208,7 @@ class Config:
     reward_key: str | None = None
     """Key read from dict rewards (dapo: "score")."""
     rm_url: str | None = None
+    """URL of the remote reward model (rm_type=remote_rm)."""
     group_rm: bool = False
     """Score each group with one batched reward call."""
     reward_timeout: float | None = None
@@ -182,72 +218,123 @@ class Config:
     reward_num_workers: int = 2
     """Worker processes for CPU-heavy graders (math); 0 grades on a thread."""
     rewards_normalization: bool = attrs.field(default=True, metadata=_flag("--disable-rewards-normalization"))
+    """GRPO group normalisation of rewards; --disable-rewards-normalization turns it off."""
     grpo_std_normalization: bool = attrs.field(default=True, metadata=_flag("--disable-grpo-std-normalization"))
+    """Divide by the group std (grpo/gspo); --disable-grpo-std-normalization turns it off (Dr.GRPO)."""
 
     # ---- training math -------------------------------------------------------------------------
     advantage_estimator: AdvantageEstimator = "grpo"
+    """grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline or ppo (docs/algorithms.md)."""
     gamma: float = 1.0
+    """Discount for reinforce_plus_plus and PPO's GAE."""
     lambd: float = 1.0
+    """GAE lambda (ppo)."""
     normalize_advantages: bool = False
+    """Whiten advantages over the batch's loss-masked tokens."""
     compute_advantages_and_returns: bool = attrs.field(
         default=True, metadata=_flag("--disable-compute-advantages-and-returns")
     )
+    """Compute advantages (Miles flag); --disable-compute-advantages-and-returns skips it."""
     loss_type: LossType = "policy_loss"
+    """policy_loss, sft_loss, value_loss or custom_loss (needs a LossFn)."""
     eps_clip: float = 0.2
+    """PPO clip range below 1 (1 - eps_clip)."""
     eps_clip_high: float | None = None
+    """PPO clip range above 1 (clip-higher); default eps_clip."""
     eps_clip_c: float | None = None
+    """Dual-clip constant (> 1) for negative advantages; None disables it."""
     value_clip: float = 0.2
+    """Clip range of the PPO value loss."""
     kl_coef: float = 0.0
+    """KL penalty folded into the reward (reinforce_plus_plus*); needs the reference model."""
     use_kl_loss: bool = False
+    """Add kl_loss_coef * KL(pi || ref) to the loss."""
     kl_loss_coef: float = 0.0
+    """Weight of the KL loss."""
     kl_loss_type: KLLossType = "k1"
+    """KL estimator: k1, k2, k3 or low_var_kl."""
     use_unbiased_kl: bool = False
+    """Weight the KL estimate by the importance ratio pi / pi_old."""
     entropy_coef: float = 0.0
+    """Entropy bonus: loss = pg - entropy_coef * entropy."""
     calculate_per_token_loss: bool = False
+    """Reduce the loss over all tokens of the batch instead of per sample."""
     use_rollout_logprobs: bool = False
+    """Use the engine's log-probs as the old log-probs instead of recomputing them."""
     use_tis: bool = False
+    """Truncated importance sampling against the engine's log-probs (train/inference mismatch)."""
     tis_clip: float = 2.0
+    """Upper clamp of the TIS weight."""
     tis_clip_low: float = 0.0
+    """Lower clamp of the TIS weight."""
     get_mismatch_metrics: bool = False
+    """Log train/inference mismatch metrics without reweighting."""
     use_rs: bool = False
     """Masked importance sampling (rejection): drop tokens/sequences whose IS weight is out of bounds."""
     tis_level: ISLevel = "token"
+    """MIS weight level: token, sequence or geometric."""
     rs_level: ISLevel = "token"
+    """Rejection-sampling level: token, sequence or geometric."""
     tis_mode: ISMode = "truncate"
+    """MIS mode: truncate, clip or mask."""
     tis_lower_bound: float | None = None
+    """Lower bound of the MIS weights (clip/mask); default 1 / tis_upper_bound."""
     tis_upper_bound: float = 2.0
+    """Upper bound of the MIS weights."""
     rs_lower_bound: float | None = None
+    """Lower bound for rejection sampling (default tis_lower_bound)."""
     rs_upper_bound: float | None = None
+    """Upper bound for rejection sampling (default tis_upper_bound)."""
     rs_veto_threshold: float | None = None
+    """A token ratio below this zeroes its whole sequence."""
     tis_batch_normalize: bool = False
+    """Rescale the IS weights to mean 1 over the batch."""
     log_probs_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs/entropy over the vocabulary."""
 
     # ---- optimisation --------------------------------------------------------------------------
     lr: float = 1e-6
+    """Learning rate of the policy (AdamW)."""
     critic_lr: float | None = None
+    """Learning rate of the PPO critic (default lr)."""
     lr_warmup_iters: int = 0
+    """Linear warm-up steps of the learning rate."""
     min_lr: float = 0.0
+    """Floor of the decayed learning rate."""
     lr_decay_style: Literal["constant", "linear", "cosine"] = "constant"
+    """constant, linear or cosine decay over num_rollout steps."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.98
+    """AdamW beta2."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     clip_grad: float = 1.0
+    """Gradient-norm clip per optimizer step."""
     global_batch_size: int | None = None
     """Samples per optimizer step; defaults to rollout_batch_size * n_samples_per_prompt."""
     micro_batch_size: int = 1
+    """Samples per forward/backward (gradient accumulation within a step)."""
     num_steps_per_rollout: int | None = None
+    """Optimizer steps per rollout; overrides global_batch_size."""
     use_dynamic_batch_size: bool = False
     """Form micro-batches by token count (max_tokens_per_gpu) instead of micro_batch_size."""
     max_tokens_per_gpu: int | None = None
+    """Token budget of a micro-batch with use_dynamic_batch_size."""
     gradient_checkpointing: bool = False
+    """Recompute activations in backward (less memory, more time)."""
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
+    """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
     num_critic_only_steps: int = 0
+    """First rollouts that train only the PPO critic."""
 
     # ---- debug ---------------------------------------------------------------------------------
     debug_rollout_only: bool = False
+    """Generate and score, never train (check a rollout setup)."""
     debug_train_only: bool = False
+    """Train on load_debug_rollout_data, no generation."""
     save_debug_rollout_data: str | None = None
     """Path template with ``{rollout_id}``: each rollout's samples are written there."""
     load_debug_rollout_data: str | None = None
@@ -255,45 +342,79 @@ class Config:
 
     # ---- placement -----------------------------------------------------------------------------
     colocate: bool = False
+    """Miles placement flag; the in-process Trainer is always colocated."""
     offload_train: bool = False
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     offload_rollout: bool = False
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_nodes: int = 1
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_gpus_per_node: int = 1
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
 
     # ---- logging -------------------------------------------------------------------------------
     output_dir: str | None = None
     """Where metrics.jsonl, plots and TensorBoard files go."""
     use_tensorboard: bool = False
+    """Also write metrics to TensorBoard (extra `tensorboard`)."""
     tb_project_name: str | None = None
+    """TensorBoard run folder name."""
     use_wandb: bool = False
+    """Also log metrics to Weights & Biases (extra `wandb`)."""
     wandb_project: str | None = None
+    """W&B project."""
     wandb_group: str | None = None
+    """W&B group."""
     progress_bar: bool = True
+    """Show a progress bar during fit() (--no-progress-bar hides it)."""
 
     # ---- hook paths (Miles's hook table) ------------------------------------------------------
     rollout_function_path: str | None = None
+    """Hook path for `RolloutFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_generate_function_path: str | None = None
+    """Hook path for `GenerateFn` (`pkg.module.attr`); see docs/hooks.md."""
     data_source_path: str | None = None
+    """Hook path for `DataSourceFactory` (`pkg.module.attr`); see docs/hooks.md."""
     eval_function_path: str | None = None
+    """Hook path for `RolloutFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_rm_path: str | None = None
+    """Hook path for `RewardFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_reward_post_process_path: str | None = None
+    """Hook path for `RewardPostProcessFn` (`pkg.module.attr`); see docs/hooks.md."""
     dynamic_sampling_filter_path: str | None = None
+    """Hook path for `DynamicSamplingFilterFn` (`pkg.module.attr`); see docs/hooks.md."""
     buffer_filter_path: str | None = None
+    """Hook path for `BufferFilterFn` (`pkg.module.attr`); see docs/hooks.md."""
     rollout_sample_filter_path: str | None = None
+    """Hook path for `RolloutSampleFilterFn` (`pkg.module.attr`); see docs/hooks.md."""
     rollout_all_samples_process_path: str | None = None
+    """Hook path for `RolloutAllSamplesProcessFn` (`pkg.module.attr`); see docs/hooks.md."""
     rollout_data_postprocess_path: str | None = None
+    """Hook path for `RolloutDataPostprocessFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_loss_function_path: str | None = None
+    """Hook path for `LossFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_tis_function_path: str | None = None
+    """Hook path for `TISFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_pg_loss_reducer_function_path: str | None = None
+    """Hook path for `PGLossReducer` (`pkg.module.attr`); see docs/hooks.md."""
     custom_convert_samples_to_train_data_path: str | None = None
+    """Hook path for `ConvertSamplesToTrainDataFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_megatron_init_path: str | None = None
+    """Hook path for `BackendInitFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_megatron_before_log_prob_hook_path: str | None = None
+    """Hook path for `BeforeLogProbHookFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_megatron_before_train_step_hook_path: str | None = None
+    """Hook path for `BeforeTrainStepHookFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_megatron_post_save_hook_path: str | None = None
+    """Hook path for `PostSaveHookFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_rollout_log_function_path: str | None = None
+    """Hook path for `RolloutLogFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_eval_rollout_log_function_path: str | None = None
+    """Hook path for `EvalRolloutLogFn` (`pkg.module.attr`); see docs/hooks.md."""
     miles_router_middleware_paths: list[str] | None = None
+    """Hook paths for `RouterMiddleware` (several, in order); see docs/hooks.md."""
     custom_model_provider_path: str | None = None
+    """Hook path for `ModelProviderFn` (`pkg.module.attr`); see docs/hooks.md."""
 
     extra: dict[str, Any] = attrs.field(factory=dict)
     """Flags this SDK does not interpret (e.g. Megatron parallelism), kept so hooks can read them
