@@ -23,9 +23,10 @@ def resolve_device(args: Config) -> torch.device:
 
 
 def _dtype(args: Config, device: torch.device) -> torch.dtype:
-    # Parameters stay float32 (the optimizer's master copy); CUDA compute runs under bf16 autocast.
+    # auto: bf16 parameters on CUDA (fast compute, the engine decodes from them live) with fp32
+    # master weights in the optimizer (see backends/optim.py); float32 on CPU.
     if args.dtype == "auto":
-        return torch.float32
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
 
 
@@ -80,6 +81,8 @@ def build_policy(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source)
-    model.to(device)
+    # On the CPU with dtype=auto a given model keeps its dtype (a bf16 one then trains with masters).
+    keep_dtype = args.dtype == "auto" and device.type == "cpu"
+    model.to(device=device, dtype=None if keep_dtype else _dtype(args, device))
     model.train()
     return Policy(model=model, tokenizer=tokenizer, device=device)

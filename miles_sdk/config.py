@@ -86,7 +86,7 @@ class Config:
     device: str = "auto"
     """Torch device for policy and engine: "cpu", "cuda", "cuda:1" or "auto" (cuda when present)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Parameter dtype. auto: float32 master weights, with bf16 autocast and a bf16 engine copy on CUDA."""
+    """Parameter dtype. auto: bf16 parameters with fp32 master weights in the optimizer on CUDA, float32 on CPU."""
     train_backend: Literal["torch", "megatron"] = "torch"
     """Training backend. megatron needs the `megatron` extra and a GPU."""
     rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"

@@ -15,6 +15,7 @@ from torch import nn
 
 from miles_sdk.algo import compute_loss
 from miles_sdk.backends._batching import pad_tokens
+from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 
 __all__ = ["Critic"]
@@ -50,8 +51,8 @@ class Critic:
         self.value_args = args.replace(loss_type="value_loss")
         self.device = next(policy.parameters()).device
         self.model = _ValueModel(body, hidden_size).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.critic_lr or args.lr,
-                                           betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+        self.optim = PolicyOptimizer(args, list(self.model.parameters()), lr=args.critic_lr or args.lr,
+                                     master_weights=wants_master_weights(args, body))
 
     def values(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:
         """V(s_t) for each response token t (the state before t is generated), per sample."""
@@ -73,8 +74,8 @@ class Critic:
         return compute_loss(self.value_args, batch, [], None, current)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"model": self.model.state_dict(), "optimizer": self.optim.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optim.load_state_dict(state["optimizer"])

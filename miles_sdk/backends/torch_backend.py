@@ -19,6 +19,7 @@ from miles_sdk.algo import compute_loss, log_probs_and_entropy
 from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
+from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
@@ -62,13 +63,9 @@ class TorchBackend:
         enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
         if args.gradient_checkpointing and callable(enable_checkpointing):
             enable_checkpointing()
-        self.optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad],
-            lr=args.lr,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_eps,
-            weight_decay=args.weight_decay,
-        )
+        self.optim = PolicyOptimizer(args, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                     master_weights=wants_master_weights(args, model))
+        self.optimizer = self.optim.optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
         self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
@@ -165,10 +162,10 @@ class TorchBackend:
         if self.critic is not None:
             critic = self.critic
             metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, critic.micro_batch_loss,
-                                            critic.model, critic.optimizer, prefix="critic_")
+                                            critic.optim, prefix="critic_")
         if rollout_id >= self.args.num_critic_only_steps:
             metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, self._micro_batch_loss,
-                                            self._model, self.optimizer)
+                                            self.optim)
             self.scheduler.step()
         self.step_id += 1
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -209,13 +206,15 @@ class TorchBackend:
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
         if not self.args.no_save_optim:
-            state["optimizer"] = self.optimizer.state_dict()
+            state["optimizer"] = self.optim.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._model.load_state_dict(state["model"])
         if "optimizer" in state:
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.optim.load_state_dict(state["optimizer"])
+        else:
+            self.optim.reset_masters()  # masters must follow the loaded weights
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
@@ -268,15 +267,14 @@ def _accumulate_and_step(
     step_idx: list[int],
     device: torch.device,
     loss_of: Callable[[dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]],
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optim: PolicyOptimizer,
     *,
     prefix: str = "",
 ) -> Metrics:
     """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
     gradient is that of the mean over the global batch (per sample, or per token with
     ``calculate_per_token_loss``), then clipped."""
-    optimizer.zero_grad(set_to_none=True)
+    optim.zero_grad()
     per_token = args.calculate_per_token_loss
     step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
     sums: Metrics = {}
@@ -289,12 +287,9 @@ def _accumulate_and_step(
         torch.autograd.backward(loss * weight)
         for k, v in metrics.items():
             sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v) * weight
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-    if torch.isfinite(grad_norm):
-        optimizer.step()
-    else:
-        # A non-finite gradient would poison the weights: skip the step and report it.
-        optimizer.zero_grad(set_to_none=True)
+    grad_norm = optim.clip_and_step(args.clip_grad)
+    if not math.isfinite(grad_norm):
+        # A non-finite gradient would poison the weights: the step was skipped; report it.
         sums[prefix + "skipped_nonfinite_grad"] = 1.0
-    sums[prefix + "grad_norm"] = float(grad_norm)
+    sums[prefix + "grad_norm"] = grad_norm
     return sums
