@@ -37,7 +37,9 @@ class RandomPromptSource:
             prompt = [self.rng.randrange(VOCAB - 2) for _ in range(PROMPT_LEN)]
             group = []
             for _ in range(self.n):
-                group.append(Sample(group_index=g, index=self.index, prompt="", tokens=list(prompt), label="x"))
+                group.append(
+                    Sample(group_index=g, index=self.index, prompt="", tokens=list(prompt), label="x")
+                )
                 self.index += 1
             groups.append(group)
         return groups
@@ -74,8 +76,11 @@ def main() -> None:
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script itself")
     ap.add_argument("--profile", action="store_true", help="profile one more step; print the top kernels")
-    ap.add_argument("--fp32-master", action="store_true",
-                    help="the Trainer's default on CUDA: fp32 parameters, bf16 autocast, bf16 engine copy")
+    ap.add_argument(
+        "--fp32-master",
+        action="store_true",
+        help="the Trainer's default on CUDA: fp32 parameters, bf16 autocast, bf16 engine copy",
+    )
     ns = ap.parse_args()
     device = torch.device(ns.device)
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
@@ -84,13 +89,26 @@ def main() -> None:
         torch.nn.Module.to(model, torch.float32)
     model.train(True)
     config = Config(
-        device=ns.device, rollout_batch_size=PROMPTS, n_samples_per_prompt=SAMPLES, rollout_max_response_len=RESPONSE_LEN,
-        rollout_max_context_len=PROMPT_LEN + RESPONSE_LEN, micro_batch_size=ns.micro_batch_size,
-        num_steps_per_rollout=1, lr=1e-6, max_engine_batch_size=PROMPTS * SAMPLES, progress_bar=False,
+        device=ns.device,
+        rollout_batch_size=PROMPTS,
+        n_samples_per_prompt=SAMPLES,
+        rollout_max_response_len=RESPONSE_LEN,
+        rollout_max_context_len=PROMPT_LEN + RESPONSE_LEN,
+        micro_batch_size=ns.micro_batch_size,
+        num_steps_per_rollout=1,
+        lr=1e-6,
+        max_engine_batch_size=PROMPTS * SAMPLES,
+        progress_bar=False,
         log_probs_chunk_size=4096,
     )
-    trainer = Trainer(config, model=model, tokenizer=w1_tokenizer(), data_source=RandomPromptSource(SAMPLES),
-                      generate_fn=exact_length, reward_model=random_reward)
+    trainer = Trainer(
+        config,
+        model=model,
+        tokenizer=w1_tokenizer(),
+        data_source=RandomPromptSource(SAMPLES),
+        generate_fn=exact_length,
+        reward_model=random_reward,
+    )
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -101,8 +119,14 @@ def main() -> None:
             torch.cuda.synchronize()
         metrics["perf/step_time"] = time.perf_counter() - start
         rows.append(metrics)
-        print(f"step {step}: {metrics['perf/step_time']:.2f} s "
-              + " ".join(f"{k[5:-5]}={v:.3f}" for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time")))
+        print(
+            f"step {step}: {metrics['perf/step_time']:.2f} s "
+            + " ".join(
+                f"{k[5:-5]}={v:.3f}"
+                for k, v in metrics.items()
+                if k.startswith("perf/") and k.endswith("_time")
+            )
+        )
     if ns.profile:
         _profile_step(trainer)
     trainer.close()
@@ -117,11 +141,15 @@ def main() -> None:
     print("| phase | seconds | rate |")
     print("|---|---|---|")
     print(f"| full GRPO step (steady) | {step_s:.2f} | |")
-    print(f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |")
+    print(
+        f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |"
+    )
     print(f"| old log-probs (forward) | {logprob_s:.2f} | {tokens / logprob_s / 1e3:.1f}k tok/s |")
     train_tps = tokens / train_s
-    print(f"| train (forward+backward+AdamW) | {train_s:.2f} | {train_tps / 1e3:.1f}k tok/s, "
-          f"MFU {6 * PARAMS * train_tps / matmul_peak:.1%} |")
+    print(
+        f"| train (forward+backward+AdamW) | {train_s:.2f} | {train_tps / 1e3:.1f}k tok/s, "
+        f"MFU {6 * PARAMS * train_tps / matmul_peak:.1%} |"
+    )
     print(f"| weight sync | {statistics.mean(r['perf/sync_time'] for r in steady) * 1e3:.1f} ms | |")
     print(f"| first step (includes CUDA-graph capture) | {rows[0]['perf/step_time']:.2f} | |")
     if device.type == "cuda":

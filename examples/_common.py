@@ -53,14 +53,16 @@ def parse_run_args(
     ``switches`` (flag name -> help) for example ``name`` (``examples/<name>/``); create the
     output dir."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m examples.{name}.run", description=description,
+        prog=f"python -m examples.{name}.run",
+        description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--num-rollout", type=int, default=num_rollout, help="rollout steps to train")
     parser.add_argument("--output-dir", default=f"outputs/examples/{name}", help="metrics.jsonl goes here")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="unit", choices=("unit", "arithmetic", "small"),
-                        help="tiny_policy size preset")
+    parser.add_argument(
+        "--preset", default="unit", choices=("unit", "arithmetic", "small"), help="tiny_policy size preset"
+    )
     for flag, help_text in (switches or {}).items():
         parser.add_argument(f"--{flag}", action="store_true", help=help_text)
     ns = parser.parse_args(list(argv) if argv is not None else None)

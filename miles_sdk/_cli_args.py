@@ -104,7 +104,8 @@ def parse_config_args(cls: type[Config], argv: Sequence[str] | None, *, allow_un
         known_flags = [s for a in parser._actions for s in a.option_strings]
         hint = difflib.get_close_matches(flags[0], known_flags, n=1)
         raise ConfigError(
-            f"unknown flag {flags[0]!r}" + (f" (did you mean {hint[0]}?)" if hint else "")
+            f"unknown flag {flags[0]!r}"
+            + (f" (did you mean {hint[0]}?)" if hint else "")
             + "; pass allow_unknown=True to keep unrecognised flags in Config.extra"
         )
     values = vars(namespace)

@@ -123,8 +123,10 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
     batched = given.get("batched_reward_model")
     if batched is not None:
         if args.group_rm and reward is not None:
-            raise ConfigError("group_rm is set and both reward_model= and batched_reward_model= were given; "
-                              "with group_rm, reward_model is the batched one: pass only one")
+            raise ConfigError(
+                "group_rm is set and both reward_model= and batched_reward_model= were given; "
+                "with group_rm, reward_model is the batched one: pass only one"
+            )
         check_hook_signature(batched, "BatchedRewardFn", name="batched_reward_model")
         resolved["batched_reward_fn"] = batched
 
@@ -142,8 +144,12 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
 def _check_consistency(args: Config, hooks: HookSet) -> None:
     """Contradictions between settings and hooks, caught before any work is done."""
     if args.loss_type == "custom_loss" and hooks.loss_fn is None:
-        raise ConfigError("loss_type=custom_loss needs a loss function: pass loss_fn= to the Trainer or set "
-                          "--custom-loss-function-path")
+        raise ConfigError(
+            "loss_type=custom_loss needs a loss function: pass loss_fn= to the Trainer or set "
+            "--custom-loss-function-path"
+        )
     if args.loss_type != "custom_loss" and hooks.loss_fn is not None:
-        raise ConfigError(f"a custom loss function was given but loss_type={args.loss_type!r}; set "
-                          "loss_type='custom_loss' (Miles's --loss-type custom_loss) to use it")
+        raise ConfigError(
+            f"a custom loss function was given but loss_type={args.loss_type!r}; set "
+            "loss_type='custom_loss' (Miles's --loss-type custom_loss) to use it"
+        )

@@ -41,7 +41,9 @@ class Policy:
         if args.ref_load is not None:
             from transformers import AutoModelForCausalLM
 
-            ref: nn.Module = AutoModelForCausalLM.from_pretrained(args.ref_load, dtype=_dtype(args, self.device))
+            ref: nn.Module = AutoModelForCausalLM.from_pretrained(
+                args.ref_load, dtype=_dtype(args, self.device)
+            )
             ref.to(self.device)
         else:
             ref = copy.deepcopy(self.model)

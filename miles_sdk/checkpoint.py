@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng_state", "latest_checkpoint", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = [
+    "capture_rng_state",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
 
 _STATE_FILE = "state.pt"
 

@@ -33,7 +33,9 @@ def _train(argv: list[str]) -> int:
         trainer.close()
     if history:
         last = history[-1]
-        print(f"done: {len(history)} rollouts, last reward {last.get('rollout/reward_mean', float('nan')):.4f}")
+        print(
+            f"done: {len(history)} rollouts, last reward {last.get('rollout/reward_mean', float('nan')):.4f}"
+        )
     return 0
 
 

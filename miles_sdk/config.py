@@ -111,7 +111,9 @@ class Config:
     """Extra kwargs for apply_chat_template, as JSON on the CLI."""
     rollout_shuffle: bool = False
     """Reshuffle the prompts each epoch with seed rollout_seed + epoch."""
-    rollout_global_dataset: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-global-dataset"))
+    rollout_global_dataset: bool = attrs.field(
+        default=True, metadata=_flag("--disable-rollout-global-dataset")
+    )
     """Serve prompts from the global dataset (Miles); --disable-rollout-global-dataset turns it off."""
     rollout_max_prompt_len: int | None = None
     """Prompts longer than this many tokens are dropped (and counted)."""
@@ -219,7 +221,9 @@ class Config:
     """Worker processes for CPU-heavy graders (math); 0 grades on a thread."""
     rewards_normalization: bool = attrs.field(default=True, metadata=_flag("--disable-rewards-normalization"))
     """GRPO group normalisation of rewards; --disable-rewards-normalization turns it off."""
-    grpo_std_normalization: bool = attrs.field(default=True, metadata=_flag("--disable-grpo-std-normalization"))
+    grpo_std_normalization: bool = attrs.field(
+        default=True, metadata=_flag("--disable-grpo-std-normalization")
+    )
     """Divide by the group std (grpo/gspo); --disable-grpo-std-normalization turns it off (Dr.GRPO)."""
 
     # ---- training math -------------------------------------------------------------------------
@@ -494,21 +498,30 @@ def _validate(c: Config) -> None:
         f"global_batch_size ({gbs}) is not divisible by micro_batch_size ({c.micro_batch_size})",
     )
     need(c.eps_clip >= 0, f"eps_clip must be >= 0, got {c.eps_clip}")
-    need(c.eps_clip_c is None or c.eps_clip_c > 1.0, f"eps_clip_c must be > 1 (dual clip), got {c.eps_clip_c}")
+    need(
+        c.eps_clip_c is None or c.eps_clip_c > 1.0, f"eps_clip_c must be > 1 (dual clip), got {c.eps_clip_c}"
+    )
     need(
         c.advantage_estimator != "ppo" or c.kl_coef == 0.0,
         "advantage_estimator=ppo needs kl_coef == 0 (use use_kl_loss for a KL penalty)",
     )
     need(c.rm_type != "remote_rm" or c.rm_url is not None, "rm_type=remote_rm needs rm_url")
-    need(not (c.debug_rollout_only and c.debug_train_only), "debug_rollout_only and debug_train_only exclude each other")
+    need(
+        not (c.debug_rollout_only and c.debug_train_only),
+        "debug_rollout_only and debug_train_only exclude each other",
+    )
     need(
         not c.debug_train_only or c.load_debug_rollout_data is not None,
         "debug_train_only needs load_debug_rollout_data (there is no engine to generate with)",
     )
-    need(c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0,
-         "eval_prompt_data takes pairs: name path [name path ...]")
-    need(not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
-         "use_dynamic_batch_size needs max_tokens_per_gpu > 0")
+    need(
+        c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0,
+        "eval_prompt_data takes pairs: name path [name path ...]",
+    )
+    need(
+        not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
+        "use_dynamic_batch_size needs max_tokens_per_gpu > 0",
+    )
     need(c.rollout_max_response_len >= 1, "rollout_max_response_len must be >= 1")
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")
     need(c.rollout_temperature >= 0.0, "rollout_temperature must be >= 0")

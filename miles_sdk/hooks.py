@@ -372,8 +372,13 @@ class RolloutLogFn(Protocol):
     """
 
     def __call__(
-        self, rollout_id: int, args: Config, samples: list[Sample], rollout_extra_metrics: Metrics | None,
-        rollout_time: float, /,
+        self,
+        rollout_id: int,
+        args: Config,
+        samples: list[Sample],
+        rollout_extra_metrics: Metrics | None,
+        rollout_time: float,
+        /,
     ) -> bool: ...
 
 
@@ -420,4 +425,6 @@ class ModelProviderFn(Protocol):
     ``pre_process=post_process=True`` and expects a ``torch.nn.Module`` causal LM.
     """
 
-    def __call__(self, pre_process: bool, post_process: bool, vp_stage: int | None = None, /) -> torch.nn.Module: ...
+    def __call__(
+        self, pre_process: bool, post_process: bool, vp_stage: int | None = None, /
+    ) -> torch.nn.Module: ...

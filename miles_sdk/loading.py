@@ -13,7 +13,14 @@ from typing import Any, Final
 
 from miles_sdk import hooks
 
-__all__ = ["HOOK_SPECS", "HookLoadError", "HookSignatureError", "HookSpec", "check_hook_signature", "load_hook"]
+__all__ = [
+    "HOOK_SPECS",
+    "HookLoadError",
+    "HookSignatureError",
+    "HookSpec",
+    "check_hook_signature",
+    "load_hook",
+]
 
 
 class HookLoadError(ImportError):
@@ -44,7 +51,13 @@ class HookSpec:
 
 
 _TIS_KEYWORDS = (
-    "args", "pg_loss", "train_log_probs", "rollout_log_probs", "loss_masks", "total_lengths", "response_lengths",
+    "args",
+    "pg_loss",
+    "train_log_probs",
+    "rollout_log_probs",
+    "loss_masks",
+    "total_lengths",
+    "response_lengths",
 )
 
 HOOK_SPECS: Final[dict[str, HookSpec]] = {
@@ -100,8 +113,10 @@ def _accepts(sig: inspect.Signature, positional: int, keywords: tuple[str, ...])
     unfilled = [p for p in required_positional[positional:] if p.name not in keywords]
     if unfilled:
         extra = [p.name for p in unfilled]
-        return f"requires {len(required_positional)} positional parameter(s) ({', '.join(extra)} have no default), " \
-               f"the loop passes {positional}"
+        return (
+            f"requires {len(required_positional)} positional parameter(s) ({', '.join(extra)} have no default), "
+            f"the loop passes {positional}"
+        )
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     missing = [k for k in keywords if k not in names]
     if missing and not has_varkw:
@@ -131,7 +146,9 @@ def check_hook_signature(obj: object, protocol: type | str, *, name: str | None 
     if spec.is_class:
         return _check_class_like(obj, spec, label)
     if spec.is_async is True and not _is_async_callable(obj):
-        raise HookSignatureError(f"{label} must be an async function (`async def`) for {proto_name}; got a sync one")
+        raise HookSignatureError(
+            f"{label} must be an async function (`async def`) for {proto_name}; got a sync one"
+        )
     if spec.is_async is False and _is_async_callable(obj):
         raise HookSignatureError(f"{label} must be a plain (sync) function for {proto_name}; got `async def`")
     try:

@@ -67,11 +67,15 @@ class Trainer:
         self.args = config
         unknown = set(hooks) - set(HookSet.__annotations__) - {"reward_model", "batched_reward_model"}
         if unknown:
-            raise TypeError(f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
-                            f"known: reward_model, batched_reward_model, {', '.join(HookSet.__annotations__)}")
+            raise TypeError(
+                f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
+                f"known: reward_model, batched_reward_model, {', '.join(HookSet.__annotations__)}"
+            )
         self.hooks = resolve_hooks(config, hooks)
         torch.manual_seed(config.seed)
-        self.policy = build_policy(config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider)
+        self.policy = build_policy(
+            config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
+        )
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
@@ -96,23 +100,23 @@ class Trainer:
         """One rollout step; returns its metrics."""
         args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
         with timer("rollout"):
-            groups, metrics = self._rollout(rollout_id)                          # 1-2
+            groups, metrics = self._rollout(rollout_id)  # 1-2
         samples = algo.flatten_and_trim(args, groups)
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         if not args.debug_rollout_only:
             with timer("train_data"):
-                train_data = self._convert(samples)                              # 3-4
+                train_data = self._convert(samples)  # 3-4
             with timer("log_prob"):
-                rollout_data = self._log_probs(train_data)                       # 5
+                rollout_data = self._log_probs(train_data)  # 5
             if self.hooks.rollout_data_postprocess is not None:
                 self.hooks.rollout_data_postprocess(args, rollout_data)
             with timer("advantages"):
-                self._advantages(rollout_data)                                   # 6
+                self._advantages(rollout_data)  # 6
             with timer("train"):
-                metrics |= self.backend.train(rollout_id, rollout_data)          # 7
+                metrics |= self.backend.train(rollout_id, rollout_data)  # 7
             with timer("sync"):
-                self._sync_weights(rollout_id)                                   # 8
+                self._sync_weights(rollout_id)  # 8
         metrics |= timer.metrics() | _throughput(samples, timer.times)
         replaced = self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
         if not replaced:
@@ -128,13 +132,19 @@ class Trainer:
     def fit(self, num_rollout: int | None = None) -> list[Metrics]:
         """Run ``num_rollout`` steps (default: the Config's num_rollout / num_epoch)."""
         total = num_rollout if num_rollout is not None else self._num_rollout()
-        if self.args.eval_interval and self.eval_datasets and not self.args.skip_eval_before_train \
-                and self.rollout_id == 0:
+        if (
+            self.args.eval_interval
+            and self.eval_datasets
+            and not self.args.skip_eval_before_train
+            and self.rollout_id == 0
+        ):
             self.writer.write(0, self.evaluate())
         with Progress(self.args, total=total, initial=self.rollout_id) as progress:
             while self.rollout_id < total:
                 progress.update(self.step())
-        saved_by_step = bool(self.args.save_interval) and self.rollout_id % (self.args.save_interval or 1) == 0
+        saved_by_step = (
+            bool(self.args.save_interval) and self.rollout_id % (self.args.save_interval or 1) == 0
+        )
         if self.args.save and self.rollout_id > 0 and not saved_by_step:
             self.save(self.args.save)
         return self.history
@@ -162,7 +172,9 @@ class Trainer:
         rollout_fn = self.hooks.rollout_fn or _default_rollout_fn()
         output = self._run_rollout_fn(rollout_fn, rollout_id, evaluation=False)
         if not isinstance(output, RolloutFnTrainOutput):
-            raise TypeError(f"rollout function returned {type(output).__name__}, expected RolloutFnTrainOutput")
+            raise TypeError(
+                f"rollout function returned {type(output).__name__}, expected RolloutFnTrainOutput"
+            )
         if self.args.save_debug_rollout_data is not None:
             save_rollout_data(self.args.save_debug_rollout_data, rollout_id, output.samples)
         return output.samples, dict(output.metrics)
@@ -197,19 +209,27 @@ class Trainer:
         if self.args.use_rollout_logprobs:
             if "rollout_log_probs" not in train_data:
                 raise ValueError("use_rollout_logprobs is set but the samples carry no rollout_log_probs")
-            data["log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]]
+            data["log_probs"] = [
+                torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]
+            ]
         else:
             data["log_probs"] = self.backend.compute_log_probs(train_data, which="actor")
         ref_needed = self.args.needs_reference_model
-        data["ref_log_probs"] = self.backend.compute_log_probs(train_data, which="ref") if ref_needed else None
+        data["ref_log_probs"] = (
+            self.backend.compute_log_probs(train_data, which="ref") if ref_needed else None
+        )
         data["values"] = self.backend.compute_values(train_data)
         return data
 
     def _advantages(self, data: RolloutData) -> None:
         masks = [torch.as_tensor(m, dtype=torch.float32) for m in data["loss_masks"]]
         advantages, returns = algo.compute_advantages_and_returns(
-            self.args, rewards=list(data["rewards"]), log_probs=data["log_probs"],
-            ref_log_probs=data["ref_log_probs"], loss_masks=masks, values=data["values"],
+            self.args,
+            rewards=list(data["rewards"]),
+            log_probs=data["log_probs"],
+            ref_log_probs=data["ref_log_probs"],
+            loss_masks=masks,
+            values=data["values"],
         )
         if self.args.normalize_advantages:
             advantages = algo.normalize_advantages(advantages, masks)
@@ -290,16 +310,22 @@ class Trainer:
             engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
         # Miles generate/rollout functions POST to args.sglang_router_ip:port, so a configured path
         # gets the HTTP server too (an object passed to the Trainer opts in with serve_http).
-        needs_serving = args.rollout_engine == "http" or args.use_miles_router or args.serve_http \
-            or bool(self.hooks.router_middlewares) \
-            or args.custom_generate_function_path is not None or args.rollout_function_path is not None
+        needs_serving = (
+            args.rollout_engine == "http"
+            or args.use_miles_router
+            or args.serve_http
+            or bool(self.hooks.router_middlewares)
+            or args.custom_generate_function_path is not None
+            or args.rollout_function_path is not None
+        )
         if not needs_serving:
             assert engine is not None
             return engine
         from miles_sdk.router import serve_rollout
 
-        serving = self._loop.run(serve_rollout(args, engine, self.tokenizer,
-                                               middlewares=self.hooks.router_middlewares))
+        serving = self._loop.run(
+            serve_rollout(args, engine, self.tokenizer, middlewares=self.hooks.router_middlewares)
+        )
         self._serving = serving
         self.args = serving.args  # now carries sglang_router_ip/port of our server
         return serving.engine
@@ -310,17 +336,28 @@ class Trainer:
         from miles_sdk.engines.embedded import EmbeddedEngine
 
         if not isinstance(self.policy.model, PreTrainedModel):
-            raise TypeError("the embedded engine needs a transformers PreTrainedModel; pass engine= for other models")
+            raise TypeError(
+                "the embedded engine needs a transformers PreTrainedModel; pass engine= for other models"
+            )
         args = self.args
         # The fast path allocates its KV cache once per slot: prompt + response must fit.
-        max_seq_len = args.rollout_max_context_len or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
+        max_seq_len = (
+            args.rollout_max_context_len
+            or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
+        )
         # fp32 master weights train correctly at RL learning rates (1e-6 updates vanish in bf16), but
         # decoding reads every weight per token: on CUDA the engine decodes from a bf16 copy.
         on_cuda = self.policy.device.type == "cuda"
         fp32 = next(self.policy.model.parameters()).dtype == torch.float32
         dtype = torch.bfloat16 if on_cuda and fp32 else None
-        return EmbeddedEngine(self.policy.model, self.tokenizer, max_batch_size=args.max_engine_batch_size,
-                              seed=args.rollout_seed, max_seq_len=max_seq_len, dtype=dtype)
+        return EmbeddedEngine(
+            self.policy.model,
+            self.tokenizer,
+            max_batch_size=args.max_engine_batch_size,
+            seed=args.rollout_seed,
+            max_seq_len=max_seq_len,
+            dtype=dtype,
+        )
 
     def _build_data_source(self, dataset: Any) -> DataSource:
         given = self.hooks.data_source
@@ -332,13 +369,19 @@ class Trainer:
 
         if dataset is None and self.args.prompt_data is None and not self.args.debug_train_only:
             raise ValueError("no prompts: set prompt_data in the Config, or pass dataset= or data_source=")
-        return RolloutDataSourceWithBuffer(self.args, tokenizer=self.tokenizer, dataset=dataset,
-                                           buffer_filter=self.hooks.buffer_filter)
+        return RolloutDataSourceWithBuffer(
+            self.args, tokenizer=self.tokenizer, dataset=dataset, buffer_filter=self.hooks.buffer_filter
+        )
 
     def _check_labels(self) -> None:
         """With a built-in rm type, every prompt must carry what its grader needs: fail before training."""
         hooks = self.hooks
-        if hooks.reward_fn or hooks.batched_reward_fn or hooks.rollout_fn or self.args.load_debug_rollout_data:
+        if (
+            hooks.reward_fn
+            or hooks.batched_reward_fn
+            or hooks.rollout_fn
+            or self.args.load_debug_rollout_data
+        ):
             return
         samples = getattr(getattr(self.data_source, "dataset", None), "samples", None)
         if samples:
@@ -358,8 +401,13 @@ class Trainer:
 
         ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
         return TorchBackend(
-            self.args, self.policy.model, ref_model=ref_model, loss_fn=self.hooks.loss_fn, tis_fn=self.hooks.tis_fn,
-            pg_loss_reducer=self.hooks.pg_loss_reducer, before_log_prob_hook=self.hooks.before_log_prob_hook,
+            self.args,
+            self.policy.model,
+            ref_model=ref_model,
+            loss_fn=self.hooks.loss_fn,
+            tis_fn=self.hooks.tis_fn,
+            pg_loss_reducer=self.hooks.pg_loss_reducer,
+            before_log_prob_hook=self.hooks.before_log_prob_hook,
             before_train_step_hook=self.hooks.before_train_step_hook,
         )
 
@@ -375,13 +423,18 @@ class Trainer:
         from miles_sdk.rollout import RolloutContext
 
         return RolloutContext(
-            engine=self.engine, tokenizer=self.tokenizer, generate_fn=self.hooks.generate_fn,
-            reward_fn=self.hooks.reward_fn, batched_reward_fn=self.hooks.batched_reward_fn,
+            engine=self.engine,
+            tokenizer=self.tokenizer,
+            generate_fn=self.hooks.generate_fn,
+            reward_fn=self.hooks.reward_fn,
+            batched_reward_fn=self.hooks.batched_reward_fn,
             dynamic_sampling_filter=self.hooks.dynamic_sampling_filter,
             rollout_sample_filter=self.hooks.rollout_sample_filter,
             rollout_all_samples_process=self.hooks.rollout_all_samples_process,
             eval_datasets=self.eval_datasets,
-            load_generate_fn=functools.partial(load_hook, protocol="GenerateFn", flag="sample.generate_function_path"),
+            load_generate_fn=functools.partial(
+                load_hook, protocol="GenerateFn", flag="sample.generate_function_path"
+            ),
         )
 
     def _num_rollout(self) -> int:
@@ -407,13 +460,19 @@ def _throughput(samples: list[Sample], seconds: dict[str, float]) -> Metrics:
 def _warn_placement_flags(args: Config) -> None:
     """Multi-process placement flags are accepted (Miles launch scripts pass them) but mean nothing
     to the in-process loop, where the engine and the trainer always share one process and device."""
-    ignored = [name for name, value in (
-        ("colocate", args.colocate), ("offload_train", args.offload_train),
-        ("offload_rollout", args.offload_rollout), ("rollout_num_gpus", args.rollout_num_gpus),
-        ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),
-        ("actor_num_nodes", args.actor_num_nodes != 1),
-        ("actor_num_gpus_per_node", args.actor_num_gpus_per_node != 1),
-    ) if value]
+    ignored = [
+        name
+        for name, value in (
+            ("colocate", args.colocate),
+            ("offload_train", args.offload_train),
+            ("offload_rollout", args.offload_rollout),
+            ("rollout_num_gpus", args.rollout_num_gpus),
+            ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),
+            ("actor_num_nodes", args.actor_num_nodes != 1),
+            ("actor_num_gpus_per_node", args.actor_num_gpus_per_node != 1),
+        )
+        if value
+    ]
     if ignored:
         logger.warning("in-process Trainer: %s have no effect (one process, one device)", ", ".join(ignored))
 
@@ -443,4 +502,3 @@ def _load_data_source_state(source: DataSource, state: Any, rollout_id: int) -> 
         load_state_dict(state)
     else:
         source.load(rollout_id)
-

@@ -1,12 +1,13 @@
 """Write docs/config.md from Config's fields: flag, type, default and the field's docstring.
 
-    python scripts/gen_config_doc.py          # rewrite docs/config.md
-    python scripts/gen_config_doc.py --check  # exit 1 if docs/config.md is out of date (tests run this)
+python scripts/gen_config_doc.py          # rewrite docs/config.md
+python scripts/gen_config_doc.py --check  # exit 1 if docs/config.md is out of date (tests run this)
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import sys
 import typing
 from pathlib import Path
@@ -28,15 +29,24 @@ def _sections_and_docstrings() -> tuple[dict[str, str], dict[str, str]]:
         stripped = line.strip()
         if stripped.startswith("# ----"):
             current = stripped.strip("# -").strip()
-        elif ":" in stripped and not stripped.startswith(("#", '"', "def ", "@")) and line.startswith("    ") \
-                and not line.startswith("     "):
+        elif (
+            ":" in stripped
+            and not stripped.startswith(("#", '"', "def ", "@"))
+            and line.startswith("    ")
+            and not line.startswith("     ")
+        ):
             section_of.setdefault(stripped.split(":", 1)[0], current)
     docs: dict[str, str] = {}
     cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
     body = cls.body
-    for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+    for node, after in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(after.value.value.split())
     return section_of, docs
 
@@ -62,7 +72,13 @@ def render() -> str:
             continue
         section = section_of.get(field.name, "")
         if section != current:
-            lines += ["", f"## {section.capitalize()}", "", "| flag | type | default | meaning |", "|---|---|---|---|"]
+            lines += [
+                "",
+                f"## {section.capitalize()}",
+                "",
+                "| flag | type | default | meaning |",
+                "|---|---|---|---|",
+            ]
             current = section
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]

@@ -17,13 +17,36 @@ def test_defaults_match_miles() -> None:
 
 
 def test_from_args_parses_miles_flags() -> None:
-    c = Config.from_args([
-        "--rollout-batch-size", "4", "--n-samples-per-prompt", "8", "--over-sampling-batch-size", "6",
-        "--rollout-stop", "</answer>", "###", "--rollout-stop-token-ids", "1", "2",
-        "--disable-rewards-normalization", "--disable-grpo-std-normalization", "--use-kl-loss",
-        "--kl-loss-type", "low_var_kl", "--apply-chat-template-kwargs", '{"enable_thinking": false}',
-        "--eps-clip-high", "0.28", "--advantage-estimator", "gspo", "--eval-prompt-data", "aime", "a.jsonl",
-    ])
+    c = Config.from_args(
+        [
+            "--rollout-batch-size",
+            "4",
+            "--n-samples-per-prompt",
+            "8",
+            "--over-sampling-batch-size",
+            "6",
+            "--rollout-stop",
+            "</answer>",
+            "###",
+            "--rollout-stop-token-ids",
+            "1",
+            "2",
+            "--disable-rewards-normalization",
+            "--disable-grpo-std-normalization",
+            "--use-kl-loss",
+            "--kl-loss-type",
+            "low_var_kl",
+            "--apply-chat-template-kwargs",
+            '{"enable_thinking": false}',
+            "--eps-clip-high",
+            "0.28",
+            "--advantage-estimator",
+            "gspo",
+            "--eval-prompt-data",
+            "aime",
+            "a.jsonl",
+        ]
+    )
     assert c.rollout_batch_size == 4 and c.n_samples_per_prompt == 8 and c.over_sampling_batch_size == 6
     assert c.rollout_stop == ["</answer>", "###"] and c.rollout_stop_token_ids == [1, 2]
     assert not c.rewards_normalization and not c.grpo_std_normalization

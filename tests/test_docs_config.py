@@ -10,13 +10,22 @@ ROOT = Path(__file__).parents[1]
 
 
 def test_config_reference_is_current() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_config_doc.py"), "--check"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_config_doc.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_every_field_is_documented() -> None:
     text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
-    undocumented = [line.split("`")[1] for line in text.splitlines() if line.startswith("| `--") and
-                    line.rstrip().endswith("|  |")]
+    undocumented = [
+        line.split("`")[1]
+        for line in text.splitlines()
+        if line.startswith("| `--") and line.rstrip().endswith("|  |")
+    ]
     assert undocumented == []

@@ -53,10 +53,25 @@ ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in r
 # Phase of each event within one step; events of a step must come in non-decreasing phase order.
 # (tis and the reducer repeat per micro-batch, so they share a phase.)
 PHASES = {
-    "get_samples": 0, "buffer_filter": 0, "generate": 1, "reward": 1, "dynamic_filter": 1, "sample_filter": 2,
-    "all_samples_process": 3, "reward_post_process": 4, "before_log_prob:": 5, "before_log_prob:ref_": 6,
-    "rollout_data_postprocess": 7, "before_train_step": 8, "tis": 9, "pg_loss_reducer": 9, "rollout_log": 11,
-    "eval:generate": 12, "eval:reward": 12, "eval_rollout_log": 13, "post_save": 14,
+    "get_samples": 0,
+    "buffer_filter": 0,
+    "generate": 1,
+    "reward": 1,
+    "dynamic_filter": 1,
+    "sample_filter": 2,
+    "all_samples_process": 3,
+    "reward_post_process": 4,
+    "before_log_prob:": 5,
+    "before_log_prob:ref_": 6,
+    "rollout_data_postprocess": 7,
+    "before_train_step": 8,
+    "tis": 9,
+    "pg_loss_reducer": 9,
+    "rollout_log": 11,
+    "eval:generate": 12,
+    "eval:reward": 12,
+    "eval_rollout_log": 13,
+    "post_save": 14,
 }
 
 
@@ -79,8 +94,14 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
     rec = Recorder()
     model, tok = tiny_policy("unit", seed=0)
     cfg = small_config(
-        output_dir=str(tmp_path / "out"), num_rollout=2, use_tis=True, use_kl_loss=True, kl_loss_coef=0.01,
-        eval_interval=1, eval_prompt_data=["tiny", _eval_file(tmp_path)], save=str(tmp_path / "ckpt"),
+        output_dir=str(tmp_path / "out"),
+        num_rollout=2,
+        use_tis=True,
+        use_kl_loss=True,
+        kl_loss_coef=0.01,
+        eval_interval=1,
+        eval_prompt_data=["tiny", _eval_file(tmp_path)],
+        save=str(tmp_path / "ckpt"),
         save_interval=1,
     )
 
@@ -99,8 +120,9 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         assert len(samples) == args.n_samples_per_prompt and all(s.reward is not None for s in samples)
         return DynamicFilterOutput(keep=True)
 
-    def buffer_filter(args: Config, rollout_id: int | None, buffer: list[list[Sample]], num_samples: int
-                      ) -> list[list[Sample]]:
+    def buffer_filter(
+        args: Config, rollout_id: int | None, buffer: list[list[Sample]], num_samples: int
+    ) -> list[list[Sample]]:
         rec("buffer_filter")
         return pop_first(args, rollout_id, buffer, num_samples)
 
@@ -122,19 +144,39 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         assert len(rollout_data["log_probs"]) == len(rollout_data["tokens"])
         assert rollout_data["ref_log_probs"] is not None
 
-    def tis(*, args: Config, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
-            rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor], total_lengths: list[int],
-            response_lengths: list[int], **kwargs: Any) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    def tis(
+        *,
+        args: Config,
+        pg_loss: torch.Tensor,
+        train_log_probs: list[torch.Tensor],
+        rollout_log_probs: list[torch.Tensor],
+        loss_masks: list[torch.Tensor],
+        total_lengths: list[int],
+        response_lengths: list[int],
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
         rec("tis")
         assert pg_loss.numel() == sum(response_lengths)
-        return algo.vanilla_tis_function(args=args, pg_loss=pg_loss, train_log_probs=train_log_probs,
-                                         rollout_log_probs=rollout_log_probs, loss_masks=loss_masks,
-                                         total_lengths=total_lengths, response_lengths=response_lengths)
+        return algo.vanilla_tis_function(
+            args=args,
+            pg_loss=pg_loss,
+            train_log_probs=train_log_probs,
+            rollout_log_probs=rollout_log_probs,
+            loss_masks=loss_masks,
+            total_lengths=total_lengths,
+            response_lengths=response_lengths,
+        )
 
-    def reducer(total_lengths: list[int], response_lengths: list[int], loss_masks: list[torch.Tensor],
-                calculate_per_token_loss: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    def reducer(
+        total_lengths: list[int],
+        response_lengths: list[int],
+        loss_masks: list[torch.Tensor],
+        calculate_per_token_loss: bool = False,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
         rec("pg_loss_reducer")
-        return algo.get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, calculate_per_token_loss)
+        return algo.get_sum_of_sample_mean(
+            total_lengths, response_lengths, loss_masks, calculate_per_token_loss
+        )
 
     def backend_init(args: Config) -> None:
         rec("backend_init")
@@ -142,8 +184,14 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
     def before_log_prob(args: Config, model: torch.nn.Module, store_prefix: str) -> None:
         rec(f"before_log_prob:{store_prefix}")
 
-    def before_train_step(args: Config, rollout_id: int, step_id: int, model: torch.nn.Module,
-                          optimizer: torch.optim.Optimizer, opt_param_scheduler: Any) -> None:
+    def before_train_step(
+        args: Config,
+        rollout_id: int,
+        step_id: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        opt_param_scheduler: Any,
+    ) -> None:
         rec("before_train_step")
         assert step_id == rollout_id  # one optimizer step per rollout here
 
@@ -151,8 +199,13 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         rec("post_save")
         assert Path(checkpoint_dir).is_dir() and hf_dir is None
 
-    def rollout_log(rollout_id: int, args: Config, samples: list[Sample], rollout_extra_metrics: Metrics | None,
-                    rollout_time: float) -> bool:
+    def rollout_log(
+        rollout_id: int,
+        args: Config,
+        samples: list[Sample],
+        rollout_extra_metrics: Metrics | None,
+        rollout_time: float,
+    ) -> bool:
         rec("rollout_log")
         assert rollout_extra_metrics is not None and "train/loss" in rollout_extra_metrics
         rec.evaluating = True  # what follows in this step is the eval rollout
@@ -182,10 +235,20 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
     rl: RolloutLogFn = rollout_log
     el: EvalRolloutLogFn = eval_log
     typed_hooks.update(
-        generate_fn=generate_fn, reward_model=reward_model, dynamic_sampling_filter=dyn,
-        rollout_sample_filter=sample_f, rollout_all_samples_process=all_p, reward_post_process=post,
-        rollout_data_postprocess=data_pp, tis_fn=tis_fn, pg_loss_reducer=red, backend_init=init,
-        before_log_prob_hook=blp, before_train_step_hook=bts, post_save_hook=ps, rollout_log_fn=rl,
+        generate_fn=generate_fn,
+        reward_model=reward_model,
+        dynamic_sampling_filter=dyn,
+        rollout_sample_filter=sample_f,
+        rollout_all_samples_process=all_p,
+        reward_post_process=post,
+        rollout_data_postprocess=data_pp,
+        tis_fn=tis_fn,
+        pg_loss_reducer=red,
+        backend_init=init,
+        before_log_prob_hook=blp,
+        before_train_step_hook=bts,
+        post_save_hook=ps,
+        rollout_log_fn=rl,
         eval_rollout_log_fn=el,
     )
 
@@ -226,11 +289,17 @@ def test_replacement_hooks_called(tmp_path: Path) -> None:
     """The hooks that replace a whole stage: rollout, eval, convert, loss, model provider, middleware."""
     events: list[str] = []
     _, tok = tiny_policy("unit", seed=0)
-    cfg = small_config(output_dir=str(tmp_path / "out"), num_rollout=2, loss_type="custom_loss", eval_interval=2,
-                       eval_prompt_data=["tiny", _eval_file(tmp_path)])
+    cfg = small_config(
+        output_dir=str(tmp_path / "out"),
+        num_rollout=2,
+        loss_type="custom_loss",
+        eval_interval=2,
+        eval_prompt_data=["tiny", _eval_file(tmp_path)],
+    )
 
-    async def rollout(args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
-                      ) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
+    async def rollout(
+        args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
+    ) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
         events.append("eval_fn" if evaluation else "rollout_fn")
         groups = data_source.get_samples(args.rollout_batch_size)
         params = sampling_params_from_args(args)
@@ -240,16 +309,27 @@ def test_replacement_hooks_called(tmp_path: Path) -> None:
                 sample.reward = float(i % 2)
         if evaluation:
             flat = [s for g in groups for s in g]
-            return RolloutFnEvalOutput(data={"tiny": {"rewards": [float(s.reward or 0.0) for s in flat],  # type: ignore[arg-type]
-                                                      "truncated": [False] * len(flat), "samples": flat}})
+            return RolloutFnEvalOutput(
+                data={
+                    "tiny": {
+                        "rewards": [float(s.reward or 0.0) for s in flat],  # type: ignore[arg-type]
+                        "truncated": [False] * len(flat),
+                        "samples": flat,
+                    }
+                }
+            )
         return RolloutFnTrainOutput(samples=groups)
 
     def convert(args: Config, samples: list[Sample]) -> TrainData:
         events.append("convert")
         return algo.convert_samples_to_train_data(args, samples)
 
-    def loss(args: Config, batch: dict[str, Any], logits: torch.Tensor,
-             sum_of_sample_mean: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        args: Config,
+        batch: dict[str, Any],
+        logits: torch.Tensor,
+        sum_of_sample_mean: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         events.append("loss_fn")
         assert logits.dim() == 3 and logits.shape[1] == sum(batch["total_lengths"])
         value = logits.float().logsumexp(-1).mean()
@@ -260,8 +340,9 @@ def test_replacement_hooks_called(tmp_path: Path) -> None:
         assert pre_process and post_process
         return tiny_policy("unit", seed=0)[0]
 
-    async def middleware(request: dict[str, Any],
-                         call_next: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    async def middleware(
+        request: dict[str, Any], call_next: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
         events.append("middleware")
         return await call_next(request)
 
@@ -270,9 +351,17 @@ def test_replacement_hooks_called(tmp_path: Path) -> None:
     loss_fn: LossFn = loss
     provider_fn: ModelProviderFn = provider
     mw: RouterMiddleware = middleware
-    trainer = Trainer(cfg, tokenizer=tok, dataset=ROWS, rollout_fn=rollout_fn, eval_fn=rollout_fn,
-                      convert_samples_to_train_data=convert_fn, loss_fn=loss_fn, model_provider=provider_fn,
-                      router_middlewares=[mw])
+    trainer = Trainer(
+        cfg,
+        tokenizer=tok,
+        dataset=ROWS,
+        rollout_fn=rollout_fn,
+        eval_fn=rollout_fn,
+        convert_samples_to_train_data=convert_fn,
+        loss_fn=loss_fn,
+        model_provider=provider_fn,
+        router_middlewares=[mw],
+    )
     history = trainer.fit()
     trainer.close()
     assert events[0] == "model_provider"

@@ -54,8 +54,19 @@ def test_public_names_are_exactly_all() -> None:
     public = {n for n in dir(miles_sdk) if not n.startswith("_")}
     modules = {n for n in public if inspect.ismodule(getattr(miles_sdk, n))}
     assert public - modules == set(miles_sdk.__all__)
-    for name in ["Trainer", "Config", "Sample", "RolloutFn", "GenerateFn", "DataSource", "RewardModel",
-                 "BatchedRewardModel", "LossFn", "PGLossReducer", "TISFn"]:
+    for name in [
+        "Trainer",
+        "Config",
+        "Sample",
+        "RolloutFn",
+        "GenerateFn",
+        "DataSource",
+        "RewardModel",
+        "BatchedRewardModel",
+        "LossFn",
+        "PGLossReducer",
+        "TISFn",
+    ]:
         assert name in miles_sdk.__all__
 
 
@@ -63,7 +74,11 @@ def test_import_pulls_no_heavy_optional_dependency() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, miles_sdk; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('megatron', 'sglang', 'ray', 'wandb', 'hypothesis')]; print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    code = (
+        "import sys, miles_sdk; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('megatron', 'sglang', 'ray', 'wandb', 'hypothesis')]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -14,7 +14,8 @@ from miles_sdk.loading import check_hook_signature
 
 @pytest.fixture()
 def hook_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "user_hooks.py").write_text(textwrap.dedent("""
+    (tmp_path / "user_hooks.py").write_text(
+        textwrap.dedent("""
         async def custom_rm(args, sample):
             return 1.0
         def sync_rm(args, sample):
@@ -42,7 +43,8 @@ def hook_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
             def __init__(self, args): pass
         def generate_rollout(args, rollout_id, data_source, evaluation=False):
             return None
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     sys.modules.pop("user_hooks", None)
     return "user_hooks"

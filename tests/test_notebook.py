@@ -15,7 +15,9 @@ def test_notebook_executes(tmp_path: Path) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     os.environ["MILES_SDK_NOTEBOOK_ROLLOUTS"] = "3"
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
     finally:
         del os.environ["MILES_SDK_NOTEBOOK_ROLLOUTS"]
     outputs = "".join(

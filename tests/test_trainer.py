@@ -20,10 +20,22 @@ def test_run_steps_reports_every_phase() -> None:
     result = run_steps(steps=2)
     assert len(result.metrics) == 2
     last = result.metrics[-1]
-    for key in ("rollout/reward_mean", "rollout/reward_std", "rollout/response_len_mean", "rollout/truncated_ratio",
-                "train/loss", "train/grad_norm", "perf/rollout_time", "perf/train_time", "perf/log_prob_time",
-                "perf/sync_time", "perf/generate_time_sum", "perf/reward_time_sum", "perf/rollout_tokens_per_s",
-                "perf/train_tokens_per_s"):
+    for key in (
+        "rollout/reward_mean",
+        "rollout/reward_std",
+        "rollout/response_len_mean",
+        "rollout/truncated_ratio",
+        "train/loss",
+        "train/grad_norm",
+        "perf/rollout_time",
+        "perf/train_time",
+        "perf/log_prob_time",
+        "perf/sync_time",
+        "perf/generate_time_sum",
+        "perf/reward_time_sum",
+        "perf/rollout_tokens_per_s",
+        "perf/train_tokens_per_s",
+    ):
         assert key in last, key
     assert len(result.samples[0]) == 4
     assert all(s.reward in (0.0, 1.0) for s in result.samples[0])
@@ -48,7 +60,9 @@ def test_engine_samples_from_trained_weights(tmp_path: Path) -> None:
         version = trainer.engine.weight_version
         trainer.step()
         assert trainer.engine.weight_version > version
-        after_out = trainer._loop.run(trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3}))
+        after_out = trainer._loop.run(
+            trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
+        )
         assert after_out.log_probs != pytest.approx(before, abs=1e-6)
         # The engine's log-probs are the trained model's: recompute them with the backend.
         data = {"tokens": [prompt + after_out.token_ids], "response_lengths": [len(after_out.token_ids)]}
@@ -83,8 +97,13 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 def _resume_trainer(tmp_path: Path, name: str) -> Trainer:
     model, tok = tiny_policy("unit", seed=3)
-    cfg = small_config(output_dir=str(tmp_path / name), sglang_enable_deterministic_inference=True,
-                       rollout_shuffle=True, lr=1e-2, num_rollout=4)
+    cfg = small_config(
+        output_dir=str(tmp_path / name),
+        sglang_enable_deterministic_inference=True,
+        rollout_shuffle=True,
+        lr=1e-2,
+        num_rollout=4,
+    )
     return Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=addition_reward)
 
 
@@ -128,10 +147,36 @@ def test_cli_train_from_hf_checkpoint(tmp_path: Path) -> None:
     ckpt = save_tiny_policy(tmp_path / "policy", "unit", seed=0)
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
-    rc = main(["train", "--hf-checkpoint", str(ckpt), "--prompt-data", str(data), "--label-key", "label",
-               "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "3",
-               "--num-rollout", "2", "--device", "cpu", "--rm-type", "f1", "--output-dir", str(tmp_path / "out"),
-               "--micro-batch-size", "2", "--save", str(tmp_path / "ckpt"), "--no-progress-bar"])
+    rc = main(
+        [
+            "train",
+            "--hf-checkpoint",
+            str(ckpt),
+            "--prompt-data",
+            str(data),
+            "--label-key",
+            "label",
+            "--rollout-batch-size",
+            "2",
+            "--n-samples-per-prompt",
+            "2",
+            "--rollout-max-response-len",
+            "3",
+            "--num-rollout",
+            "2",
+            "--device",
+            "cpu",
+            "--rm-type",
+            "f1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--micro-batch-size",
+            "2",
+            "--save",
+            str(tmp_path / "ckpt"),
+            "--no-progress-bar",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
@@ -139,8 +184,14 @@ def test_cli_train_from_hf_checkpoint(tmp_path: Path) -> None:
 
 
 def test_ppo_trains_a_critic_with_gae(tmp_path: Path) -> None:
-    cfg = small_config(output_dir=str(tmp_path), advantage_estimator="ppo", gamma=1.0, lambd=0.95, critic_lr=1e-2,
-                       num_critic_only_steps=1)
+    cfg = small_config(
+        output_dir=str(tmp_path),
+        advantage_estimator="ppo",
+        gamma=1.0,
+        lambd=0.95,
+        critic_lr=1e-2,
+        num_critic_only_steps=1,
+    )
     result = run_steps({"reward_model": _alternating_reward}, steps=2, config=cfg)
     first, second = result.metrics
     assert "train/critic_value_loss" in first and "train/critic_value_loss" in second
@@ -151,8 +202,14 @@ def test_ppo_trains_a_critic_with_gae(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("estimator", ["gspo", "reinforce_plus_plus", "reinforce_plus_plus_baseline"])
 def test_every_estimator_runs_in_the_loop(tmp_path: Path, estimator: str) -> None:
-    cfg = small_config(output_dir=str(tmp_path), advantage_estimator=estimator, kl_coef=0.01,
-                       use_kl_loss=estimator == "gspo", kl_loss_coef=0.01, normalize_advantages=True)
+    cfg = small_config(
+        output_dir=str(tmp_path),
+        advantage_estimator=estimator,
+        kl_coef=0.01,
+        use_kl_loss=estimator == "gspo",
+        kl_loss_coef=0.01,
+        normalize_advantages=True,
+    )
     result = run_steps({"reward_model": _alternating_reward}, steps=1, config=cfg)
     assert result.metrics[0]["train/grad_norm"] > 0.0
 
@@ -170,28 +227,38 @@ def test_debug_save_then_train_only_on_the_saved_rollouts(tmp_path: Path) -> Non
     from miles_sdk import algo
 
     template = str(tmp_path / "dump" / "rollout_{rollout_id}.pt")
-    saved = run_steps({"reward_model": _alternating_reward}, steps=2,
-                      config=small_config(output_dir=str(tmp_path / "a"), save_debug_rollout_data=template))
-    cfg = small_config(output_dir=str(tmp_path / "b"), debug_train_only=True, load_debug_rollout_data=template)
+    saved = run_steps(
+        {"reward_model": _alternating_reward},
+        steps=2,
+        config=small_config(output_dir=str(tmp_path / "a"), save_debug_rollout_data=template),
+    )
+    cfg = small_config(
+        output_dir=str(tmp_path / "b"), debug_train_only=True, load_debug_rollout_data=template
+    )
     replayed = run_steps({"reward_model": _alternating_reward}, steps=2, config=cfg)
     for before, after in zip(saved.samples, replayed.samples):
-        assert algo.convert_samples_to_train_data(cfg, after) == algo.convert_samples_to_train_data(cfg, before)
+        assert algo.convert_samples_to_train_data(cfg, after) == algo.convert_samples_to_train_data(
+            cfg, before
+        )
     assert "train/loss" in replayed.metrics[-1]
 
 
 def test_debug_rollout_only_does_not_train(tmp_path: Path) -> None:
     model, tok = tiny_policy("unit", seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = run_steps({"reward_model": _alternating_reward, "model": model, "tokenizer": tok}, steps=1,
-                       config=small_config(output_dir=str(tmp_path), debug_rollout_only=True))
+    result = run_steps(
+        {"reward_model": _alternating_reward, "model": model, "tokenizer": tok},
+        steps=1,
+        config=small_config(output_dir=str(tmp_path), debug_rollout_only=True),
+    )
     assert "rollout/reward_mean" in result.metrics[0] and "train/loss" not in result.metrics[0]
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
 
 
 def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Path) -> None:
-    from miles_sdk.rollout import generate_with_engine
     from miles_sdk import SamplingParams
+    from miles_sdk.rollout import generate_with_engine
 
     batch_sizes: list[int] = []
 
@@ -205,8 +272,11 @@ def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Pat
         return [float(i % 2) for i in range(len(samples))]
 
     cfg = small_config(output_dir=str(tmp_path))
-    result = run_steps({"generate_fn": two_agents, "reward_model": _alternating_reward,
-                        "batched_reward_model": batched}, steps=1, config=cfg)
+    result = run_steps(
+        {"generate_fn": two_agents, "reward_model": _alternating_reward, "batched_reward_model": batched},
+        steps=1,
+        config=cfg,
+    )
     assert batch_sizes and set(batch_sizes) == {2}
     assert len(result.samples[0]) == 8
 
@@ -214,9 +284,12 @@ def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Pat
 def test_dynamic_batch_size_gives_the_same_update_as_fixed_micro_batches(tmp_path: Path) -> None:
     def final_weights(**overrides: object) -> dict[str, torch.Tensor]:
         model, tok = tiny_policy("unit", seed=5)
-        cfg = small_config(output_dir=str(tmp_path), sglang_enable_deterministic_inference=True, lr=1e-2,
-                           **overrides)  # type: ignore[arg-type]
-        run_steps({"reward_model": _alternating_reward, "model": model, "tokenizer": tok}, steps=1, config=cfg)
+        cfg = small_config(
+            output_dir=str(tmp_path), sglang_enable_deterministic_inference=True, lr=1e-2, **overrides
+        )  # type: ignore[arg-type]
+        run_steps(
+            {"reward_model": _alternating_reward, "model": model, "tokenizer": tok}, steps=1, config=cfg
+        )
         return {k: v.clone() for k, v in model.state_dict().items()}
 
     fixed = final_weights(micro_batch_size=1)
@@ -228,8 +301,13 @@ def test_dynamic_batch_size_gives_the_same_update_as_fixed_micro_batches(tmp_pat
 def test_rollout_log_hook_returning_true_replaces_default_logging(tmp_path: Path) -> None:
     seen: list[int] = []
 
-    def my_log(rollout_id: int, args: Config, samples: list[Sample], extra: dict[str, float] | None,
-               rollout_time: float) -> bool:
+    def my_log(
+        rollout_id: int,
+        args: Config,
+        samples: list[Sample],
+        extra: dict[str, float] | None,
+        rollout_time: float,
+    ) -> bool:
         seen.append(rollout_id)
         return rollout_id == 0  # replace the default for step 0 only
 
@@ -242,8 +320,13 @@ def test_rollout_log_hook_returning_true_replaces_default_logging(tmp_path: Path
 
 def test_trainer_is_a_context_manager_and_close_is_idempotent(tmp_path: Path) -> None:
     model, tok = tiny_policy("unit", seed=0)
-    with Trainer(small_config(output_dir=str(tmp_path)), model=model, tokenizer=tok, dataset=ROWS,
-                 reward_model=addition_reward) as trainer:
+    with Trainer(
+        small_config(output_dir=str(tmp_path)),
+        model=model,
+        tokenizer=tok,
+        dataset=ROWS,
+        reward_model=addition_reward,
+    ) as trainer:
         trainer.step()
     trainer.close()  # a second close is harmless
     assert trainer._loop.loop.is_closed()

@@ -14,10 +14,14 @@ ROWS = {
     "deepscaler": [{"input": "1+1=", "label": "2"}, {"input": "2+2=", "label": "4"}],
     "dapo": [{"input": "1+1=", "label": "2"}, {"input": "2+2=", "label": "4"}],
     "f1": [{"input": "say hi", "label": "hi"}, {"input": "say yes", "label": "yes"}],
-    "gpqa": [{"input": "pick", "label": "A", "metadata": {"choices": ["x", "y", "z", "w"]}},
-             {"input": "pick", "label": "B", "metadata": {"choices": ["x", "y", "z", "w"]}}],
-    "ifbench": [{"input": "write", "metadata": {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}},
-                {"input": "write", "metadata": {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}}],
+    "gpqa": [
+        {"input": "pick", "label": "A", "metadata": {"choices": ["x", "y", "z", "w"]}},
+        {"input": "pick", "label": "B", "metadata": {"choices": ["x", "y", "z", "w"]}},
+    ],
+    "ifbench": [
+        {"input": "write", "metadata": {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}},
+        {"input": "write", "metadata": {"instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}},
+    ],
     "random": [{"input": "a", "label": "x"}, {"input": "b", "label": "y"}],
     "deterministic_random": [{"input": "a", "label": "x"}, {"input": "b", "label": "y"}],
 }
@@ -25,8 +29,13 @@ ROWS = {
 
 @pytest.mark.parametrize("rm_type", sorted(ROWS))
 def test_builtin_rm_type_in_fit(tmp_path: Path, rm_type: str) -> None:
-    cfg = small_config(output_dir=str(tmp_path), rm_type=rm_type, reward_key="score" if rm_type == "dapo" else None,
-                       reward_num_workers=0, label_key=None if rm_type == "ifbench" else "label")
+    cfg = small_config(
+        output_dir=str(tmp_path),
+        rm_type=rm_type,
+        reward_key="score" if rm_type == "dapo" else None,
+        reward_num_workers=0,
+        label_key=None if rm_type == "ifbench" else "label",
+    )
     result = run_steps({}, steps=1, config=cfg, dataset=ROWS[rm_type])
     samples = result.samples[0]
     assert samples and all(s.reward is not None for s in samples)

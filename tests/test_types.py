@@ -18,9 +18,16 @@ _json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10, 10), st.tex
 def any_sample(draw: st.DrawFn) -> Sample:
     prompt_len = draw(st.integers(0, 6))
     resp_len = draw(st.integers(0, 6))
-    tokens = draw(st.lists(st.integers(0, 300), min_size=prompt_len + resp_len, max_size=prompt_len + resp_len))
-    reward = draw(st.one_of(st.none(), st.floats(-5, 5, allow_nan=False),
-                            st.dictionaries(st.sampled_from(["score", "acc", "pred"]), _json_scalars, max_size=3)))
+    tokens = draw(
+        st.lists(st.integers(0, 300), min_size=prompt_len + resp_len, max_size=prompt_len + resp_len)
+    )
+    reward = draw(
+        st.one_of(
+            st.none(),
+            st.floats(-5, 5, allow_nan=False),
+            st.dictionaries(st.sampled_from(["score", "acc", "pred"]), _json_scalars, max_size=3),
+        )
+    )
     return Sample(
         group_index=draw(st.one_of(st.none(), st.integers(0, 100))),
         index=draw(st.one_of(st.none(), st.integers(0, 1000))),
@@ -30,9 +37,12 @@ def any_sample(draw: st.DrawFn) -> Sample:
         response_length=resp_len,
         label=draw(st.one_of(st.none(), st.text(max_size=5))),
         reward=reward,
-        loss_mask=draw(st.one_of(st.none(), st.lists(st.integers(0, 1), min_size=resp_len, max_size=resp_len))),
-        rollout_log_probs=draw(st.one_of(st.none(), st.lists(st.floats(-20, 0), min_size=resp_len,
-                                                              max_size=resp_len))),
+        loss_mask=draw(
+            st.one_of(st.none(), st.lists(st.integers(0, 1), min_size=resp_len, max_size=resp_len))
+        ),
+        rollout_log_probs=draw(
+            st.one_of(st.none(), st.lists(st.floats(-20, 0), min_size=resp_len, max_size=resp_len))
+        ),
         weight_versions=draw(st.lists(st.integers(0, 5), max_size=3)),
         status=draw(st.sampled_from(list(Sample.Status))),
         metadata=draw(st.dictionaries(st.text(max_size=4), _json_scalars, max_size=3)),

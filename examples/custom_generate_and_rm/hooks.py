@@ -29,7 +29,9 @@ async def generate(args: Config, sample: Sample, sampling_params: SamplingParams
             "examples.custom_generate_and_rm.hooks.generate: the RolloutContext has no tokenizer, which "
             "it needs to encode the answer cue"
         )
-    append_tokens(sample, tokenizer.encode(ANSWER_CUE, add_special_tokens=False), loss_mask_value=0, text=ANSWER_CUE)
+    append_tokens(
+        sample, tokenizer.encode(ANSWER_CUE, add_special_tokens=False), loss_mask_value=0, text=ANSWER_CUE
+    )
     # The cue counts against max_new_tokens; generate_with_engine gives the rest to this turn.
     return await generate_with_engine(args, sample, sampling_params)
 
@@ -65,7 +67,9 @@ async def reward_fn(args: Config, sample: Sample) -> float:
             f"{where} has no metadata['context'] (metadata keys: {sorted(sample.metadata)}); set --metadata-key"
         )
     if not isinstance(context, str):
-        raise TypeError(f"{where}: metadata['context'] is a {type(context).__name__}, expected the passage text")
+        raise TypeError(
+            f"{where}: metadata['context'] is a {type(context).__name__}, expected the passage text"
+        )
     answer = extract_answer(sample.response)
     f1 = f1_score(answer, sample.label)[0]
     return f1 if is_grounded(answer, context) else f1 * UNGROUNDED_FACTOR

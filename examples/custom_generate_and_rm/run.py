@@ -20,10 +20,16 @@ GENERATE_PATH = "examples.custom_generate_and_rm.hooks.generate"
 REWARD_PATH = "examples.custom_generate_and_rm.hooks.reward_fn"
 
 _PASSAGES = (
-    ("Ada Lovelace wrote the first published computer program in 1843.", "Who wrote the first program?",
-     "Ada Lovelace"),
-    ("The Amazon river flows through Brazil into the Atlantic Ocean.", "Which ocean does the Amazon reach?",
-     "Atlantic Ocean"),
+    (
+        "Ada Lovelace wrote the first published computer program in 1843.",
+        "Who wrote the first program?",
+        "Ada Lovelace",
+    ),
+    (
+        "The Amazon river flows through Brazil into the Atlantic Ocean.",
+        "Which ocean does the Amazon reach?",
+        "Atlantic Ocean",
+    ),
     ("Honey bees communicate the direction of flowers by dancing.", "How do bees communicate?", "by dancing"),
     ("The Eiffel Tower was finished in Paris in 1889.", "When was the Eiffel Tower finished?", "1889"),
 )
@@ -40,7 +46,11 @@ _SETTINGS: dict[str, Any] = {
 def dataset() -> list[dict[str, Any]]:
     """Reading-comprehension rows: prompt, label, and the passage in ``metadata.context``."""
     return [
-        {"input": f"Passage: {passage}\nQuestion: {question}\n", "label": answer, "metadata": {"context": passage}}
+        {
+            "input": f"Passage: {passage}\nQuestion: {question}\n",
+            "label": answer,
+            "metadata": {"context": passage},
+        }
         for passage, question, answer in _PASSAGES
     ]
 
@@ -52,20 +62,32 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return out
 
 
-def cli_argv(hf_checkpoint: str, prompt_data: str, output_dir: str, num_rollout: int, seed: int = 0) -> list[str]:
+def cli_argv(
+    hf_checkpoint: str, prompt_data: str, output_dir: str, num_rollout: int, seed: int = 0
+) -> list[str]:
     """The ``miles-sdk train`` command line of the worked example (both hooks given by path)."""
     argv = [
         "train",
-        "--hf-checkpoint", hf_checkpoint,
-        "--prompt-data", prompt_data,
-        "--label-key", "label",
-        "--custom-generate-function-path", GENERATE_PATH,
-        "--custom-rm-path", REWARD_PATH,
-        "--num-rollout", str(num_rollout),
-        "--output-dir", output_dir,
-        "--seed", str(seed),
-        "--device", "cpu",
-        "--lr", "1e-3",
+        "--hf-checkpoint",
+        hf_checkpoint,
+        "--prompt-data",
+        prompt_data,
+        "--label-key",
+        "label",
+        "--custom-generate-function-path",
+        GENERATE_PATH,
+        "--custom-rm-path",
+        REWARD_PATH,
+        "--num-rollout",
+        str(num_rollout),
+        "--output-dir",
+        output_dir,
+        "--seed",
+        str(seed),
+        "--device",
+        "cpu",
+        "--lr",
+        "1e-3",
         "--no-progress-bar",
     ]
     for key, value in _SETTINGS.items():
@@ -85,8 +107,12 @@ def _run_cli(opts: RunOptions) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train with both hooks, from Python (default) or through the CLI (``--cli``); returns 0."""
-    opts = parse_run_args(argv, name="custom_generate_and_rm", description=__doc__,
-                          switches={"cli": "run the launch through `miles-sdk train` flags"})
+    opts = parse_run_args(
+        argv,
+        name="custom_generate_and_rm",
+        description=__doc__,
+        switches={"cli": "run the launch through `miles-sdk train` flags"},
+    )
     if "cli" in opts.switches:
         return _run_cli(opts)
     config = tiny_config(opts, **_SETTINGS)

@@ -46,7 +46,10 @@ async def _generate_and_score(
     group = list(await asyncio.gather(*(one(s) for s in group)))
     # FAILED samples (the reward raised) come back without a reward; their group is dropped.
     await score_samples(
-        args, group, reward_fn=ctx.reward_fn, batched_reward_fn=ctx.batched_reward_fn if args.group_rm else None
+        args,
+        group,
+        reward_fn=ctx.reward_fn,
+        batched_reward_fn=ctx.batched_reward_fn if args.group_rm else None,
     )
     return group
 
@@ -70,10 +73,14 @@ async def best_of_n_rollout(
             break
         groups = data_source.get_samples(target - len(kept))
         if not groups:
-            raise RolloutError(f"best_of_n_rollout: the data source returned no groups in rollout {rollout_id}")
+            raise RolloutError(
+                f"best_of_n_rollout: the data source returned no groups in rollout {rollout_id}"
+            )
         counts["rollout/best_of_n/rounds"] += 1
         counts["rollout/best_of_n/groups_drawn"] += len(groups)
-        scored = await asyncio.gather(*(_generate_and_score(args, g, ctx, semaphore, rollout_id) for g in groups))
+        scored = await asyncio.gather(
+            *(_generate_and_score(args, g, ctx, semaphore, rollout_id) for g in groups)
+        )
         for group in scored:
             if any(s.reward is None for s in group):
                 counts["rollout/best_of_n/reward_failed_groups"] += 1

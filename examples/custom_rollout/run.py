@@ -15,10 +15,16 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Train on single-digit addition with the custom rollout function; returns 0."""
     opts = parse_run_args(argv, name="custom_rollout", description=__doc__)
-    config = tiny_config(opts, rollout_batch_size=2, n_samples_per_prompt=4, rollout_max_response_len=3,
-                         rollout_shuffle=True)
-    train_tiny(config, opts, dataset=make_addition_dataset(opts.seed), rollout_fn=best_of_n_rollout,
-               reward_model=addition_reward)
+    config = tiny_config(
+        opts, rollout_batch_size=2, n_samples_per_prompt=4, rollout_max_response_len=3, rollout_shuffle=True
+    )
+    train_tiny(
+        config,
+        opts,
+        dataset=make_addition_dataset(opts.seed),
+        rollout_fn=best_of_n_rollout,
+        reward_model=addition_reward,
+    )
     return 0
 
 

@@ -31,7 +31,9 @@ def build_config(opts: RunOptions) -> Config:
 def main(argv: Sequence[str] | None = None) -> int:
     """Train with the Dr.GRPO reducer on the demo's addition task; returns 0."""
     opts = parse_run_args(argv, name="dr_grpo", description=__doc__)
-    train_tiny(build_config(opts), opts, dataset=make_addition_dataset(opts.seed), reward_model=addition_reward)
+    train_tiny(
+        build_config(opts), opts, dataset=make_addition_dataset(opts.seed), reward_model=addition_reward
+    )
     return 0
 
 

@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Each prompt yields a solver and a critic sample: a rollout holds 2 * 2 * 2 = 8 samples, two
     # optimizer steps of the default global batch size (rollout_batch_size * n_samples_per_prompt).
-    train_tiny(config, opts, dataset=make_addition_dataset(opts.seed), generate_fn=generate, reward_model=reward_fn)
+    train_tiny(
+        config, opts, dataset=make_addition_dataset(opts.seed), generate_fn=generate, reward_model=reward_fn
+    )
     return 0
 
 

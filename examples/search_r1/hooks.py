@@ -91,7 +91,10 @@ async def generate(args: Config, sample: Sample, sampling_params: SamplingParams
         information = format_information([CORPUS[i] for i, _ in hits])
         sample.non_generation_time += time.perf_counter() - start
         append_tokens(
-            sample, tokenizer.encode(information, add_special_tokens=False), loss_mask_value=0, text=information
+            sample,
+            tokenizer.encode(information, add_special_tokens=False),
+            loss_mask_value=0,
+            text=information,
         )
     return sample
 

@@ -52,10 +52,17 @@ def noisy_engine(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Train with MIS and print the mismatch metrics of each step; returns 0."""
     opts = parse_run_args(argv, name="train_infer_mismatch", description=__doc__)
-    history = train_tiny(build_config(opts), opts, dataset=make_addition_dataset(opts.seed),
-                         engine_factory=noisy_engine, reward_model=addition_reward)
+    history = train_tiny(
+        build_config(opts),
+        opts,
+        dataset=make_addition_dataset(opts.seed),
+        engine_factory=noisy_engine,
+        reward_model=addition_reward,
+    )
     for step, metrics in enumerate(history):
-        shown = "  ".join(f"{k.removeprefix('train/')}={metrics.get(k, math.nan):.4f}" for k in MISMATCH_METRICS)
+        shown = "  ".join(
+            f"{k.removeprefix('train/')}={metrics.get(k, math.nan):.4f}" for k in MISMATCH_METRICS
+        )
         print(f"rollout {step}: {shown}")
     return 0
 

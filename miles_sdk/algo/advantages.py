@@ -24,7 +24,9 @@ __all__ = ["compute_advantages_and_returns", "normalize_advantages", "reverse_di
 _SCAN_CHUNK = 128
 
 
-def reverse_discounted_cumsum(x: torch.Tensor, discount: float, chunk_size: int = _SCAN_CHUNK) -> torch.Tensor:
+def reverse_discounted_cumsum(
+    x: torch.Tensor, discount: float, chunk_size: int = _SCAN_CHUNK
+) -> torch.Tensor:
     """``y[..., t] = sum_{k >= t} discount**(k - t) * x[..., k]`` along the last dimension.
 
     A chunked scan: inside a chunk it is one matrix product (parallel on a GPU), across chunks a
@@ -176,7 +178,9 @@ def compute_advantages_and_returns(
                 raise ValueError(f"ppo: {len(values)} values for {n} samples")
             for i, (v, m) in enumerate(zip(values, loss_masks, strict=True)):
                 if v.shape != m.shape:
-                    raise ValueError(f"ppo: sample {i} values {tuple(v.shape)} but loss_mask {tuple(m.shape)}")
+                    raise ValueError(
+                        f"ppo: sample {i} values {tuple(v.shape)} but loss_mask {tuple(m.shape)}"
+                    )
             return _gae(args, rewards, kl, loss_masks, values)
         raise ValueError(f"unknown advantage_estimator {est!r}")
 
@@ -198,7 +202,9 @@ def normalize_advantages(
         flat = torch.cat([a.detach() for a in advantages])
         mask = torch.cat([m.to(device=flat.device, dtype=flat.dtype) for m in loss_masks])
         if flat.shape != mask.shape:
-            raise ValueError(f"normalize_advantages: {flat.numel()} advantages but {mask.numel()} mask entries")
+            raise ValueError(
+                f"normalize_advantages: {flat.numel()} advantages but {mask.numel()} mask entries"
+            )
         count = mask.sum()
         if count == 0:
             return [a.detach().clone() for a in advantages]

@@ -113,7 +113,9 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         return grad_h, grad_weight, None, None, None, None
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, temperature: float) -> torch.Tensor:
+def _chunk_logits(
+    h: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, temperature: float
+) -> torch.Tensor:
     z = (h @ weight.t()).to(dtype)
     return z.div_(temperature) if temperature != 1.0 else z
 
@@ -177,7 +179,9 @@ def log_probs_and_entropy_from_logits(
     intermediates are recomputed in backward rather than kept for every chunk.
     """
     if logits.dim() != 2:
-        raise ValueError(f"log_probs_and_entropy_from_logits: logits must be [T, V], got {tuple(logits.shape)}")
+        raise ValueError(
+            f"log_probs_and_entropy_from_logits: logits must be [T, V], got {tuple(logits.shape)}"
+        )
     _check(logits.shape[0], targets, chunk_size, temperature, "log_probs_and_entropy_from_logits")
     targets = targets.long()
     grad = torch.is_grad_enabled() and logits.requires_grad

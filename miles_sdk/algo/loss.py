@@ -60,11 +60,15 @@ def _tensors(batch: Mapping[str, Any], key: str, *, like: torch.Tensor | None = 
     return out
 
 
-def _masks(batch: Mapping[str, Any], response_lengths: Sequence[int], device: torch.device) -> list[torch.Tensor]:
+def _masks(
+    batch: Mapping[str, Any], response_lengths: Sequence[int], device: torch.device
+) -> list[torch.Tensor]:
     masks = [m.to(device=device, dtype=torch.float32) for m in _tensors(batch, "loss_masks")]
     for i, (m, n) in enumerate(zip(masks, response_lengths, strict=True)):
         if m.numel() != n:
-            raise ValueError(f"compute_loss: loss_masks[{i}] has {m.numel()} entries, response_lengths says {n}")
+            raise ValueError(
+                f"compute_loss: loss_masks[{i}] has {m.numel()} entries, response_lengths says {n}"
+            )
     return masks
 
 
@@ -130,13 +134,17 @@ def _policy_loss(
     pg_reducer: LossReducer = reducer
     if needs_tis(args):
         if batch.get("rollout_log_probs") is None:
-            raise KeyError("compute_loss: use_tis/use_rs/get_mismatch_metrics need batch['rollout_log_probs']")
+            raise KeyError(
+                "compute_loss: use_tis/use_rs/get_mismatch_metrics need batch['rollout_log_probs']"
+            )
         rollout = _tensors(batch, "rollout_log_probs", like=cur)
         # The IS weight compares the trainer's *old* log-probs with the engine's; without stored
         # old log-probs (use_rollout_logprobs) the current ones stand in, detached.
-        train_old = _tensors(batch, "log_probs", like=cur) if batch.get("log_probs") is not None else [
-            lp.detach() for lp in log_probs
-        ]
+        train_old = (
+            _tensors(batch, "log_probs", like=cur)
+            if batch.get("log_probs") is not None
+            else [lp.detach() for lp in log_probs]
+        )
         fn: TISFn = tis_fn if tis_fn is not None else (mis_function if args.use_rs else vanilla_tis_function)
         pg_loss, pg_masks, tis_metrics = fn(
             args=args,
@@ -150,7 +158,10 @@ def _policy_loss(
         pg_masks = [m.to(device=device, dtype=torch.float32) for m in pg_masks]
         # Modified masks change the numerator only; denominators stay the original token counts.
         pg_reducer = get_sum_of_sample_mean(
-            total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss,
+            total_lengths,
+            response_lengths,
+            pg_masks,
+            args.calculate_per_token_loss,
             denominators=[m.sum() for m in masks],
         )
         n_tokens = sum(response_lengths)
@@ -191,11 +202,15 @@ def _policy_loss(
 
     if batch.get("rollout_log_probs") is not None and old_key != "rollout_log_probs":
         rollout_flat = _flat(_tensors(batch, "rollout_log_probs"), dtype, device)
-        metrics["train_rollout_logprob_abs_diff"] = reducer(_active_only((old_flat - rollout_flat).abs(), active))
+        metrics["train_rollout_logprob_abs_diff"] = reducer(
+            _active_only((old_flat - rollout_flat).abs(), active)
+        )
 
     loss = loss + _anchor(cur)
     metrics.update(
-        policy_ratio_metrics(ppo_kl, advantages, _flat(masks, dtype, device), args.eps_clip, eps_high, reducer)
+        policy_ratio_metrics(
+            ppo_kl, advantages, _flat(masks, dtype, device), args.eps_clip, eps_high, reducer
+        )
     )
     metrics.update(
         {
@@ -238,7 +253,9 @@ def compute_loss(
         device = log_probs[0].device if log_probs else torch.device("cpu")
         dtype = log_probs[0].dtype if log_probs else torch.float32
         masks = _masks(batch, response_lengths, device)
-        reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+        reducer = get_sum_of_sample_mean(
+            total_lengths, response_lengths, masks, args.calculate_per_token_loss
+        )
         cur = _flat(log_probs, dtype, device)
         loss = compute_sft_loss(cur, reducer) + _anchor(cur)
         return loss, {"loss": loss.detach()}
@@ -248,7 +265,9 @@ def compute_loss(
         device = values[0].device if values else torch.device("cpu")
         dtype = values[0].dtype if values else torch.float32
         masks = _masks(batch, response_lengths, device)
-        reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+        reducer = get_sum_of_sample_mean(
+            total_lengths, response_lengths, masks, args.calculate_per_token_loss
+        )
         cur = _flat(values, dtype, device)
         old = _flat(_tensors(batch, "values"), dtype, device)
         returns = _flat(_tensors(batch, "returns"), dtype, device)

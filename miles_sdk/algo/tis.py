@@ -63,7 +63,9 @@ def vanilla_tis_function(
     _check(train_log_probs, rollout_log_probs, loss_masks, "vanilla_tis_function")
     with torch.no_grad():
         train = torch.cat([t.detach() for t in train_log_probs]).to(pg_loss.dtype)
-        rollout = torch.cat([r.detach() for r in rollout_log_probs]).to(device=train.device, dtype=train.dtype)
+        rollout = torch.cat([r.detach() for r in rollout_log_probs]).to(
+            device=train.device, dtype=train.dtype
+        )
         ratio = torch.exp(safe_log_ratio(train - rollout))
         weights = ratio.clamp(args.tis_clip_low, args.tis_clip)
         metrics = {

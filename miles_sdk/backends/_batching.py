@@ -10,7 +10,14 @@ import torch
 __all__ = ["chunks", "chunks_of", "micro_batch", "micro_batches", "pad_tokens", "token_budget_chunks"]
 
 # Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
-PER_SAMPLE_TENSOR_KEYS = ("log_probs", "ref_log_probs", "rollout_log_probs", "advantages", "returns", "values")
+PER_SAMPLE_TENSOR_KEYS = (
+    "log_probs",
+    "ref_log_probs",
+    "rollout_log_probs",
+    "advantages",
+    "returns",
+    "values",
+)
 
 
 def pad_tokens(tokens: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +56,9 @@ def token_budget_chunks(items: list[int], lengths: list[int], max_tokens: int) -
         yield group
 
 
-def micro_batches(data: dict[str, Any], step_idx: list[int], *, micro_batch_size: int,
-                  max_tokens: int | None) -> Iterator[list[int]]:
+def micro_batches(
+    data: dict[str, Any], step_idx: list[int], *, micro_batch_size: int, max_tokens: int | None
+) -> Iterator[list[int]]:
     """Micro-batches of one optimizer step: by token budget when ``max_tokens`` is set, else by count."""
     if max_tokens is None:
         return chunks_of(step_idx, micro_batch_size)
@@ -68,7 +76,9 @@ def micro_batch(data: dict[str, Any], idx: list[int], device: torch.device) -> d
         "tokens": [torch.tensor(t, device=device) for t in tokens],
         "response_lengths": response_lengths,
         "total_lengths": [len(t) for t in tokens],
-        "loss_masks": [torch.as_tensor(data["loss_masks"][i], dtype=torch.float32, device=device) for i in idx],
+        "loss_masks": [
+            torch.as_tensor(data["loss_masks"][i], dtype=torch.float32, device=device) for i in idx
+        ],
         "rewards": [data["rewards"][i] for i in idx],
         "sample_indices": [data["sample_indices"][i] for i in idx],
     }

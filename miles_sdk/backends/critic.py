@@ -30,7 +30,9 @@ class _ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.body(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         out: torch.Tensor = self.value_head(hidden.float()).squeeze(-1)
         return out
 
@@ -41,8 +43,10 @@ class Critic:
     def __init__(self, args: Config, policy: nn.Module) -> None:
         get_decoder = getattr(policy, "get_decoder", None)
         if not callable(get_decoder):
-            raise TypeError(f"ppo needs a critic built from a transformers causal LM; {type(policy).__name__} "
-                            "has no get_decoder()")
+            raise TypeError(
+                f"ppo needs a critic built from a transformers causal LM; {type(policy).__name__} "
+                "has no get_decoder()"
+            )
         body = copy.deepcopy(get_decoder())
         hidden_size = int(getattr(getattr(policy, "config", None), "hidden_size", 0))
         if hidden_size <= 0:
@@ -51,14 +55,21 @@ class Critic:
         self.value_args = args.replace(loss_type="value_loss")
         self.device = next(policy.parameters()).device
         self.model = _ValueModel(body, hidden_size).to(self.device)
-        self.optim = PolicyOptimizer(args, list(self.model.parameters()), lr=args.critic_lr or args.lr,
-                                     master_weights=wants_master_weights(args, body))
+        self.optim = PolicyOptimizer(
+            args,
+            list(self.model.parameters()),
+            lr=args.critic_lr or args.lr,
+            master_weights=wants_master_weights(args, body),
+        )
 
     def values(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:
         """V(s_t) for each response token t (the state before t is generated), per sample."""
         input_ids, attention_mask = pad_tokens(tokens, self.device)
         out = self.model(input_ids, attention_mask)
-        return [out[i, len(seq) - r - 1 : len(seq) - 1] for i, (seq, r) in enumerate(zip(tokens, response_lengths))]
+        return [
+            out[i, len(seq) - r - 1 : len(seq) - 1]
+            for i, (seq, r) in enumerate(zip(tokens, response_lengths))
+        ]
 
     @torch.no_grad()
     def compute(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:

@@ -36,7 +36,10 @@ class PolicyOptimizer:
             self.masters = [p.detach().to(torch.float32).clone() for p in params]
         self.optimizer = torch.optim.AdamW(
             self.masters if self.masters is not None else params,
-            lr=lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps, weight_decay=args.weight_decay,
+            lr=lr,
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_eps,
+            weight_decay=args.weight_decay,
         )
 
     def zero_grad(self) -> None:

@@ -33,7 +33,6 @@ from miles_sdk.types import Metrics, TrainData
 __all__ = ["TorchBackend"]
 
 
-
 class TorchBackend:
     """Single-process torch backend. ``model`` is trained in place (the engine may share it)."""
 
@@ -63,8 +62,12 @@ class TorchBackend:
         enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
         if args.gradient_checkpointing and callable(enable_checkpointing):
             enable_checkpointing()
-        self.optim = PolicyOptimizer(args, [p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                     master_weights=wants_master_weights(args, model))
+        self.optim = PolicyOptimizer(
+            args,
+            [p for p in model.parameters() if p.requires_grad],
+            lr=args.lr,
+            master_weights=wants_master_weights(args, model),
+        )
         self.optimizer = self.optim.optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
         self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
@@ -83,8 +86,11 @@ class TorchBackend:
     def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded forward; returns the last hidden states [B, T, H] and the padded ids [B, T]."""
         input_ids, attention_mask = pad_tokens(tokens, self.device)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
             out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state, input_ids
 
@@ -94,15 +100,20 @@ class TorchBackend:
         hidden, input_ids = self._forward_hidden(model, tokens)
         # Position t predicts token t+1, so the response tokens [L-R, L) are scored at [L-R-1, L-1).
         rows = [
-            hidden[i, len(seq) - r - 1 : len(seq) - 1] for i, (seq, r) in enumerate(zip(tokens, response_lengths))
+            hidden[i, len(seq) - r - 1 : len(seq) - 1]
+            for i, (seq, r) in enumerate(zip(tokens, response_lengths))
         ]
         targets = [
             input_ids[i, len(seq) - r : len(seq)] for i, (seq, r) in enumerate(zip(tokens, response_lengths))
         ]
         weight = _lm_head(model).weight
         logp, entropy = log_probs_and_entropy(
-            torch.cat(rows), weight, torch.cat(targets),
-            temperature=self._temperature(), chunk_size=self.args.log_probs_chunk_size, with_entropy=with_entropy,
+            torch.cat(rows),
+            weight,
+            torch.cat(targets),
+            temperature=self._temperature(),
+            chunk_size=self.args.log_probs_chunk_size,
+            with_entropy=with_entropy,
         )
         logp_list = list(torch.split(logp, response_lengths))
         ent_list = list(torch.split(entropy, response_lengths)) if entropy is not None else None
@@ -121,7 +132,9 @@ class TorchBackend:
         try:
             for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
                 logp, _ = self._response_log_probs(
-                    model, [data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx],
+                    model,
+                    [data["tokens"][i] for i in idx],
+                    [data["response_lengths"][i] for i in idx],
                     with_entropy=False,
                 )
                 out.extend(t.float().cpu() for t in logp)
@@ -134,7 +147,11 @@ class TorchBackend:
             return None
         out: list[torch.Tensor] = []
         for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
-            out.extend(self.critic.compute([data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx]))
+            out.extend(
+                self.critic.compute(
+                    [data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx]
+                )
+            )
         return out
 
     # ---- training ------------------------------------------------------------------------------
@@ -156,16 +173,25 @@ class TorchBackend:
 
     def _optimizer_step(self, rollout_id: int, data: RolloutData, step_idx: list[int]) -> Metrics:
         if self.before_train_step_hook is not None:
-            self.before_train_step_hook(self.args, rollout_id, self.step_id, self._model, self.optimizer,
-                                        self.scheduler)
+            self.before_train_step_hook(
+                self.args, rollout_id, self.step_id, self._model, self.optimizer, self.scheduler
+            )
         metrics: Metrics = {}
         if self.critic is not None:
             critic = self.critic
-            metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, critic.micro_batch_loss,
-                                            critic.optim, prefix="critic_")
+            metrics |= _accumulate_and_step(
+                self.args,
+                data,
+                step_idx,
+                self.device,
+                critic.micro_batch_loss,
+                critic.optim,
+                prefix="critic_",
+            )
         if rollout_id >= self.args.num_critic_only_steps:
-            metrics |= _accumulate_and_step(self.args, data, step_idx, self.device, self._micro_batch_loss,
-                                            self.optim)
+            metrics |= _accumulate_and_step(
+                self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim
+            )
             self.scheduler.step()
         self.step_id += 1
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
@@ -175,20 +201,27 @@ class TorchBackend:
         args = self.args
         if args.loss_type == "custom_loss":
             if self.loss_fn is None:
-                raise RuntimeError("loss_type=custom_loss but no loss_fn / custom_loss_function_path was given")
+                raise RuntimeError(
+                    "loss_type=custom_loss but no loss_fn / custom_loss_function_path was given"
+                )
             from miles_sdk.algo import get_sum_of_sample_mean
 
             logits = self._packed_logits(batch)
-            reducer = get_sum_of_sample_mean(batch["total_lengths"], batch["response_lengths"], batch["loss_masks"],
-                                             args.calculate_per_token_loss)
+            reducer = get_sum_of_sample_mean(
+                batch["total_lengths"],
+                batch["response_lengths"],
+                batch["loss_masks"],
+                args.calculate_per_token_loss,
+            )
             loss, metrics = self.loss_fn(args, batch, logits, reducer)
             return loss, dict(metrics)
         with_entropy = args.entropy_coef != 0.0 or args.loss_type == "policy_loss"
         log_probs, entropy = self._response_log_probs(
             self._model, batch["unconcat_tokens_list"], batch["response_lengths"], with_entropy=with_entropy
         )
-        return compute_loss(args, batch, log_probs, entropy, None, tis_fn=self.tis_fn,
-                            pg_loss_reducer=self.pg_loss_reducer)
+        return compute_loss(
+            args, batch, log_probs, entropy, None, tis_fn=self.tis_fn, pg_loss_reducer=self.pg_loss_reducer
+        )
 
     def _packed_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Miles's packed layout: [1, sum(total_lengths), V] float32 logits."""
@@ -201,8 +234,11 @@ class TorchBackend:
     # ---- state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"model": self._model.state_dict(), "step_id": self.step_id,
-                                 "scheduler": self.scheduler.state_dict()}
+        state: dict[str, Any] = {
+            "model": self._model.state_dict(),
+            "step_id": self.step_id,
+            "scheduler": self.scheduler.state_dict(),
+        }
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
         if not self.args.no_save_optim:
@@ -235,7 +271,9 @@ def _decoder(model: nn.Module) -> Callable[..., Any]:
         decoder = get_decoder()
         if isinstance(decoder, nn.Module):
             return decoder
-    raise TypeError(f"{type(model).__name__} has no get_decoder(); the torch backend needs a transformers causal LM")
+    raise TypeError(
+        f"{type(model).__name__} has no get_decoder(); the torch backend needs a transformers causal LM"
+    )
 
 
 def _lm_head(model: nn.Module) -> nn.Linear:

@@ -54,7 +54,7 @@ def real_miles_importable() -> bool:
 
 
 def _shim_exists(shim_name: str) -> bool:
-    if any(part.startswith("_") for part in shim_name[len(SHIM_PACKAGE):].split(".") if part):
+    if any(part.startswith("_") for part in shim_name[len(SHIM_PACKAGE) :].split(".") if part):
         return False  # private helpers of the shim are not Miles modules
     try:
         return importlib.util.find_spec(shim_name) is not None
@@ -86,7 +86,7 @@ class MilesShimFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if not _is_alias_name(fullname):
             return None
-        shim_name = SHIM_PACKAGE + fullname[len(_ALIAS_ROOT):]
+        shim_name = SHIM_PACKAGE + fullname[len(_ALIAS_ROOT) :]
         if not _shim_exists(shim_name):
             raise ModuleNotFoundError(
                 f"No module named {fullname!r}: miles_sdk runs Miles hook files without Miles installed, "

@@ -50,15 +50,22 @@ def demo_config(output_dir: str, num_rollout: int, seed: int) -> Config:
     )
 
 
-def run_demo(output_dir: str, num_rollout: int = 500, seed: int = 0, min_rise: float = 0.4) -> tuple[float, float]:
+def run_demo(
+    output_dir: str, num_rollout: int = 500, seed: int = 0, min_rise: float = 0.4
+) -> tuple[float, float]:
     """Train and return (first rollout reward, mean of the last five)."""
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rows = make_addition_dataset(seed)
     model, tokenizer = tiny_policy("arithmetic", seed=seed)
     format_warmup(model, tokenizer, [r["input"] for r in rows], seed=seed)
-    trainer = Trainer(demo_config(output_dir, num_rollout, seed), model=model, tokenizer=tokenizer, dataset=rows,
-                      reward_model=addition_reward)
+    trainer = Trainer(
+        demo_config(output_dir, num_rollout, seed),
+        model=model,
+        tokenizer=tokenizer,
+        dataset=rows,
+        reward_model=addition_reward,
+    )
     try:
         history = trainer.fit()
     finally:
@@ -70,8 +77,11 @@ def run_demo(output_dir: str, num_rollout: int = 500, seed: int = 0, min_rise: f
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m miles_sdk.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m miles_sdk.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output-dir", default="outputs/demo")
     parser.add_argument("--num-rollout", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)

@@ -17,8 +17,9 @@ from torch import nn
 __all__ = ["format_warmup"]
 
 
-def format_warmup(model: nn.Module, tokenizer: Any, prompts: list[str], *, steps: int = 60, lr: float = 3e-3,
-                  seed: int = 0) -> float:
+def format_warmup(
+    model: nn.Module, tokenizer: Any, prompts: list[str], *, steps: int = 60, lr: float = 3e-3, seed: int = 0
+) -> float:
     """Train ``model`` on ``prompt -> random digit + EOS``; returns the final loss."""
     rng = random.Random(seed)
     device = next(model.parameters()).device
@@ -27,8 +28,13 @@ def format_warmup(model: nn.Module, tokenizer: Any, prompts: list[str], *, steps
     model.train()
     loss = torch.tensor(0.0)
     for _ in range(steps):
-        batch = [(tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(str(rng.randrange(10)),
-                  add_special_tokens=False) + [eos]) for p in rng.sample(prompts, k=min(32, len(prompts)))]
+        batch = [
+            (
+                tokenizer.encode(p, add_special_tokens=False),
+                tokenizer.encode(str(rng.randrange(10)), add_special_tokens=False) + [eos],
+            )
+            for p in rng.sample(prompts, k=min(32, len(prompts)))
+        ]
         width = max(len(p) + len(r) for p, r in batch)
         ids = torch.full((len(batch), width), eos, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)

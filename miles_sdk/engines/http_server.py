@@ -180,7 +180,9 @@ class EngineService:
         out = await self.engine.generate(ids, params)
         if out.text is None and self.tokenizer is not None:
             # SGLang's default is to skip special tokens in the returned text.
-            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=params.get("skip_special_tokens", True))
+            text = self.tokenizer.decode(
+                out.token_ids, skip_special_tokens=params.get("skip_special_tokens", True)
+            )
             out = attrs.evolve(out, text=text if isinstance(text, str) else "".join(text))
         return engine_output_to_reply(
             out,

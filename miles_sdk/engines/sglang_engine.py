@@ -51,7 +51,10 @@ class SGLangEngineLike(Protocol):
     ) -> dict[str, Any]: ...
 
     def update_weights_from_tensor(
-        self, named_tensors: Sequence[tuple[str, torch.Tensor]], load_format: str | None = None, flush_cache: bool = True
+        self,
+        named_tensors: Sequence[tuple[str, torch.Tensor]],
+        load_format: str | None = None,
+        flush_cache: bool = True,
     ) -> Any: ...
 
     def update_weights_from_disk(self, model_path: str, load_format: str | None = None) -> Any: ...
@@ -134,8 +137,10 @@ class SGLangEngine:
                 "or call update_weights_from_disk(path)"
             )
         named = [(name, tensor.detach()) for name, tensor in self._weights()]
-        _check_update(self.engine.update_weights_from_tensor(named_tensors=named, flush_cache=True),
-                      "update_weights_from_tensor")
+        _check_update(
+            self.engine.update_weights_from_tensor(named_tensors=named, flush_cache=True),
+            "update_weights_from_tensor",
+        )
         self._weight_version = self._weight_version + 1 if version is None else version
 
     def update_weights_from_disk(self, model_path: str, version: int | None = None) -> None:

@@ -90,7 +90,9 @@ class MetricsWriter:
         return self.output_dir / "metrics.jsonl" if self.output_dir else None
 
     def write(self, step: int, metrics: Metrics) -> None:
-        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        clean = {
+            k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
+        }
         if self._file is not None:
             self._file.write(json.dumps({"step": step, **clean}) + "\n")
             self._file.flush()
@@ -112,7 +114,9 @@ def _tensorboard_writer(args: Config, output_dir: Path | None) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise ImportError("use_tensorboard needs the `tensorboard` extra: pip install 'miles_sdk[tensorboard]'") from exc
+        raise ImportError(
+            "use_tensorboard needs the `tensorboard` extra: pip install 'miles_sdk[tensorboard]'"
+        ) from exc
     log_dir = (output_dir or Path("runs")) / "tensorboard" / (args.tb_project_name or "miles_sdk")
     return SummaryWriter(log_dir=str(log_dir))
 

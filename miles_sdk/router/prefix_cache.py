@@ -180,7 +180,9 @@ class PrefixCacheMiddleware:
 
     def __init__(self, *, max_cached_replies: int = 4096, max_tree_tokens: int | None = 1_000_000) -> None:
         if max_cached_replies < 0:
-            raise ValueError(f"PrefixCacheMiddleware: max_cached_replies must be >= 0, got {max_cached_replies}")
+            raise ValueError(
+                f"PrefixCacheMiddleware: max_cached_replies must be >= 0, got {max_cached_replies}"
+            )
         self.tree = RadixTree(max_tree_tokens)
         self.stats = PrefixCacheStats()
         self._max = max_cached_replies

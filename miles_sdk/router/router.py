@@ -31,7 +31,15 @@ from miles_sdk.hooks import RouterMiddleware, RouterRequest, RouterResponse
 from miles_sdk.rollout.context import TokenizerLike
 from miles_sdk.router._workers import EngineWorker, UpstreamError, UrlWorker, Worker, WorkerDown
 
-__all__ = ["ROUTE_TO", "NoHealthyWorkerError", "Router", "RouterError", "SupportsInvalidate", "UpstreamError", "WorkerStatus"]
+__all__ = [
+    "ROUTE_TO",
+    "NoHealthyWorkerError",
+    "Router",
+    "RouterError",
+    "SupportsInvalidate",
+    "UpstreamError",
+    "WorkerStatus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +130,9 @@ class Router:
         if isinstance(engine, str):
             worker: Worker = UrlWorker(engine, self._get_session, self._health_timeout, self._request_timeout)
         elif isinstance(engine, InferenceEngine):
-            worker = EngineWorker(f"engine-{len(self._workers)}:{type(engine).__name__}", engine, self.tokenizer)
+            worker = EngineWorker(
+                f"engine-{len(self._workers)}:{type(engine).__name__}", engine, self.tokenizer
+            )
         else:
             raise TypeError(f"Router: engine {engine!r} is neither a URL string nor an InferenceEngine")
         for existing in self._workers:
@@ -134,7 +144,10 @@ class Router:
     @property
     def workers(self) -> list[WorkerStatus]:
         """Every engine, in the order added."""
-        return [WorkerStatus(w.name, w.healthy, w.active, w.requests, w.failures, w.last_error) for w in self._workers]
+        return [
+            WorkerStatus(w.name, w.healthy, w.active, w.requests, w.failures, w.last_error)
+            for w in self._workers
+        ]
 
     # -- routing -----------------------------------------------------------------------------------
 
@@ -146,7 +159,9 @@ class Router:
             call = _bind(middleware, call)
         return await call(request)
 
-    async def forward(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> tuple[int, object]:
+    async def forward(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> tuple[int, object]:
         """Send a non-generate request to the least-busy healthy engine."""
         tried: set[Worker] = set()
         while True:
@@ -157,8 +172,11 @@ class Router:
                 self._record_failure(worker, str(e))
                 tried.add(worker)
 
-    async def broadcast(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, object]:
+    async def broadcast(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, object]:
         """Send a request to every healthy engine; name -> (status, body) or the error text."""
+
         async def one(w: Worker) -> object:
             try:
                 return await w.call(method, path, body)
@@ -208,9 +226,13 @@ class Router:
     def _pick(self, exclude: set[Worker]) -> Worker:
         candidates = [w for w in self._workers if w.healthy and w not in exclude]
         if not candidates:
-            detail = "; ".join(f"{w.name}: {'tried' if w in exclude else 'out of rotation'} ({w.last_error})"
-                               for w in self._workers)
-            raise NoHealthyWorkerError(f"Router: no healthy engine for this request [{detail or 'no engines'}]")
+            detail = "; ".join(
+                f"{w.name}: {'tried' if w in exclude else 'out of rotation'} ({w.last_error})"
+                for w in self._workers
+            )
+            raise NoHealthyWorkerError(
+                f"Router: no healthy engine for this request [{detail or 'no engines'}]"
+            )
         # min() keeps the first on ties, so an idle router fills engines in the order given.
         return min(candidates, key=lambda w: w.active)
 
@@ -219,8 +241,12 @@ class Router:
         worker.last_error = error
         if worker.healthy and worker.failures >= self.failure_threshold:
             worker.healthy = False
-            logger.warning("Router: %s failed %d times in a row; out of rotation (%s)", worker.name,
-                           worker.failures, error)
+            logger.warning(
+                "Router: %s failed %d times in a row; out of rotation (%s)",
+                worker.name,
+                worker.failures,
+                error,
+            )
 
     # -- health ------------------------------------------------------------------------------------
 
@@ -234,7 +260,9 @@ class Router:
             worker.failures = 0
             if not worker.healthy:
                 worker.healthy = True
-                self._pending_version = self._weight_version if self._pending_version is None else self._pending_version
+                self._pending_version = (
+                    self._weight_version if self._pending_version is None else self._pending_version
+                )
                 logger.warning("Router: %s is healthy again; back in rotation", worker.name)
         return {w.name: w.healthy for w in self._workers}
 

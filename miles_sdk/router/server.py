@@ -87,19 +87,32 @@ def build_router_app(router: Router) -> web.Application:
 
     async def list_workers(_: web.Request, __: Mapping[str, Any]) -> web.StreamResponse:
         workers = router.workers
-        return web.json_response({
-            "urls": [w.name for w in workers],
-            "workers": [
-                {"url": w.name, "healthy": w.healthy, "active": w.active, "requests": w.requests,
-                 "failures": w.failures, "last_error": w.last_error}
-                for w in workers
-            ],
-        })
+        return web.json_response(
+            {
+                "urls": [w.name for w in workers],
+                "workers": [
+                    {
+                        "url": w.name,
+                        "healthy": w.healthy,
+                        "active": w.active,
+                        "requests": w.requests,
+                        "failures": w.failures,
+                        "last_error": w.last_error,
+                    }
+                    for w in workers
+                ],
+            }
+        )
 
     async def add_worker(request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
-        url = request.query.get("url") or request.query.get("worker_url") or body.get("url") or body.get("worker_url")
+        url = (
+            request.query.get("url")
+            or request.query.get("worker_url")
+            or body.get("url")
+            or body.get("worker_url")
+        )
         if not isinstance(url, str) or not url:
-            return _error(400, "worker url is required (?url=... or {\"url\": ...})")
+            return _error(400, 'worker url is required (?url=... or {"url": ...})')
         router.add_worker(url)
         return web.json_response({"status": "success", "worker_urls": [w.name for w in router.workers]})
 

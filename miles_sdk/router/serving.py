@@ -84,8 +84,12 @@ async def serve_rollout(
         if not use_router:
             client = HttpEngine(url, tokenizer=tokenizer, max_connections=args.sglang_server_concurrency)
             return RolloutServing(engine=client, args=args, http_engine=client)
-        router = Router([url], middlewares=middlewares, tokenizer=tokenizer,
-                        max_connections=args.sglang_server_concurrency)
+        router = Router(
+            [url],
+            middlewares=middlewares,
+            tokenizer=tokenizer,
+            max_connections=args.sglang_server_concurrency,
+        )
         server = await start_router_server(router, host, 0)
         return RolloutServing(engine=router, args=_pointing_at(args, server), server=server, router=router)
 

@@ -35,8 +35,15 @@ class StepsResult:
 def small_config(**overrides: Any) -> Config:
     """A valid Config sized for the CPU: 2 prompts x 2 samples, 4 new tokens, one optimizer step."""
     base: dict[str, Any] = {
-        "rollout_batch_size": 2, "n_samples_per_prompt": 2, "rollout_max_response_len": 4, "label_key": "label",
-        "lr": 1e-4, "device": "cpu", "progress_bar": False, "micro_batch_size": 2, "max_engine_batch_size": 8,
+        "rollout_batch_size": 2,
+        "n_samples_per_prompt": 2,
+        "rollout_max_response_len": 4,
+        "label_key": "label",
+        "lr": 1e-4,
+        "device": "cpu",
+        "progress_bar": False,
+        "micro_batch_size": 2,
+        "max_engine_batch_size": 8,
     }
     base.update(overrides)
     return Config(**base)

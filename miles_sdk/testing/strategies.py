@@ -54,7 +54,9 @@ def _size(draw: st.DrawFn, value: int | st.SearchStrategy[int] | None, low: int,
 
 def _mask(n: int) -> st.SearchStrategy[list[int]]:
     # All-zero and all-one masks are the edge cases reducers get wrong; draw them on purpose.
-    return st.one_of(st.just([1] * n), st.just([0] * n), st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n))
+    return st.one_of(
+        st.just([1] * n), st.just([0] * n), st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n)
+    )
 
 
 @st.composite
@@ -78,7 +80,9 @@ def samples(
     ``with_loss_mask=None`` draws either an explicit mask (possibly all zeros) or None.
     ``scored=False`` leaves ``reward`` None. The sample passes :meth:`Sample.validate`.
     """
-    prompt_text = prompt if prompt is not None else draw(st.text(_ALPHABET, min_size=1, max_size=max_prompt_len))
+    prompt_text = (
+        prompt if prompt is not None else draw(st.text(_ALPHABET, min_size=1, max_size=max_prompt_len))
+    )
     response = draw(st.text(_ALPHABET, min_size=min_response_len, max_size=max_response_len))
     n = len(response)
     has_mask = draw(st.booleans()) if with_loss_mask is None else with_loss_mask
@@ -224,8 +228,10 @@ def masked_token_tensors(
     """
     k = _size(draw, batch_size, 1, 6)
     if k < 1 or min_len < 1 or max_len < min_len:
-        raise ValueError(f"masked_token_tensors: need batch_size >= 1 and 1 <= min_len <= max_len, "
-                         f"got {k}, {min_len}, {max_len}")
+        raise ValueError(
+            f"masked_token_tensors: need batch_size >= 1 and 1 <= min_len <= max_len, "
+            f"got {k}, {min_len}, {max_len}"
+        )
     elems = elements if elements is not None else st.floats(-10.0, 10.0, allow_nan=False, width=32)
     lengths = [draw(st.one_of(st.just(min_len), st.integers(min_len, max_len))) for _ in range(k)]
 

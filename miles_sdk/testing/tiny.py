@@ -43,8 +43,19 @@ TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_respons
 # Words merged into single tokens: they recur in every chat-rendered prompt, and shorter prompts
 # make the CPU demo faster. Digits stay one token each so arithmetic stays learnable.
 _MERGED_WORDS = (
-    "user", "assistant", "system", "tool", "Answer", "answer", "What", " is", " the", " of",
-    "Question", " =", " +",
+    "user",
+    "assistant",
+    "system",
+    "tool",
+    "Answer",
+    "answer",
+    "What",
+    " is",
+    " the",
+    " of",
+    "Question",
+    " =",
+    " +",
 )
 
 TINY_CHAT_TEMPLATE = (
@@ -55,7 +66,7 @@ TINY_CHAT_TEMPLATE = (
     "{% if messages[0].role == 'system' %}{{ messages[0].content + '\n\n' }}{% endif %}"
     "{{ '# Tools\n\nYou may call one or more functions. Available functions:\n<tools>' }}"
     "{% for tool in tools %}{{ '\n' + (tool | tojson) }}{% endfor %}"
-    "{{ '\n</tools>\n\nCall a function as <tool_call>\n{\"name\": <name>, \"arguments\": <args-json>}\n"
+    '{{ \'\n</tools>\n\nCall a function as <tool_call>\n{"name": <name>, "arguments": <args-json>}\n'
     "</tool_call><|im_end|>\n' }}"
     "{% elif messages[0].role == 'system' %}"
     "{{ '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}"
@@ -75,7 +86,7 @@ TINY_CHAT_TEMPLATE = (
     "{% for call in message.tool_calls %}"
     "{% set fn = call.function if call.function is defined else call %}"
     "{% if (message.content is string and message.content) or not loop.first %}{{ '\n' }}{% endif %}"
-    "{{ '<tool_call>\n{\"name\": \"' + fn.name + '\", \"arguments\": ' }}"
+    '{{ \'<tool_call>\n{"name": "\' + fn.name + \'", "arguments": \' }}'
     "{% if fn.arguments is string %}{{ fn.arguments }}{% else %}{{ fn.arguments | tojson }}{% endif %}"
     "{{ '}\n</tool_call>' }}"
     "{% endfor %}"
@@ -161,10 +172,16 @@ TINY_PRESETS: dict[str, TinyPreset] = {
     # Unit tests: fastest possible forward pass; it cannot learn much.
     "unit": TinyPreset(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64),
     # The CPU demo: small enough for 2 cores, big enough to learn short arithmetic.
-    "arithmetic": TinyPreset(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192),
+    "arithmetic": TinyPreset(
+        hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=192
+    ),
     # GPU smoke runs and benchmarks of the loop itself.
     "small": TinyPreset(
-        hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4, intermediate_size=768,
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        num_kv_heads=4,
+        intermediate_size=768,
         max_position_embeddings=2048,
     ),
 }

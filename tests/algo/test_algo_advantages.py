@@ -13,9 +13,14 @@ from miles_sdk.config import Config
 T = torch.tensor
 
 
-def _run(args: Config, rewards: list[float], lps: list[torch.Tensor], refs: list[torch.Tensor] | None,
-         masks: list[torch.Tensor], values: list[torch.Tensor] | None = None
-         ) -> tuple[list[list[float]], list[list[float]]]:
+def _run(
+    args: Config,
+    rewards: list[float],
+    lps: list[torch.Tensor],
+    refs: list[torch.Tensor] | None,
+    masks: list[torch.Tensor],
+    values: list[torch.Tensor] | None = None,
+) -> tuple[list[list[float]], list[list[float]]]:
     adv, ret = compute_advantages_and_returns(
         args, rewards=rewards, log_probs=lps, ref_log_probs=refs, loss_masks=masks, values=values
     )
@@ -23,7 +28,9 @@ def _run(args: Config, rewards: list[float], lps: list[torch.Tensor], refs: list
 
 
 def test_grpo_broadcasts_reward() -> None:
-    adv, ret = _run(Config(), [0.5, -1.0], [torch.zeros(3), torch.zeros(2)], None, [torch.ones(3), torch.ones(2)])
+    adv, ret = _run(
+        Config(), [0.5, -1.0], [torch.zeros(3), torch.zeros(2)], None, [torch.ones(3), torch.ones(2)]
+    )
     assert adv == [[0.5] * 3, [-1.0] * 2]
     assert ret == adv
 
@@ -92,18 +99,28 @@ def _naive_gae(r: list[float], v: list[float], gamma: float, lam: float) -> list
 
 @settings(max_examples=40, deadline=None)
 @given(st.data(), st.floats(0, 1), st.floats(0, 1))
-def test_gae_matches_reference_on_trainable_subsequence(data: st.DataObject, gamma: float, lam: float) -> None:
+def test_gae_matches_reference_on_trainable_subsequence(
+    data: st.DataObject, gamma: float, lam: float
+) -> None:
     args = Config(advantage_estimator="ppo", gamma=gamma, lambd=lam)
     n = data.draw(st.integers(1, 3))
     lens = data.draw(st.lists(st.integers(1, 12), min_size=n, max_size=n))
     rewards = data.draw(st.lists(st.floats(-2, 2), min_size=n, max_size=n))
-    masks = [torch.tensor(data.draw(st.lists(st.integers(0, 1), min_size=k, max_size=k)), dtype=torch.float64)
-             for k in lens]
-    values = [torch.tensor(data.draw(st.lists(st.floats(-2, 2), min_size=k, max_size=k)), dtype=torch.float64)
-              for k in lens]
+    masks = [
+        torch.tensor(data.draw(st.lists(st.integers(0, 1), min_size=k, max_size=k)), dtype=torch.float64)
+        for k in lens
+    ]
+    values = [
+        torch.tensor(data.draw(st.lists(st.floats(-2, 2), min_size=k, max_size=k)), dtype=torch.float64)
+        for k in lens
+    ]
     adv, ret = compute_advantages_and_returns(
-        args, rewards=rewards, log_probs=[torch.zeros(k) for k in lens], ref_log_probs=None,
-        loss_masks=masks, values=values,
+        args,
+        rewards=rewards,
+        log_probs=[torch.zeros(k) for k in lens],
+        ref_log_probs=None,
+        loss_masks=masks,
+        values=values,
     )
     for i in range(n):
         idx = masks[i].nonzero().flatten().tolist()
@@ -124,7 +141,12 @@ def test_gae_gamma_lambda_one_zero_values_is_return_to_go(lens: list[int], data:
     masks = [torch.ones(k) for k in lens]
     rpp_args = Config(advantage_estimator="reinforce_plus_plus", gamma=1.0)
     ppo_args = Config(advantage_estimator="ppo", gamma=1.0, lambd=1.0)
-    kw = {"rewards": rewards, "log_probs": [torch.zeros(k) for k in lens], "ref_log_probs": None, "loss_masks": masks}
+    kw = {
+        "rewards": rewards,
+        "log_probs": [torch.zeros(k) for k in lens],
+        "ref_log_probs": None,
+        "loss_masks": masks,
+    }
     ppo, _ = compute_advantages_and_returns(ppo_args, values=[torch.zeros(k) for k in lens], **kw)  # type: ignore[arg-type]
     rpp, _ = compute_advantages_and_returns(rpp_args, **kw)  # type: ignore[arg-type]
     for a, b, r in zip(ppo, rpp, rewards):

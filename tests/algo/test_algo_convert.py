@@ -11,8 +11,13 @@ from miles_sdk.types import Sample
 
 def _sample(i: int, group: int, reward: float = 1.0, n_resp: int = 2, **kw: object) -> Sample:
     return Sample(
-        index=i, group_index=group, tokens=[1, 2, 3] + list(range(10, 10 + n_resp)), response_length=n_resp,
-        reward=reward, status=Sample.Status.COMPLETED, **kw,  # type: ignore[arg-type]
+        index=i,
+        group_index=group,
+        tokens=[1, 2, 3] + list(range(10, 10 + n_resp)),
+        response_length=n_resp,
+        reward=reward,
+        status=Sample.Status.COMPLETED,
+        **kw,  # type: ignore[arg-type]
     )
 
 
@@ -44,7 +49,13 @@ def test_required_keys_and_values() -> None:
     assert data["truncated"] == [0, 1]
     assert data["sample_indices"] == [0, 1]
     assert data["loss_masks"] == [[1, 1], [1, 0]]
-    for key in ("rollout_log_probs", "teacher_log_probs", "metadata", "multimodal_train_inputs", "round_number"):
+    for key in (
+        "rollout_log_probs",
+        "teacher_log_probs",
+        "metadata",
+        "multimodal_train_inputs",
+        "round_number",
+    ):
         assert key not in data
 
 
@@ -60,8 +71,14 @@ def test_removed_sample_has_zero_mask_but_counts_in_normalisation() -> None:
 
 def test_optional_keys_when_present() -> None:
     args = Config(n_samples_per_prompt=2)
-    a = _sample(0, 0, rollout_log_probs=[-0.1, -0.2], teacher_log_probs=[-1.0, -2.0],
-                train_metadata={"k": 1}, weight_versions=[3, 4])
+    a = _sample(
+        0,
+        0,
+        rollout_log_probs=[-0.1, -0.2],
+        teacher_log_probs=[-1.0, -2.0],
+        train_metadata={"k": 1},
+        weight_versions=[3, 4],
+    )
     b = _sample(1, 0, rollout_log_probs=[-0.3, -0.4], teacher_log_probs=[-3.0, -4.0], weight_versions=[5])
     b.multimodal_train_inputs = {"pixel_values": [1]}
     data = convert_samples_to_train_data(args, [a, b])

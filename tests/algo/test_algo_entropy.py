@@ -8,12 +8,16 @@ import torch
 from miles_sdk.algo import log_probs_and_entropy, log_probs_and_entropy_from_logits
 
 
-def _plain(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _plain(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     logp = torch.log_softmax(logits.double() / temperature, dim=-1)
     return logp.gather(-1, targets[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
-def _data(t: int = 11, h: int = 6, v: int = 13, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _data(
+    t: int = 11, h: int = 6, v: int = 13, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(t, h, generator=g, dtype=torch.float64)
     weight = torch.randn(v, h, generator=g, dtype=torch.float64)
@@ -26,7 +30,9 @@ def _data(t: int = 11, h: int = 6, v: int = 13, seed: int = 0) -> tuple[torch.Te
 def test_hidden_variant_matches_plain_values_and_grads(chunk: int, temperature: float) -> None:
     hidden, weight, targets = _data()
     h1, w1 = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
-    lp, ent = log_probs_and_entropy(h1, w1, targets, temperature=temperature, chunk_size=chunk, with_entropy=True)
+    lp, ent = log_probs_and_entropy(
+        h1, w1, targets, temperature=temperature, chunk_size=chunk, with_entropy=True
+    )
     assert ent is not None
     h2, w2 = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
     lp_ref, ent_ref = _plain(h2 @ w2.t(), targets, temperature)
@@ -53,7 +59,9 @@ def test_gradcheck_float64() -> None:
 
 def test_without_entropy_and_fp32_output_for_bf16() -> None:
     hidden, weight, targets = _data()
-    lp, ent = log_probs_and_entropy(hidden.bfloat16(), weight.bfloat16(), targets, chunk_size=4, with_entropy=False)
+    lp, ent = log_probs_and_entropy(
+        hidden.bfloat16(), weight.bfloat16(), targets, chunk_size=4, with_entropy=False
+    )
     assert ent is None and lp.dtype == torch.float32
     ref, _ = _plain(hidden @ weight.t(), targets, 1.0)
     assert torch.allclose(lp.double(), ref, atol=0.3)  # bf16 inputs, fp32 softmax
@@ -73,7 +81,9 @@ def test_only_hidden_needs_grad() -> None:
 def test_from_logits_matches_plain(chunk: int) -> None:
     hidden, weight, targets = _data()
     logits = (hidden @ weight.t()).requires_grad_(True)
-    lp, ent = log_probs_and_entropy_from_logits(logits, targets, temperature=1.3, chunk_size=chunk, with_entropy=True)
+    lp, ent = log_probs_and_entropy_from_logits(
+        logits, targets, temperature=1.3, chunk_size=chunk, with_entropy=True
+    )
     assert ent is not None
     ref_logits = logits.detach().clone().requires_grad_(True)
     lp_ref, ent_ref = _plain(ref_logits, targets, 1.3)
@@ -93,5 +103,6 @@ def test_empty_and_bad_inputs() -> None:
     with pytest.raises(ValueError, match=r"\[T, H\] and \[V, H\]"):
         log_probs_and_entropy(torch.zeros(2, 4), w, torch.zeros(2, dtype=torch.long), with_entropy=False)
     with pytest.raises(ValueError, match="chunk_size"):
-        log_probs_and_entropy_from_logits(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), chunk_size=0,
-                                          with_entropy=False)
+        log_probs_and_entropy_from_logits(
+            torch.zeros(2, 5), torch.zeros(2, dtype=torch.long), chunk_size=0, with_entropy=False
+        )

@@ -31,8 +31,10 @@ def _batch(**extra: Any) -> dict[str, Any]:
 
 
 def _cur(shift: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> list[torch.Tensor]:
-    return [T([-1.0 + shift[0], -1.0 + shift[1]], dtype=F64).requires_grad_(True),
-            T([-0.5 + shift[2]], dtype=F64).requires_grad_(True)]
+    return [
+        T([-1.0 + shift[0], -1.0 + shift[1]], dtype=F64).requires_grad_(True),
+        T([-0.5 + shift[2]], dtype=F64).requires_grad_(True),
+    ]
 
 
 def test_plain_policy_loss_by_hand() -> None:
@@ -100,9 +102,17 @@ def test_mismatch_metrics_alone_do_not_reweight() -> None:
 
 
 def test_custom_tis_masks_change_numerator_only() -> None:
-    def drop_first(*, args: Config, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
-                   rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor],
-                   total_lengths: list[int], response_lengths: list[int], **kwargs: Any) -> TISResult:
+    def drop_first(
+        *,
+        args: Config,
+        pg_loss: torch.Tensor,
+        train_log_probs: list[torch.Tensor],
+        rollout_log_probs: list[torch.Tensor],
+        loss_masks: list[torch.Tensor],
+        total_lengths: list[int],
+        response_lengths: list[int],
+        **kwargs: Any,
+    ) -> TISResult:
         masks = [m.clone() for m in loss_masks]
         masks[0][0] = 0
         return pg_loss, masks, {"dropped": torch.full_like(pg_loss, 0.5)}
@@ -115,9 +125,13 @@ def test_custom_tis_masks_change_numerator_only() -> None:
 
 
 def test_masked_tokens_get_zero_gradient_even_with_nan() -> None:
-    batch = _batch(loss_masks=[T([1, 0]), T([1])], advantages=[T([1.0, math.nan], dtype=F64), T([-2.0], dtype=F64)])
+    batch = _batch(
+        loss_masks=[T([1, 0]), T([1])], advantages=[T([1.0, math.nan], dtype=F64), T([-2.0], dtype=F64)]
+    )
     cur = _cur()
-    loss, _ = compute_loss(Config(entropy_coef=0.01), batch, cur, [T([1.0, math.nan], dtype=F64), T([2.0], dtype=F64)])
+    loss, _ = compute_loss(
+        Config(entropy_coef=0.01), batch, cur, [T([1.0, math.nan], dtype=F64), T([2.0], dtype=F64)]
+    )
     torch.autograd.backward([loss])
     assert cur[0].grad is not None and cur[1].grad is not None
     assert cur[0].grad[1].item() == 0.0
@@ -126,8 +140,15 @@ def test_masked_tokens_get_zero_gradient_even_with_nan() -> None:
 
 
 def test_gradcheck_full_policy_loss() -> None:
-    args = Config(entropy_coef=0.0, use_kl_loss=True, kl_loss_coef=0.3, kl_loss_type="k3", use_tis=True,
-                  eps_clip=0.2, eps_clip_high=0.3)
+    args = Config(
+        entropy_coef=0.0,
+        use_kl_loss=True,
+        kl_loss_coef=0.3,
+        kl_loss_type="k3",
+        use_tis=True,
+        eps_clip=0.2,
+        eps_clip_high=0.3,
+    )
     rollout = [T([-1.1, -0.8], dtype=F64), T([-0.6], dtype=F64)]
     ref = [T([-1.3, -0.9], dtype=F64), T([-0.2], dtype=F64)]
     batch = _batch(rollout_log_probs=rollout, ref_log_probs=ref)
@@ -164,8 +185,10 @@ def test_sft_and_value_loss() -> None:
     loss, m = compute_loss(Config(loss_type="sft_loss"), _batch(), _cur(), None)
     assert loss.item() == pytest.approx((1.0 + 0.5) / 2) and set(m) == {"loss"}
     values = [T([0.5, 0.1], dtype=F64, requires_grad=True), T([0.0], dtype=F64, requires_grad=True)]
-    batch = _batch(values=[T([0.0, 0.0], dtype=F64), T([0.0], dtype=F64)],
-                   returns=[T([1.0, -1.0], dtype=F64), T([0.0], dtype=F64)])
+    batch = _batch(
+        values=[T([0.0, 0.0], dtype=F64), T([0.0], dtype=F64)],
+        returns=[T([1.0, -1.0], dtype=F64), T([0.0], dtype=F64)],
+    )
     loss, m = compute_loss(Config(loss_type="value_loss"), batch, _cur(), None, values)
     assert loss.item() == pytest.approx(((0.64 + 1.21) / 2 + 0.0) / 2)
     assert m["value_clipfrac"].item() == pytest.approx(0.25)
@@ -198,12 +221,23 @@ def test_masked_tokens_never_get_gradient(data: st.DataObject, est: str, per_tok
 
     masks = [T(data.draw(st.lists(st.integers(0, 1), min_size=k, max_size=k))) for k in lens]
     batch = {
-        "response_lengths": lens, "total_lengths": [k + 2 for k in lens], "loss_masks": masks,
-        "advantages": [vec(k, st.floats(-2, 2)) for k in lens], "log_probs": [vec(k) for k in lens],
-        "ref_log_probs": [vec(k) for k in lens], "rollout_log_probs": [vec(k) for k in lens],
+        "response_lengths": lens,
+        "total_lengths": [k + 2 for k in lens],
+        "loss_masks": masks,
+        "advantages": [vec(k, st.floats(-2, 2)) for k in lens],
+        "log_probs": [vec(k) for k in lens],
+        "ref_log_probs": [vec(k) for k in lens],
+        "rollout_log_probs": [vec(k) for k in lens],
     }
-    args = Config(advantage_estimator=est, calculate_per_token_loss=per_token, entropy_coef=0.01,  # type: ignore[arg-type]
-                  use_kl_loss=True, kl_loss_coef=0.1, kl_loss_type="low_var_kl", use_tis=True)
+    args = Config(
+        advantage_estimator=est,
+        calculate_per_token_loss=per_token,
+        entropy_coef=0.01,  # type: ignore[arg-type]
+        use_kl_loss=True,
+        kl_loss_coef=0.1,
+        kl_loss_type="low_var_kl",
+        use_tis=True,
+    )
     cur = [vec(k).requires_grad_(True) for k in lens]
     ent = [vec(k, st.floats(0, 3)).requires_grad_(True) for k in lens]
     loss, _ = compute_loss(args, batch, cur, ent)

@@ -34,7 +34,9 @@ def test_clip_cases_by_hand() -> None:
 
 
 def test_dual_clip_bounds_negative_advantages() -> None:
-    pg, _ = compute_policy_loss(_kl([5.0, 5.0]), T([-1.0, 1.0], dtype=torch.float64), 0.2, 0.2, eps_clip_c=3.0)
+    pg, _ = compute_policy_loss(
+        _kl([5.0, 5.0]), T([-1.0, 1.0], dtype=torch.float64), 0.2, 0.2, eps_clip_c=3.0
+    )
     # A<0: max(5, 1.2) = 5 then min(5, 3) = 3; A>0 untouched: max(-5, -1.2) = -1.2
     assert pg.tolist() == pytest.approx([3.0, -1.2])
     with pytest.raises(ValueError, match="eps_clip_c must be > 1"):

@@ -61,8 +61,10 @@ def test_invariant_to_padding_with_masked_tokens(data: st.DataObject, per_token:
     n = data.draw(st.integers(1, 4))
     lens = data.draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
     pads = data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
-    vals = [torch.tensor(data.draw(st.lists(st.floats(-10, 10), min_size=k, max_size=k)), dtype=torch.float64)
-            for k in lens]
+    vals = [
+        torch.tensor(data.draw(st.lists(st.floats(-10, 10), min_size=k, max_size=k)), dtype=torch.float64)
+        for k in lens
+    ]
     masks = [torch.tensor(data.draw(st.lists(st.integers(0, 1), min_size=k, max_size=k))) for k in lens]
     base = get_sum_of_sample_mean(lens, lens, masks, per_token)(torch.cat(vals))
     padded_vals = [torch.cat([v, torch.full((p,), 1e6, dtype=torch.float64)]) for v, p in zip(vals, pads)]

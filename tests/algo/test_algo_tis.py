@@ -17,13 +17,26 @@ from miles_sdk.hooks import TISFn, TISResult
 T = torch.tensor
 
 
-def _call(fn: TISFn, args: Config, train: list[torch.Tensor], rollout: list[torch.Tensor],
-          masks: list[torch.Tensor] | None = None, pg: torch.Tensor | None = None) -> TISResult:
+def _call(
+    fn: TISFn,
+    args: Config,
+    train: list[torch.Tensor],
+    rollout: list[torch.Tensor],
+    masks: list[torch.Tensor] | None = None,
+    pg: torch.Tensor | None = None,
+) -> TISResult:
     masks = masks if masks is not None else [torch.ones_like(t) for t in train]
     lens = [t.numel() for t in train]
     pg = pg if pg is not None else torch.ones(sum(lens))
-    return fn(args=args, pg_loss=pg, train_log_probs=train, rollout_log_probs=rollout, loss_masks=masks,
-              total_lengths=[n + 3 for n in lens], response_lengths=lens)
+    return fn(
+        args=args,
+        pg_loss=pg,
+        train_log_probs=train,
+        rollout_log_probs=rollout,
+        loss_masks=masks,
+        total_lengths=[n + 3 for n in lens],
+        response_lengths=lens,
+    )
 
 
 def test_functions_satisfy_the_hook_protocol() -> None:
@@ -111,14 +124,21 @@ def test_shape_mismatch_is_an_error() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.tuples(st.floats(-8, 0), st.floats(-8, 0)), min_size=1, max_size=16),
-       st.floats(0.0, 0.9), st.floats(1.1, 5.0), st.sampled_from(["truncate", "clip"]))
-def test_weights_stay_within_bounds(pairs: list[tuple[float, float]], low: float, high: float, mode: str) -> None:
+@given(
+    st.lists(st.tuples(st.floats(-8, 0), st.floats(-8, 0)), min_size=1, max_size=16),
+    st.floats(0.0, 0.9),
+    st.floats(1.1, 5.0),
+    st.sampled_from(["truncate", "clip"]),
+)
+def test_weights_stay_within_bounds(
+    pairs: list[tuple[float, float]], low: float, high: float, mode: str
+) -> None:
     train = [T([a for a, _ in pairs], dtype=torch.float64)]
     rollout = [T([b for _, b in pairs], dtype=torch.float64)]
     ones = torch.ones(len(pairs), dtype=torch.float64)
-    pg, _, _ = _call(vanilla_tis_function, Config(use_tis=True, tis_clip=high, tis_clip_low=low), train, rollout,
-                     pg=ones)
+    pg, _, _ = _call(
+        vanilla_tis_function, Config(use_tis=True, tis_clip=high, tis_clip_low=low), train, rollout, pg=ones
+    )
     assert bool(((pg >= low - 1e-12) & (pg <= high + 1e-12)).all())
     lower = max(low, 1e-3)
     args = _mis(tis_mode=mode, tis_lower_bound=lower, tis_upper_bound=high)

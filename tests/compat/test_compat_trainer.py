@@ -65,7 +65,7 @@ def test_multi_turn_generate_keeps_the_tool_observation_out_of_the_loss() -> Non
         assert s.response_length == len(s.loss_mask)
         assert OBSERVATION in s.response
         assert s.rollout_log_probs is not None
-        assert s.rollout_log_probs[TURN_TOKENS:TURN_TOKENS + obs_len] == [0.0] * obs_len
+        assert s.rollout_log_probs[TURN_TOKENS : TURN_TOKENS + obs_len] == [0.0] * obs_len
 
 
 def test_group_rm_path_scores_each_group_in_one_call() -> None:
@@ -93,7 +93,9 @@ def test_sync_rollout_wrapping_the_default_generate_rollout() -> None:
 
 
 def test_hand_rolled_rollout_with_generate_state_run_and_batched_rm() -> None:
-    result = run_steps(config=small_config(rollout_function_path=f"{HOOKS}.rollouts.hand_rolled_rollout"), steps=1)
+    result = run_steps(
+        config=small_config(rollout_function_path=f"{HOOKS}.rollouts.hand_rolled_rollout"), steps=1
+    )
     assert result.metrics[0]["custom/hand_rolled"] == 2.0
     samples = result.samples[0]
     assert len(samples) == 4

@@ -66,20 +66,31 @@ def test_unknown_miles_module_names_itself_and_what_is_provided() -> None:
 def test_provided_modules_lists_every_public_shim() -> None:
     provided = compat.provided_modules()
     assert provided[0] == "miles"
-    assert {"miles.utils.types", "miles.utils.http_utils", "miles.utils.misc", "miles.utils.async_utils",
-            "miles.rollout.sglang_rollout", "miles.rollout.base_types", "miles.rollout.data_source",
-            "miles.rollout.filter_hub.base_types", "miles.rollout.filter_hub.dynamic_sampling_filters",
-            "miles.rollout.rm_hub", "miles.rollout.rm_hub.math_utils",
-            "miles.rollout.rm_hub.math_dapo_utils"} <= set(provided)
+    assert {
+        "miles.utils.types",
+        "miles.utils.http_utils",
+        "miles.utils.misc",
+        "miles.utils.async_utils",
+        "miles.rollout.sglang_rollout",
+        "miles.rollout.base_types",
+        "miles.rollout.data_source",
+        "miles.rollout.filter_hub.base_types",
+        "miles.rollout.filter_hub.dynamic_sampling_filters",
+        "miles.rollout.rm_hub",
+        "miles.rollout.rm_hub.math_utils",
+        "miles.rollout.rm_hub.math_dapo_utils",
+    } <= set(provided)
 
 
 def test_load_hook_installs_the_finder_itself(tmp_path: Path, fresh_install: object) -> None:
-    (tmp_path / "user_rm_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "user_rm_mod.py").write_text(
+        textwrap.dedent("""
         from miles.utils.types import Sample
 
         async def rm(args, sample: Sample, **kwargs):
             return 1.0
-    """))
+    """)
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         hook = load_hook("user_rm_mod.rm", "RewardFn", flag="--custom-rm-path")
@@ -96,8 +107,9 @@ def test_a_real_miles_package_is_never_shadowed(tmp_path: Path) -> None:
     (fake / "__init__.py").write_text("REAL = True\n")
     (fake / "utils" / "__init__.py").write_text("")
     (fake / "utils" / "types.py").write_text("Sample = 'the real one'\n")
-    (tmp_path / "user_hook.py").write_text("from miles.utils.types import Sample\n\nasync def rm(args, sample):\n"
-                                           "    return Sample\n")
+    (tmp_path / "user_hook.py").write_text(
+        "from miles.utils.types import Sample\n\nasync def rm(args, sample):\n    return Sample\n"
+    )
     script = textwrap.dedent("""
         import sys
         import miles_sdk.compat as compat
@@ -108,8 +120,14 @@ def test_a_real_miles_package_is_never_shadowed(tmp_path: Path) -> None:
         print(miles.utils.types.Sample, hook.__globals__["Sample"], miles.REAL)
     """)
     env_path = f"{tmp_path}:{REPO}"
-    out = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
-                         env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["False False", "the real one the real one True"]
 
@@ -118,11 +136,18 @@ def test_miles_default_paths_load_as_their_protocols() -> None:
     from miles_sdk.data import RolloutDataSourceWithBuffer, pop_first
     from miles_sdk.rollout import check_reward_nonzero_std
 
-    assert load_hook("miles.rollout.data_source.RolloutDataSourceWithBuffer", "DataSourceFactory") \
+    assert (
+        load_hook("miles.rollout.data_source.RolloutDataSourceWithBuffer", "DataSourceFactory")
         is RolloutDataSourceWithBuffer
+    )
     assert load_hook("miles.rollout.data_source.pop_first", "BufferFilterFn") is pop_first
-    assert load_hook("miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std",
-                     "DynamicSamplingFilterFn") is check_reward_nonzero_std
+    assert (
+        load_hook(
+            "miles.rollout.filter_hub.dynamic_sampling_filters.check_reward_nonzero_std",
+            "DynamicSamplingFilterFn",
+        )
+        is check_reward_nonzero_std
+    )
     load_hook("miles.rollout.sglang_rollout.generate_rollout", "RolloutFn")
     load_hook("miles.rollout.sglang_rollout.generate", "GenerateFn")
     load_hook("miles.rollout.rm_hub.async_rm", "RewardFn")

@@ -44,8 +44,10 @@ def _free_port() -> int:
 async def test_post_returns_the_sglang_reply_with_logprobs() -> None:
     engine = ScriptedEngine([5, 6, 7], log_probs=[-0.1, -0.2, -0.3])
     async with await start_server(engine) as server:
-        reply = await post(f"{server.url}/generate", {"input_ids": [1, 2], "return_logprob": True,
-                                                      "sampling_params": {"max_new_tokens": 8}})
+        reply = await post(
+            f"{server.url}/generate",
+            {"input_ids": [1, 2], "return_logprob": True, "sampling_params": {"max_new_tokens": 8}},
+        )
         info = await get(f"{server.url}/get_model_info")
     assert reply["output_ids"] == [5, 6, 7]
     assert reply["meta_info"]["output_token_logprobs"] == [[-0.1, 5, None], [-0.2, 6, None], [-0.3, 7, None]]
@@ -98,14 +100,16 @@ async def test_run_inside_a_running_loop_raises_instead_of_deadlocking() -> None
 
 
 def test_load_function_takes_dots_and_colons(tmp_path: Path) -> None:
-    (tmp_path / "lf_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "lf_mod.py").write_text(
+        textwrap.dedent("""
         class Box:
             def inner(self):
                 return 1
 
         async def coro(args):
             return 1
-    """))
+    """)
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         assert load_function("lf_mod.Box").__name__ == "Box"
@@ -148,13 +152,15 @@ async def test_async_rm_uses_the_builtin_rm_type() -> None:
 
 
 async def test_custom_rm_path_wins_and_batched_gets_the_list(tmp_path: Path) -> None:
-    (tmp_path / "rm_mod.py").write_text(textwrap.dedent("""
+    (tmp_path / "rm_mod.py").write_text(
+        textwrap.dedent("""
         async def one(args, sample, **kwargs):
             return 10.0 + kwargs.get("bonus", 0)
 
         async def many(args, samples, **kwargs):
             return [float(i) for i, _ in enumerate(samples)]
-    """))
+    """)
+    )
     sys.path.insert(0, str(tmp_path))
     try:
         assert await async_rm(small_config(custom_rm_path="rm_mod.one"), Sample(), bonus=1) == 11.0
@@ -195,8 +201,10 @@ def test_call_dynamic_filter_and_metric_gatherer() -> None:
     gatherer = MetricGatherer()
     for reason in ("zero_std_1.0", "zero_std_1.0", None, "too_long"):
         gatherer.on_dynamic_filter_drop(reason)
-    assert gatherer.collect() == {"rollout/dynamic_filter/drop_zero_std_1.0": 2,
-                                  "rollout/dynamic_filter/drop_too_long": 1}
+    assert gatherer.collect() == {
+        "rollout/dynamic_filter/drop_zero_std_1.0": 2,
+        "rollout/dynamic_filter/drop_too_long": 1,
+    }
 
 
 def test_get_reward_value_accepts_args_as_miles_code_passes_it() -> None:
@@ -220,8 +228,13 @@ class _CharTok:
 
 def test_generate_state_is_one_per_args_and_builds_miles_sampling_params() -> None:
     tok = _CharTok()
-    args = small_config(rollout_temperature=0.7, rollout_stop=["</a>"], sglang_server_concurrency=3,
-                        sglang_enable_deterministic_inference=True, rollout_seed=5)
+    args = small_config(
+        rollout_temperature=0.7,
+        rollout_stop=["</a>"],
+        sglang_server_concurrency=3,
+        sglang_enable_deterministic_inference=True,
+        rollout_seed=5,
+    )
     state = GenerateState(args)
     assert GenerateState(args) is state
     assert GenerateState(small_config()) is not state
@@ -229,8 +242,14 @@ def test_generate_state_is_one_per_args_and_builds_miles_sampling_params() -> No
         assert state.tokenizer is tok
     assert state.tokenizer is tok  # resolved once
     assert state.sampling_params == {
-        "temperature": 0.7, "top_p": 1.0, "top_k": -1, "max_new_tokens": 4, "stop": ["</a>"],
-        "stop_token_ids": None, "skip_special_tokens": False, "no_stop_trim": True,
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "top_k": -1,
+        "max_new_tokens": 4,
+        "stop": ["</a>"],
+        "stop_token_ids": None,
+        "skip_special_tokens": False,
+        "no_stop_trim": True,
         "spaces_between_special_tokens": False,
     }
     assert state.group_sampling_seeds == [5, 6]

@@ -30,7 +30,9 @@ CONTEXT = run.dataset()[0]["metadata"]["context"]
 
 async def test_generate_hands_over_the_answer_cue_with_loss_mask_zero() -> None:
     tok = tiny_tokenizer()
-    engine = ScriptedEngine({"Question:": "Hmm.<|im_end|>", "Answer:": " Ada Lovelace<|im_end|>"}, tokenizer=tok)
+    engine = ScriptedEngine(
+        {"Question:": "Hmm.<|im_end|>", "Answer:": " Ada Lovelace<|im_end|>"}, tokenizer=tok
+    )
     with use_rollout_context(RolloutContext(engine=engine, tokenizer=tok)):
         sample = await generate(Config(), Sample(prompt=PROMPT), {"max_new_tokens": 40})
 
@@ -69,14 +71,36 @@ def test_the_launch_runs_through_the_cli_with_miles_flags(tmp_path: Path) -> Non
     checkpoint = tmp_path / "ckpt"
     save_tiny_policy(checkpoint, "unit", seed=0)
     data = run.write_jsonl(tmp_path / "prompts.jsonl", run.dataset())
-    code = cli.main([
-        "train", "--hf-checkpoint", str(checkpoint), "--prompt-data", str(data), "--label-key", "label",
-        "--custom-generate-function-path", "examples.custom_generate_and_rm.hooks.generate",
-        "--custom-rm-path", "examples.custom_generate_and_rm.hooks.reward_fn",
-        "--metadata-key", "metadata", "--rollout-max-response-len", "16",
-        "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--num-rollout", "2",
-        "--device", "cpu", "--no-progress-bar", "--output-dir", str(tmp_path / "out"),
-    ])
+    code = cli.main(
+        [
+            "train",
+            "--hf-checkpoint",
+            str(checkpoint),
+            "--prompt-data",
+            str(data),
+            "--label-key",
+            "label",
+            "--custom-generate-function-path",
+            "examples.custom_generate_and_rm.hooks.generate",
+            "--custom-rm-path",
+            "examples.custom_generate_and_rm.hooks.reward_fn",
+            "--metadata-key",
+            "metadata",
+            "--rollout-max-response-len",
+            "16",
+            "--rollout-batch-size",
+            "2",
+            "--n-samples-per-prompt",
+            "2",
+            "--num-rollout",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress-bar",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0
     steps = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in steps if "train/loss" in r]) == 2

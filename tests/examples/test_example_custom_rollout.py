@@ -22,7 +22,9 @@ ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a, b in ((1, 1), (1, 2),
 ARGS = Config(label_key="label", rollout_batch_size=2, n_samples_per_prompt=2)
 
 
-async def _rollout(script: dict[str, str], args: Config = ARGS) -> tuple[RolloutFnTrainOutput, ScriptedEngine]:
+async def _rollout(
+    script: dict[str, str], args: Config = ARGS
+) -> tuple[RolloutFnTrainOutput, ScriptedEngine]:
     tok = tiny_tokenizer()
     engine = ScriptedEngine(script, tokenizer=tok)
     ctx = RolloutContext(engine=engine, tokenizer=tok, reward_fn=addition_reward)
@@ -43,7 +45,9 @@ async def test_groups_whose_best_sample_misses_are_rejected_and_replaced() -> No
     assert len(engine.requests) == 6  # 3 prompts x 2 samples
 
 
-async def test_a_batch_with_no_passing_group_is_topped_up_with_rejects(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_batch_with_no_passing_group_is_topped_up_with_rejects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setitem(rollout_module.BEST_OF_N_CONFIGS, "max_rounds", 2)
     out, engine = await _rollout({"=": "0<|im_end|>"})
     assert len(out.samples) == 2 and all(len(g) == 2 for g in out.samples)

@@ -61,7 +61,9 @@ def test_run_loads_the_reducer_by_its_miles_path(tmp_path: Path, monkeypatch: py
     calls: list[int] = []
 
     def counting(
-        total_lengths: list[int], response_lengths: list[int], loss_masks: list[torch.Tensor],
+        total_lengths: list[int],
+        response_lengths: list[int],
+        loss_masks: list[torch.Tensor],
         calculate_per_token_loss: bool = False,
     ) -> LossReducer:
         calls.append(len(loss_masks))

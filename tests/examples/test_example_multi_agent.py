@@ -50,8 +50,12 @@ async def test_the_default_rollout_trains_both_roles_and_scores_each_group_once(
         calls.append(len(samples))
         return await reward_fn(a, samples)
 
-    ctx = RolloutContext(engine=ScriptedEngine(SCRIPT, tokenizer=tok), tokenizer=tok, generate_fn=generate,
-                         batched_reward_fn=counting_reward)
+    ctx = RolloutContext(
+        engine=ScriptedEngine(SCRIPT, tokenizer=tok),
+        tokenizer=tok,
+        generate_fn=generate,
+        batched_reward_fn=counting_reward,
+    )
     with use_rollout_context(ctx):
         out = await train_rollout(args, 0, RolloutDataSourceWithBuffer(args, tokenizer=tok, dataset=ROWS))
 
@@ -85,7 +89,11 @@ def test_roles_are_normalised_in_separate_groups() -> None:
 def test_reward_rejects_samples_without_a_role_and_verdict_parsing() -> None:
     with pytest.raises(ValueError, match="role=None"):
         call_hook(reward_fn, Config(), [make_sample("1+1=", "2", label="2")])
-    assert (parse_verdict(" Yes."), parse_verdict("no<|im_end|>"), parse_verdict("maybe")) == (True, False, None)
+    assert (parse_verdict(" Yes."), parse_verdict("no<|im_end|>"), parse_verdict("maybe")) == (
+        True,
+        False,
+        None,
+    )
     check_hook(generate, GenerateFn)
     check_hook(reward_fn, BatchedRewardFn)
 

@@ -53,7 +53,9 @@ async def test_generate_masks_retrieved_text_and_feeds_it_to_the_next_turn() -> 
     engine, ctx = _engine({QUESTION: SEARCH, "</information>": ANSWER})
     args = Config(label_key="label")
     with use_rollout_context(ctx):
-        sample = await generate(args, Sample(prompt=make_prompt(QUESTION), label="Paris"), {"max_new_tokens": 200})
+        sample = await generate(
+            args, Sample(prompt=make_prompt(QUESTION), label="Paris"), {"max_new_tokens": 200}
+        )
 
     information = format_information([CORPUS[0], CORPUS[3]])  # France first, then "capital city"
     turn_1, info, turn_2 = (tok.encode(t, add_special_tokens=False) for t in (SEARCH, information, ANSWER))
@@ -99,7 +101,9 @@ async def test_generate_gives_up_after_max_turns_without_trailing_information() 
 async def test_generate_is_single_turn_when_the_model_answers_directly() -> None:
     engine, ctx = _engine({QUESTION: "<answer>Lyon</answer>"})
     with use_rollout_context(ctx):
-        sample = await generate(Config(), Sample(prompt=make_prompt(QUESTION), label="Paris"), {"max_new_tokens": 50})
+        sample = await generate(
+            Config(), Sample(prompt=make_prompt(QUESTION), label="Paris"), {"max_new_tokens": 50}
+        )
     assert len(engine.requests) == 1 and sample.loss_mask is None
     assert call_hook(reward_fn, Config(), sample) == 0.0
 
@@ -109,12 +113,17 @@ async def test_generate_stops_on_truncation() -> None:
     with use_rollout_context(ctx):
         sample = await generate(Config(), Sample(prompt=make_prompt(QUESTION)), {"max_new_tokens": 5})
     assert len(engine.requests) == 1 and sample.status is Sample.Status.TRUNCATED
-    assert engine.requests[0].output is not None and engine.requests[0].output.finish_reason is FinishReason.LENGTH
+    assert (
+        engine.requests[0].output is not None
+        and engine.requests[0].output.finish_reason is FinishReason.LENGTH
+    )
 
 
 def test_reward_is_exact_match_of_the_last_answer_outside_information() -> None:
     args = Config()
-    assert call_hook(reward_fn, args, make_sample("q", " <answer> the PARIS. </answer>", label="Paris")) == 1.0
+    assert (
+        call_hook(reward_fn, args, make_sample("q", " <answer> the PARIS. </answer>", label="Paris")) == 1.0
+    )
     assert call_hook(reward_fn, args, make_sample("q", "<answer>Paris France</answer>", label="Paris")) == 0.0
     assert call_hook(reward_fn, args, make_sample("q", "no tags", label="Paris")) == 0.0
     assert extract_answer("<information><answer>x</answer></information>") is None

@@ -30,8 +30,13 @@ def test_compute_mis_weights_truncates_masks_and_reports_ess() -> None:
     # Ratios train/rollout: 1 (kept), 4 (truncated to 2, rejected: > 2), 1/1.5 (kept: in [0.5, 2]).
     rollout = [torch.tensor([-1.0, -1.0 - math.log(4.0), -1.0 + math.log(1.5)])]
     pg_loss, masks, metrics = compute_mis_weights(
-        args=args, pg_loss=torch.ones(3), train_log_probs=train, rollout_log_probs=rollout,
-        loss_masks=[torch.ones(3)], total_lengths=[5], response_lengths=[3],
+        args=args,
+        pg_loss=torch.ones(3),
+        train_log_probs=train,
+        rollout_log_probs=rollout,
+        loss_masks=[torch.ones(3)],
+        total_lengths=[5],
+        response_lengths=[3],
     )
     torch.testing.assert_close(pg_loss, torch.tensor([1.0, 2.0, 1 / 1.5]))
     torch.testing.assert_close(masks[0], torch.tensor([1.0, 0.0, 1.0]))
@@ -44,9 +49,13 @@ def test_compute_mis_weights_truncates_masks_and_reports_ess() -> None:
 def test_batch_normalisation_brings_the_mean_weight_to_one() -> None:
     args = Config(**MIS_CONFIG)
     _, _, metrics = compute_mis_weights(
-        args=args, pg_loss=torch.ones(3), train_log_probs=[torch.tensor([-1.0, -1.0, -1.0])],
+        args=args,
+        pg_loss=torch.ones(3),
+        train_log_probs=[torch.tensor([-1.0, -1.0, -1.0])],
         rollout_log_probs=[torch.tensor([-1.0, -1.0 - math.log(1.8), -1.0 + math.log(1.5)])],
-        loss_masks=[torch.ones(3)], total_lengths=[3], response_lengths=[3],
+        loss_masks=[torch.ones(3)],
+        total_lengths=[3],
+        response_lengths=[3],
     )
     assert float(metrics["mis_is_ratio_final"].mean()) == pytest.approx(1.0)
 

@@ -13,7 +13,6 @@ from miles_sdk.rewards.gpqa import gpqa_reward
 from miles_sdk.rewards.math import grade_math_answer, normalize_math_answer
 from miles_sdk.rewards.registry import score_builtin_sync
 
-
 # --- fixed: answers Miles's normaliser accepted and ours rejected --------------------------------
 
 
@@ -70,7 +69,9 @@ def test_integer_zero_label_is_a_label() -> None:
     assert score_builtin_sync("math", r"\boxed{0}", 0, {}, []) == 1.0
 
 
-@pytest.mark.parametrize(("given", "truth"), [("1e1", "10"), ("0.5", r"\frac{2}{4}"), (r"\sqrt{100}", "20/2")])
+@pytest.mark.parametrize(
+    ("given", "truth"), [("1e1", "10"), ("0.5", r"\frac{2}{4}"), (r"\sqrt{100}", "20/2")]
+)
 def test_strict_integer_and_unreduced_fraction_rules(given: str, truth: str) -> None:
     # An integer truth needs an integer (1e1 could be 1*e^1); an unreduced fraction truth needs
     # that fraction. Miles's sympy path accepts all three.

@@ -23,7 +23,9 @@ async def test_greedy_tokens_and_log_probs_survive_the_round_trip() -> None:
     serving = await serve_rollout(Config(use_miles_router=True), engine, tok, middlewares=[cache])
     try:
         assert isinstance(serving.engine, Router)
-        async with HttpEngine(f"http://{serving.args.sglang_router_ip}:{serving.args.sglang_router_port}") as client:
+        async with HttpEngine(
+            f"http://{serving.args.sglang_router_ip}:{serving.args.sglang_router_port}"
+        ) as client:
             over_http = await client.generate(prompt, params)
             again = await client.generate(prompt, params)
     finally:

@@ -90,14 +90,27 @@ def test_parse_errors_name_the_key() -> None:
     with pytest.raises(HttpEngineError, match="return_logprob"):
         parse_generate_response({"meta_info": {"finish_reason": {"type": "stop"}}})
     with pytest.raises(HttpEngineError, match="'eos'.*stop/length/abort"):
-        parse_generate_response({"meta_info": {"finish_reason": {"type": "eos"}, "output_token_logprobs": []}})
+        parse_generate_response(
+            {"meta_info": {"finish_reason": {"type": "eos"}, "output_token_logprobs": []}}
+        )
     with pytest.raises(HttpEngineError, match=r"output_token_logprobs\[1\]"):
         parse_generate_response(
-            {"meta_info": {"finish_reason": "stop", "output_token_logprobs": [[-1.0, 2, None], [None, 3, None]]}}
+            {
+                "meta_info": {
+                    "finish_reason": "stop",
+                    "output_token_logprobs": [[-1.0, 2, None], [None, 3, None]],
+                }
+            }
         )
     out = parse_generate_response(
-        {"text": "x", "meta_info": {"finish_reason": {"type": "stop", "matched": 2}, "weight_version": "default",
-                                    "output_token_logprobs": [[-0.25, 2, None]]}},
+        {
+            "text": "x",
+            "meta_info": {
+                "finish_reason": {"type": "stop", "matched": 2},
+                "weight_version": "default",
+                "output_token_logprobs": [[-0.25, 2, None]],
+            },
+        },
         default_version=9,
     )
     assert (out.token_ids, out.log_probs, out.weight_version, out.text) == ([2], [-0.25], 9, "x")

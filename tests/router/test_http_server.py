@@ -62,7 +62,9 @@ async def _post(url: str, body: object, method: str = "POST") -> tuple[int, Any]
 
 
 async def test_miles_generate_function_runs_unchanged(tok: PreTrainedTokenizerFast) -> None:
-    engine = ScriptedEngine({"1+1=": "2 apples"}, tokenizer=tok, log_probs=[-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8])
+    engine = ScriptedEngine(
+        {"1+1=": "2 apples"}, tokenizer=tok, log_probs=[-0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8]
+    )
     async with await start_server(engine, tok) as server:
         args = attrs.evolve(Config(), sglang_router_ip="127.0.0.1", sglang_router_port=server.port)
         sample = await miles_generate(args, Sample(prompt="1+1="), {"temperature": 1.0, "max_new_tokens": 5})
@@ -77,7 +79,9 @@ async def test_miles_generate_function_runs_unchanged(tok: PreTrainedTokenizerFa
 async def test_reply_shape_and_text_input(tok: PreTrainedTokenizerFast) -> None:
     engine = ScriptedEngine("ok", tokenizer=tok)
     async with await start_server(engine, tok) as server:
-        status, reply = await _post(f"{server.url}/generate", {"text": "hi", "sampling_params": {"temperature": 0}})
+        status, reply = await _post(
+            f"{server.url}/generate", {"text": "hi", "sampling_params": {"temperature": 0}}
+        )
     assert status == 200
     assert reply["text"] == "ok"
     assert reply["output_ids"] == tok.encode("ok", add_special_tokens=False)
@@ -94,22 +98,33 @@ async def test_batch_requests_answer_in_order() -> None:
     async with await start_server(engine) as server:
         status, replies = await _post(
             f"{server.url}/generate",
-            {"input_ids": [[1], [2], [3]], "sampling_params": [{"max_new_tokens": 1}] * 3, "return_logprob": True},
+            {
+                "input_ids": [[1], [2], [3]],
+                "sampling_params": [{"max_new_tokens": 1}] * 3,
+                "return_logprob": True,
+            },
         )
     assert status == 200
     assert [r["output_ids"] for r in replies] == [[10], [20], [30]]
-    assert [r["meta_info"]["output_token_logprobs"] for r in replies] == [[[-0.5, 10, None]], [[-0.5, 20, None]],
-                                                                          [[-0.5, 30, None]]]
+    assert [r["meta_info"]["output_token_logprobs"] for r in replies] == [
+        [[-0.5, 10, None]],
+        [[-0.5, 20, None]],
+        [[-0.5, 30, None]],
+    ]
 
 
 async def test_bad_requests_name_the_culprit() -> None:
     engine = ScriptedEngine([5])
     async with await start_server(engine) as server:
-        status, reply = await _post(f"{server.url}/generate", {"input_ids": [1], "sampling_params": {"min_p": 0.3}})
+        status, reply = await _post(
+            f"{server.url}/generate", {"input_ids": [1], "sampling_params": {"min_p": 0.3}}
+        )
         assert status == 400 and "'min_p'" in reply["error"]["message"]
         # neutral values of SGLang-only keys pass (Miles sends some of these)
-        status, _ = await _post(f"{server.url}/generate",
-                                {"input_ids": [1], "sampling_params": {"n": 1, "spaces_between_special_tokens": False}})
+        status, _ = await _post(
+            f"{server.url}/generate",
+            {"input_ids": [1], "sampling_params": {"n": 1, "spaces_between_special_tokens": False}},
+        )
         assert status == 200
         status, reply = await _post(f"{server.url}/generate", {"text": "no tokenizer"})
         assert status == 400 and "tokenizer" in reply["error"]["message"]
@@ -122,7 +137,9 @@ async def test_bad_requests_name_the_culprit() -> None:
 async def test_abort_returns_partial_tokens() -> None:
     engine = ScriptedEngine(list(range(1, 50)), delays=0.05)
     async with await start_server(engine) as server:
-        task = asyncio.create_task(_post(f"{server.url}/generate", {"input_ids": [1], "return_logprob": True}))
+        task = asyncio.create_task(
+            _post(f"{server.url}/generate", {"input_ids": [1], "return_logprob": True})
+        )
         while not engine.requests or engine.in_flight == 0:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.12)
@@ -159,7 +176,8 @@ async def test_server_decodes_like_sglang(tok: PreTrainedTokenizerFast) -> None:
     engine = ScriptedEngine([104, 105, eos])  # no tokenizer: the engine returns no text
     async with await start_server(engine, tok) as server:
         _, default = await _post(f"{server.url}/generate", {"input_ids": [1]})
-        _, kept = await _post(f"{server.url}/generate",
-                              {"input_ids": [1], "sampling_params": {"skip_special_tokens": False}})
+        _, kept = await _post(
+            f"{server.url}/generate", {"input_ids": [1], "sampling_params": {"skip_special_tokens": False}}
+        )
     assert default["text"] == "hi"  # SGLang skips special tokens unless told not to
     assert kept["text"] == "hi" + tok.eos_token

@@ -116,7 +116,9 @@ async def test_prefix_cache_answers_repeated_greedy_requests() -> None:
     # Sampled requests, other params, and other prompts all reach the engine.
     await router.generate([1, 2, 3], {"temperature": 1.0})
     await router.generate([1, 2, 3], {"temperature": 0.0, "max_new_tokens": 5})
-    extended = await router.route({"input_ids": [1, 2, 4, 4], "sampling_params": greedy, "return_logprob": True})
+    extended = await router.route(
+        {"input_ids": [1, 2, 4, 4], "sampling_params": greedy, "return_logprob": True}
+    )
     assert len(engine.requests) == 4
     assert extended["meta_info"]["router_prefix_hit_tokens"] == 2
     assert (cache.stats.cache_hits, cache.stats.cache_misses, cache.stats.uncacheable) == (2, 3, 1)
@@ -144,7 +146,9 @@ async def test_router_server_speaks_sglang_http() -> None:
     local = ScriptedEngine([4, 5], delays=0.01)
     remote = ScriptedEngine([6])
     async with await start_server(remote) as remote_server:
-        router = Router([local, remote_server.url], middlewares=[PrefixCacheMiddleware()], health_check_interval=None)
+        router = Router(
+            [local, remote_server.url], middlewares=[PrefixCacheMiddleware()], health_check_interval=None
+        )
         server = await start_router_server(router)
         try:
             async with HttpEngine(server.url) as client:

@@ -39,8 +39,15 @@ class FakeSGLang:
         return_logprob: bool | list[bool] | None = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        self.calls.append({"prompt": prompt, "sampling_params": sampling_params, "input_ids": input_ids,
-                           "return_logprob": return_logprob, **kwargs})
+        self.calls.append(
+            {
+                "prompt": prompt,
+                "sampling_params": sampling_params,
+                "input_ids": input_ids,
+                "return_logprob": return_logprob,
+                **kwargs,
+            }
+        )
         return {
             "text": " b",
             "output_ids": [32, 98],
@@ -54,7 +61,10 @@ class FakeSGLang:
         }
 
     def update_weights_from_tensor(
-        self, named_tensors: Sequence[tuple[str, torch.Tensor]], load_format: str | None = None, flush_cache: bool = True
+        self,
+        named_tensors: Sequence[tuple[str, torch.Tensor]],
+        load_format: str | None = None,
+        flush_cache: bool = True,
     ) -> object:
         self.tensor_updates.append(list(named_tensors))
         return self.update_result
@@ -69,8 +79,14 @@ async def test_generate_maps_request_and_reply() -> None:
     engine = SGLangEngine(fake, weight_version=3)
     assert isinstance(engine, InferenceEngine)
     out = await engine.generate((1, 2, 3), {"temperature": 0.7, "max_new_tokens": 2, "stop": ["\n"]})
-    assert fake.calls == [{"prompt": None, "input_ids": [1, 2, 3], "return_logprob": True,
-                           "sampling_params": {"temperature": 0.7, "max_new_tokens": 2, "stop": ["\n"]}}]
+    assert fake.calls == [
+        {
+            "prompt": None,
+            "input_ids": [1, 2, 3],
+            "return_logprob": True,
+            "sampling_params": {"temperature": 0.7, "max_new_tokens": 2, "stop": ["\n"]},
+        }
+    ]
     assert out.token_ids == [32, 98] and out.log_probs == [-0.5, -1.5]
     assert out.finish_reason is FinishReason.LENGTH
     assert out.weight_version == 3  # sglang's "default" version falls back to ours

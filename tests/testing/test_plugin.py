@@ -35,7 +35,9 @@ def test_tiny_checkpoint_loads_offline(tiny_checkpoint: Path) -> None:
     assert model.config.vocab_size == len(tok)
 
 
-def test_scripted_engine_answers_42(scripted_engine: ScriptedEngine, tiny_tokenizer: PreTrainedTokenizerFast) -> None:
+def test_scripted_engine_answers_42(
+    scripted_engine: ScriptedEngine, tiny_tokenizer: PreTrainedTokenizerFast
+) -> None:
     out = run_sync(scripted_engine.generate(tiny_tokenizer.encode("anything"), {"max_new_tokens": 8}))
     assert tiny_tokenizer.decode(out.token_ids) == "42"
     assert scripted_engine.requests[0].text == "anything"

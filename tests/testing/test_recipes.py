@@ -41,7 +41,9 @@ def test_exact_match(miles_config: Config) -> None:
 # Recipe 2: a multi-turn (tool-calling) generate function against ScriptedEngine
 # ---------------------------------------------------------------------------------------------
 
-TOOL_TURN = "<|im_end|>\n<|im_start|>user\n<tool_response>\n{}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+TOOL_TURN = (
+    "<|im_end|>\n<|im_start|>user\n<tool_response>\n{}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+)
 
 
 async def calculator_generate(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:
@@ -56,7 +58,9 @@ async def calculator_generate(args: Config, sample: Sample, sampling_params: Sam
             break
         result = sum(int(x) for x in call.split("+"))
         tool_text = TOOL_TURN.format(result)
-        append_tokens(sample, tok.encode(tool_text, add_special_tokens=False), loss_mask_value=0, text=tool_text)
+        append_tokens(
+            sample, tok.encode(tool_text, add_special_tokens=False), loss_mask_value=0, text=tool_text
+        )
     return sample
 
 

@@ -55,8 +55,9 @@ def test_train_data_lists_agree(d: TrainData) -> None:
     k = len(d["tokens"])
     for key in ("response_lengths", "rewards", "raw_reward", "truncated", "sample_indices", "loss_masks"):
         assert len(d[key]) == k, key
-    for toks, n, mask, lp in zip(d["tokens"], d["response_lengths"], d["loss_masks"], d["rollout_log_probs"],
-                                 strict=True):
+    for toks, n, mask, lp in zip(
+        d["tokens"], d["response_lengths"], d["loss_masks"], d["rollout_log_probs"], strict=True
+    ):
         assert 1 <= n <= len(toks)
         assert len(mask) == n and len(lp) == n
         assert set(mask) <= {0, 1}
@@ -65,8 +66,9 @@ def test_train_data_lists_agree(d: TrainData) -> None:
 @FAST
 @given(masked_token_tensors(extra_fields=("old_log_probs",)))
 def test_masked_token_batch_layout(b: MaskedTokenBatch) -> None:
-    for v, m, n, t, old in zip(b.values, b.loss_masks, b.response_lengths, b.total_lengths,
-                               b.extra["old_log_probs"], strict=True):
+    for v, m, n, t, old in zip(
+        b.values, b.loss_masks, b.response_lengths, b.total_lengths, b.extra["old_log_probs"], strict=True
+    ):
         assert v.shape == m.shape == old.shape == (n,)
         assert t > n
         assert set(m.tolist()) <= {0.0, 1.0}
@@ -77,7 +79,9 @@ def test_masked_token_batch_layout(b: MaskedTokenBatch) -> None:
 
 def test_edge_cases_are_reachable() -> None:
     settings_ = settings(max_examples=100, deadline=None, database=None)
-    all_masked = find(masked_token_tensors(), lambda b: any(m.sum() == 0 for m in b.loss_masks), settings=settings_)
+    all_masked = find(
+        masked_token_tensors(), lambda b: any(m.sum() == 0 for m in b.loss_masks), settings=settings_
+    )
     assert any(m.sum() == 0 for m in all_masked.loss_masks)
     single = find(masked_token_tensors(), lambda b: 1 in b.response_lengths, settings=settings_)
     assert 1 in single.response_lengths

@@ -36,7 +36,11 @@ def test_special_tokens_and_no_bos() -> None:
     assert _TOK.eos_token_id != _TOK.pad_token_id
     assert _TOK.bos_token is None
     # Special tokens are single ids, and encode() adds nothing around the text.
-    assert _TOK.encode("<|im_start|>x<|im_end|>") == [_TOK.convert_tokens_to_ids("<|im_start|>"), 120, _TOK.eos_token_id]
+    assert _TOK.encode("<|im_start|>x<|im_end|>") == [
+        _TOK.convert_tokens_to_ids("<|im_start|>"),
+        120,
+        _TOK.eos_token_id,
+    ]
     assert _TOK.decode(_TOK.encode("a<|im_end|>"), skip_special_tokens=True) == "a"
     # Tool tags are single tokens that survive skip_special_tokens (a tool parser needs them).
     assert len(_TOK.encode("<tool_call>")) == 1
@@ -46,7 +50,9 @@ def test_special_tokens_and_no_bos() -> None:
 def test_chat_template_chatml_with_generation_prompt() -> None:
     msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "1+1?"}]
     text = _TOK.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    )
     no_prompt = _TOK.apply_chat_template(msgs, tokenize=False)
     assert no_prompt == text.removesuffix("<|im_start|>assistant\n")
 
@@ -54,17 +60,25 @@ def test_chat_template_chatml_with_generation_prompt() -> None:
 def test_chat_template_tools_tool_calls_and_tool_results() -> None:
     msgs: list[dict[str, Any]] = [
         {"role": "user", "content": "add"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}],
+        },
         {"role": "tool", "content": "2"},
         {"role": "tool", "content": "3"},
     ]
-    tools: list[dict[Any, Any] | Callable[..., Any]] = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
+    tools: list[dict[Any, Any] | Callable[..., Any]] = [
+        {"type": "function", "function": {"name": "add", "parameters": {}}}
+    ]
     text = _TOK.apply_chat_template(msgs, tools=tools, tokenize=False, add_generation_prompt=True)
     assert isinstance(text, str)
     assert text.startswith("<|im_start|>system\n# Tools")
     assert '{"type": "function", "function": {"name": "add", "parameters": {}}}' in text
-    assert '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>\n' in text
+    assert (
+        '<|im_start|>assistant\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>\n'
+        in text
+    )
     # Both tool results share one user turn.
     assert text.count("<|im_start|>user") == 2
     assert "<tool_response>\n2\n</tool_response>\n<tool_response>\n3\n</tool_response><|im_end|>\n" in text

@@ -48,13 +48,15 @@ from miles_sdk import (
 # ---- Rollout --------------------------------------------------------------------------------
 
 
-def generate_rollout(args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
-                     ) -> RolloutFnTrainOutput:
+def generate_rollout(
+    args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
+) -> RolloutFnTrainOutput:
     return RolloutFnTrainOutput(samples=data_source.get_samples(args.rollout_batch_size))
 
 
-async def async_rollout(args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
-                        ) -> RolloutFnTrainOutput:
+async def async_rollout(
+    args: Config, rollout_id: int, data_source: DataSource, evaluation: bool = False
+) -> RolloutFnTrainOutput:
     return RolloutFnTrainOutput(samples=[])
 
 
@@ -176,8 +178,9 @@ def dyn_wrong(args: Config, samples: list[Sample], **kwargs: Any) -> str:
 dyn_bad: DynamicSamplingFilterFn = dyn_wrong  # type: ignore[assignment]
 
 
-def pop_first(args: Config, rollout_id: int | None, buffer: list[list[Sample]], num_samples: int
-              ) -> list[list[Sample]]:
+def pop_first(
+    args: Config, rollout_id: int | None, buffer: list[list[Sample]], num_samples: int
+) -> list[list[Sample]]:
     return buffer[:num_samples]
 
 
@@ -202,8 +205,12 @@ all_bad: RolloutAllSamplesProcessFn = sample_filter  # type: ignore[assignment]
 # ---- Training -------------------------------------------------------------------------------
 
 
-def my_loss(args: Config, batch: dict[str, Any], logits: torch.Tensor,
-            sum_of_sample_mean: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def my_loss(
+    args: Config,
+    batch: dict[str, Any],
+    logits: torch.Tensor,
+    sum_of_sample_mean: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     loss = sum_of_sample_mean(logits.mean(-1).flatten())
     return loss, {"loss": loss.detach()}
 
@@ -218,10 +225,16 @@ def loss_without_reducer(args: Config, batch: dict[str, Any], logits: torch.Tens
 loss_bad: LossFn = loss_without_reducer  # type: ignore[assignment]
 
 
-def my_tis(args: Config, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
-           rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor], total_lengths: list[int],
-           response_lengths: list[int], **kwargs: Any
-           ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+def my_tis(
+    args: Config,
+    pg_loss: torch.Tensor,
+    train_log_probs: list[torch.Tensor],
+    rollout_log_probs: list[torch.Tensor],
+    loss_masks: list[torch.Tensor],
+    total_lengths: list[int],
+    response_lengths: list[int],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
     return pg_loss, loss_masks, {}
 
 
@@ -229,8 +242,12 @@ tis_ok: TISFn = my_tis
 tis_bad: TISFn = my_loss  # type: ignore[assignment]
 
 
-def get_pg_loss_reducer(total_lengths: list[int], response_lengths: list[int], loss_masks: list[torch.Tensor],
-                        calculate_per_token_loss: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def get_pg_loss_reducer(
+    total_lengths: list[int],
+    response_lengths: list[int],
+    loss_masks: list[torch.Tensor],
+    calculate_per_token_loss: bool = False,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: x.sum() / 1000.0
 
 
@@ -238,8 +255,12 @@ reducer_ok: PGLossReducer = get_pg_loss_reducer
 assert_type(reducer_ok([1], [1], [torch.ones(1)], False), Callable[[torch.Tensor], torch.Tensor])
 
 
-def reducer_returns_tensor(total_lengths: list[int], response_lengths: list[int], loss_masks: list[torch.Tensor],
-                           calculate_per_token_loss: bool = False) -> torch.Tensor:
+def reducer_returns_tensor(
+    total_lengths: list[int],
+    response_lengths: list[int],
+    loss_masks: list[torch.Tensor],
+    calculate_per_token_loss: bool = False,
+) -> torch.Tensor:
     return torch.zeros(())
 
 
@@ -262,8 +283,14 @@ def init_hook(args: Config) -> None: ...
 def before_log_prob(args: Config, model: torch.nn.Module, store_prefix: str) -> None: ...
 
 
-def before_train_step(args: Config, rollout_id: int, step_id: int, model: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, opt_param_scheduler: Any) -> None: ...
+def before_train_step(
+    args: Config,
+    rollout_id: int,
+    step_id: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    opt_param_scheduler: Any,
+) -> None: ...
 
 
 def post_save(args: Config, rollout_id: int, checkpoint_dir: str, hf_dir: str | None) -> None: ...
@@ -279,8 +306,13 @@ init_bad: BackendInitFn = post_save  # type: ignore[assignment]
 # ---- Logging ----------------------------------------------------------------------------------
 
 
-def log_rollout(rollout_id: int, args: Config, samples: list[Sample], rollout_extra_metrics: Metrics | None,
-                rollout_time: float) -> bool:
+def log_rollout(
+    rollout_id: int,
+    args: Config,
+    samples: list[Sample],
+    rollout_extra_metrics: Metrics | None,
+    rollout_time: float,
+) -> bool:
     return False
 
 
@@ -295,8 +327,9 @@ log_bad: RolloutLogFn = log_eval  # type: ignore[assignment]
 # ---- Routing and model ------------------------------------------------------------------------
 
 
-async def cache_middleware(request: dict[str, Any],
-                           call_next: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+async def cache_middleware(
+    request: dict[str, Any], call_next: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
     return await call_next(request)
 
 

@@ -197,8 +197,10 @@ async def generate(args: Config, sample: Sample, sampling_params: dict[str, Any]
     tokens, text, log-probs and status. Inside a Trainer the engine is called directly; outside
     one, ``/generate`` on ``args.sglang_router_ip:port`` is POSTed as Miles does."""
     if sample.status not in (Sample.Status.PENDING, Sample.Status.ABORTED):
-        raise ValueError(f"generate(): sample index={sample.index} has status {sample.status.value}; "
-                         "expected pending or aborted")
+        raise ValueError(
+            f"generate(): sample index={sample.index} has status {sample.status.value}; "
+            "expected pending or aborted"
+        )
     if _context() is not None:
         return await generate_with_engine(args, sample, _engine_params(sampling_params))
     return await _generate_over_http(args, sample, dict(sampling_params))
@@ -209,7 +211,9 @@ async def _generate_over_http(args: Config, sample: Sample, sampling_params: dic
         tokenizer = GenerateState(args).tokenizer
         sample.tokens = list(tokenizer.encode(sample.prompt, add_special_tokens=False))
         sample.response_length = 0
-    budget = int(sampling_params.get("max_new_tokens", args.rollout_max_response_len)) - sample.response_length
+    budget = (
+        int(sampling_params.get("max_new_tokens", args.rollout_max_response_len)) - sample.response_length
+    )
     if budget <= 0:
         sample.status = Sample.Status.TRUNCATED
         return sample

@@ -46,7 +46,9 @@ async def _request_once(
     method = action.upper()
     if method in ("GET", "DELETE"):
         if payload:
-            raise ValueError(f"http_utils.post(action={action!r}) takes no payload, got {type(payload).__name__}")
+            raise ValueError(
+                f"http_utils.post(action={action!r}) takes no payload, got {type(payload).__name__}"
+            )
         response = await session.request(method, url, headers=headers)
     else:
         response = await session.request(method, url, json=payload or {}, headers=headers)
@@ -90,7 +92,9 @@ async def post(
                 raise HttpRequestError(
                     f"{action.upper()} {url} failed after {max_retries} attempt(s): {error!r}"
                 ) from error
-            logger.info("%s %s failed (%r); retry %d/%d in %.2fs", action, url, error, attempt, max_retries, delay)
+            logger.info(
+                "%s %s failed (%r); retry %d/%d in %.2fs", action, url, error, attempt, max_retries, delay
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX)
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises

@@ -29,12 +29,16 @@ def load_function(path: str | None, *, sync_required: bool = False) -> Any:
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise AttributeError(f"load_function({path!r}): module {module_name!r} has no attribute {attr!r}") from None
+            raise AttributeError(
+                f"load_function({path!r}): module {module_name!r} has no attribute {attr!r}"
+            ) from None
     if sync_required:
         if not callable(target):
             raise ValueError(f"load_function({path!r}) did not resolve to a callable")
         if inspect.iscoroutinefunction(target):
-            raise ValueError(f"load_function({path!r}) resolved to an async function; a synchronous one is required")
+            raise ValueError(
+                f"load_function({path!r}) resolved to an async function; a synchronous one is required"
+            )
     return target
 
 

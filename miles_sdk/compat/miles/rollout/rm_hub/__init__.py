@@ -83,7 +83,10 @@ async def batched_async_rm(
     batched: Sequence[RewardValue]
     if ctx is not None and ctx.batched_reward_fn is not None:
         batched = await ctx.batched_reward_fn(args, samples)
-    elif getattr(args, "custom_rm_path", None) and load_function(args.custom_rm_path) not in (async_rm, batched_async_rm):
+    elif getattr(args, "custom_rm_path", None) and load_function(args.custom_rm_path) not in (
+        async_rm,
+        batched_async_rm,
+    ):
         batched = await load_function(args.custom_rm_path)(args, samples, **kwargs)
     else:
         return list(await asyncio.gather(*(async_rm(args, s, **kwargs) for s in samples)))
