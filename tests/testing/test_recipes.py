@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 
@@ -64,6 +65,7 @@ async def calculator_generate(args: Config, sample: Sample, sampling_params: Sam
     return sample
 
 
+@pytest.mark.asyncio
 async def test_calculator_generate_masks_tool_output(miles_config: Config) -> None:
     check_hook(calculator_generate, GenerateFn)
     tok = tiny_tokenizer()
