@@ -420,6 +420,10 @@ class Config:
     custom_model_provider_path: str | None = None
     """Hook path for `ModelProviderFn` (`pkg.module.attr`); see docs/hooks.md."""
 
+    custom_config_path: str | None = None
+    """YAML file whose keys override these settings (Miles's --custom-config-path, e.g. mis.yaml);
+    keys that are not settings are kept in ``extra`` for hooks."""
+
     extra: dict[str, Any] = attrs.field(factory=dict)
     """Flags this SDK does not interpret (e.g. Megatron parallelism), kept so hooks can read them
     as ``args.<name>``."""
@@ -454,6 +458,8 @@ class Config:
         return attrs.evolve(self, **changes)
 
     def __attrs_post_init__(self) -> None:
+        if self.custom_config_path is not None:
+            _apply_custom_config(self, self.custom_config_path)
         _validate(self)
 
     @classmethod
@@ -468,6 +474,26 @@ class Config:
     def field_types(cls) -> dict[str, Any]:
         """Resolved type of every field, for the CLI parser."""
         return typing.get_type_hints(cls)
+
+
+def _apply_custom_config(c: Config, path: str) -> None:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"custom_config_path {path!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"custom_config_path {path!r}: expected a mapping of setting: value, got {type(data).__name__}"
+        )
+    names = {f.name for f in attrs.fields(Config)} - {"extra", "custom_config_path"}
+    for key, value in data.items():
+        if key in names:
+            object.__setattr__(c, key, value)  # frozen: this runs once, during construction
+        else:
+            c.extra[key] = value
 
 
 def _validate(c: Config) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 
@@ -99,3 +101,23 @@ def test_config_is_frozen_and_keyword_only() -> None:
     with pytest.raises(TypeError):
         Config(1)  # type: ignore[misc]
     assert c.replace(lr=0.5).lr == 0.5
+
+
+def test_custom_config_path_overrides_settings_like_miles(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "mis.yaml"
+    yaml_file.write_text(
+        "use_tis: true\ntis_mode: mask\ntis_upper_bound: 2.0\nuse_rs: true\nmy_hook_knob: 7\n"
+    )
+    c = Config.from_args(["--custom-config-path", str(yaml_file), "--tis-upper-bound", "5.0"])
+    assert c.use_tis and c.use_rs and c.tis_mode == "mask"
+    assert c.tis_upper_bound == 2.0  # the file wins, as in Miles
+    assert c.my_hook_knob == 7
+
+
+def test_custom_config_path_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        Config(custom_config_path=str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        Config(custom_config_path=str(bad))
