@@ -16,13 +16,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import torch
 
 from miles_sdk import algo
-from miles_sdk._hookset import HookSet, resolve_hooks
+from miles_sdk._hookset import resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
 from miles_sdk.backends.base import RolloutData, TrainBackend
@@ -35,12 +36,41 @@ from miles_sdk.checkpoint import (
 )
 from miles_sdk.config import Config
 from miles_sdk.engines.base import InferenceEngine
-from miles_sdk.hooks import DataSource, RolloutOutput
+from miles_sdk.hooks import (
+    BackendInitFn,
+    BatchedRewardFn,
+    BeforeLogProbHookFn,
+    BeforeTrainStepHookFn,
+    BufferFilterFn,
+    ConvertSamplesToTrainDataFn,
+    DataSource,
+    DataSourceFactory,
+    DynamicSamplingFilterFn,
+    EvalRolloutLogFn,
+    GenerateFn,
+    LossFn,
+    ModelProviderFn,
+    PGLossReducer,
+    PostSaveHookFn,
+    RewardFn,
+    RewardPostProcessFn,
+    RolloutAllSamplesProcessFn,
+    RolloutDataPostprocessFn,
+    RolloutFn,
+    RolloutLogFn,
+    RolloutOutput,
+    RolloutSampleFilterFn,
+    RouterMiddleware,
+    TISFn,
+)
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
 from miles_sdk.logging.progress import Progress
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample, TrainData
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from miles_sdk.data.dataset import DataInput
     from miles_sdk.router import RolloutServing
 
 __all__ = ["Trainer"]
@@ -59,19 +89,67 @@ class Trainer:
         config: Config,
         *,
         model: torch.nn.Module | None = None,
-        tokenizer: Any = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         engine: InferenceEngine | None = None,
-        dataset: Any = None,
-        **hooks: Any,
+        dataset: DataInput | None = None,
+        rollout_fn: RolloutFn | None = None,
+        generate_fn: GenerateFn | None = None,
+        data_source: DataSource | DataSourceFactory | None = None,
+        eval_fn: RolloutFn | None = None,
+        reward_model: RewardFn | BatchedRewardFn | None = None,
+        batched_reward_model: BatchedRewardFn | None = None,
+        reward_post_process: RewardPostProcessFn | None = None,
+        dynamic_sampling_filter: DynamicSamplingFilterFn | None = None,
+        buffer_filter: BufferFilterFn | None = None,
+        rollout_sample_filter: RolloutSampleFilterFn | None = None,
+        rollout_all_samples_process: RolloutAllSamplesProcessFn | None = None,
+        rollout_data_postprocess: RolloutDataPostprocessFn | None = None,
+        loss_fn: LossFn | None = None,
+        tis_fn: TISFn | None = None,
+        pg_loss_reducer: PGLossReducer | None = None,
+        convert_samples_to_train_data: ConvertSamplesToTrainDataFn | None = None,
+        backend_init: BackendInitFn | None = None,
+        before_log_prob_hook: BeforeLogProbHookFn | None = None,
+        before_train_step_hook: BeforeTrainStepHookFn | None = None,
+        post_save_hook: PostSaveHookFn | None = None,
+        rollout_log_fn: RolloutLogFn | None = None,
+        eval_rollout_log_fn: EvalRolloutLogFn | None = None,
+        router_middlewares: Sequence[RouterMiddleware] | None = None,
+        model_provider: ModelProviderFn | None = None,
     ) -> None:
+        """Every hook is optional: None keeps the Miles default, or the Config's ``--*-path`` hook.
+
+        ``reward_model`` is a per-sample ``RewardFn``, or the batched form with ``group_rm``;
+        ``batched_reward_model`` also scores lists returned by a generate function.
+        """
         self.args = config
-        unknown = set(hooks) - set(HookSet.__annotations__) - {"reward_model", "batched_reward_model"}
-        if unknown:
-            raise TypeError(
-                f"Trainer got unknown hook argument(s) {sorted(unknown)}; "
-                f"known: reward_model, batched_reward_model, {', '.join(HookSet.__annotations__)}"
-            )
-        self.hooks = resolve_hooks(config, hooks)
+        given = {
+            "rollout_fn": rollout_fn,
+            "generate_fn": generate_fn,
+            "data_source": data_source,
+            "eval_fn": eval_fn,
+            "reward_model": reward_model,
+            "batched_reward_model": batched_reward_model,
+            "reward_post_process": reward_post_process,
+            "dynamic_sampling_filter": dynamic_sampling_filter,
+            "buffer_filter": buffer_filter,
+            "rollout_sample_filter": rollout_sample_filter,
+            "rollout_all_samples_process": rollout_all_samples_process,
+            "rollout_data_postprocess": rollout_data_postprocess,
+            "loss_fn": loss_fn,
+            "tis_fn": tis_fn,
+            "pg_loss_reducer": pg_loss_reducer,
+            "convert_samples_to_train_data": convert_samples_to_train_data,
+            "backend_init": backend_init,
+            "before_log_prob_hook": before_log_prob_hook,
+            "before_train_step_hook": before_train_step_hook,
+            "post_save_hook": post_save_hook,
+            "rollout_log_fn": rollout_log_fn,
+            "eval_rollout_log_fn": eval_rollout_log_fn,
+            "router_middlewares": router_middlewares,
+            "model_provider": model_provider,
+        }
+        self.hooks = resolve_hooks(config, given)
         torch.manual_seed(config.seed)
         self.policy = build_policy(
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
@@ -359,7 +437,7 @@ class Trainer:
             dtype=dtype,
         )
 
-    def _build_data_source(self, dataset: Any) -> DataSource:
+    def _build_data_source(self, dataset: DataInput | None) -> DataSource:
         given = self.hooks.data_source
         if isinstance(given, DataSource) and not isinstance(given, type):  # a class is a factory
             return given

@@ -343,3 +343,25 @@ def model_provider(pre_process: bool, post_process: bool, vp_stage: int | None =
 
 provider_ok: ModelProviderFn = model_provider
 provider_bad: ModelProviderFn = init_hook  # type: ignore[assignment]
+
+# ---- The Trainer's hook arguments are typed by their Protocols ------------------------------------
+
+
+def build_trainers() -> None:
+    from miles_sdk import Trainer
+
+    Trainer(
+        Config(),
+        reward_model=custom_rm,
+        dynamic_sampling_filter=check_std,
+        pg_loss_reducer=get_pg_loss_reducer,
+        generate_fn=custom_generate,
+        rollout_log_fn=log_rollout,
+        data_source=MySource,
+    )
+    Trainer(Config(group_rm=True), reward_model=batched_rm)
+    Trainer(Config(), reward_model=rm_returns_str)  # type: ignore[arg-type]
+    Trainer(Config(), generate_fn=sync_generate)  # type: ignore[arg-type]
+    Trainer(Config(), dynamic_sampling_filter=dyn_wrong)  # type: ignore[arg-type]
+    Trainer(Config(), pg_loss_reducer=reducer_returns_tensor)  # type: ignore[arg-type]
+    Trainer(Config(), rewardmodel=custom_rm)  # type: ignore[call-arg]
