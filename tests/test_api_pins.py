@@ -1,0 +1,47 @@
+"""Pins of the public API (signatures and field sets): a breaking change fails here first."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import attrs
+
+from miles_sdk import Config, Sample, Trainer
+from miles_sdk._hookset import HookSet
+
+SAMPLE_FIELDS = {
+    "group_index", "index", "rollout_id", "prompt", "tokens", "multimodal_inputs", "multimodal_train_inputs",
+    "response", "response_length", "label", "reward", "loss_mask", "weight_versions", "rollout_log_probs",
+    "rollout_routed_experts", "teacher_log_probs", "remove_sample", "status", "metadata", "train_metadata",
+    "generate_function_path", "non_generation_time",
+}
+
+
+def test_sample_fields() -> None:
+    assert {f.name for f in dataclasses.fields(Sample)} == SAMPLE_FIELDS
+    assert [s.value for s in Sample.Status] == ["pending", "completed", "truncated", "aborted", "failed"]
+
+
+def test_trainer_takes_every_hook_by_keyword() -> None:
+    params = inspect.signature(Trainer.__init__).parameters
+    hooks = set(HookSet.__annotations__) | {"reward_model", "batched_reward_model"}
+    hooks -= {"reward_fn", "batched_reward_fn"}  # given as reward_model / batched_reward_model
+    for name in hooks | {"model", "tokenizer", "engine", "dataset"}:
+        assert name in params, name
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY and params[name].default is None, name
+    assert list(params)[:2] == ["self", "config"]
+
+
+def test_trainer_methods() -> None:
+    for name in ("fit", "step", "evaluate", "save", "load", "close"):
+        assert callable(getattr(Trainer, name)), name
+
+
+def test_config_keeps_miles_names() -> None:
+    names = {f.name for f in attrs.fields(Config)}
+    for miles_name in ("rollout_batch_size", "n_samples_per_prompt", "over_sampling_batch_size", "global_batch_size",
+                       "num_steps_per_rollout", "rollout_temperature", "rollout_max_response_len", "eps_clip",
+                       "eps_clip_high", "kl_loss_coef", "use_tis", "tis_clip", "advantage_estimator", "rm_type",
+                       "reward_key", "partial_rollout", "sglang_router_ip", "hf_checkpoint", "prompt_data"):
+        assert miles_name in names, miles_name
