@@ -88,7 +88,7 @@ class Config:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Parameter dtype. auto: bf16 parameters with fp32 master weights in the optimizer on CUDA, float32 on CPU."""
     train_backend: Literal["torch", "megatron"] = "torch"
-    """Training backend. megatron needs the `megatron` extra and a GPU."""
+    """Training backend. Only torch is in this release; megatron is parsed and rejected with a clear error."""
     rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"
     """Inference engine: in-process torch, sglang's offline Engine, or an sglang-compatible server."""
 
