@@ -526,12 +526,14 @@ class Trainer:
 
 
 def _throughput(samples: list[Sample], seconds: dict[str, float]) -> Metrics:
-    """Tokens per second of the rollout (new tokens) and of the train phase (all tokens)."""
+    """Tokens per second of the rollout (new tokens) and of the train phase (all tokens); peak GPU memory."""
     out: Metrics = {}
     if seconds.get("rollout"):
         out["perf/rollout_tokens_per_s"] = sum(s.response_length for s in samples) / seconds["rollout"]
     if seconds.get("train"):
         out["perf/train_tokens_per_s"] = sum(len(s.tokens) for s in samples) / seconds["train"]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["perf/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
 
