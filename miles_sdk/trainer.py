@@ -532,7 +532,7 @@ def _throughput(samples: list[Sample], seconds: dict[str, float]) -> Metrics:
         out["perf/rollout_tokens_per_s"] = sum(s.response_length for s in samples) / seconds["rollout"]
     if seconds.get("train"):
         out["perf/train_tokens_per_s"] = sum(len(s.tokens) for s in samples) / seconds["train"]
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available():
         out["perf/peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
 
