@@ -435,6 +435,8 @@ class Trainer:
             seed=args.rollout_seed,
             max_seq_len=max_seq_len,
             dtype=dtype,
+            # live weights would make every rollout on-policy, whatever the sync interval
+            own_weights=args.update_weights_interval > 1,
         )
 
     def _build_data_source(self, dataset: DataInput | None) -> DataSource:

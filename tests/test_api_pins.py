@@ -11,10 +11,28 @@ from miles_sdk import Config, Sample, Trainer
 from miles_sdk._hookset import HookSet
 
 SAMPLE_FIELDS = {
-    "group_index", "index", "rollout_id", "prompt", "tokens", "multimodal_inputs", "multimodal_train_inputs",
-    "response", "response_length", "label", "reward", "loss_mask", "weight_versions", "rollout_log_probs",
-    "rollout_routed_experts", "teacher_log_probs", "remove_sample", "status", "metadata", "train_metadata",
-    "generate_function_path", "non_generation_time",
+    "group_index",
+    "index",
+    "rollout_id",
+    "prompt",
+    "tokens",
+    "multimodal_inputs",
+    "multimodal_train_inputs",
+    "response",
+    "response_length",
+    "label",
+    "reward",
+    "loss_mask",
+    "weight_versions",
+    "rollout_log_probs",
+    "rollout_routed_experts",
+    "teacher_log_probs",
+    "remove_sample",
+    "status",
+    "metadata",
+    "train_metadata",
+    "generate_function_path",
+    "non_generation_time",
 }
 
 
@@ -40,8 +58,25 @@ def test_trainer_methods() -> None:
 
 def test_config_keeps_miles_names() -> None:
     names = {f.name for f in attrs.fields(Config)}
-    for miles_name in ("rollout_batch_size", "n_samples_per_prompt", "over_sampling_batch_size", "global_batch_size",
-                       "num_steps_per_rollout", "rollout_temperature", "rollout_max_response_len", "eps_clip",
-                       "eps_clip_high", "kl_loss_coef", "use_tis", "tis_clip", "advantage_estimator", "rm_type",
-                       "reward_key", "partial_rollout", "sglang_router_ip", "hf_checkpoint", "prompt_data"):
+    for miles_name in (
+        "rollout_batch_size",
+        "n_samples_per_prompt",
+        "over_sampling_batch_size",
+        "global_batch_size",
+        "num_steps_per_rollout",
+        "rollout_temperature",
+        "rollout_max_response_len",
+        "eps_clip",
+        "eps_clip_high",
+        "kl_loss_coef",
+        "use_tis",
+        "tis_clip",
+        "advantage_estimator",
+        "rm_type",
+        "reward_key",
+        "partial_rollout",
+        "sglang_router_ip",
+        "hf_checkpoint",
+        "prompt_data",
+    ):
         assert miles_name in names, miles_name

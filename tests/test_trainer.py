@@ -330,3 +330,22 @@ def test_trainer_is_a_context_manager_and_close_is_idempotent(tmp_path: Path) ->
         trainer.step()
     trainer.close()  # a second close is harmless
     assert trainer._loop.loop.is_closed()
+
+
+def test_update_weights_interval_keeps_the_engine_on_older_weights(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=1)
+    cfg = small_config(lr=5e-2, output_dir=str(tmp_path), update_weights_interval=2)
+    with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as trainer:
+        prompt = tok.encode("1+1=", add_special_tokens=False)
+
+        def greedy_log_probs() -> list[float]:
+            out = trainer._loop.run(
+                trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
+            )
+            return out.log_probs
+
+        before = greedy_log_probs()
+        trainer.step()  # rollout 0: trains, but no sync (interval 2)
+        assert greedy_log_probs() == before
+        trainer.step()  # rollout 1: trains and syncs
+        assert greedy_log_probs() != pytest.approx(before, abs=1e-6)

@@ -49,6 +49,8 @@ class EmbeddedEngine:
         dtype: the inference dtype. Defaults to the model's. A different one also keeps a copy,
             e.g. bf16 decoding for a policy trained with fp32 master weights; the copy is
             refreshed (and cast) by :meth:`update_weights`.
+        own_weights: keep a copy even on the same device and dtype, so the engine samples from
+            the weights of the last :meth:`update_weights` only (``update_weights_interval > 1``).
         seed: seeds requests that carry no ``sampling_seed`` (request ``i`` gets ``seed + i``).
         default_max_new_tokens: the budget when ``max_new_tokens`` is unset (SGLang's is 128).
         fast_path: use the static-cache runner with fused kernels and CUDA graphs. ``None``
@@ -67,6 +69,7 @@ class EmbeddedEngine:
         max_batch_size: int = 64,
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
+        own_weights: bool = False,
         seed: int = 0,
         default_max_new_tokens: int = 128,
         fast_path: bool | None = None,
@@ -78,7 +81,7 @@ class EmbeddedEngine:
         self._source = model
         first = next(model.parameters())
         self.device = device if device is not None else first.device
-        if self.device == first.device and (dtype is None or dtype == first.dtype):
+        if self.device == first.device and (dtype is None or dtype == first.dtype) and not own_weights:
             self._model = model
         else:
             self._model = copy.deepcopy(model)
