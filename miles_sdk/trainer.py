@@ -157,13 +157,17 @@ class Trainer:
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
-        self.engine = self._build_engine(engine)
-        self.data_source = self._build_data_source(dataset)
-        self._check_labels()
-        self.backend: TrainBackend = self._build_backend()
-        if self.hooks.backend_init is not None:
-            self.hooks.backend_init(config)
-        self.eval_datasets = self._load_eval_datasets()
+        try:
+            self.engine = self._build_engine(engine)
+            self.data_source = self._build_data_source(dataset)
+            self._check_labels()
+            self.backend: TrainBackend = self._build_backend()
+            if self.hooks.backend_init is not None:
+                self.hooks.backend_init(config)
+            self.eval_datasets = self._load_eval_datasets()
+        except BaseException:
+            self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
+            raise
         self.rollout_id = config.start_rollout_id or 0
         self.writer = MetricsWriter(config)
         self.history: list[Metrics] = []
@@ -369,7 +373,9 @@ class Trainer:
             self._loop.run(self._serving.close())
             self._serving = None
         self._loop.run(close_reward_resources())
-        self.writer.close()
+        writer = getattr(self, "writer", None)  # absent when construction failed
+        if writer is not None:
+            writer.close()
         self._loop.close()
 
     # ==== construction helpers ==================================================================

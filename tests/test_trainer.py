@@ -349,3 +349,16 @@ def test_update_weights_interval_keeps_the_engine_on_older_weights(tmp_path: Pat
         assert greedy_log_probs() == before
         trainer.step()  # rollout 1: trains and syncs
         assert greedy_log_probs() != pytest.approx(before, abs=1e-6)
+
+
+def test_failed_construction_leaves_no_loop_thread(tmp_path: Path) -> None:
+    import threading
+
+    from miles_sdk.rewards import RewardLabelError
+
+    before = sum(t.name == "miles-sdk-loop" for t in threading.enumerate())
+    model, tok = tiny_policy("unit", seed=0)
+    with pytest.raises(RewardLabelError):
+        Trainer(small_config(output_dir=str(tmp_path), rm_type="math", label_key=None), model=model, tokenizer=tok,
+                dataset=ROWS)
+    assert sum(t.name == "miles-sdk-loop" for t in threading.enumerate()) == before
