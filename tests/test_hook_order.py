@@ -174,8 +174,8 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         calculate_per_token_loss: bool = False,
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         rec("pg_loss_reducer")
-        return algo.get_sum_of_sample_mean(
-            total_lengths, response_lengths, loss_masks, calculate_per_token_loss
+        return algo.get_sum_of_sample_mean(  # Miles's convention for reducer hooks: sums
+            total_lengths, response_lengths, loss_masks, calculate_per_token_loss, reduction="sum"
         )
 
     def backend_init(args: Config) -> None:

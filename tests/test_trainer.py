@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -359,6 +360,41 @@ def test_failed_construction_leaves_no_loop_thread(tmp_path: Path) -> None:
     before = sum(t.name == "miles-sdk-loop" for t in threading.enumerate())
     model, tok = tiny_policy("unit", seed=0)
     with pytest.raises(RewardLabelError):
-        Trainer(small_config(output_dir=str(tmp_path), rm_type="math", label_key=None), model=model, tokenizer=tok,
-                dataset=ROWS)
+        Trainer(
+            small_config(output_dir=str(tmp_path), rm_type="math", label_key=None),
+            model=model,
+            tokenizer=tok,
+            dataset=ROWS,
+        )
     assert sum(t.name == "miles-sdk-loop" for t in threading.enumerate()) == before
+
+
+def test_miles_convention_reducer_hook_gives_the_default_update(tmp_path: Path) -> None:
+    """A PGLossReducer hook written the Miles way (sum over samples of sample means) must train
+    exactly like the built-in reducer: the Trainer divides, as Miles's backend does."""
+    from miles_sdk import algo
+
+    def miles_reducer(
+        total_lengths: list[int],
+        response_lengths: list[int],
+        loss_masks: list[torch.Tensor],
+        calculate_per_token_loss: bool = False,
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        return algo.get_sum_of_sample_mean(
+            total_lengths, response_lengths, loss_masks, calculate_per_token_loss, reduction="sum"
+        )
+
+    def final_weights(**hooks: object) -> dict[str, torch.Tensor]:
+        model, tok = tiny_policy("unit", seed=6)
+        cfg = small_config(output_dir=str(tmp_path), sglang_enable_deterministic_inference=True, lr=1e-2)
+        run_steps(
+            {"reward_model": _alternating_reward, "model": model, "tokenizer": tok, **hooks},
+            steps=1,
+            config=cfg,
+        )
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    default = final_weights()
+    hooked = final_weights(pg_loss_reducer=miles_reducer)
+    for key, value in default.items():
+        torch.testing.assert_close(hooked[key], value, rtol=1e-5, atol=1e-6, msg=key)

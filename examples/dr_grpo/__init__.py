@@ -11,9 +11,9 @@ the signature of the default reducer and is used for the pg loss only; the other
 (``pg_clipfrac``, ``ppo_kl``, entropy) keep the default per-sample mean. The library ships the
 same reducer as ``miles_sdk.algo.constant_divisor_reducer(divisor)``.
 
-Scale convention: a miles_sdk reducer returns the *mean* over the micro-batch's samples (Miles's
-returns their sum and divides by the global batch size later), so this reducer computes
-``mean_i(sum_t mask_it * x_it) / DIVISOR``.
+Scale convention: as in Miles, a reducer hook returns the *sum* over the micro-batch's samples and
+the Trainer divides by the batch size, so this reducer computes ``sum_i(sum_t mask_it * x_it) /
+DIVISOR``, exactly like Miles's ``examples/experimental/DrGRPO/custom_reducer.py``.
 
 Run it (the hook is given by its Miles path, as in a launch script)::
 

@@ -21,18 +21,18 @@ def get_pg_loss_reducer(
     loss_masks: list[torch.Tensor],
     calculate_per_token_loss: bool = False,
 ) -> LossReducer:
-    """The reducer for one micro-batch: ``mean_i(sum_t mask_it * x_it) / DIVISOR``.
+    """The reducer for one micro-batch: ``sum_i(sum_t mask_it * x_it) / DIVISOR``.
 
-    With ``calculate_per_token_loss`` every token already weighs the same, so the default
-    per-token mean is kept, as in Miles's example.
+    Like Miles's reducers it sums over samples (the Trainer divides by the batch size), so this
+    file behaves exactly as Miles's Dr.GRPO example. With ``calculate_per_token_loss`` every token
+    already weighs the same, so the masked token sum is kept, as in Miles's example.
     """
     if calculate_per_token_loss:
-        return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True)
+        return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True, reduction="sum")
     if len(loss_masks) != len(response_lengths):
         raise ValueError(
             f"examples.dr_grpo.reducer: {len(loss_masks)} loss_masks for {len(response_lengths)} response_lengths"
         )
-    n_samples = max(len(loss_masks), 1)
     expected = sum(response_lengths)
 
     def sum_of_sample_constant(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +46,7 @@ def get_pg_loss_reducer(
             mask_i = mask_i.to(device=x.device, dtype=x.dtype)
             # where(), not x * mask: a masked position may hold NaN/inf, and 0 * NaN is NaN.
             total = total + torch.where(mask_i != 0, x_i * mask_i, torch.zeros_like(x_i)).sum()
-        return total / (DIVISOR * n_samples)
+        return total / DIVISOR
 
     return sum_of_sample_constant
 

@@ -27,7 +27,7 @@ from miles_sdk.algo.policy_loss import (
     gspo_sequence_kl,
     policy_ratio_metrics,
 )
-from miles_sdk.algo.reducers import get_sum_of_sample_mean
+from miles_sdk.algo.reducers import get_sum_of_sample_mean, miles_scale
 from miles_sdk.algo.tis import mis_function, vanilla_tis_function
 from miles_sdk.config import Config
 from miles_sdk.hooks import LossReducer, PGLossReducer, TISFn
@@ -176,10 +176,14 @@ def _policy_loss(
                     f"one value per response token ({n_tokens})"
                 )
         metrics["ois"] = reducer(torch.exp(-ppo_kl.detach()))
-    if pg_loss_reducer is not None:
-        pg_reducer = pg_loss_reducer(total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss)
-
-    pg = pg_reducer(pg_loss)
+    if pg_loss_reducer is None:
+        pg = pg_reducer(pg_loss)
+    else:
+        # A user reducer follows Miles's convention (a sum over samples): bring it to the mean.
+        user_reducer = pg_loss_reducer(
+            total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss
+        )
+        pg = user_reducer(pg_loss) / miles_scale(masks, args.calculate_per_token_loss)
     loss = pg
     entropy_loss = pg.new_zeros(())
     if entropy is not None:

@@ -4,10 +4,13 @@ The default reducer (Miles's ``sum_of_sample_mean``) averages each sample's loss
 tokens, then averages over the samples of the micro-batch. With ``calculate_per_token_loss`` it
 divides the token sum by the micro-batch's trainable-token count instead.
 
-Deliberate difference from Miles: Miles returns the *sum* over samples and divides by the global
-batch size later, in the backend. Here the reducer returns the *mean* over the micro-batch, so a
-loss value means the same thing whatever the micro-batch size; the backend scales by
-``micro_batch_size / global_batch_size`` when it accumulates gradients (see docs/algorithms.md).
+Two conventions meet here. Internally the reducer returns the *mean* over the micro-batch, so a
+loss value means the same thing whatever the micro-batch size, and the backend scales by
+``micro_batch_size / global_batch_size`` when it accumulates gradients. Miles's reducers return the
+*sum* over samples (and per-token: the token sum) and Miles divides later. User hooks keep Miles's
+convention: a custom ``LossFn`` receives the ``reduction="sum"`` reducer and a custom
+``PGLossReducer`` is expected to return sums; :func:`miles_scale` converts their results, so a
+Miles hook file gives the same gradients here as in Miles (see docs/algorithms.md).
 
 Both reducers precompute one weight per token, so reducing is a single fused multiply-sum, and a
 masked position never contributes, even when the value there is NaN or inf.
@@ -16,12 +19,13 @@ masked position never contributes, even when the value there is NaN or inf.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from miles_sdk.hooks import LossReducer, PGLossReducer
 
-__all__ = ["constant_divisor_reducer", "get_sum_of_sample_mean", "masked_token_weights"]
+__all__ = ["constant_divisor_reducer", "get_sum_of_sample_mean", "masked_token_weights", "miles_scale"]
 
 
 def _check_layout(response_lengths: Sequence[int], loss_masks: Sequence[torch.Tensor]) -> None:
@@ -42,6 +46,7 @@ def masked_token_weights(
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
     denominators: Sequence[float | torch.Tensor] | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Per-token weights ``w`` such that the default reduction of ``x`` is ``sum(w * x)``.
 
@@ -59,12 +64,20 @@ def masked_token_weights(
             raise ValueError(f"reducer: {len(denominators)} denominators for {len(masks)} samples")
         dens = [torch.as_tensor(d, dtype=torch.float64, device=masks[0].device) for d in denominators]
     if calculate_per_token_loss:
-        total = torch.clamp_min(torch.stack(dens).sum(), 1.0)
+        total = torch.clamp_min(torch.stack(dens).sum(), 1.0) if reduction == "mean" else 1.0
         weights = [m / total for m in masks]
     else:
-        n = len(masks)
+        n = len(masks) if reduction == "mean" else 1
         weights = [m / (torch.clamp_min(d, 1.0) * n) for m, d in zip(masks, dens, strict=True)]
     return torch.cat(weights)
+
+
+def miles_scale(loss_masks: Sequence[torch.Tensor], calculate_per_token_loss: bool = False) -> float:
+    """What a Miles-convention (``reduction="sum"``) result is divided by to become this SDK's
+    micro-batch mean: the number of samples, or of trainable tokens with per-token loss."""
+    if calculate_per_token_loss:
+        return max(float(sum(float(m.sum()) for m in loss_masks)), 1.0)
+    return float(max(len(loss_masks), 1))
 
 
 def _weighted_sum(weights: torch.Tensor, expected: int, name: str) -> LossReducer:
@@ -93,27 +106,32 @@ def get_sum_of_sample_mean(
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
     denominators: Sequence[float | torch.Tensor] | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
 ) -> LossReducer:
     """The default reducer (Miles ``sum_of_sample_mean``), as a callable on flat per-token tensors.
 
     ``calculate_per_token_loss=False``: mean over samples of each sample's masked token mean.
     ``True``: masked token sum divided by the number of trainable tokens. A sample whose mask is
     all zeros contributes 0 (not NaN). ``denominators`` replaces each sample's own mask sum (used
-    when TIS/MIS masks change only the numerator).
+    when TIS/MIS masks change only the numerator). ``reduction="sum"`` is Miles's exact reducer:
+    the sum over samples of their means (per-token: the masked token sum).
     """
     if len(total_lengths) != len(response_lengths):
         raise ValueError(
             f"reducer: {len(total_lengths)} total_lengths but {len(response_lengths)} response_lengths"
         )
-    weights = masked_token_weights(response_lengths, loss_masks, calculate_per_token_loss, denominators)
+    weights = masked_token_weights(
+        response_lengths, loss_masks, calculate_per_token_loss, denominators, reduction
+    )
     return _weighted_sum(weights, sum(response_lengths), "sum_of_sample_mean")
 
 
 def constant_divisor_reducer(divisor: float) -> PGLossReducer:
     """A ``PGLossReducer`` dividing each sample's masked token sum by ``divisor`` (Dr.GRPO).
 
-    Sample mode: ``mean_i(sum_t mask * x / divisor)``, so the gradient no longer favours short
-    answers. Per-token mode keeps the default token mean, as Miles's Dr.GRPO example does.
+    Like every ``PGLossReducer`` hook it follows Miles's convention (sums over samples): sample
+    mode gives ``sum_i(sum_t mask * x / divisor)``, so the gradient no longer favours short
+    answers; per-token mode gives the masked token sum, as Miles's Dr.GRPO example does.
     """
     if not divisor > 0:
         raise ValueError(f"constant_divisor_reducer: divisor must be > 0, got {divisor}")
@@ -126,13 +144,12 @@ def constant_divisor_reducer(divisor: float) -> PGLossReducer:
         /,
     ) -> LossReducer:
         if calculate_per_token_loss:
-            return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True)
+            return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True, reduction="sum")
         _check_layout(response_lengths, loss_masks)
-        n = max(len(loss_masks), 1)
         if not loss_masks:
             weights = torch.zeros(0)
         else:
-            weights = torch.cat([m.to(torch.float64) for m in loss_masks]) / (divisor * n)
+            weights = torch.cat([m.to(torch.float64) for m in loss_masks]) / divisor
         return _weighted_sum(weights, sum(response_lengths), "constant_divisor_reducer")
 
     return factory

@@ -204,17 +204,21 @@ class TorchBackend:
                 raise RuntimeError(
                     "loss_type=custom_loss but no loss_fn / custom_loss_function_path was given"
                 )
-            from miles_sdk.algo import get_sum_of_sample_mean
+            from miles_sdk.algo.reducers import get_sum_of_sample_mean, miles_scale
 
             logits = self._packed_logits(batch)
+            # Miles's convention for a custom loss: its reducer sums over samples (or tokens), and
+            # the framework divides afterwards; ``scale`` turns the result into this SDK's mean.
             reducer = get_sum_of_sample_mean(
                 batch["total_lengths"],
                 batch["response_lengths"],
                 batch["loss_masks"],
                 args.calculate_per_token_loss,
+                reduction="sum",
             )
             loss, metrics = self.loss_fn(args, batch, logits, reducer)
-            return loss, dict(metrics)
+            scale = miles_scale(batch["loss_masks"], args.calculate_per_token_loss)
+            return loss / scale, {k: v / scale for k, v in metrics.items()}
         with_entropy = args.entropy_coef != 0.0 or args.loss_type == "policy_loss"
         log_probs, entropy = self._response_log_probs(
             self._model, batch["unconcat_tokens_list"], batch["response_lengths"], with_entropy=with_entropy

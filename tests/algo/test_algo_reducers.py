@@ -33,8 +33,22 @@ def test_denominators_override() -> None:
 
 def test_constant_divisor_reducer_dr_grpo() -> None:
     factory = constant_divisor_reducer(10.0)
-    assert factory([5, 6, 2], LENS, MASKS, False)(X).item() == pytest.approx((2 / 10 + 18 / 10) / 3)
-    assert factory([5, 6, 2], LENS, MASKS, True)(X).item() == pytest.approx(4.0)
+    # Miles's convention for a PGLossReducer hook: sums over samples (per token: the token sum).
+    assert factory([5, 6, 2], LENS, MASKS, False)(X).item() == pytest.approx(2 / 10 + 18 / 10)
+    assert factory([5, 6, 2], LENS, MASKS, True)(X).item() == pytest.approx(20.0)
+
+
+def test_sum_reduction_is_miles_sum_of_sample_mean() -> None:
+    from miles_sdk.algo.reducers import miles_scale
+
+    summed = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, reduction="sum")(X).item()
+    assert summed == pytest.approx(2 / 2 + 18 / 3 + 0)
+    assert summed / miles_scale(MASKS) == pytest.approx(
+        get_sum_of_sample_mean([5, 6, 2], LENS, MASKS)(X).item()
+    )
+    per_token = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, True, reduction="sum")(X).item()
+    assert per_token == pytest.approx(20.0)
+    assert per_token / miles_scale(MASKS, True) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="divisor must be > 0"):
         constant_divisor_reducer(0.0)
 

@@ -23,20 +23,20 @@ MASKS = [torch.tensor([1.0, 1.0, 0.0]), torch.tensor([1.0, 1.0])]
 
 
 def test_reducer_divides_each_token_sum_by_the_constant(monkeypatch: pytest.MonkeyPatch) -> None:
-    # (1 + 2) + (4 + 5) = 12 over 2 samples: 12 / (1000 * 2).
+    # (1 + 2) + (4 + 5) = 12, summed over samples as Miles's reducers are: 12 / 1000.
     reduce = get_pg_loss_reducer([5, 4], [3, 2], MASKS)
-    assert float(reduce(X)) == pytest.approx(0.006)
-    # The constant is read when the reducer is built: 12 / (10 * 2).
+    assert float(reduce(X)) == pytest.approx(0.012)
+    # The constant is read when the reducer is built: 12 / 10.
     monkeypatch.setattr(reducer_module, "DIVISOR", 10.0)
-    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS)(X)) == pytest.approx(0.6)
-    # The default reducer would give mean(3/2, 9/2) = 3: Dr.GRPO ignores answer lengths.
+    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS)(X)) == pytest.approx(1.2)
+    # The default reducer would give 3/2 + 9/2 = 6: Dr.GRPO ignores answer lengths.
 
 
-def test_masked_positions_never_leak_and_per_token_mode_is_the_token_mean() -> None:
+def test_masked_positions_never_leak_and_per_token_mode_is_the_token_sum() -> None:
     x = X.clone()
     x[2] = float("nan")
-    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS)(x)) == pytest.approx(0.006)
-    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS, True)(X)) == pytest.approx(12 / 4)
+    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS)(x)) == pytest.approx(0.012)
+    assert float(get_pg_loss_reducer([5, 4], [3, 2], MASKS, True)(X)) == pytest.approx(12.0)  # token sum
 
 
 def test_reducer_rejects_a_tensor_of_the_wrong_length() -> None:
