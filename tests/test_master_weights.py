@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from miles_sdk import Config, Sample, Trainer
@@ -73,3 +74,12 @@ def test_bf16_training_with_masters_resumes_exactly(tmp_path: Path) -> None:
     resumed.close()
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+def test_clip_grad_zero_means_no_clipping() -> None:
+    weight = torch.nn.Parameter(torch.zeros(3))
+    optim = PolicyOptimizer(Config(lr=0.1), [weight], lr=0.1, master_weights=False)
+    weight.grad = torch.ones(3)
+    norm = optim.clip_and_step(max_norm=0.0)
+    assert norm == pytest.approx(3**0.5)
+    assert torch.all(weight.detach() < 0)  # the step happened with the unclipped gradient

@@ -398,3 +398,21 @@ def test_miles_convention_reducer_hook_gives_the_default_update(tmp_path: Path) 
     hooked = final_weights(pg_loss_reducer=miles_reducer)
     for key, value in default.items():
         torch.testing.assert_close(hooked[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_lr_schedule_spans_every_optimizer_step_and_trim_off_keeps_the_remainder(tmp_path: Path) -> None:
+    from miles_sdk.backends.torch_backend import _lr_lambda
+
+    cfg = small_config(num_rollout=4, global_batch_size=2, lr_decay_style="linear", min_lr=0.0, lr=1e-3)
+    factor = _lr_lambda(cfg)  # 2 prompts x 2 samples / global batch 2 = 2 optimizer steps per rollout
+    assert [round(factor(s), 3) for s in range(0, 9, 2)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+    trained: list[int] = []
+
+    def count(args: Config, rollout_id: int, step_id: int, model: torch.nn.Module,
+              optimizer: torch.optim.Optimizer, opt_param_scheduler: object) -> None:
+        trained.append(step_id)
+
+    cfg = small_config(output_dir=str(tmp_path), global_batch_size=3, micro_batch_size=1, rollout_trim_samples=False)
+    run_steps({"reward_model": _alternating_reward, "before_train_step_hook": count}, steps=1, config=cfg)
+    assert trained == [0, 1]  # 4 samples with a global batch of 3: a full step, then the remainder

@@ -47,13 +47,18 @@ class PolicyOptimizer:
             p.grad = None
 
     def clip_and_step(self, max_norm: float) -> float:
-        """Clip the gradient norm to ``max_norm`` and step; skip the step on a non-finite norm.
-        Returns the norm before clipping."""
+        """Clip the gradient norm to ``max_norm`` (0 or less: no clipping, as Megatron's
+        ``--clip-grad 0``) and step; skip the step on a non-finite norm. Returns the norm before
+        clipping."""
         if self.masters is not None:
             for master, p in zip(self.masters, self.params, strict=True):
                 master.grad = None if p.grad is None else p.grad.to(torch.float32)
         stepped = self.masters if self.masters is not None else self.params
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(stepped, max_norm))
+        grads = [t.grad for t in stepped if t.grad is not None]
+        if max_norm > 0:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(stepped, max_norm))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
         if math.isfinite(grad_norm):
             self.optimizer.step()
             if self.masters is not None:

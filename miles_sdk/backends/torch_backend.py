@@ -163,8 +163,10 @@ class TorchBackend:
         self._model.train()
         totals: dict[str, float] = {}
         count = 0
-        for step_start in range(0, n - global_batch + 1, global_batch):
-            step_idx = list(range(step_start, step_start + global_batch))
+        # Trimming makes n a multiple of the global batch; with --disable-rollout-trim-samples the
+        # remainder forms a last, smaller step rather than being dropped.
+        for step_start in range(0, n, global_batch):
+            step_idx = list(range(step_start, min(step_start + global_batch, n)))
             metrics = self._optimizer_step(rollout_id, rollout_data, step_idx)
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -189,10 +191,10 @@ class TorchBackend:
                 prefix="critic_",
             )
         if rollout_id >= self.args.num_critic_only_steps:
-            metrics |= _accumulate_and_step(
-                self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim
-            )
-            self.scheduler.step()
+            actor = _accumulate_and_step(self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim)
+            if "skipped_nonfinite_grad" not in actor:  # a skipped update does not advance the schedule
+                self.scheduler.step()
+            metrics |= actor
         self.step_id += 1
         metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         return metrics
@@ -287,13 +289,20 @@ def _lm_head(model: nn.Module) -> nn.Linear:
     return head
 
 
+def _optimizer_steps_per_rollout(args: Config) -> int:
+    if args.num_steps_per_rollout:
+        return args.num_steps_per_rollout
+    samples = args.rollout_batch_size * args.n_samples_per_prompt
+    return max(samples // args.effective_global_batch_size, 1)
+
+
 def _lr_lambda(args: Config) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if args.lr_warmup_iters > 0 and step < args.lr_warmup_iters:
             return (step + 1) / args.lr_warmup_iters
         if args.lr_decay_style == "constant" or not args.num_rollout:
             return 1.0
-        total = max(args.num_rollout * (args.num_steps_per_rollout or 1), 1)
+        total = max(args.num_rollout * _optimizer_steps_per_rollout(args), 1)
         progress = min(step / total, 1.0)
         floor = args.min_lr / args.lr if args.lr > 0 else 0.0
         if args.lr_decay_style == "linear":
