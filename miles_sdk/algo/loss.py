@@ -138,12 +138,13 @@ def _policy_loss(
                 "compute_loss: use_tis/use_rs/get_mismatch_metrics need batch['rollout_log_probs']"
             )
         rollout = _tensors(batch, "rollout_log_probs", like=cur)
-        # The IS weight compares the trainer's *old* log-probs with the engine's; without stored
-        # old log-probs (use_rollout_logprobs) the current ones stand in, detached.
+        # The IS weight compares the trainer's *old* log-probs with the engine's. With
+        # use_rollout_logprobs the stored old log-probs ARE the engine's, so the trainer's current
+        # ones (detached; equal to recomputed old ones on the first optimizer step) stand in.
         train_old = (
-            _tensors(batch, "log_probs", like=cur)
-            if batch.get("log_probs") is not None
-            else [lp.detach() for lp in log_probs]
+            [lp.detach() for lp in log_probs]
+            if args.use_rollout_logprobs or batch.get("log_probs") is None
+            else _tensors(batch, "log_probs", like=cur)
         )
         fn: TISFn = tis_fn if tis_fn is not None else (mis_function if args.use_rs else vanilla_tis_function)
         pg_loss, pg_masks, tis_metrics = fn(
@@ -176,6 +177,8 @@ def _policy_loss(
                     f"one value per response token ({n_tokens})"
                 )
         metrics["ois"] = reducer(torch.exp(-ppo_kl.detach()))
+    # As in Miles, tokens that TIS/RS masks out (pg_masks) also leave the entropy and KL terms and
+    # the clip/KL metrics: ``pg_reducer`` carries the modified masks, the mismatch metrics do not.
     if pg_loss_reducer is None:
         pg = pg_reducer(pg_loss)
     else:
@@ -187,7 +190,7 @@ def _policy_loss(
     loss = pg
     entropy_loss = pg.new_zeros(())
     if entropy is not None:
-        entropy_loss = reducer(_active_only(_flat(entropy, dtype, device), active))
+        entropy_loss = pg_reducer(_active_only(_flat(entropy, dtype, device), active))
         if args.entropy_coef != 0:
             loss = loss - args.entropy_coef * entropy_loss
     elif args.entropy_coef != 0:
@@ -199,7 +202,7 @@ def _policy_loss(
         ref = _flat(_tensors(batch, "ref_log_probs"), dtype, device)
         ratio = torch.exp(cur - old_flat) if args.use_unbiased_kl else None
         kl = _active_only(compute_approx_kl(cur, ref, args.kl_loss_type, importance_ratio=ratio), active)
-        kl_loss = reducer(kl.to(dtype))
+        kl_loss = pg_reducer(kl.to(dtype))
         if args.kl_loss_coef != 0:
             loss = loss + args.kl_loss_coef * kl_loss
         metrics["kl_loss"] = kl_loss.detach()
@@ -221,8 +224,8 @@ def _policy_loss(
             "loss": loss.detach(),
             "pg_loss": pg.detach(),
             "entropy_loss": entropy_loss.detach(),
-            "pg_clipfrac": reducer(pg_clipfrac).detach(),
-            "ppo_kl": reducer(ppo_kl).detach(),
+            "pg_clipfrac": pg_reducer(pg_clipfrac).detach(),
+            "ppo_kl": pg_reducer(ppo_kl).detach(),
         }
     )
     return loss, metrics
