@@ -3,6 +3,7 @@ else None (the Miles default). Every hook that enters is checked against its Pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -34,7 +35,7 @@ from miles_sdk.hooks import (
     RouterMiddleware,
     TISFn,
 )
-from miles_sdk.loading import check_hook_signature, load_hook
+from miles_sdk.loading import accepts_positional, check_hook_signature, load_hook
 
 __all__ = ["HookSet", "resolve_hooks"]
 
@@ -136,9 +137,21 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
     for path in args.miles_router_middleware_paths or []:
         middlewares.append(load_hook(path, "RouterMiddleware", flag="--miles-router-middleware-paths"))
     resolved["router_middlewares"] = middlewares
+    postprocess = resolved.get("rollout_data_postprocess")
+    if postprocess is not None and not accepts_positional(postprocess, 2):
+        resolved["rollout_data_postprocess"] = _args_only(postprocess)
     hook_set = HookSet(**resolved)
     _check_consistency(args, hook_set)
     return hook_set
+
+
+def _args_only(fn: Callable[[Config], None]) -> RolloutDataPostprocessFn:
+    """Adapt Miles's ``postprocess(args)`` form to ``(args, rollout_data)``."""
+
+    def call(args: Config, rollout_data: dict[str, Any], /) -> None:
+        fn(args)
+
+    return call
 
 
 def _check_consistency(args: Config, hooks: HookSet) -> None:

@@ -548,9 +548,11 @@ def _validate(c: Config) -> None:
         not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
         "use_dynamic_batch_size needs max_tokens_per_gpu > 0",
     )
-    need(not (c.use_tis and c.use_rollout_logprobs),
-         "use_tis and use_rollout_logprobs cannot be set together (as in Miles): with the engine's "
-         "log-probs as the old ones there is no mismatch left to correct")
+    need(
+        not (c.use_tis and c.use_rollout_logprobs),
+        "use_tis and use_rollout_logprobs cannot be set together (as in Miles): with the engine's "
+        "log-probs as the old ones there is no mismatch left to correct",
+    )
     need(c.rollout_max_response_len >= 1, "rollout_max_response_len must be >= 1")
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")
     need(c.rollout_temperature >= 0.0, "rollout_temperature must be >= 0")

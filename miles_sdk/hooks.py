@@ -227,9 +227,10 @@ class RolloutAllSamplesProcessFn(Protocol):
 class RolloutDataPostprocessFn(Protocol):
     """``--rollout-data-postprocess-path``: edit the batch after log-probs and advantages.
 
-    Runs once per step before the optimizer steps. ``rollout_data`` holds TrainData plus
-    ``log_probs``, ``ref_log_probs``, ``advantages``, ``returns`` (per-sample tensors); it may
-    edit ``loss_masks`` or any tensor in place.
+    Runs once per step, after the advantages and before the optimizer steps (where Miles runs
+    it). ``rollout_data`` holds TrainData plus ``log_probs``, ``ref_log_probs``, ``advantages``,
+    ``returns`` (per-sample tensors); it may edit ``loss_masks`` or any tensor in place. Miles's
+    own form, ``postprocess(args)``, is accepted too.
     """
 
     def __call__(self, args: Config, rollout_data: dict[str, Any], /) -> None: ...

@@ -42,9 +42,11 @@ class HookSpec:
         is_async: bool | None,
         keywords: tuple[str, ...] = (),
         is_class: bool = False,
+        also_positional: tuple[int, ...] = (),
     ) -> None:
         self.protocol = protocol
         self.positional = positional
+        self.also_positional = also_positional  # other arities Miles itself calls the hook with
         self.is_async = is_async  # None: sync or async both accepted
         self.keywords = keywords
         self.is_class = is_class
@@ -71,7 +73,8 @@ HOOK_SPECS: Final[dict[str, HookSpec]] = {
     "BufferFilterFn": HookSpec("BufferFilterFn", 4, is_async=False),
     "RolloutSampleFilterFn": HookSpec("RolloutSampleFilterFn", 2, is_async=False),
     "RolloutAllSamplesProcessFn": HookSpec("RolloutAllSamplesProcessFn", 3, is_async=False),
-    "RolloutDataPostprocessFn": HookSpec("RolloutDataPostprocessFn", 2, is_async=False),
+    # Miles calls it with args only; this SDK also passes the rollout data.
+    "RolloutDataPostprocessFn": HookSpec("RolloutDataPostprocessFn", 2, is_async=False, also_positional=(1,)),
     "LossFn": HookSpec("LossFn", 4, is_async=False),
     "TISFn": HookSpec("TISFn", 0, is_async=False, keywords=_TIS_KEYWORDS),
     "PGLossReducer": HookSpec("PGLossReducer", 4, is_async=False),
@@ -156,8 +159,18 @@ def check_hook_signature(obj: object, protocol: type | str, *, name: str | None 
     except (TypeError, ValueError):
         return  # builtins / C callables: nothing to check
     problem = _accepts(sig, spec.positional, spec.keywords)
+    if problem is not None and any(_accepts(sig, n, spec.keywords) is None for n in spec.also_positional):
+        return
     if problem is not None:
         raise HookSignatureError(f"{label} {problem}; expected {proto_name}{_protocol_signature(proto_name)}")
+
+
+def accepts_positional(obj: object, n: int) -> bool:
+    """Whether ``obj`` can be called with ``n`` positional arguments (True when unknowable)."""
+    try:
+        return _accepts(inspect.signature(obj), n, ()) is None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
 
 
 def _check_class_like(obj: object, spec: HookSpec, label: str) -> None:

@@ -4,8 +4,9 @@
 
     1-2  rollout        data_source + rollout_fn (generate, reward, dynamic filter, sample filters)
     3-4  train data     reward_post_process + convert_samples_to_train_data
-    5    log-probs      old (and ref) log-probs; rollout_data_postprocess
-    6    advantages     grpo / gspo / reinforce++ (baseline) / ppo
+    5    log-probs      old (and ref) log-probs
+    6    advantages     grpo / gspo / reinforce++ (baseline) / ppo; then rollout_data_postprocess
+                        (Miles calls it after the advantages; design.md lists it under 5)
     7    train          optimizer steps (loss_fn or policy loss with tis_fn and pg_loss_reducer)
     8    sync           weights -> inference engine
     9    log            rollout_log_fn, metrics, eval every eval_interval, save every save_interval
@@ -191,10 +192,10 @@ class Trainer:
                 train_data = self._convert(samples)  # 3-4
             with timer("log_prob"):
                 rollout_data = self._log_probs(train_data)  # 5
-            if self.hooks.rollout_data_postprocess is not None:
-                self.hooks.rollout_data_postprocess(args, rollout_data)
             with timer("advantages"):
                 self._advantages(rollout_data)  # 6
+            if self.hooks.rollout_data_postprocess is not None:
+                self.hooks.rollout_data_postprocess(args, rollout_data)
             with timer("train"):
                 metrics |= self.backend.train(rollout_id, rollout_data)  # 7
             with timer("sync"):

@@ -143,6 +143,7 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         rec("rollout_data_postprocess")
         assert len(rollout_data["log_probs"]) == len(rollout_data["tokens"])
         assert rollout_data["ref_log_probs"] is not None
+        assert len(rollout_data["advantages"]) == len(rollout_data["tokens"])  # after advantages, as Miles
 
     def tis(
         *,

@@ -115,3 +115,18 @@ def test_trainer_rejects_custom_loss_without_a_loss_function() -> None:
         resolve_hooks(Config(loss_type="custom_loss"), {})
     with pytest.raises(ConfigError, match="set loss_type='custom_loss'"):
         resolve_hooks(Config(), {"loss_fn": lambda args, batch, logits, reducer: (logits.sum(), {})})
+
+
+def test_miles_one_argument_rollout_data_postprocess_is_accepted() -> None:
+    from miles_sdk import Config
+    from miles_sdk._hookset import resolve_hooks
+
+    seen: list[object] = []
+
+    def postprocess(args: object) -> None:  # Miles calls it with args only
+        seen.append(args)
+
+    hooks = resolve_hooks(Config(), {"rollout_data_postprocess": postprocess})
+    assert hooks.rollout_data_postprocess is not None
+    hooks.rollout_data_postprocess(Config(), {})
+    assert len(seen) == 1

@@ -409,10 +409,18 @@ def test_lr_schedule_spans_every_optimizer_step_and_trim_off_keeps_the_remainder
 
     trained: list[int] = []
 
-    def count(args: Config, rollout_id: int, step_id: int, model: torch.nn.Module,
-              optimizer: torch.optim.Optimizer, opt_param_scheduler: object) -> None:
+    def count(
+        args: Config,
+        rollout_id: int,
+        step_id: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        opt_param_scheduler: object,
+    ) -> None:
         trained.append(step_id)
 
-    cfg = small_config(output_dir=str(tmp_path), global_batch_size=3, micro_batch_size=1, rollout_trim_samples=False)
+    cfg = small_config(
+        output_dir=str(tmp_path), global_batch_size=3, micro_batch_size=1, rollout_trim_samples=False
+    )
     run_steps({"reward_model": _alternating_reward, "before_train_step_hook": count}, steps=1, config=cfg)
     assert trained == [0, 1]  # 4 samples with a global batch of 3: a full step, then the remainder

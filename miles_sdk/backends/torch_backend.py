@@ -191,7 +191,9 @@ class TorchBackend:
                 prefix="critic_",
             )
         if rollout_id >= self.args.num_critic_only_steps:
-            actor = _accumulate_and_step(self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim)
+            actor = _accumulate_and_step(
+                self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim
+            )
             if "skipped_nonfinite_grad" not in actor:  # a skipped update does not advance the schedule
                 self.scheduler.step()
             metrics |= actor

@@ -35,9 +35,17 @@ def _cur() -> list[torch.Tensor]:
     return [T([-1.0, -1.0], dtype=F64).requires_grad_(True), T([-0.5], dtype=F64).requires_grad_(True)]
 
 
-def reject_everything(*, args: Config, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
-                      rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor],
-                      total_lengths: list[int], response_lengths: list[int], **kwargs: Any) -> TISResult:
+def reject_everything(
+    *,
+    args: Config,
+    pg_loss: torch.Tensor,
+    train_log_probs: list[torch.Tensor],
+    rollout_log_probs: list[torch.Tensor],
+    loss_masks: list[torch.Tensor],
+    total_lengths: list[int],
+    response_lengths: list[int],
+    **kwargs: Any,
+) -> TISResult:
     return pg_loss, [torch.zeros_like(m) for m in loss_masks], {}
 
 
