@@ -235,14 +235,15 @@ class Trainer:
     def evaluate(self) -> Metrics:
         """Run the eval function over the eval datasets; returns ``eval/<name>`` metrics."""
         eval_fn = self.hooks.eval_fn or self.hooks.rollout_fn or _default_rollout_fn()
-        output = self._run_rollout_fn(eval_fn, self.rollout_id, evaluation=True)
+        completed = self._last_completed_rollout()
+        output = self._run_rollout_fn(eval_fn, completed, evaluation=True)
         if not isinstance(output, RolloutFnEvalOutput):
             raise TypeError(f"eval function returned {type(output).__name__}, expected RolloutFnEvalOutput")
         data = dict(output.data)
         metrics = eval_metrics(self.args, data) | output.metrics
         log_fn = self.hooks.eval_rollout_log_fn
-        if log_fn is None or not log_fn(self.rollout_id, self.args, data, output.metrics):
-            self.writer.write(self.rollout_id, metrics)  # eval rows carry the step they followed
+        if log_fn is None or not log_fn(completed, self.args, data, output.metrics):
+            self.writer.write(completed, metrics)
         return metrics
 
     # ==== stages ================================================================================
@@ -338,15 +339,16 @@ class Trainer:
             "data_source": _data_source_state(self.data_source, self.rollout_id),
             "rng": capture_rng_state(),
             "engine_weight_version": self.engine.weight_version,
+            "engine": _engine_state(self.engine),
         }
         out = save_checkpoint(path, self.rollout_id, state)
         if self.args.save_hf is not None:
-            hf_dir = self.args.save_hf.format(rollout_id=self.rollout_id)
+            hf_dir = self.args.save_hf.format(rollout_id=self._last_completed_rollout())
             self.policy.save_hf(hf_dir)
         else:
             hf_dir = None
         if self.hooks.post_save_hook is not None:
-            self.hooks.post_save_hook(self.args, self.rollout_id, str(out), hf_dir)
+            self.hooks.post_save_hook(self.args, self._last_completed_rollout(), str(out), hf_dir)
         return out
 
     def load(self, path: str | Path, rollout_id: int | None = None) -> None:
@@ -356,13 +358,21 @@ class Trainer:
         _load_data_source_state(self.data_source, state["data_source"], state["rollout_id"])
         restore_rng_state(state["rng"])
         self.rollout_id = int(state["rollout_id"])
-        self.engine.update_weights()
+        # The engine samples from the loaded weights, under the saved version and sampling seeds,
+        # so a resumed run draws exactly what the uninterrupted one would.
+        saved_version = int(state.get("engine_weight_version", 0))
+        self.engine.update_weights(max(saved_version, self.engine.weight_version))
+        _load_engine_state(self.engine, state.get("engine"))
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _last_completed_rollout(self) -> int:
+        """The id Miles passes to eval, save and their hooks: the rollout that just finished."""
+        return max(self.rollout_id - 1, 0)
 
     def close(self) -> None:
         """Stop servers and the loop thread; the Trainer cannot step afterwards. Idempotent."""
@@ -569,6 +579,17 @@ def _warn_placement_flags(args: Config) -> None:
 def _is_async_callable(fn: Any) -> bool:
     call = getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _engine_state(engine: InferenceEngine) -> Any:
+    state_dict = getattr(engine, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
+def _load_engine_state(engine: InferenceEngine, state: Any) -> None:
+    load_state_dict = getattr(engine, "load_state_dict", None)
+    if state is not None and callable(load_state_dict):
+        load_state_dict(state)
 
 
 def _default_rollout_fn() -> Any:

@@ -96,11 +96,11 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
 
 
-def _resume_trainer(tmp_path: Path, name: str) -> Trainer:
+def _resume_trainer(tmp_path: Path, name: str, deterministic: bool = True) -> Trainer:
     model, tok = tiny_policy("unit", seed=3)
     cfg = small_config(
         output_dir=str(tmp_path / name),
-        sglang_enable_deterministic_inference=True,
+        sglang_enable_deterministic_inference=deterministic,
         rollout_shuffle=True,
         lr=1e-2,
         num_rollout=4,
@@ -108,21 +108,22 @@ def _resume_trainer(tmp_path: Path, name: str) -> Trainer:
     return Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=addition_reward)
 
 
-def test_resume_is_exact(tmp_path: Path) -> None:
-    straight = _resume_trainer(tmp_path, "straight")
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_resume_is_exact(tmp_path: Path, deterministic: bool) -> None:
+    straight = _resume_trainer(tmp_path, "straight", deterministic)
     for _ in range(4):
         straight.step()
     expected = _weights(straight)
     straight.close()
 
-    first = _resume_trainer(tmp_path, "first")
+    first = _resume_trainer(tmp_path, "first", deterministic)
     first.step()
     first.step()
     first.save(tmp_path / "ckpt")
     first.close()
     assert (tmp_path / "ckpt" / "rollout_2").is_dir() and not list((tmp_path / "ckpt").glob(".tmp-*"))
 
-    resumed = _resume_trainer(tmp_path, "resumed")
+    resumed = _resume_trainer(tmp_path, "resumed", deterministic)
     resumed.load(tmp_path / "ckpt")
     assert resumed.rollout_id == 2
     resumed.step()

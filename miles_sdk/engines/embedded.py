@@ -146,6 +146,13 @@ class EmbeddedEngine:
             self._runner.weights_updated()
         self._version = self._version + 1 if version is None else version
 
+    def state_dict(self) -> dict[str, int]:
+        """What a checkpoint needs to resume sampling exactly: the next default request seed."""
+        return {"next_seed": self._next_seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._next_seed = int(state["next_seed"])
+
     async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
         """Continue ``input_ids``; batched with every other request in flight on this loop."""
         self._ensure_scheduler()
