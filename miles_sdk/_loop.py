@@ -25,7 +25,17 @@ class LoopThread:
         """Run ``coro`` on the loop thread and wait for its result (exceptions propagate)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("LoopThread.run called from its own loop; await the coroutine instead")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (or any error here) must not leave the rollout running in the background.
+            future.cancel()
+            try:
+                future.result(timeout=30)
+            except BaseException:  # noqa: S110 - the cancellation's own outcome is not the error to report
+                pass
+            raise
 
     def close(self) -> None:
         """Cancel what still runs on the loop (e.g. an engine's scheduler), then stop it."""

@@ -66,7 +66,14 @@ def build_policy(
 ) -> Policy:
     device = resolve_device(args)
     if model is None and model_provider is not None:
-        model = model_provider(True, True, None)
+        # As Miles does: vp_stage only for a provider that takes it.
+        from miles_sdk.loading import accepts_positional
+
+        model = (
+            model_provider(True, True, None)
+            if accepts_positional(model_provider, 3)
+            else model_provider(True, True)
+        )
     if model is None:
         if args.hf_checkpoint is None:
             raise ValueError("no policy: set hf_checkpoint in the Config, or pass model= and tokenizer=")

@@ -164,18 +164,18 @@ class Trainer:
             self._check_labels()
             self.backend: TrainBackend = self._build_backend()
             if self.hooks.backend_init is not None:
-                self.hooks.backend_init(config)
+                self.hooks.backend_init(self.args)
             self.eval_datasets = self._load_eval_datasets()
+            self.rollout_id = config.start_rollout_id or 0
+            self.writer = MetricsWriter(config)
+            self.history: list[Metrics] = []
+            self.last_samples: list[Sample] = []
+            """The samples trained on in the latest step (for notebooks and tests)."""
+            if config.load is not None and latest_checkpoint(config.load) is not None:
+                self.load(config.load)
         except BaseException:
             self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
             raise
-        self.rollout_id = config.start_rollout_id or 0
-        self.writer = MetricsWriter(config)
-        self.history: list[Metrics] = []
-        self.last_samples: list[Sample] = []
-        """The samples trained on in the latest step (for notebooks and tests)."""
-        if config.load is not None and latest_checkpoint(config.load) is not None:
-            self.load(config.load)
 
     # ==== the loop ==============================================================================
 

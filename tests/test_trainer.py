@@ -425,3 +425,19 @@ def test_lr_schedule_spans_every_optimizer_step_and_trim_off_keeps_the_remainder
     )
     run_steps({"reward_model": _alternating_reward, "before_train_step_hook": count}, steps=1, config=cfg)
     assert trained == [0, 1]  # 4 samples with a global batch of 3: a full step, then the remainder
+
+
+def test_two_argument_miles_model_provider(tmp_path: Path) -> None:
+    _, tok = tiny_policy("unit", seed=0)
+    built: list[bool] = []
+
+    def provider(
+        pre_process: bool, post_process: bool
+    ) -> torch.nn.Module:  # no vp_stage, as many Miles files
+        built.append(pre_process and post_process)
+        return tiny_policy("unit", seed=0)[0]
+
+    result = run_steps(
+        {"model_provider": provider, "tokenizer": tok}, steps=1, config=small_config(output_dir=str(tmp_path))
+    )
+    assert built == [True] and result.metrics

@@ -73,7 +73,7 @@ def run_steps(
         cfg = cfg.replace(output_dir=tempfile.mkdtemp(prefix="miles_sdk_run_steps_"))
     if "reward_model" not in kwargs and cfg.rm_type is None and cfg.custom_rm_path is None:
         kwargs["reward_model"] = addition_reward
-    if "model" not in kwargs:
+    if "model" not in kwargs and "model_provider" not in kwargs:
         kwargs["model"], kwargs["tokenizer"] = tiny_policy("unit", seed=seed)
     if dataset is None and cfg.prompt_data is None and "data_source" not in kwargs:
         dataset = _default_dataset()
