@@ -4,6 +4,7 @@ in a script, and inside an already-running loop such as a Jupyter cell."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -31,10 +32,8 @@ class LoopThread:
         except BaseException:
             # Ctrl-C (or any error here) must not leave the rollout running in the background.
             future.cancel()
-            try:
-                future.result(timeout=30)
-            except BaseException:  # noqa: S110 - the cancellation's own outcome is not the error to report
-                pass
+            # Wait for the cancellation to land; its own outcome is not the error to report.
+            concurrent.futures.wait([future], timeout=30)
             raise
 
     def close(self) -> None:
