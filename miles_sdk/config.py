@@ -8,6 +8,7 @@ friends read exactly as in Miles.
 
 from __future__ import annotations
 
+import types
 import typing
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
@@ -454,7 +455,10 @@ class Config:
         raise AttributeError(f"Config has no setting {name!r}")
 
     def replace(self, **changes: Any) -> Config:
-        """A copy with some settings changed (validated again)."""
+        """A copy with some settings changed (validated again). The custom config file was applied
+        when this Config was built, so it is not applied again over the changes."""
+        changes.setdefault("custom_config_path", None)
+        changes.setdefault("extra", dict(self.extra))
         return attrs.evolve(self, **changes)
 
     def __attrs_post_init__(self) -> None:
@@ -489,11 +493,47 @@ def _apply_custom_config(c: Config, path: str) -> None:
             f"custom_config_path {path!r}: expected a mapping of setting: value, got {type(data).__name__}"
         )
     names = {f.name for f in attrs.fields(Config)} - {"extra", "custom_config_path"}
+    hints = typing.get_type_hints(Config)
+    object.__setattr__(c, "extra", dict(c.extra))  # never write into a dict another Config shares
     for key, value in data.items():
         if key in names:
-            object.__setattr__(c, key, value)  # frozen: this runs once, during construction
+            # frozen: this runs once, during construction
+            object.__setattr__(c, key, _coerce(key, value, hints[key], path))
         else:
             c.extra[key] = value
+
+
+def _coerce(name: str, value: Any, tp: Any, path: str) -> Any:
+    """A YAML value as the setting's type: ``1e-5`` (a string to PyYAML) becomes a float, a bad
+    choice or type is an error naming the file and the setting."""
+    where = f"custom_config_path {path!r}: {name}={value!r}"
+    args = typing.get_args(tp)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: this setting cannot be null")
+    base = (
+        next((a for a in args if a is not type(None)), tp)
+        if typing.get_origin(tp) in (typing.Union, types.UnionType)
+        else tp
+    )
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            raise ValueError("expected true or false")
+        if base in (int, float, str):
+            return base(value)
+        if origin is typing.Literal:
+            if value not in typing.get_args(base):
+                raise ValueError(f"expected one of {list(typing.get_args(base))}")
+            return value
+        if origin is list:
+            return list(value) if isinstance(value, (list, tuple)) else [value]
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _validate(c: Config) -> None:

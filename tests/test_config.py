@@ -121,3 +121,17 @@ def test_custom_config_path_errors_name_the_file(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         Config(custom_config_path=str(bad))
+
+
+def test_custom_config_values_are_typed_and_replace_does_not_reapply(tmp_path: Path) -> None:
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("lr: 1e-5\neps_clip: 0.3\nkl_loss_type: k3\n")
+    c = Config(custom_config_path=str(yaml_file))
+    assert c.lr == 1e-5 and isinstance(c.lr, float)  # PyYAML reads 1e-5 as a string
+    assert c.replace(eps_clip=0.1).eps_clip == 0.1
+    yaml_file.write_text("kl_loss_type: k9\n")
+    with pytest.raises(ConfigError, match="kl_loss_type='k9'"):
+        Config(custom_config_path=str(yaml_file))
+    yaml_file.write_text("use_tis: yes please\n")
+    with pytest.raises(ConfigError, match="use_tis"):
+        Config(custom_config_path=str(yaml_file))
