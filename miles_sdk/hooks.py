@@ -18,6 +18,7 @@ import torch
 
 from miles_sdk.types import (
     DynamicFilterOutput,
+    EvalDatasetResult,
     Metrics,
     RewardValue,
     RolloutFnEvalOutput,
@@ -349,7 +350,7 @@ class BeforeTrainStepHookFn(Protocol):
         step_id: int,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
-        opt_param_scheduler: Any,
+        opt_param_scheduler: torch.optim.lr_scheduler.LRScheduler,
         /,
     ) -> None: ...
 
@@ -388,7 +389,12 @@ class EvalRolloutLogFn(Protocol):
     default eval logging."""
 
     def __call__(
-        self, rollout_id: int, args: Config, data: dict[str, Any], extra_metrics: Metrics | None, /
+        self,
+        rollout_id: int,
+        args: Config,
+        data: dict[str, EvalDatasetResult],
+        extra_metrics: Metrics | None,
+        /,
     ) -> bool: ...
 
 

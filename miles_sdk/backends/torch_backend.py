@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
-from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens
+from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens, token_budget_chunks
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
@@ -120,6 +120,15 @@ class TorchBackend:
         return logp_list, ent_list
 
     @torch.no_grad()
+    def _forward_batches(self, data: TrainData) -> list[list[int]]:
+        """Batches of a forward-only pass: the token budget with use_dynamic_batch_size (no grads,
+        so twice the budget fits), else at least 8 samples."""
+        everything = list(range(len(data["tokens"])))
+        if self.args.use_dynamic_batch_size and self.args.max_tokens_per_gpu:
+            lengths = [len(t) for t in data["tokens"]]
+            return list(token_budget_chunks(everything, lengths, 2 * self.args.max_tokens_per_gpu))
+        return list(chunks(len(everything), max(self.args.micro_batch_size, 8)))
+
     def compute_log_probs(self, data: TrainData, *, which: LogProbModel) -> list[torch.Tensor]:
         model = self._model if which == "actor" else self.ref_model
         if model is None:
@@ -130,7 +139,7 @@ class TorchBackend:
         model.eval()
         out: list[torch.Tensor] = []
         try:
-            for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
+            for idx in self._forward_batches(data):
                 logp, _ = self._response_log_probs(
                     model,
                     [data["tokens"][i] for i in idx],
@@ -146,7 +155,7 @@ class TorchBackend:
         if self.critic is None:
             return None
         out: list[torch.Tensor] = []
-        for idx in chunks(len(data["tokens"]), max(self.args.micro_batch_size, 8)):
+        for idx in self._forward_batches(data):
             out.extend(
                 self.critic.compute(
                     [data["tokens"][i] for i in idx], [data["response_lengths"][i] for i in idx]
