@@ -123,6 +123,7 @@ class EmbeddedEngine:
         self._free: list[int] = list(range(max_batch_size))
         """A heap: the lowest free slot goes first, so the fast path's batch stays dense."""
         self._to_release: list[int] = []
+        self._stepping: asyncio.Future[StepResult] | None = None
 
     # -- InferenceEngine -----------------------------------------------------------------------
 
@@ -185,6 +186,11 @@ class EmbeddedEngine:
             self._finish(req, FinishReason.ABORT)
         self._waiting.clear()
         self._wake.set()
+        # The model step already running on the worker thread uses the shared module: let it end
+        # before the caller (the trainer) starts using the weights.
+        stepping = self._stepping
+        if stepping is not None and not stepping.done():
+            await asyncio.wait([stepping])
 
     def reset_stats(self) -> None:
         """Zero :attr:`stats` and the runner's counters (e.g. after a warm-up)."""
@@ -227,7 +233,11 @@ class EmbeddedEngine:
                     continue
                 budget = max(r.max_new_tokens - len(r.tokens) for r in self._active.values())
                 t0 = time.perf_counter()
-                result = await asyncio.get_running_loop().run_in_executor(self._worker, self._step, budget)
+                self._stepping = asyncio.get_running_loop().run_in_executor(self._worker, self._step, budget)
+                try:
+                    result = await self._stepping
+                finally:
+                    self._stepping = None
                 t1 = time.perf_counter()
                 self._absorb(result)
                 self.stats["step_wall_s"] += t1 - t0
