@@ -7,7 +7,11 @@ new field can never be forgotten on the command line.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
+import functools
+import inspect
+import itertools
 import json
 import types
 import typing
@@ -42,19 +46,40 @@ def _json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"expected JSON, got {text!r} ({exc})") from exc
 
 
+@functools.cache
+def field_docstrings() -> dict[str, str]:
+    """Each Config field's attribute docstring (the string literal under it in config.py); attrs
+    keeps none at run time, and the CLI help and docs/config.md both need them."""
+    from miles_sdk import config as config_module
+
+    source = inspect.getsource(config_module)
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    docs: dict[str, str] = {}
+    for node, after in itertools.pairwise(cls.body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
 def _add_field(parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp: Any) -> None:
     name = field.name
     flag = field.metadata.get("flag", "--" + name.replace("_", "-"))
-    help_text = (field.__doc__ or "").strip() or None
+    help_text = field_docstrings().get(name)
     base = _strip_optional(tp)
     origin = typing.get_origin(base)
     if base is bool:
         if flag.startswith("--disable-"):
-            parser.add_argument(flag, dest=name, action="store_false", default=field.default)
+            parser.add_argument(flag, dest=name, action="store_false", default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, action="store_true", default=field.default)
-            # a Miles store_false default=True field also gets an explicit --no- form
-            parser.add_argument("--no-" + flag[2:], dest=name, action="store_false")
+            parser.add_argument(flag, dest=name, action="store_true", default=field.default, help=help_text)
+            if not flag.startswith("--no-"):  # an explicit off switch, for flags that default to on
+                parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS)
         return
     default: Any = field.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class at run time
@@ -102,11 +127,13 @@ def parse_config_args(cls: type[Config], argv: Sequence[str] | None, *, allow_un
     if unknown and not allow_unknown:
         flags = [u for u in unknown if u.startswith("-")] or unknown
         known_flags = [s for a in parser._actions for s in a.option_strings]
-        hint = difflib.get_close_matches(flags[0], known_flags, n=1)
+        listed = ", ".join(
+            f + (f" (did you mean {h[0]}?)" if (h := difflib.get_close_matches(f, known_flags, n=1)) else "")
+            for f in flags
+        )
         raise ConfigError(
-            f"unknown flag {flags[0]!r}"
-            + (f" (did you mean {hint[0]}?)" if hint else "")
-            + "; pass allow_unknown=True to keep unrecognised flags in Config.extra"
+            f"unknown flag(s): {listed}; pass --allow-unknown-flags (Python: allow_unknown=True) to keep "
+            "them in Config.extra for hooks"
         )
     values = vars(namespace)
     return cls(**values, extra=_unknown_to_extra(unknown))

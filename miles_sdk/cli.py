@@ -7,6 +7,8 @@ runs the same Trainer a script would build; unknown (e.g. Megatron) flags are an
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,6 +27,11 @@ def _train(argv: list[str]) -> int:
 
     allow_unknown = "--allow-unknown-flags" in argv
     argv = [a for a in argv if a != "--allow-unknown-flags"]
+    # Like `python -m`, hook paths (--custom-rm-path my_pkg.rewards.rm) resolve from the current
+    # directory too.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = Config.from_args(argv, allow_unknown=allow_unknown)
     trainer = Trainer(config)
     try:
@@ -39,6 +46,15 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from miles_sdk.config import ConfigError
+    from miles_sdk.data.dataset import DatasetError
+    from miles_sdk.loading import HookLoadError, HookSignatureError
+    from miles_sdk.rewards import RewardLabelError
+
+    return (ConfigError, DatasetError, HookLoadError, HookSignatureError, RewardLabelError, FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -46,7 +62,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args else 2
     command, rest = args[0], args[1:]
     if command == "train":
-        return _train(rest)
+        if "-h" in rest or "--help" in rest:
+            from miles_sdk._cli_args import build_parser
+            from miles_sdk.config import Config
+
+            build_parser(Config).print_help()
+            return 0
+        try:
+            return _train(rest)
+        except _user_errors() as exc:
+            # A bad flag, path, hook or dataset is the user's to fix: say what, not where in our code.
+            print(f"miles-sdk train: error: {exc}", file=sys.stderr)
+            return 2
     if command == "demo":
         from miles_sdk.demo.run import main as demo_main
 

@@ -6,14 +6,13 @@ python scripts/gen_config_doc.py --check  # exit 1 if docs/config.md is out of d
 
 from __future__ import annotations
 
-import ast
-import itertools
 import sys
 import typing
 from pathlib import Path
 
 import attrs
 
+from miles_sdk._cli_args import field_docstrings
 from miles_sdk.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,18 +35,7 @@ def _sections_and_docstrings() -> tuple[dict[str, str], dict[str, str]]:
             and not line.startswith("     ")
         ):
             section_of.setdefault(stripped.split(":", 1)[0], current)
-    docs: dict[str, str] = {}
-    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
-    body = cls.body
-    for node, after in itertools.pairwise(body):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
+    docs = field_docstrings()
     return section_of, docs
 
 
