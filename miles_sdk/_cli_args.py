@@ -79,7 +79,9 @@ def _add_field(parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp:
         else:
             parser.add_argument(flag, dest=name, action="store_true", default=field.default, help=help_text)
             if not flag.startswith("--no-"):  # an explicit off switch, for flags that default to on
-                parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS)
+                parser.add_argument(
+                    "--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS
+                )
         return
     default: Any = field.default
     if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # attrs.Factory is a class at run time

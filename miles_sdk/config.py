@@ -8,6 +8,7 @@ friends read exactly as in Miles.
 
 from __future__ import annotations
 
+import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -28,6 +29,20 @@ ISMode: TypeAlias = Literal["truncate", "clip", "mask"]
 
 class ConfigError(ValueError):
     """A bad or contradictory setting. The message names the setting(s) involved."""
+
+
+BUILTIN_RM_TYPES = (
+    "math",
+    "deepscaler",
+    "dapo",
+    "f1",
+    "gpqa",
+    "ifbench",
+    "remote_rm",
+    "random",
+    "deterministic_random",
+)
+"""The built-in ``rm_type`` values (miles_sdk/rewards); ``boxed_`` may prefix any of them."""
 
 
 def _flag(name: str) -> dict[str, str]:
@@ -201,7 +216,7 @@ class Config:
     """Tool key of the eval datasets (default: tool_key)."""
     eval_reward_key: str | None = None
     """Reward key for eval dict rewards (default: reward_key)."""
-    skip_eval_before_train: bool = True
+    skip_eval_before_train: bool = False
     """Skip the eval before the first training step."""
 
     # ---- reward --------------------------------------------------------------------------------
@@ -581,8 +596,8 @@ def _validate(c: Config) -> None:
         "debug_train_only needs load_debug_rollout_data (there is no engine to generate with)",
     )
     need(
-        c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0,
-        "eval_prompt_data takes pairs: name path [name path ...]",
+        c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0 or len(c.eval_prompt_data) == 1,
+        "eval_prompt_data takes pairs: name path [name path ...] (or Miles's legacy single path)",
     )
     need(
         not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
@@ -592,6 +607,18 @@ def _validate(c: Config) -> None:
         not (c.use_tis and c.use_rollout_logprobs),
         "use_tis and use_rollout_logprobs cannot be set together (as in Miles): with the engine's "
         "log-probs as the old ones there is no mismatch left to correct",
+    )
+    need(
+        not c.save_interval or c.save is not None,
+        "save_interval is set but save (the checkpoint directory) is not",
+    )
+    need(
+        c.rm_type is None or c.rm_type.removeprefix("boxed_") in BUILTIN_RM_TYPES,
+        f"unknown rm_type {c.rm_type!r}"
+        + "".join(
+            f" (did you mean {m}?)" for m in difflib.get_close_matches(str(c.rm_type), BUILTIN_RM_TYPES, 1)
+        )
+        + f"; built-in: {', '.join(BUILTIN_RM_TYPES)}, each optionally prefixed with boxed_",
     )
     need(c.rollout_max_response_len >= 1, "rollout_max_response_len must be >= 1")
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")

@@ -35,7 +35,7 @@ from miles_sdk.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from miles_sdk.config import Config
+from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines.base import InferenceEngine
 from miles_sdk.hooks import (
     BackendInitFn,
@@ -166,13 +166,18 @@ class Trainer:
             if self.hooks.backend_init is not None:
                 self.hooks.backend_init(self.args)
             self.eval_datasets = self._load_eval_datasets()
+            if self.args.eval_interval and not self._can_evaluate():
+                raise ConfigError(
+                    "eval_interval is set but there is nothing to evaluate: set eval_prompt_data "
+                    "(or eval_config), or pass eval_fn="
+                )
             self.rollout_id = config.start_rollout_id or 0
             self.writer = MetricsWriter(config)
             self.history: list[Metrics] = []
             self.last_samples: list[Sample] = []
             """The samples trained on in the latest step (for notebooks and tests)."""
-            if config.load is not None and latest_checkpoint(config.load) is not None:
-                self.load(config.load)
+            if config.load is not None:
+                self._resume(config.load)
         except BaseException:
             self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
             raise
@@ -205,7 +210,7 @@ class Trainer:
         if not replaced:
             self.writer.write(rollout_id, metrics)
         self.rollout_id += 1
-        if args.eval_interval and self.eval_datasets and self.rollout_id % args.eval_interval == 0:
+        if args.eval_interval and self._can_evaluate() and self.rollout_id % args.eval_interval == 0:
             metrics |= self.evaluate()
         if args.save and args.save_interval and self.rollout_id % args.save_interval == 0:
             self.save(args.save)
@@ -213,7 +218,9 @@ class Trainer:
         return metrics
 
     def fit(self, num_rollout: int | None = None) -> list[Metrics]:
-        """Run ``num_rollout`` steps (default: the Config's num_rollout / num_epoch)."""
+        """Train until ``num_rollout`` rollouts have run in total, counting any already run or
+        resumed (Miles's ``--num-rollout``; default: the Config's num_rollout / num_epoch).
+        Evaluates first unless ``skip_eval_before_train``. Returns every step's metrics so far."""
         total = num_rollout if num_rollout is not None else self._num_rollout()
         if (
             self.args.eval_interval
@@ -351,6 +358,20 @@ class Trainer:
             self.hooks.post_save_hook(self.args, self._last_completed_rollout(), str(out), hf_dir)
         return out
 
+    def _resume(self, path: str) -> None:
+        """``--load``: resume from the newest checkpoint there. As in Miles a missing directory
+        starts from scratch (``--load`` often equals ``--save``), but never silently."""
+        if not Path(path).exists():
+            logger.warning("--load %s does not exist yet: starting from scratch", path)
+            return
+        if latest_checkpoint(path) is None:
+            raise FileNotFoundError(
+                f"--load {path}: the directory holds no checkpoint written by Trainer.save (expected "
+                f"{path}/rollout_<id>/ and {path}/latest); pass the directory given to --save, not a step folder"
+            )
+        self.load(path)
+        logger.info("resumed from %s at rollout %d", path, self.rollout_id)
+
     def load(self, path: str | Path, rollout_id: int | None = None) -> None:
         """Restore a checkpoint written by :meth:`save` (the latest when ``rollout_id`` is None)."""
         state = load_checkpoint(path, rollout_id)
@@ -369,6 +390,9 @@ class Trainer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _can_evaluate(self) -> bool:
+        return bool(self.eval_datasets) or self.hooks.eval_fn is not None
 
     def _last_completed_rollout(self) -> int:
         """The id Miles passes to eval, save and their hooks: the rollout that just finished."""

@@ -85,7 +85,9 @@ def test_bad_choice_is_a_config_error() -> None:
         ({"advantage_estimator": "ppo", "kl_coef": 0.1}, "kl_coef"),
         ({"rm_type": "remote_rm"}, "rm_url"),
         ({"debug_train_only": True}, "load_debug_rollout_data"),
-        ({"eval_prompt_data": ["only_name"]}, "pairs"),
+        ({"eval_prompt_data": ["a", "b.jsonl", "c"]}, "pairs"),
+        ({"save_interval": 2}, "save_interval is set"),
+        ({"rm_type": "maths"}, "did you mean math"),
         ({"eps_clip_c": 0.5}, "eps_clip_c"),
     ],
 )

@@ -100,6 +100,7 @@ def test_default_rollout_calls_every_hook_in_order(tmp_path: Path) -> None:
         use_kl_loss=True,
         kl_loss_coef=0.01,
         eval_interval=1,
+        skip_eval_before_train=True,
         eval_prompt_data=["tiny", _eval_file(tmp_path)],
         save=str(tmp_path / "ckpt"),
         save_interval=1,
@@ -295,6 +296,7 @@ def test_replacement_hooks_called(tmp_path: Path) -> None:
         num_rollout=2,
         loss_type="custom_loss",
         eval_interval=2,
+        skip_eval_before_train=True,
         eval_prompt_data=["tiny", _eval_file(tmp_path)],
     )
 

@@ -180,6 +180,8 @@ def _entries(raw: object, where: str) -> list[dict[str, Any]]:
 def resolve_eval_settings(args: Config) -> list[EvalDatasetSettings]:
     """The settings of every eval dataset named by ``eval_prompt_data`` and ``eval_config``."""
     pairs = list(args.eval_prompt_data or [])
+    if len(pairs) == 1:  # Miles's legacy form, a single path: the dataset is named after the file
+        pairs = [os.path.splitext(os.path.basename(pairs[0].split("@", 1)[0]))[0], pairs[0]]
     if len(pairs) % 2:
         raise EvalConfigError(
             f"eval_prompt_data takes pairs 'name path ...', got {len(pairs)} values: {pairs}"

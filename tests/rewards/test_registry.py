@@ -26,8 +26,14 @@ def test_selection_order_metadata_then_config() -> None:
 def test_no_or_unknown_rm_type_is_a_clear_error() -> None:
     with pytest.raises(RewardConfigError, match="set Config.rm_type"):
         resolve_rm_type(_cfg(), Sample())
+    # A per-sample rm_type from metadata is checked when the sample is scored ...
     with pytest.raises(RewardConfigError, match="unknown rm_type 'maths'.*known: math"):
-        resolve_rm_type(_cfg(rm_type="maths"), Sample())
+        resolve_rm_type(_cfg(), Sample(metadata={"rm_type": "maths"}))
+    # ... and the Config's own rm_type when the Config is built.
+    from miles_sdk.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown rm_type 'maths' \\(did you mean math\\?\\)"):
+        _cfg(rm_type="maths")
 
 
 @pytest.mark.parametrize(
