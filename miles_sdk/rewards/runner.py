@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import math
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,8 @@ def _fail(sample: Sample, source: str, reason: str) -> None:
 
 def _problem(args: Config, value: object) -> str | None:
     """Why ``value`` cannot be a reward, or None when it can."""
-    if isinstance(value, bool) or not isinstance(value, int | float | dict):
+    # bool is an int: Miles takes True/False rewards as 1/0, and so does this SDK.
+    if not isinstance(value, int | float | dict):
         return f"returned {type(value).__name__} {value!r:.80}; expected a float or a dict"
     if isinstance(value, int | float):
         return None if math.isfinite(value) else f"returned {value}"
@@ -69,7 +71,7 @@ def _problem(args: Config, value: object) -> str | None:
     if key not in value:
         return f"returned a dict without reward_key {key!r} (keys: {sorted(map(str, value))})"
     scalar = value[key]
-    if isinstance(scalar, bool) or not isinstance(scalar, int | float):
+    if not isinstance(scalar, int | float):
         return f"reward[{key!r}] is {type(scalar).__name__}; expected a number"
     return None if math.isfinite(scalar) else f"reward[{key!r}] is {scalar}"
 
@@ -94,7 +96,11 @@ async def _call(result: object, timeout: float | None) -> object:
 def _reason(exc: BaseException, timeout: float | None) -> str:
     if isinstance(exc, TimeoutError):
         return f"timed out after reward_timeout={timeout}s"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    where = ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if frames:  # the innermost frame: usually the line of the user's reward that raised
+        where = f" (at {frames[-1].filename}:{frames[-1].lineno})"
+    return (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) + where
 
 
 async def score_samples(

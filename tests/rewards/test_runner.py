@@ -163,7 +163,8 @@ async def test_batched_failures() -> None:
 
     samples = _samples(2)
     await score_samples(_cfg(), samples, batched_reward_fn=boom)
-    assert all(s.metadata["reward_error"].endswith("boom: KeyError: 'label'") for s in samples)
+    assert all("boom: KeyError: 'label' (at " in s.metadata["reward_error"] for s in samples)
+    assert all("test_runner.py:" in s.metadata["reward_error"] for s in samples)  # the raising line
 
 
 def test_validate_labels_on_samples_and_rows() -> None:
@@ -194,3 +195,13 @@ def test_validate_labels_on_samples_and_rows() -> None:
 def test_validate_labels_without_any_rm_type() -> None:
     with pytest.raises(RewardLabelError, match="row 0: no reward: set Config.rm_type"):
         validate_labels(_cfg(), [Sample(label="1")])
+
+
+async def test_bool_rewards_are_one_and_zero_as_in_miles() -> None:
+    async def contains(args: Config, sample: Sample) -> bool:
+        return sample.index == 0
+
+    samples = _samples(2)
+    await score_samples(_cfg(), samples, reward_fn=contains)  # type: ignore[arg-type]
+    assert [s.reward for s in samples] == [1.0, 0.0]
+    assert all(s.status is not Sample.Status.FAILED for s in samples)
