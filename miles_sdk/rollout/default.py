@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 _FINISHED = (Sample.Status.COMPLETED, Sample.Status.TRUNCATED, Sample.Status.FAILED)
 
 
+_MAX_ROUNDS_WITHOUT_A_KEPT_GROUP = 1000
+
+
 class RolloutError(RuntimeError):
     """The rollout cannot make progress (empty data source, reward function failing every time)."""
 
@@ -240,6 +243,16 @@ class _TrainRollout:
             raise RolloutError(
                 f"rollout {self.rollout_id}: the first {failed_groups} finished groups all failed reward "
                 f"scoring; first error: {self.first_reward_error}"
+            )
+        # Miles loops forever when the dynamic filter drops everything (e.g. a reward that is 0 for
+        # every sample with check_reward_nonzero_std); stop once that is evidently the case.
+        rounds = self.counts["rollout/over_sampling_rounds"]
+        if not kept and rounds >= _MAX_ROUNDS_WITHOUT_A_KEPT_GROUP:
+            drops = {k: v for k, v in self.counts.items() if "drop" in k}
+            raise RolloutError(
+                f"rollout {self.rollout_id}: {rounds} over-sampling rounds "
+                f"({self.counts['rollout/groups_drawn']} groups) kept no group; drops: {drops}. The dynamic "
+                "sampling filter rejects everything: check the reward (is it constant?) and the filter"
             )
 
     # -- ending the rollout --------------------------------------------------------------------

@@ -270,3 +270,15 @@ async def test_empty_data_source_is_an_error() -> None:
     ctx = RolloutContext(engine=ScriptedEngine("x", tokenizer=TOK), tokenizer=TOK)
     with use_rollout_context(ctx), pytest.raises(RolloutError, match="returned no groups"):
         await train_rollout(make_config(), 0, Empty(["a"], n=2))
+
+
+async def test_a_filter_that_drops_everything_stops_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import miles_sdk.rollout.default as default_module
+    from miles_sdk.rollout import RolloutError
+
+    monkeypatch.setattr(default_module, "_MAX_ROUNDS_WITHOUT_A_KEPT_GROUP", 5)
+    args = make_config(over_sampling_batch_size=2)
+    source = ListSource(["bad0", "bad1", "bad2"], n=2)
+    engine = ScriptedEngine(seeded_answers, tokenizer=TOK)
+    with pytest.raises(RolloutError, match="kept no group.*zero_std"):
+        await run(args, source, engine, reward_fn=yes_rm, dynamic_sampling_filter=check_reward_nonzero_std)
