@@ -88,3 +88,11 @@ def scripted_engine(tiny_tokenizer: PreTrainedTokenizerFast) -> ScriptedEngine:
     # though the tokenizer satisfies it at run time.
     tokenizer: Any = tiny_tokenizer
     return ScriptedEngine("42", tokenizer=tokenizer)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hook files written for Miles (``from miles.utils.types import Sample``) import in tests as
+    they do under the Trainer: install the ``miles.*`` shims (a no-op when real Miles is installed)."""
+    from miles_sdk.compat import install
+
+    install()
