@@ -51,7 +51,7 @@ def render() -> str:
         "# Config reference",
         "",
         "Generated from `miles_sdk/config.py` by `python scripts/gen_config_doc.py`; a test keeps it current.",
-        "Every field is also a command-line flag (`Config.from_args`, `miles-sdk train`). Names are Miles's.",
+        "Every field is also a command-line flag (`Config.from_args`, `miles-sdk train`), under Miles's name; a `--disable-*` flag sets its field to False.",
         "",
     ]
     current = None
@@ -64,14 +64,16 @@ def render() -> str:
                 "",
                 f"## {section.capitalize()}",
                 "",
-                "| flag | type | default | meaning |",
-                "|---|---|---|---|",
+                "| flag | `Config` field | type | default | meaning |",
+                "|---|---|---|---|---|",
             ]
             current = section
         flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
         default = field.default.factory() if isinstance(field.default, attrs.Factory) else field.default  # type: ignore[arg-type]
         meaning = docs.get(field.name, "").replace("|", "\\|")
-        lines.append(f"| `{flag}` | `{_type_name(hints[field.name])}` | `{default!r}` | {meaning} |")
+        lines.append(
+            f"| `{flag}` | `{field.name}` | `{_type_name(hints[field.name])}` | `{default!r}` | {meaning} |"
+        )
     return "\n".join(lines) + "\n"
 
 
