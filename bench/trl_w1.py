@@ -69,7 +69,10 @@ def main() -> None:
     )  # fmt: skip
     model = Qwen2ForCausalLM(config)
     rng = random.Random(0)
-    rows = [" ".join(f"t{rng.randrange(vocab - 2)}" for _ in range(prompt_len)) for _ in range(prompts_n * ns.steps)]
+    rows = [
+        " ".join(f"t{rng.randrange(vocab - 2)}" for _ in range(prompt_len))
+        for _ in range(prompts_n * ns.steps)
+    ]
 
     def reward(completions: list[str], **kwargs: Any) -> list[float]:
         return [float(len(c) % 2) for c in completions]
@@ -93,8 +96,14 @@ def main() -> None:
         shuffle_dataset=False,
     )
     times = _StepTimes()
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, processing_class=_tokenizer(vocab),
-                          train_dataset=Dataset.from_dict({"prompt": rows}), callbacks=[times])
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=args,
+        processing_class=_tokenizer(vocab),
+        train_dataset=Dataset.from_dict({"prompt": rows}),
+        callbacks=[times],
+    )
     start = time.perf_counter()
     trainer.train()
     steps = [b - a for a, b in zip([start, *times.ends], times.ends, strict=False)]

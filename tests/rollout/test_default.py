@@ -272,7 +272,9 @@ async def test_empty_data_source_is_an_error() -> None:
         await train_rollout(make_config(), 0, Empty(["a"], n=2))
 
 
-async def test_a_filter_that_drops_everything_stops_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_filter_that_drops_everything_stops_with_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import miles_sdk.rollout.default as default_module
     from miles_sdk.rollout import RolloutError
 
