@@ -469,6 +469,19 @@ class Config:
             return extra[name]
         raise AttributeError(f"Config has no setting {name!r}")
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> typing.Self:
+        # attrs would say "unexpected keyword argument"; name the closest setting instead.
+        unknown = sorted(set(kwargs) - {f.name for f in attrs.fields(cls)})
+        if unknown:
+            hints = "".join(
+                f" (did you mean {m[0]}?)"
+                if (m := difflib.get_close_matches(u, [f.name for f in attrs.fields(cls)], 1))
+                else ""
+                for u in unknown[:1]
+            )
+            raise TypeError(f"Config got unknown setting(s) {unknown}{hints}; see docs/config.md")
+        return super().__new__(cls)
+
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (validated again). The custom config file was applied
         when this Config was built, so it is not applied again over the changes."""

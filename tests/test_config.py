@@ -137,3 +137,8 @@ def test_custom_config_values_are_typed_and_replace_does_not_reapply(tmp_path: P
     yaml_file.write_text("use_tis: yes please\n")
     with pytest.raises(ConfigError, match="use_tis"):
         Config(custom_config_path=str(yaml_file))
+
+
+def test_misspelled_setting_in_python_names_the_closest_one() -> None:
+    with pytest.raises(TypeError, match="did you mean n_samples_per_prompt"):
+        Config(n_sample_per_prompt=4)  # type: ignore[call-arg]
