@@ -192,6 +192,7 @@ class Trainer:
         samples = algo.flatten_and_trim(args, groups)
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
+        metrics["rollout/id"] = float(rollout_id)
         if not args.debug_rollout_only:
             with timer("train_data"):
                 train_data = self._convert(samples)  # 3-4
@@ -379,6 +380,8 @@ class Trainer:
         _load_data_source_state(self.data_source, state["data_source"], state["rollout_id"])
         restore_rng_state(state["rng"])
         self.rollout_id = int(state["rollout_id"])
+        # Steps after the checkpoint were rolled back: drop them from the history too.
+        self.history = [m for m in self.history if m.get("rollout/id", -1.0) < self.rollout_id]
         # The engine samples from the loaded weights, under the saved version and sampling seeds,
         # so a resumed run draws exactly what the uninterrupted one would.
         saved_version = int(state.get("engine_weight_version", 0))
