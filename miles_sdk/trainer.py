@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import torch
 
 from miles_sdk import algo
-from miles_sdk._hookset import resolve_hooks
+from miles_sdk._hookset import HookSet, resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
 from miles_sdk.backends.base import RolloutData, TrainBackend
@@ -76,6 +76,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Trainer"]
 
+_HOOK_ARGUMENTS = frozenset(HookSet.__annotations__) - {"reward_fn", "batched_reward_fn"} | {
+    "reward_model",
+    "batched_reward_model",
+}
+"""Trainer keyword arguments that are hooks (resolve_hooks maps the two reward ones)."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -124,32 +130,8 @@ class Trainer:
         ``batched_reward_model`` also scores lists returned by a generate function.
         """
         self.args = config
-        given = {
-            "rollout_fn": rollout_fn,
-            "generate_fn": generate_fn,
-            "data_source": data_source,
-            "eval_fn": eval_fn,
-            "reward_model": reward_model,
-            "batched_reward_model": batched_reward_model,
-            "reward_post_process": reward_post_process,
-            "dynamic_sampling_filter": dynamic_sampling_filter,
-            "buffer_filter": buffer_filter,
-            "rollout_sample_filter": rollout_sample_filter,
-            "rollout_all_samples_process": rollout_all_samples_process,
-            "rollout_data_postprocess": rollout_data_postprocess,
-            "loss_fn": loss_fn,
-            "tis_fn": tis_fn,
-            "pg_loss_reducer": pg_loss_reducer,
-            "convert_samples_to_train_data": convert_samples_to_train_data,
-            "backend_init": backend_init,
-            "before_log_prob_hook": before_log_prob_hook,
-            "before_train_step_hook": before_train_step_hook,
-            "post_save_hook": post_save_hook,
-            "rollout_log_fn": rollout_log_fn,
-            "eval_rollout_log_fn": eval_rollout_log_fn,
-            "router_middlewares": router_middlewares,
-            "model_provider": model_provider,
-        }
+        # Every keyword after ``dataset`` is a hook; read them by name rather than list them twice.
+        given = {name: value for name, value in locals().items() if name in _HOOK_ARGUMENTS}
         self.hooks = resolve_hooks(config, given)
         torch.manual_seed(config.seed)
         self.policy = build_policy(
