@@ -13,6 +13,9 @@ Entropy is ``H = logsumexp(z) - sum(softmax(z) * z)`` with ``z = logits / temper
 
 from __future__ import annotations
 
+import functools
+import os
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -34,6 +37,28 @@ def _check(t: int, targets: torch.Tensor, chunk_size: int, temperature: float, w
         raise ValueError(f"{where}: temperature must be > 0, got {temperature}")
 
 
+@functools.cache
+def _triton_module() -> ModuleType | None:
+    try:
+        from miles_sdk.algo import _triton_logprobs
+    except ImportError:  # CPU-only torch has no triton: the torch path runs
+        return None
+    return _triton_logprobs
+
+
+FUSED_ON_CPU = False
+"""Tests set this (with ``TRITON_INTERPRET=1``) to run the Triton kernels on CPU tensors."""
+
+
+def _fused_kernels(hidden: torch.Tensor) -> ModuleType | None:
+    """The one-pass Triton kernels where they can run: CUDA, or Triton's CPU interpreter (tests)."""
+    if hidden.dtype == torch.float64:
+        return None
+    if not (hidden.is_cuda or (FUSED_ON_CPU and os.environ.get("TRITON_INTERPRET") == "1")):
+        return None
+    return _triton_module()
+
+
 class _ChunkedLinearLogProbs(torch.autograd.Function):
     """hidden [T,H], weight [V,H], targets [T] -> (log_probs [T], entropy [T])."""
 
@@ -52,8 +77,15 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         log_probs = torch.empty(n, dtype=dtype, device=hidden.device)
         entropy = torch.zeros(n, dtype=dtype, device=hidden.device)
         lse_all = torch.empty(n, dtype=dtype, device=hidden.device)
+        fused = _fused_kernels(hidden)
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
+            if fused is not None:
+                lse, logp, ent = fused.row_stats(hidden[s:e] @ weight.t(), targets[s:e], temperature)
+                lse_all[s:e], log_probs[s:e] = lse, logp
+                if with_entropy:
+                    entropy[s:e] = ent
+                continue
             z = _chunk_logits(hidden[s:e], weight, dtype, temperature)
             lse = torch.logsumexp(z, dim=-1)
             lse_all[s:e] = lse
@@ -82,35 +114,70 @@ class _ChunkedLinearLogProbs(torch.autograd.Function):
         # chunk's product itself runs in the input dtype (a bf16 GEMM is ~10x an fp32 one).
         grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
         use_entropy = ctx.with_entropy and grad_entropy is not None
+        fused = _fused_kernels(hidden)
         for s in range(0, n, ctx.chunk_size):
             e = min(s + ctx.chunk_size, n)
             h = hidden[s:e]
-            z = _chunk_logits(h, weight, dtype, ctx.temperature)
-            p = (z - lse_all[s:e, None]).exp_()
-            g_lp = grad_log_probs[s:e].to(dtype)[:, None] if grad_log_probs is not None else None
-            # In-place on the chunk buffers: d logp_target/dz = onehot - p; dH/dz = -p (z - E_p[z]).
-            if use_entropy:
-                assert grad_entropy is not None
-                mean_z = (lse_all[s:e] - entropy[s:e])[:, None]  # E_p[z] = lse - H
-                grad_z = z.sub_(mean_z).mul_(-grad_entropy[s:e].to(dtype)[:, None])
-                if g_lp is not None:
-                    grad_z.sub_(g_lp)
-                grad_z.mul_(p)
-            elif g_lp is not None:
-                grad_z = p.mul_(-g_lp)
+            if fused is not None:
+                grad_logits = fused.grad_logits_(
+                    h @ weight.t(),
+                    targets[s:e],
+                    lse_all[s:e],
+                    entropy[s:e],
+                    _rows(grad_log_probs, s, e, dtype),
+                    _rows(grad_entropy, s, e, dtype) if use_entropy else None,
+                    ctx.temperature,
+                ).to(weight.dtype)
             else:
-                grad_z = z.zero_()
-            if g_lp is not None:
-                grad_z.scatter_add_(-1, targets[s:e, None], g_lp)
-            if ctx.temperature != 1.0:
-                grad_z.div_(ctx.temperature)
-            grad_logits = grad_z.to(weight.dtype)
+                grad_logits = _torch_grad_logits(
+                    h, weight, targets[s:e], lse_all[s:e], entropy[s:e],
+                    _rows(grad_log_probs, s, e, dtype),
+                    _rows(grad_entropy, s, e, dtype) if use_entropy else None,
+                    ctx.temperature,
+                )  # fmt: skip
             if grad_h is not None:
                 grad_h[s:e] = (grad_logits @ weight).to(hidden.dtype)
             if grad_w is not None:
                 grad_w += grad_logits.t() @ h.to(weight.dtype)
         grad_weight = grad_w.to(weight.dtype) if grad_w is not None else None
         return grad_h, grad_weight, None, None, None, None
+
+
+def _rows(grad: torch.Tensor | None, s: int, e: int, dtype: torch.dtype) -> torch.Tensor | None:
+    return grad[s:e].to(dtype).contiguous() if grad is not None else None
+
+
+def _torch_grad_logits(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    lse: torch.Tensor,
+    entropy: torch.Tensor,
+    g_lp: torch.Tensor | None,
+    g_ent: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """d(sum(g_lp * logp + g_ent * H))/d(logits) for one chunk, in the weight's dtype."""
+    dtype = lse.dtype
+    z = _chunk_logits(h, weight, dtype, temperature)
+    p = (z - lse[:, None]).exp_()
+    lp_col = g_lp[:, None] if g_lp is not None else None
+    # In place on the chunk buffers: d logp_target/dz = onehot - p; dH/dz = -p (z - E_p[z]).
+    if g_ent is not None:
+        mean_z = (lse - entropy)[:, None]  # E_p[z] = lse - H
+        grad_z = z.sub_(mean_z).mul_(-g_ent[:, None])
+        if lp_col is not None:
+            grad_z.sub_(lp_col)
+        grad_z.mul_(p)
+    elif lp_col is not None:
+        grad_z = p.mul_(-lp_col)
+    else:
+        grad_z = z.zero_()
+    if lp_col is not None:
+        grad_z.scatter_add_(-1, targets[:, None], lp_col)
+    if temperature != 1.0:
+        grad_z.div_(temperature)
+    return grad_z.to(weight.dtype)
 
 
 def _chunk_logits(
