@@ -1,0 +1,82 @@
+"""compile_model: compiled decoder layers serve the trainer's passes and never the engine's calls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from miles_sdk import Config, Sample, Trainer
+from miles_sdk.backends._compile import CompiledLayers
+from miles_sdk.testing import small_config, tiny_policy
+
+ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+
+
+async def _alternating_reward(args: Config, sample: Sample) -> float:
+    return float((sample.index or 0) % 2)
+
+
+class _CountingBackend:
+    """A torch.compile backend that runs the traced graph eagerly and counts its calls."""
+
+    def __init__(self) -> None:
+        self.compiled = 0
+        self.calls = 0
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        self.compiled += 1
+
+        def run(*args: Any) -> Any:
+            self.calls += 1
+            return gm.forward(*args)
+
+        return run
+
+
+def test_layers_are_compiled_only_inside_active() -> None:
+    torch._dynamo.reset()
+    model, _ = tiny_policy("unit", seed=0)
+    counter = _CountingBackend()
+    layers = CompiledLayers(model.get_decoder(), backend=counter)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    eager = model(input_ids=ids).logits
+    assert counter.calls == 0
+    with layers.active():
+        compiled = model(input_ids=ids).logits
+    assert counter.calls >= len(model.get_decoder().layers)
+    torch.testing.assert_close(compiled, eager)
+    calls = counter.calls
+    model(input_ids=ids)  # e.g. the engine's generic path, after the trainer's pass
+    assert counter.calls == calls
+    assert all(layer._compiled_call_impl is None for layer in model.get_decoder().layers)
+
+
+def test_trainer_with_compile_model_trains_like_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch._dynamo.reset()
+    counter = _CountingBackend()
+    real_init = CompiledLayers.__init__
+
+    def counting_init(self: CompiledLayers, decoder: nn.Module, **_: Any) -> None:
+        real_init(self, decoder, backend=counter)
+
+    def run(compile_model: bool) -> tuple[list[float], torch.Tensor]:
+        model, tok = tiny_policy("unit", seed=4)
+        cfg = small_config(sglang_enable_deterministic_inference=True, lr=1e-3, compile_model=compile_model)
+        with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as t:
+            losses = [t.step()["train/loss"] for _ in range(2)]
+        return losses, next(model.parameters()).detach().clone()
+
+    eager_losses, eager_weight = run(False)
+    monkeypatch.setattr(CompiledLayers, "__init__", counting_init)
+    compiled_losses, compiled_weight = run(True)
+    assert counter.compiled >= 1 and counter.calls > 0
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-7)
+    torch.testing.assert_close(compiled_weight, eager_weight)
+
+
+def test_compile_model_names_a_model_without_layers() -> None:
+    with pytest.raises(ValueError, match="compile_model: Linear has no `layers`"):
+        CompiledLayers(nn.Linear(2, 2))
