@@ -81,7 +81,15 @@ def main() -> None:
         action="store_true",
         help="the Trainer's default on CUDA: fp32 parameters, bf16 autocast, bf16 engine copy",
     )
+    ap.add_argument(
+        "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
+    )
+    ap.add_argument("--compile", action="store_true", help="Config(compile_model=True)")
     ns = ap.parse_args()
+    if ns.torch_head:
+        from miles_sdk.algo import entropy
+
+        entropy._fused_kernels = lambda _hidden: None  # type: ignore[assignment]
     device = torch.device(ns.device)
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
     model = w1_model(device)
@@ -100,6 +108,7 @@ def main() -> None:
         max_engine_batch_size=PROMPTS * SAMPLES,
         progress_bar=False,
         log_probs_chunk_size=4096,
+        compile_model=ns.compile,
     )
     trainer = Trainer(
         config,
@@ -109,6 +118,7 @@ def main() -> None:
         generate_fn=exact_length,
         reward_model=random_reward,
     )
+    print(f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, compile {ns.compile}")
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -160,3 +160,37 @@ def test_bf16_w1_shaped_logprobs_within_bf16_noise(tok: PreTrainedTokenizerFast)
     model.train(True)
     engine.update_weights()
     assert model.training
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.8])
+def test_fused_lm_head_kernels_match_torch_path_at_w1_vocab(
+    temperature: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from miles_sdk.algo import entropy as entropy_mod
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    h0 = torch.randn(700, 896, device="cuda", generator=g).bfloat16()
+    w0 = (torch.randn(151936, 896, device="cuda", generator=g) * 0.05).bfloat16()
+    targets = torch.randint(0, 151936, (700,), device="cuda", generator=g)
+    upstream = torch.randn(2, 700, device="cuda", generator=g)
+
+    def run(fused: bool) -> list[torch.Tensor]:
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(entropy_mod, "_fused_kernels", lambda _h: None)
+            h, w = h0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+            logp, ent = entropy_mod.log_probs_and_entropy(
+                h, w, targets, temperature=temperature, chunk_size=256, with_entropy=True
+            )
+            assert ent is not None
+            ((upstream[0] * logp).sum() + (upstream[1] * ent).sum()).backward()
+            assert h.grad is not None and w.grad is not None
+            return [logp.detach(), ent.detach(), h.grad.float(), w.grad.float()]
+
+    assert entropy_mod._fused_kernels(h0) is not None
+    got, ref = run(True), run(False)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-4)
+    # Both gradients come out of bf16 GEMMs fed by bf16-rounded d(logits).
+    for a, b in zip(got[2:], ref[2:], strict=True):
+        assert (a - b).norm() <= 1e-2 * b.norm()
