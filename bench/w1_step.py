@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument(
         "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
     )
-    ap.add_argument("--compile", action="store_true", help="Config(compile_model=True)")
+    ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
     ns = ap.parse_args()
     if ns.torch_head:
         from miles_sdk.algo import entropy
@@ -108,7 +108,7 @@ def main() -> None:
         max_engine_batch_size=PROMPTS * SAMPLES,
         progress_bar=False,
         log_probs_chunk_size=4096,
-        compile_model=ns.compile,
+        compile_model=ns.compile_model,
     )
     trainer = Trainer(
         config,
@@ -118,7 +118,9 @@ def main() -> None:
         generate_fn=exact_length,
         reward_model=random_reward,
     )
-    print(f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, compile {ns.compile}")
+    print(
+        f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, compile_model {ns.compile_model}"
+    )
     rows = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

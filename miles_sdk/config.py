@@ -345,9 +345,10 @@ class Config:
     """Token budget of a micro-batch with use_dynamic_batch_size."""
     gradient_checkpointing: bool = False
     """Recompute activations in backward (less memory, more time)."""
-    compile_model: bool = False
-    """torch.compile the policy's decoder layers for the log-prob and train passes (the first
-    step pays the compile; the engine is unaffected)."""
+    compile_model: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the policy's decoder layers for the log-prob and train passes; the engine is
+    unaffected. auto: on for CUDA, off on CPU. The first step pays the compile (~9 s for W1); a
+    model the compiler rejects falls back to eager with a warning."""
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
     """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
     num_critic_only_steps: int = 0

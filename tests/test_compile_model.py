@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import torch
 from torch import nn
 
 from miles_sdk import Config, Sample, Trainer
-from miles_sdk.backends._compile import CompiledLayers
+from miles_sdk.backends._compile import CompiledLayers, compiled_layers
 from miles_sdk.testing import small_config, tiny_policy
 
 ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
@@ -44,8 +44,7 @@ def test_layers_are_compiled_only_inside_active() -> None:
     ids = torch.tensor([[1, 2, 3, 4]])
     eager = model(input_ids=ids).logits
     assert counter.calls == 0
-    with layers.active():
-        compiled = model(input_ids=ids).logits
+    compiled = layers.run(lambda: model(input_ids=ids).logits)
     assert counter.calls >= len(model.get_decoder().layers)
     torch.testing.assert_close(compiled, eager)
     calls = counter.calls
@@ -62,16 +61,16 @@ def test_trainer_with_compile_model_trains_like_eager(monkeypatch: pytest.Monkey
     def counting_init(self: CompiledLayers, decoder: nn.Module, **_: Any) -> None:
         real_init(self, decoder, backend=counter)
 
-    def run(compile_model: bool) -> tuple[list[float], torch.Tensor]:
+    def run(compile_model: Literal["on", "off"]) -> tuple[list[float], torch.Tensor]:
         model, tok = tiny_policy("unit", seed=4)
         cfg = small_config(sglang_enable_deterministic_inference=True, lr=1e-3, compile_model=compile_model)
         with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as t:
             losses = [t.step()["train/loss"] for _ in range(2)]
         return losses, next(model.parameters()).detach().clone()
 
-    eager_losses, eager_weight = run(False)
+    eager_losses, eager_weight = run("off")
     monkeypatch.setattr(CompiledLayers, "__init__", counting_init)
-    compiled_losses, compiled_weight = run(True)
+    compiled_losses, compiled_weight = run("on")
     assert counter.compiled >= 1 and counter.calls > 0
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-5, abs=1e-7)
     torch.testing.assert_close(compiled_weight, eager_weight)
@@ -79,4 +78,24 @@ def test_trainer_with_compile_model_trains_like_eager(monkeypatch: pytest.Monkey
 
 def test_compile_model_names_a_model_without_layers() -> None:
     with pytest.raises(ValueError, match="compile_model: Linear has no `layers`"):
-        CompiledLayers(nn.Linear(2, 2))
+        compiled_layers("on", nn.Linear(2, 2), torch.device("cpu"))
+    assert compiled_layers("auto", nn.Linear(2, 2), torch.device("cuda")) is None  # auto: eager
+    model, _ = tiny_policy("unit", seed=0)
+    assert compiled_layers("auto", model.get_decoder(), torch.device("cpu")) is None
+    assert compiled_layers("off", model.get_decoder(), torch.device("cuda")) is None
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    torch._dynamo.reset()
+
+    def broken(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        raise RuntimeError("no kernels for this")
+
+    model, _ = tiny_policy("unit", seed=0)
+    layers = CompiledLayers(model.get_decoder(), backend=broken)
+    ids = torch.tensor([[1, 2, 3]])
+    with caplog.at_level("WARNING"):
+        out = layers.run(lambda: model(input_ids=ids).logits)
+    torch.testing.assert_close(out, model(input_ids=ids).logits)
+    assert not layers.enabled and "torch.compile failed" in caplog.text
+    assert all(layer._compiled_call_impl is None for layer in model.get_decoder().layers)

@@ -7,7 +7,6 @@ are never materialised, except for a custom ``LossFn``, whose Miles signature ta
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from torch import nn
 
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
 from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens, token_budget_chunks
-from miles_sdk.backends._compile import CompiledLayers
+from miles_sdk.backends._compile import compiled_layers
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
@@ -75,7 +74,7 @@ class TorchBackend:
         self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
-        self._compiled = CompiledLayers(_decoder_module(model)) if args.compile_model else None
+        self._compiled = compiled_layers(args.compile_model, _decoder_module(model), self.device)
 
     @property
     def model(self) -> nn.Module:
@@ -89,17 +88,21 @@ class TorchBackend:
     def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded forward; returns the last hidden states [B, T, H] and the padded ids [B, T]."""
         input_ids, attention_mask = pad_tokens(tokens, self.device)
-        compiled = self._compiled.active() if self._compiled is not None and model is self._model else None
-        with (
-            torch.autocast(
-                self.device.type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
-            ),
-            compiled or contextlib.nullcontext(),
+        compiled = self._compiled if model is self._model else None
+        with torch.autocast(
+            self.device.type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
         ):
-            out = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state, input_ids
+            if compiled is not None:
+                hidden = compiled.run(
+                    lambda: _decoder(model)(
+                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+                    )
+                )
+            else:
+                hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return hidden.last_hidden_state, input_ids
 
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
