@@ -6,7 +6,9 @@ For Llama-style decoders (Qwen2, Qwen3, Llama, Mistral without sliding window):
 - q/k/v and gate/up are one GEMM each (fused weight copies, refreshed by ``weights_updated``);
   norm+residual, RoPE+cache store, SwiGLU and the sampling tail are fused kernels on CUDA;
 - on CUDA each (batch bucket, length bucket, filter) step is captured once in a CUDA graph that
-  also advances tokens/positions on the device, so ``k`` steps run with a single host sync.
+  also advances tokens/positions on the device, so ``k`` steps run with a single host sync;
+- decode is pipelined: while the scheduler handles one chunk's tokens, the next chunk already
+  runs on the GPU (see :meth:`FastRunner.step`).
 On CPU the same code runs eagerly with the torch references (this is how it is unit-tested).
 """
 
@@ -75,6 +77,20 @@ class _Layer:
     k_norm: nn.Module | None
 
 
+@attrs.define
+class _Chunk:
+    """A launched decode chunk whose tokens have not been handed to the scheduler yet."""
+
+    slots: list[int]
+    """The slots it reports; :meth:`FastRunner.release` takes a slot out."""
+    k: int
+    batch: int
+    buf: int
+    """Which host buffer pair its history is copied into."""
+    event: torch.cuda.Event | None
+    """Recorded after that copy (None on CPU, where the copy is synchronous)."""
+
+
 def _buckets(limit: int, start: int) -> list[int]:
     out = [start]
     while out[-1] < limit:
@@ -95,6 +111,7 @@ class FastRunner:
         max_seq_len: int,
         decode_chunk: int = 16,
         cuda_graphs: bool | None = None,
+        pipeline: bool = True,
     ) -> None:
         reason = fast_path_unsupported(model)
         if reason is not None:
@@ -111,7 +128,9 @@ class FastRunner:
         self._eps = float(cfg.rms_norm_eps)
         self._dtype = next(model.parameters()).dtype
         self.stats: dict[str, float] = defaultdict(float)
-        """Seconds in prefill and decode (host clock, synchronised), steps, graph captures."""
+        """Seconds in prefill and decode (host clock), decode steps, graph captures, state uploads,
+        ``spec_chunks`` (chunks launched before the scheduler saw the previous one) and
+        ``spec_tokens_discarded`` (their slot-tokens dropped: slot released, weights changed)."""
         self.max_context = min(int(cfg.max_position_embeddings), max_seq_len)
         self._max_batch = max_batch_size
         self._chunk = decode_chunk
@@ -138,6 +157,20 @@ class FastRunner:
         self._counter = torch.zeros(1, dtype=torch.long, device=device)
         self._hist_tok = torch.zeros(decode_chunk, b, dtype=torch.long, device=device)
         self._hist_lp = torch.zeros(decode_chunk, b, dtype=torch.float32, device=device)
+        # Two host landing buffers: chunk n+1's copy must not overwrite chunk n's while it is read.
+        cuda = device.type == "cuda"
+        self._host_tok = [torch.zeros(decode_chunk * b, dtype=torch.long, pin_memory=cuda) for _ in "ab"]
+        self._host_lp = [torch.zeros(decode_chunk * b, dtype=torch.float32, pin_memory=cuda) for _ in "ab"]
+        self._events = [torch.cuda.Event() if cuda else None for _ in "ab"]  # type: ignore[no-untyped-call]
+        self._next_buf = 0
+        self._pipeline = pipeline
+        self._inflight: _Chunk | None = None
+        self._synced = False
+        """Device tok/pos/step_idx/params rows equal the host mirrors (plus any tokens in flight)
+        for every active slot, so a chunk can launch without an upload."""
+        self._stale_rows: set[int] = set()
+        """Released rows that keep decoding as padding: zero their position at the next launch,
+        so it stays below every active row's (the length bucket and ``k`` are sized from those)."""
         self._len_buckets = _buckets(self.max_context, min(256, self.max_context))
         self._batch_buckets = _buckets(max_batch_size, 1)
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
@@ -188,6 +221,8 @@ class FastRunner:
         If the trainer replaced parameter tensors instead of updating them in place, every
         captured graph would read stale memory: then rebind and recapture.
         """
+        # A chunk in flight sampled from the old weights; unpipelined, it would run after this.
+        self._drain()
         inner = self._model.model
         live = [inner.embed_tokens.weight, inner.norm.weight, self._model.lm_head.weight]
         for layer in inner.layers:
@@ -231,37 +266,90 @@ class FastRunner:
     def release(self, slot: int) -> None:
         self._pending.pop(slot, None)
         self._params.pop(slot, None)
-        self._host_pos.pop(slot, None)
+        if self._host_pos.pop(slot, None) is not None:
+            self._stale_rows.add(slot)
         self._host_last.pop(slot, None)
         self._host_steps.pop(slot, None)
+        chunk = self._inflight
+        if chunk is not None and slot in chunk.slots:
+            # Its tokens in flight belong to the old request, never to one re-admitted here.
+            chunk.slots.remove(slot)
+            self.stats["spec_tokens_discarded"] += chunk.k
+            if not chunk.slots:
+                self._drain()  # no step may come to read it (the scheduler idles when empty)
 
     def reset(self) -> None:
         for slot in list(self._params):
             self.release(slot)
+        self._drain()
 
     # -- stepping ------------------------------------------------------------------------------
 
     def step(self, max_tokens: int = 1) -> StepResult:
+        """Prefill queued slots, or return the next decode chunk.
+
+        Pipelined, a chunk is launched before the previous one is read, so the GPU works while
+        the host copies tokens out and the scheduler checks stops and refills slots. A release
+        keeps the pipeline going (its row is dropped from the chunk in flight); an admission
+        returns the chunk in flight with the prefill and relaunches after it; a weight update
+        drops it (it sampled from the old weights). ``max_tokens`` counts from the tokens the
+        scheduler has seen, so tokens in flight are subtracted from it; a speculative chunk may
+        overshoot a request's own budget (the scheduler drops the excess), never ``max_context``.
+        """
         t0 = time.perf_counter()
-        if self._pending:
-            out = self._prefill()
-            self.stats["prefill_s"] += time.perf_counter() - t0
-            self.stats["prefill_calls"] += 1
-            return out
-        out = self._decode_chunk(max_tokens)
-        self.stats["decode_s"] += time.perf_counter() - t0
+        prev, self._inflight = self._inflight, None
+        key = "decode_s"
+        if prev is not None and self._synced and not self._pending:
+            self._inflight = self._speculate(max_tokens - prev.k, ahead=prev.k)
+            out = self._collect(prev)
+        elif prev is None and not self._pending:
+            chunk = self._launch(max(1, max_tokens), ahead=0)
+            if chunk is None:
+                return {}
+            if self._pipeline:
+                self._inflight = self._speculate(max_tokens - chunk.k, ahead=chunk.k)
+            out = self._collect(chunk)
+        else:
+            out = self._collect(prev) if prev is not None else {}
+            if self._pending:
+                key = "prefill_s"
+                self.stats["prefill_calls"] += 1
+                out.update(self._prefill())
+            if self._pipeline and not self._pending and self._host_pos:
+                seen = min(len(out[s][0]) if s in out else 0 for s in self._host_pos)
+                self._inflight = self._speculate(max_tokens - seen, ahead=0)
+        self.stats[key] += time.perf_counter() - t0
         return out
 
-    def _decode_chunk(self, max_tokens: int) -> StepResult:
+    def _speculate(self, budget: int, ahead: int) -> _Chunk | None:
+        chunk = self._launch(budget, ahead)
+        if chunk is not None:
+            self.stats["spec_chunks"] += 1
+        return chunk
+
+    def _launch(self, budget: int, ahead: int) -> _Chunk | None:
+        """Queue up to ``budget`` decode steps for every active slot; ``ahead`` tokens per slot
+        are already in flight (the host mirrors do not count them yet)."""
         active = sorted(self._host_pos)
         if not active:
-            return {}
+            return None
+        k = min(self._chunk, budget, min(self.max_context - self._host_pos[s] - ahead for s in active))
+        if k < 1:
+            return None
         batch = next(b for b in self._batch_buckets if b > active[-1])
-        k = min(self._chunk, max(1, max_tokens), min(self.max_context - self._host_pos[s] for s in active))
-        k = max(k, 1)
-        length = next(n for n in self._len_buckets if n >= max(self._host_pos[s] for s in active) + k)
+        top = max(self._host_pos[s] for s in active) + ahead + k
+        length = next(n for n in self._len_buckets if n >= top)
         filt = any(self._params[s].needs_filter for s in active)
-        self._upload(active, batch)
+        if not self._synced:
+            assert ahead == 0, "a full upload needs host mirrors that count every token"
+            self._upload(active, batch)
+            self.stats["uploads"] += 1
+        else:
+            for s in self._stale_rows:
+                if s < batch:
+                    self._pos[s] = 0  # a fill kernel: no host sync, unlike an upload
+        self._stale_rows.clear()
+        self._synced = True
         self._counter.zero_()
         if self._graphs_on:
             graph = self._graphs.get((batch, length, filt)) or self._capture(batch, length, filt)
@@ -270,18 +358,43 @@ class FastRunner:
         else:
             for _ in range(k):
                 self._decode_body(batch, length, filt)
-        # One transfer and one tolist() each: per-element tensor indexing costs ~1 us a token.
         self.stats["decode_steps"] += k
-        toks: list[list[int]] = self._hist_tok[:k, :batch].t().cpu().tolist()
-        lps: list[list[float]] = self._hist_lp[:k, :batch].t().cpu().tolist()
+        # Queued on the stream before the next chunk's replays overwrite the history.
+        buf, self._next_buf = self._next_buf, 1 - self._next_buf
+        n = k * batch
+        self._host_tok[buf][:n].view(batch, k).copy_(self._hist_tok[:k, :batch].t(), non_blocking=True)
+        self._host_lp[buf][:n].view(batch, k).copy_(self._hist_lp[:k, :batch].t(), non_blocking=True)
+        event = self._events[buf]
+        if event is not None:
+            event.record()
+        return _Chunk(slots=active, k=k, batch=batch, buf=buf, event=event)
+
+    def _collect(self, chunk: _Chunk) -> StepResult:
+        """Wait for ``chunk`` and advance the host mirrors of the slots it still reports."""
+        if chunk.event is not None:
+            chunk.event.synchronize()
+        # One tolist() each: per-element tensor indexing costs ~1 us a token.
+        n = chunk.k * chunk.batch
+        toks: list[list[int]] = self._host_tok[chunk.buf][:n].view(chunk.batch, chunk.k).tolist()
+        lps: list[list[float]] = self._host_lp[chunk.buf][:n].view(chunk.batch, chunk.k).tolist()
         result: StepResult = {}
-        for s in active:
+        for s in chunk.slots:
             tk = toks[s]
             result[s] = (tk, lps[s])
-            self._host_pos[s] += k
-            self._host_steps[s] += k
+            self._host_pos[s] += chunk.k
+            self._host_steps[s] += chunk.k
             self._host_last[s] = tk[-1]
         return result
+
+    def _drain(self) -> None:
+        """Wait for the chunk in flight and drop it; the next launch re-uploads the state."""
+        chunk, self._inflight = self._inflight, None
+        if chunk is None:
+            return
+        if chunk.event is not None:
+            chunk.event.synchronize()
+        self.stats["spec_tokens_discarded"] += chunk.k * len(chunk.slots)
+        self._synced = False
 
     def _upload(self, active: list[int], batch: int) -> None:
         tok = [0] * batch
@@ -409,6 +522,7 @@ class FastRunner:
             self._host_pos[s] = len(uniq[r])
             self._host_last[s] = int(tok)
             self._host_steps[s] = 1
+        self._synced = False
         return result
 
     # -- the decoder, shared by prefill and decode -----------------------------------------------

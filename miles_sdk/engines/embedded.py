@@ -59,6 +59,9 @@ class EmbeddedEngine:
         max_seq_len: the fast path's per-slot cache length (prompt + response), allocated once.
         decode_chunk: fast-path decode steps run per host sync; stops are checked after each
             chunk (tokens past a stop are discarded, so output is unchanged).
+        pipeline: on the fast path, launch the next decode chunk before the host reads the
+            previous one, so the GPU keeps working during stop checks and slot refills (same
+            output; off: one chunk at a time).
     """
 
     def __init__(
@@ -75,6 +78,7 @@ class EmbeddedEngine:
         fast_path: bool | None = None,
         max_seq_len: int = 4096,
         decode_chunk: int = 16,
+        pipeline: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"EmbeddedEngine: max_batch_size must be >= 1, got {max_batch_size}")
@@ -98,7 +102,7 @@ class EmbeddedEngine:
         if fast_path or (fast_path is None and self.device.type == "cuda" and unsupported is None):
             self._runner = FastRunner(
                 self._model, self.device, max_batch_size=max_batch_size, max_seq_len=max_seq_len,
-                decode_chunk=decode_chunk,
+                decode_chunk=decode_chunk, pipeline=pipeline,
             )  # fmt: skip
         else:
             self._runner = HFRunner(self._model, self.device)
