@@ -6,6 +6,7 @@ kernel time by category from an eager profile, and the host cost of a chunk.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections import defaultdict
 
@@ -42,6 +43,13 @@ def category(name: str) -> str:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--blas", choices=["cublas", "cublaslt"], default=None, help="torch's preferred BLAS library"
+    )
+    ns = ap.parse_args()
+    if ns.blas:
+        torch.backends.cuda.preferred_blas_library(ns.blas)
     model = w1_model(torch.device("cuda"))
     for batch in (128, 1024):
         r = runner_with(batch, model)
