@@ -9,6 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
+_ATTN_BLOCK_L = 64
+
 
 @triton.jit
 def _add_rmsnorm_kernel(
@@ -376,11 +378,81 @@ def _decode_attn_kernel(
     )
 
 
-def decode_attention(q, k_cache, v_cache, pos, scale):
+@triton.jit
+def _decode_attn_split_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, scale, n_q, c_s, c_h, c_l,
+    SPLITS: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+    BLOCK_L: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    # Flash-decoding: program (row, kv head, split) covers one contiguous share of keys 0..pos and
+    # leaves an unnormalised partial (running max, sum, accumulator) for _merge_splits_kernel.
+    # More programs in flight than one per (row, kv head) hide the latency of the key loads.
+    row = tl.program_id(0).to(tl.int64)
+    kh = tl.program_id(1)
+    sp = tl.program_id(2)
+    n_ctx = tl.load(pos_ptr + row) + 1
+    span = tl.cdiv(tl.cdiv(n_ctx, SPLITS), BLOCK_L) * BLOCK_L
+    start = sp * span
+    end = tl.minimum(start + span, n_ctx)
+    g = tl.arange(0, GP)
+    d = tl.arange(0, D)
+    gm = g < G
+    q = tl.load(q_ptr + (row * n_q + kh * G + g[:, None]) * D + d[None, :], mask=gm[:, None], other=0.0)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    base = row * c_s + kh * c_h
+    for off in range(start, end, BLOCK_L):
+        ls = off + tl.arange(0, BLOCK_L)
+        lm = ls < end
+        kv_off = base + ls[:, None] * c_l + d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
+        s = tl.where(lm[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    head = row * n_q + kh * G + g  # [GP]
+    tl.store(m_ptr + head * SPLITS + sp, m_i, mask=gm)
+    tl.store(l_ptr + head * SPLITS + sp, l_i, mask=gm)
+    tl.store(acc_ptr + (head[:, None] * SPLITS + sp) * D + d[None, :], acc, mask=gm[:, None])
+
+
+@triton.jit
+def _merge_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, SPLITS: tl.constexpr, D: tl.constexpr):
+    head = tl.program_id(0).to(tl.int64)  # row * n_q + query head
+    sp = tl.arange(0, SPLITS)
+    d = tl.arange(0, D)
+    part_max = tl.load(m_ptr + head * SPLITS + sp)
+    part_sum = tl.load(l_ptr + head * SPLITS + sp)
+    acc = tl.load(acc_ptr + (head * SPLITS + sp[:, None]) * D + d[None, :])
+    top = tl.max(part_max, axis=0)  # finite: the first split always holds key 0
+    w = tl.where(part_max == float("-inf"), 0.0, tl.exp(part_max - top))  # empty splits weigh 0
+    out = tl.sum(acc * w[:, None], axis=0) / tl.sum(part_sum * w, axis=0)
+    tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
+
+
+def decode_attention(q, k_cache, v_cache, pos, scale, splits=1, block_l=_ATTN_BLOCK_L, num_warps=4):
     rows, n_q, d = q.shape
     n_kv = k_cache.shape[1]
     group = n_q // n_kv
     out = torch.empty(rows, n_q * d, dtype=q.dtype, device=q.device)
+    if splits > 1:
+        part_max = torch.empty(rows * n_q * splits, dtype=torch.float32, device=q.device)
+        part_sum = torch.empty_like(part_max)
+        acc = torch.empty(rows * n_q * splits * d, dtype=torch.float32, device=q.device)
+        _decode_attn_split_kernel[(rows, n_kv, splits)](
+            q, k_cache, v_cache, pos, part_max, part_sum, acc, scale, n_q,
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            SPLITS=splits, G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BLOCK_L=block_l,
+            PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+        )  # fmt: skip
+        _merge_splits_kernel[(rows * n_q,)](part_max, part_sum, acc, out, SPLITS=splits, D=d, num_warps=1)
+        return out
     _decode_attn_kernel[(rows, n_kv)](
         q,
         k_cache,
@@ -395,8 +467,8 @@ def decode_attention(q, k_cache, v_cache, pos, scale):
         G=group,
         GP=max(16, triton.next_power_of_2(group)),
         D=d,
-        BLOCK_L=64,
+        BLOCK_L=block_l,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=num_warps,
     )
     return out
