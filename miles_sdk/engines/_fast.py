@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from miles_sdk.engines._graphs import PrefillGraphs, capture
 from miles_sdk.engines._kernels import (
     add_rmsnorm,
     advance,
@@ -139,9 +140,13 @@ class FastRunner:
         self._live_ptrs: list[int] = []
         self._bind_weights()
         n_layers = len(self._layers)
-        cache_shape = (max_batch_size, self._n_kv, self.max_context, self._head_dim)
-        self._k = [torch.zeros(cache_shape, dtype=self._dtype, device=device) for _ in range(n_layers)]
-        self._v = [torch.zeros(cache_shape, dtype=self._dtype, device=device) for _ in range(n_layers)]
+        # All layers in one tensor (a GRPO group's prompt KV is copied in one op per K and V), plus
+        # a scratch slot past the last one for the padding rows of a graph-replayed prefill.
+        cache_shape = (n_layers, max_batch_size + 1, self._n_kv, self.max_context, self._head_dim)
+        self._k_all = torch.zeros(cache_shape, dtype=self._dtype, device=device)
+        self._v_all = torch.zeros(cache_shape, dtype=self._dtype, device=device)
+        self._k = list(self._k_all.unbind(0))
+        self._v = list(self._v_all.unbind(0))
         self._build_rope_tables(inner)
         # Device-side decode state; the graphs read and advance these in place.
         b = max_batch_size
@@ -174,6 +179,11 @@ class FastRunner:
         self._len_buckets = _buckets(self.max_context, min(256, self.max_context))
         self._batch_buckets = _buckets(max_batch_size, 1)
         self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self._prefill_graphs = (
+            PrefillGraphs(self._prefill_body, device, scratch_slot=max_batch_size, max_width=self.max_context)
+            if self._graphs_on
+            else None
+        )
         self._pool: Any = None  # torch's opaque graph memory-pool handle
         # Host mirrors of the slots.
         self._pending: dict[int, list[int]] = {}
@@ -230,6 +240,8 @@ class FastRunner:
         if [t.data_ptr() for t in live] != self._live_ptrs:
             self._bind_weights()
             self._graphs.clear()
+            if self._prefill_graphs is not None:
+                self._prefill_graphs.clear()
             return
         with torch.no_grad():
             for mine, layer in zip(self._layers, inner.layers, strict=True):
@@ -425,14 +437,7 @@ class FastRunner:
         # Warm up once outside capture (Triton compiles, cuBLAS picks kernels), then restore the
         # state the warm-up advanced: the cache writes it made are rewritten identically later.
         saved = [t.clone() for t in (self._tok, self._pos, self._step_idx, self._counter)]
-        stream = torch.cuda.Stream(self._device)  # type: ignore[no-untyped-call]
-        stream.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.cuda.stream(stream):
-            self._decode_body(batch, length, filt)
-        torch.cuda.current_stream(self._device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._decode_body(batch, length, filt)
+        graph, _ = capture(lambda: self._decode_body(batch, length, filt), self._device, self._pool)
         self._pool = graph.pool()
         for dst, src in zip((self._tok, self._pos, self._step_idx, self._counter), saved, strict=True):
             dst.copy_(src)
@@ -480,40 +485,25 @@ class FastRunner:
         for g in groups.values():
             for s in g:
                 del self._pending[s]
-        n, dev = len(uniq), self._device
-        ids = torch.zeros(n, width, dtype=torch.long)
-        for i, p in enumerate(uniq):
-            ids[i, : len(p)] = torch.tensor(p)
-        pos = torch.arange(width, device=dev).repeat(n)
-        leads_dev = torch.tensor(leads, device=dev)
-        d = self._head_dim
-
-        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
-            # Right padding under a causal mask: real tokens never see the pads after them.
-            out = F.scaled_dot_product_attention(
-                q.view(n, width, self._n_q, d).transpose(1, 2),
-                self._k[li][leads_dev, :, :width],
-                self._v[li][leads_dev, :, :width],
-                is_causal=True,
-                scale=self._scale,
-                enable_gqa=self._n_q != self._n_kv,
-            )
-            return out.transpose(1, 2).reshape(n * width, self._n_q * d)
-
-        mlp_out, res = self._forward_rows(
-            ids.to(dev).reshape(-1), pos, leads_dev.repeat_interleave(width), attend
-        )
-        last = torch.tensor([i * width + len(p) - 1 for i, p in enumerate(uniq)], device=dev)
-        logits = self._logits(mlp_out[last], res[last])
+        dev = self._device
+        shape = self._prefill_graphs.shape(uniq) if self._prefill_graphs is not None else None
+        if self._prefill_graphs is not None and shape is not None:
+            logits = self._prefill_graphs.run(uniq, leads, shape)
+            self.stats["prefill_graph_captures"] = self._prefill_graphs.captures
+        else:
+            ids = torch.zeros(len(uniq), width, dtype=torch.long)
+            for i, p in enumerate(uniq):
+                ids[i, : len(p)] = torch.tensor(p)
+            last = torch.tensor([i * width + len(p) - 1 for i, p in enumerate(uniq)], device=dev)
+            logits = self._prefill_body(ids.to(dev).view(-1), width, torch.tensor(leads, device=dev), last)
         slots = [s for g in groups.values() for s in g]
         row_of = [i for i, g in enumerate(groups.values()) for _ in g]
         copies = [(s, g[0]) for g in groups.values() for s in g[1:]]
         if copies:
             dst = torch.tensor([c[0] for c in copies], device=dev)
             src = torch.tensor([c[1] for c in copies], device=dev)
-            for cache in (*self._k, *self._v):
-                head = cache[:, :, :width]
-                head.index_copy_(0, dst, head[src])
+            for cache in (self._k_all, self._v_all):
+                cache[:, dst, :, :width] = cache[:, src, :, :width]
         params = [self._params[s] for s in slots]
         tokens, logps = sample_rows(logits[torch.tensor(row_of, device=dev)], params, [0] * len(slots))
         result: StepResult = {}
@@ -524,6 +514,29 @@ class FastRunner:
             self._host_steps[s] = 1
         self._synced = False
         return result
+
+    def _prefill_body(
+        self, ids: torch.Tensor, width: int, leads: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        """Prompts right-padded to ``width`` (flattened ``ids``) into the cache slots ``leads``;
+        the logits at the rows ``last``. No host sync: graph-capturable."""
+        n, d = leads.shape[0], self._head_dim
+        pos = torch.arange(width, device=ids.device).repeat(n)
+
+        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+            # Right padding under a causal mask: real tokens never see the pads after them.
+            out = F.scaled_dot_product_attention(
+                q.view(n, width, self._n_q, d).transpose(1, 2),
+                self._k[li][leads, :, :width],
+                self._v[li][leads, :, :width],
+                is_causal=True,
+                scale=self._scale,
+                enable_gqa=self._n_q != self._n_kv,
+            )
+            return out.transpose(1, 2).reshape(n * width, self._n_q * d)
+
+        mlp_out, res = self._forward_rows(ids, pos, leads.repeat_interleave(width), attend)
+        return self._logits(mlp_out[last], res[last])
 
     # -- the decoder, shared by prefill and decode -----------------------------------------------
 
