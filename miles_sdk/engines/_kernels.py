@@ -107,7 +107,8 @@ def decode_attention(
     """
     tk = _use_triton(q)
     if tk is not None:
-        out: torch.Tensor = tk.decode_attention(q, k_cache, v_cache, pos, scale)
+        splits = attention_splits(q.shape[0], k_cache.shape[1], length)
+        out: torch.Tensor = tk.decode_attention(q, k_cache, v_cache, pos, scale, splits)
         return out
     batch, n_q, d = q.shape
     n_kv = k_cache.shape[1]
@@ -121,6 +122,22 @@ def decode_attention(
         scale=scale,
     )
     return att.reshape(batch, n_q * d)
+
+
+def attention_splits(rows: int, kv_heads: int, length: int) -> int:
+    """Key splits per (row, kv head) for the decode attention (flash-decoding).
+
+    One program per (row, kv head) walks its keys in sequence; with few rows and long contexts
+    most of the GPU idles. Measured on an H200 (bench.attn_splits): 16 rows at 4,096 keys 47 ->
+    11 us with 8 splits, 8 rows at 16,384 keys 182 -> 22 us with 16; 128 rows at 256-384 keys were
+    fastest unsplit. So: split long contexts until there are about 256 programs.
+    """
+    if length < 1024:
+        return 1
+    splits = 1
+    while splits < 16 and rows * kv_heads * splits * 2 <= 256:
+        splits *= 2
+    return splits
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
-# bench.attn_splits on an H200, W1's decode (128 rows): 128 keys a block and 2 warps beat 64 and 4
-# by 5% at context 256 and 9% at 384; splitting the keys (flash-decoding) was slower there.
+# bench.attn_splits on an H200: W1's decode (128 rows) runs best with 128 keys a block and 2 warps
+# (5-9% over 64 and 4) and no key splits; split programs run best with 4 warps.
 _ATTN_BLOCK_L = 128
 _ATTN_WARPS = 2
+_ATTN_SPLIT_WARPS = 4
 
 
 @triton.jit
@@ -439,7 +440,7 @@ def _merge_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, SPLITS: tl.constexpr, D
     tl.store(out_ptr + head * D + d, out.to(out_ptr.dtype.element_ty))
 
 
-def decode_attention(q, k_cache, v_cache, pos, scale, splits=1, block_l=_ATTN_BLOCK_L, num_warps=_ATTN_WARPS):
+def decode_attention(q, k_cache, v_cache, pos, scale, splits=1, block_l=_ATTN_BLOCK_L, num_warps=None):
     rows, n_q, d = q.shape
     n_kv = k_cache.shape[1]
     group = n_q // n_kv
@@ -452,7 +453,7 @@ def decode_attention(q, k_cache, v_cache, pos, scale, splits=1, block_l=_ATTN_BL
             q, k_cache, v_cache, pos, part_max, part_sum, acc, scale, n_q,
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             SPLITS=splits, G=group, GP=max(16, triton.next_power_of_2(group)), D=d, BLOCK_L=block_l,
-            PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+            PREC="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps or _ATTN_SPLIT_WARPS,
         )  # fmt: skip
         _merge_splits_kernel[(rows * n_q,)](part_max, part_sum, acc, out, SPLITS=splits, D=d, num_warps=1)
         return out
@@ -472,6 +473,6 @@ def decode_attention(q, k_cache, v_cache, pos, scale, splits=1, block_l=_ATTN_BL
         D=d,
         BLOCK_L=block_l,
         PREC="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps,
+        num_warps=num_warps or _ATTN_WARPS,
     )
     return out

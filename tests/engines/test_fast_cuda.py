@@ -65,6 +65,17 @@ def test_decode_attention_matches_sdpa(dtype: torch.dtype) -> None:
     assert rel_err(out.cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
+def test_split_decode_attention_on_long_contexts_matches_sdpa() -> None:
+    n_q, n_kv, d, length = 14, 2, 64, 4096
+    assert _kernels.attention_splits(3, n_kv, length) == 16
+    kc, vc = (torch.randn(3, n_kv, length, d, device=CUDA, dtype=torch.bfloat16) for _ in range(2))
+    q = torch.randn(3, n_q, d, device=CUDA, dtype=torch.bfloat16)
+    pos = torch.tensor([0, 1500, 4095], device=CUDA)  # later splits empty for row 0
+    out = _kernels.decode_attention(q, kc, vc, pos, length, 0.125)
+    ref = _kernels.decode_attention(q.cpu(), kc.cpu(), vc.cpu(), pos.cpu(), length, 0.125)
+    assert rel_err(out.cpu(), ref) < 1e-2
+
+
 def test_fused_sampler_matches_reference() -> None:
     logits = (torch.randn(64, 151936, device=CUDA) * 3).to(torch.bfloat16)
     temps = torch.rand(64, device=CUDA) + 0.5

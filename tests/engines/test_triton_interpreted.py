@@ -42,3 +42,11 @@ def test_add_rmsnorm_and_silu_mul_match_the_reference() -> None:
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     gate_up = torch.randn(5, 2 * 80, generator=g)
     torch.testing.assert_close(_triton_kernels.silu_mul(gate_up), _kernels.silu_mul(gate_up))
+
+
+def test_attention_splits_only_for_long_contexts_with_few_rows() -> None:
+    assert _kernels.attention_splits(128, 2, 512) == 1  # W1
+    assert _kernels.attention_splits(128, 2, 8192) == 1  # enough programs already
+    assert _kernels.attention_splits(16, 2, 4096) == 8
+    assert _kernels.attention_splits(8, 2, 16384) == 16
+    assert _kernels.attention_splits(1, 2, 32768) == 16
