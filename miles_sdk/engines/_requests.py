@@ -7,12 +7,12 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 import attrs
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from miles_sdk.engines._sampling import RowParams
 from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 
-__all__ = ["Request", "parse_sampling_params"]
+__all__ = ["Request", "decode_texts", "parse_sampling_params"]
 
 _SEED_MASK = (1 << 63) - 1
 
@@ -157,3 +157,28 @@ def parse_sampling_params(
         skip_special_tokens=bool(p.get("skip_special_tokens", True)),
         future=future,
     )
+
+
+def decode_texts(
+    tokenizer: PreTrainedTokenizerBase, sequences: list[list[int]], skip_special_tokens: bool
+) -> list[str]:
+    """``tokenizer.decode(seq, skip_special_tokens=...)`` for each sequence, identical text.
+
+    A plain fast tokenizer without space clean-up decodes in one call into its Rust backend:
+    ``decode`` first walks every id in Python (``to_py_obj``), which was about half the time of
+    decoding W1's 128 x 256 tokens, all of it after the last decode step.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    plain = (
+        backend is not None
+        and type(tokenizer).decode is _FAST_DECODE
+        and getattr(type(tokenizer), "_decode", None) is _FAST_PRIVATE_DECODE
+        and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    )
+    if plain and backend is not None:
+        return list(backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens))
+    return [str(tokenizer.decode(seq, skip_special_tokens=skip_special_tokens)) for seq in sequences]
+
+
+_FAST_DECODE = PreTrainedTokenizerFast.decode
+_FAST_PRIVATE_DECODE = getattr(PreTrainedTokenizerFast, "_decode", None)

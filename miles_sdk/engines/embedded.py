@@ -30,7 +30,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from miles_sdk.engines._fast import FastRunner, fast_path_unsupported
-from miles_sdk.engines._requests import Request, parse_sampling_params
+from miles_sdk.engines._requests import Request, decode_texts, parse_sampling_params
 from miles_sdk.engines._runner import HFRunner, ModelRunner, StepResult
 from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 
@@ -289,20 +289,28 @@ class EmbeddedEngine:
             self._runner.admit(slot, req.prompt, req.row)
 
     def _absorb(self, result: StepResult) -> None:
+        finished: list[tuple[Request, FinishReason]] = []
         for slot, (tokens, logps) in result.items():
             req = self._active.get(slot)
             if req is None or req.future.done():
                 continue  # aborted while the step ran: its answer is already out
             reason = req.accept_many(tokens, logps, self.tokenizer)
             if reason is not None:
-                self._finish(req, reason)
+                finished.append((req, reason))
+        # Requests that finish together (a whole GRPO batch, often) are detokenized in one call.
+        for skip in (True, False):
+            group = [(req, reason) for req, reason in finished if bool(req.skip_special_tokens) == skip]
+            texts = decode_texts(self.tokenizer, [req.tokens for req, _ in group], skip) if group else []
+            for (req, reason), text in zip(group, texts, strict=True):
+                self._finish(req, reason, text)
 
-    def _finish(self, req: Request, reason: FinishReason) -> None:
+    def _finish(self, req: Request, reason: FinishReason, text: str | None = None) -> None:
         if not req.future.done():
-            req.future.set_result(self._output(req, reason))
+            req.future.set_result(self._output(req, reason, text))
 
-    def _output(self, req: Request, reason: FinishReason) -> EngineOutput:
-        text = str(self.tokenizer.decode(req.tokens, skip_special_tokens=req.skip_special_tokens))
+    def _output(self, req: Request, reason: FinishReason, text: str | None = None) -> EngineOutput:
+        if text is None:
+            text = decode_texts(self.tokenizer, [req.tokens], req.skip_special_tokens)[0]
         return EngineOutput(
             token_ids=list(req.tokens),
             log_probs=list(req.log_probs),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
@@ -51,3 +52,30 @@ def test_accept_many_equals_accept_one_by_one(
         if r_many is not None:
             break
     assert (r_one, one.tokens, one.log_probs) == (r_many, many.tokens, many.log_probs)
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_decode_texts_equals_tokenizer_decode(skip: bool) -> None:
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from miles_sdk.engines._requests import decode_texts
+    from miles_sdk.testing import tiny_tokenizer
+
+    words = Tokenizer(models.WordLevel(vocab={f"w{i}": i for i in range(50)}, unk_token="w0"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    words.decoder = decoders.WordPiece(prefix="##")
+    word_tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="w49", pad_token="w48")
+    tokenizers = [tiny_tokenizer(), word_tok]
+    cleaned = PreTrainedTokenizerFast(
+        tokenizer_object=words, eos_token="w49", clean_up_tokenization_spaces=True
+    )
+    tokenizers.append(cleaned)  # takes the per-sequence path; same text either way
+    rng = random.Random(0)
+    for tok in tokenizers:
+        n = len(tok)
+        seqs = [[rng.randrange(n) for _ in range(rng.randrange(0, 40))] for _ in range(9)]
+        seqs.append([tok.eos_token_id or 0] * 3)
+        assert decode_texts(tok, seqs, skip) == [tok.decode(s, skip_special_tokens=skip) for s in seqs]
