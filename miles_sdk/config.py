@@ -281,6 +281,11 @@ class Config:
     """Reduce the loss over all tokens of the batch instead of per sample."""
     use_rollout_logprobs: bool = False
     """Use the engine's log-probs as the old log-probs instead of recomputing them."""
+    skip_on_policy_old_log_probs: bool = True
+    """With one optimizer step per rollout, the old log-probs equal the train pass's own, detached:
+    skip their separate forward (as TRL and verl do). Off: recompute them, as Miles always does.
+    Never skipped with use_rollout_logprobs, kl_coef != 0, or a before-log-prob or
+    rollout-data-postprocess hook (they see the old log-probs before training)."""
     use_tis: bool = False
     """Truncated importance sampling against the engine's log-probs (train/inference mismatch)."""
     tis_clip: float = 2.0

@@ -286,6 +286,8 @@ class Trainer:
             data["log_probs"] = [
                 torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]
             ]
+        elif self._old_log_probs_are_current(len(train_data["tokens"])):
+            data["log_probs"] = None  # the train pass's own, detached, are exactly them
         else:
             data["log_probs"] = self.backend.compute_log_probs(train_data, which="actor")
         ref_needed = self.args.needs_reference_model
@@ -294,6 +296,12 @@ class Trainer:
         )
         data["values"] = self.backend.compute_values(train_data)
         return data
+
+    def _old_log_probs_are_current(self, n_samples: int) -> bool:
+        hooks_read_them = (
+            self.hooks.before_log_prob_hook is not None or self.hooks.rollout_data_postprocess is not None
+        )
+        return not hooks_read_them and algo.old_log_probs_are_current(self.args, n_samples)
 
     def _advantages(self, data: RolloutData) -> None:
         masks = [torch.as_tensor(m, dtype=torch.float32) for m in data["loss_masks"]]

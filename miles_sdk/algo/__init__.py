@@ -12,7 +12,7 @@ from miles_sdk.algo.advantages import (
 from miles_sdk.algo.convert import TrimError, convert_samples_to_train_data, flatten_and_trim
 from miles_sdk.algo.entropy import log_probs_and_entropy, log_probs_and_entropy_from_logits
 from miles_sdk.algo.kl import compute_approx_kl
-from miles_sdk.algo.loss import compute_loss, needs_tis, old_log_probs_source
+from miles_sdk.algo.loss import compute_loss, needs_tis, old_log_probs_are_current, old_log_probs_source
 from miles_sdk.algo.policy_loss import (
     compute_policy_loss,
     compute_sft_loss,
@@ -45,6 +45,7 @@ __all__ = [
     "mismatch_metrics",
     "needs_tis",
     "normalize_advantages",
+    "old_log_probs_are_current",
     "old_log_probs_source",
     "policy_ratio_metrics",
     "raw_rewards",

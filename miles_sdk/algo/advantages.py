@@ -137,7 +137,7 @@ def compute_advantages_and_returns(
     args: Config,
     *,
     rewards: list[float],
-    log_probs: list[torch.Tensor],
+    log_probs: list[torch.Tensor] | None,
     ref_log_probs: list[torch.Tensor] | None,
     loss_masks: list[torch.Tensor],
     values: list[torch.Tensor] | None = None,
@@ -147,10 +147,15 @@ def compute_advantages_and_returns(
     ``rewards`` are the post-processed rewards (group-centred for grpo/gspo/rf++-baseline).
     ``log_probs`` are the old policy's (or rollout's, with ``use_rollout_logprobs``); the KL used
     for reward shaping is ``compute_approx_kl(log_probs, ref_log_probs, args.kl_loss_type)`` and is
-    only computed when ``kl_coef != 0``. ``values`` (old critic values) are required for ppo.
-    Whitening is separate: :func:`normalize_advantages`.
+    only computed when ``kl_coef != 0``; without it ``log_probs`` may be None (on-policy steps skip
+    them). ``values`` (old critic values) are required for ppo. Whitening is separate:
+    :func:`normalize_advantages`.
     """
     n = len(rewards)
+    if log_probs is None:
+        if args.kl_coef != 0:
+            raise ValueError(f"kl_coef={args.kl_coef} shapes the reward with KL: it needs log_probs")
+        log_probs = [torch.zeros_like(m, dtype=torch.float32) for m in loss_masks]
     if not len(log_probs) == len(loss_masks) == n:
         raise ValueError(
             f"compute_advantages_and_returns: {n} rewards, {len(log_probs)} log_probs, "

@@ -32,13 +32,24 @@ from miles_sdk.algo.tis import mis_function, vanilla_tis_function
 from miles_sdk.config import Config
 from miles_sdk.hooks import LossReducer, PGLossReducer, TISFn
 
-__all__ = ["compute_loss", "needs_tis", "old_log_probs_source"]
+__all__ = ["compute_loss", "needs_tis", "old_log_probs_are_current", "old_log_probs_source"]
 
 
 def old_log_probs_source(args: Config) -> Literal["log_probs", "rollout_log_probs"]:
     """Which batch key holds the old policy's log-probs: the engine's with ``use_rollout_logprobs``
     (the backend then skips recomputing them), else the trainer's recomputed ones."""
     return "rollout_log_probs" if args.use_rollout_logprobs else "log_probs"
+
+
+def old_log_probs_are_current(args: Config, n_samples: int) -> bool:
+    """Whether the old log-probs can be left out of the rollout data (``log_probs`` None) because
+    the train pass's own, detached, are exactly them: one optimizer step over all ``n_samples``
+    (every micro-batch's gradient is taken at the rollout's weights), the trainer's log-probs as
+    the old ones (not use_rollout_logprobs), and no KL-shaped reward needing them earlier."""
+    if not args.skip_on_policy_old_log_probs or args.use_rollout_logprobs or args.kl_coef != 0:
+        return False
+    steps = args.num_steps_per_rollout
+    return steps == 1 if steps else args.effective_global_batch_size >= n_samples
 
 
 def needs_tis(args: Config) -> bool:
@@ -111,10 +122,14 @@ def _policy_loss(
     reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
 
     old_key = old_log_probs_source(args)
-    if batch.get(old_key) is None:
+    if old_key == "log_probs" and "log_probs" in batch and batch["log_probs"] is None:
+        # On-policy (see old_log_probs_are_current): the old log-probs are these, detached.
+        old = [lp.detach() for lp in log_probs]
+    elif batch.get(old_key) is None:
         why = " (use_rollout_logprobs is set)" if args.use_rollout_logprobs else ""
         raise KeyError(f"compute_loss: policy loss needs old log-probs in batch[{old_key!r}]{why}")
-    old = _tensors(batch, old_key, like=log_probs[0] if log_probs else None)
+    else:
+        old = _tensors(batch, old_key, like=log_probs[0] if log_probs else None)
     advantages = _flat(_tensors(batch, "advantages"), dtype, device)
     cur = _flat(log_probs, dtype, device)
     old_flat = _flat(old, dtype, device)
