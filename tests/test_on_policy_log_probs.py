@@ -109,3 +109,26 @@ def test_compute_loss_with_none_old_log_probs_uses_the_current_ones_detached() -
     torch.testing.assert_close(grads[1], torch.tensor([1.0 / 2, 0.0]))
     with pytest.raises(KeyError, match="needs old log-probs"):
         algo.compute_loss(cfg, batch, cur, None, None)  # the key missing altogether is a bug
+
+
+def test_old_log_probs_and_values_are_computed_without_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok = tiny_policy("unit", seed=3)
+    grad_enabled: list[bool] = []
+    model.get_decoder().register_forward_pre_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    cfg = small_config(skip_on_policy_old_log_probs=False, advantage_estimator="ppo")
+    outputs: list[torch.Tensor] = []
+    with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as t:
+        backend = t.backend
+        for name in ("compute_log_probs", "compute_values"):
+            real = getattr(backend, name)
+
+            def recording(*args: Any, _real: Any = real, **kwargs: Any) -> Any:
+                out = _real(*args, **kwargs)
+                outputs.extend(out or [])
+                return out
+
+            monkeypatch.setattr(backend, name, recording)
+        t.step()
+    # Old log-probs (policy) and old values (critic) keep no graph; the train pass has one.
+    assert outputs and not any(x.requires_grad for x in outputs)
+    assert False in grad_enabled and True in grad_enabled

@@ -76,7 +76,8 @@ class Critic:
         was_training = self.model.training
         self.model.eval()
         try:
-            return [v.float().cpu() for v in self.values(tokens, response_lengths)]
+            with torch.no_grad():  # old values only: no activations kept for a backward
+                return [v.float().cpu() for v in self.values(tokens, response_lengths)]
         finally:
             self.model.train(was_training)
 

@@ -148,14 +148,17 @@ class TorchBackend:
         was_training = model.training
         model.eval()
         out: list[torch.Tensor] = []
+        # No autograd graph: it would hold a whole forward's activations per batch (on W1 this
+        # pass set the step's peak memory: 79 GiB against 34 GiB for the rest of the step).
         try:
             for idx in self._forward_batches(data):
-                logp, _ = self._response_log_probs(
-                    model,
-                    [data["tokens"][i] for i in idx],
-                    [data["response_lengths"][i] for i in idx],
-                    with_entropy=False,
-                )
+                with torch.no_grad():
+                    logp, _ = self._response_log_probs(
+                        model,
+                        [data["tokens"][i] for i in idx],
+                        [data["response_lengths"][i] for i in idx],
+                        with_entropy=False,
+                    )
                 out.extend(t.float().cpu() for t in logp)
         finally:
             model.train(was_training)
