@@ -85,6 +85,11 @@ def main() -> None:
         "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
     )
     ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument(
+        "--recompute-old-log-probs",
+        action="store_true",
+        help="skip_on_policy_old_log_probs=False: the separate old-log-prob forward, as Miles runs it",
+    )
     ns = ap.parse_args()
     if ns.torch_head:
         from miles_sdk.algo import entropy
@@ -109,6 +114,7 @@ def main() -> None:
         progress_bar=False,
         log_probs_chunk_size=4096,
         compile_model=ns.compile_model,
+        skip_on_policy_old_log_probs=not ns.recompute_old_log_probs,
     )
     trainer = Trainer(
         config,
