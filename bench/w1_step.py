@@ -56,6 +56,15 @@ async def exact_length(args: Config, sample: Sample, sampling_params: SamplingPa
     return await generate_with_engine(args, sample, sampling_params)
 
 
+async def varied_length(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:
+    # Response budgets from 32 to 256 tokens: micro-batches of changing padded shapes, as in real
+    # RL, to see whether compiled layers recompile.
+    rng = random.Random(sample.index)
+    sampling_params["ignore_eos"] = True
+    sampling_params["max_new_tokens"] = rng.randrange(32, RESPONSE_LEN + 1)
+    return await generate_with_engine(args, sample, sampling_params)
+
+
 async def random_reward(args: Config, sample: Sample) -> float:
     return float(sum(sample.response_tokens[:4]) % 2)
 
@@ -85,6 +94,7 @@ def main() -> None:
         "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
     )
     ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
         "--recompute-old-log-probs",
         action="store_true",
@@ -121,7 +131,7 @@ def main() -> None:
         model=model,
         tokenizer=w1_tokenizer(),
         data_source=RandomPromptSource(SAMPLES),
-        generate_fn=exact_length,
+        generate_fn=varied_length if ns.varied else exact_length,
         reward_model=random_reward,
     )
     print(
@@ -137,8 +147,9 @@ def main() -> None:
             torch.cuda.synchronize()
         metrics["perf/step_time"] = time.perf_counter() - start
         rows.append(metrics)
+        compiles = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         print(
-            f"step {step}: {metrics['perf/step_time']:.2f} s "
+            f"step {step}: {metrics['perf/step_time']:.2f} s, compiled graphs so far {compiles}: "
             + " ".join(
                 f"{k[5:-5]}={v:.3f}"
                 for k, v in metrics.items()
