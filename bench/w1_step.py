@@ -96,6 +96,9 @@ def main() -> None:
     ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
+        "--compile-dynamic", action="store_true", help="torch.compile(dynamic=True) from the start"
+    )
+    ap.add_argument(
         "--recompute-old-log-probs",
         action="store_true",
         help="skip_on_policy_old_log_probs=False: the separate old-log-prob forward, as Miles runs it",
@@ -105,6 +108,10 @@ def main() -> None:
         from miles_sdk.algo import entropy
 
         entropy._fused_kernels = lambda _hidden: None  # type: ignore[assignment]
+    if ns.compile_dynamic:
+        from miles_sdk.backends import _compile
+
+        _compile.DYNAMIC = True
     device = torch.device(ns.device)
     matmul_peak = ceilings(device)[1] if device.type == "cuda" else float("nan")
     model = w1_model(device)

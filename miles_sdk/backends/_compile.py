@@ -25,6 +25,10 @@ __all__ = ["CompiledLayers", "compiled_layers"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DYNAMIC: bool | None = None
+"""torch.compile's ``dynamic``: None compiles the first shape statically and recompiles with
+dynamic shapes once a shape changes (torch's default); True starts dynamic."""
+
 
 class CompiledLayers:
     def __init__(self, decoder: nn.Module, *, backend: str | Callable[..., Any] = "inductor") -> None:
@@ -38,7 +42,7 @@ class CompiledLayers:
         # One callable per layer (each binds its module); dynamo caches by code, so they reuse
         # the graphs compiled for the first layer.
         self._compiled: list[Any] = [
-            torch.compile(layer._call_impl, backend=backend) for layer in self._layers
+            torch.compile(layer._call_impl, backend=backend, dynamic=DYNAMIC) for layer in self._layers
         ]
         self.enabled = True
 
