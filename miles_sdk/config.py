@@ -352,8 +352,9 @@ class Config:
     """Recompute activations in backward (less memory, more time)."""
     compile_model: Literal["auto", "on", "off"] = "auto"
     """torch.compile the policy's decoder layers for the log-prob and train passes; the engine is
-    unaffected. auto: on for CUDA, off on CPU. The first step pays the compile (~9 s for W1); a
-    model the compiler rejects falls back to eager with a warning."""
+    unaffected. auto: on for CUDA, off on CPU. Pays off in long runs: the first steps pay the
+    compile (W1, 0.5B: ~9 s at fixed lengths, ~36 s when lengths vary) for a 16-28% faster train
+    phase; use off for short or interactive runs. A model the compiler rejects runs eagerly."""
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
     """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
     num_critic_only_steps: int = 0
