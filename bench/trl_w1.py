@@ -15,6 +15,7 @@ was spent). On the device machine only trl, datasets, dill and multiprocess are 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--micro-batch", type=int, default=16, help="completions per forward/backward")
+    ap.add_argument("--json", default=None, help="write the step times to this file")
     ns = ap.parse_args()
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -113,6 +115,10 @@ def main() -> None:
         print(f"| step {i} (generation of {completions} x {response_len} tokens + 1 AdamW step) | {s:.2f} |")
     if len(steps) > 1:
         print(f"| steady (mean after the first) | {statistics.mean(steps[1:]):.2f} |")
+    if ns.json:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+        with open(ns.json, "w") as f:
+            json.dump({"steps_s": steps, "peak_mem_GiB": peak}, f, indent=1)
 
 
 if __name__ == "__main__":

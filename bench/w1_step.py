@@ -10,6 +10,7 @@ by phase (steps after the first, which captures CUDA graphs), train tokens/s and
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import time
@@ -94,6 +95,7 @@ def main() -> None:
         "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
     )
     ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--json", default=None, help="write the summary numbers to this file")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
         "--compile-dynamic", action="store_true", help="torch.compile(dynamic=True) from the start"
@@ -190,6 +192,21 @@ def main() -> None:
     print(f"| first step (includes CUDA-graph capture) | {rows[0]['perf/step_time']:.2f} | |")
     if device.type == "cuda":
         print(f"| peak GPU memory | {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB | |")
+    if ns.json:
+        summary = {
+            "step_s": step_s,
+            "first_step_s": rows[0]["perf/step_time"],
+            "rollout_s": rollout_s,
+            "new_tok_s": new_tokens / rollout_s,
+            "log_prob_s": logprob_s,
+            "train_s": train_s,
+            "train_tok_s": train_tps,
+            "train_mfu": 6 * PARAMS * train_tps / matmul_peak,
+            "sync_ms": statistics.mean(r["perf/sync_time"] for r in steady) * 1e3,
+            "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0,
+        }
+        with open(ns.json, "w") as f:
+            json.dump(summary, f, indent=1)
 
 
 if __name__ == "__main__":
