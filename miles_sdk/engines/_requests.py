@@ -116,11 +116,12 @@ def parse_sampling_params(
     Keys outside :class:`SamplingParams` are ignored, as SGLang passes many the engine needn't.
     """
     p: Mapping[str, object] = sampling_params
-    prompt = [int(t) for t in input_ids]
+    # Builtins over the whole prompt: a GRPO batch parses 128 x (prompt) ids before its prefill.
+    prompt = list(map(int, input_ids))
     if not prompt:
         raise ValueError("generate: input_ids is empty; the engine needs at least one prompt token")
-    bad = [t for t in prompt if not 0 <= t < vocab_size]
-    if bad:
+    if min(prompt) < 0 or max(prompt) >= vocab_size:
+        bad = [t for t in prompt if not 0 <= t < vocab_size]
         raise ValueError(f"generate: input_ids holds ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
     if len(prompt) >= max_context:
         raise ValueError(
