@@ -29,7 +29,7 @@ from miles_sdk.engines._graphs import PrefillGraphs, capture
 from miles_sdk.engines._kernels import (
     add_rmsnorm,
     advance,
-    decode_attention,
+    rope_attend,
     rope_store,
     sample_advance,
     sample_plain,
@@ -158,7 +158,6 @@ class FastRunner:
         self._greedy = torch.ones(b, dtype=torch.bool, device=device)
         self._top_k = torch.full((b,), -1, dtype=torch.long, device=device)
         self._top_p = torch.ones(b, dtype=torch.float32, device=device)
-        self._rows = torch.arange(b, device=device)
         self._counter = torch.zeros(1, dtype=torch.long, device=device)
         self._hist_tok = torch.zeros(decode_chunk, b, dtype=torch.long, device=device)
         self._hist_lp = torch.zeros(decode_chunk, b, dtype=torch.float32, device=device)
@@ -448,10 +447,13 @@ class FastRunner:
     def _decode_body(self, batch: int, length: int, filt: bool) -> None:
         pos = self._pos[:batch]
 
-        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
-            return decode_attention(q, self._k[li], self._v[li], pos, length, self._scale)
+        def attend(li: int, qkv: torch.Tensor) -> torch.Tensor:
+            # Rows are slots here: RoPE, the cache store and attention in one kernel.
+            return rope_attend(
+                qkv, self._cos, self._sin, pos, self._k[li], self._v[li], self._n_q, length, self._scale
+            )
 
-        mlp_out, res = self._forward_rows(self._tok[:batch], pos, self._rows[:batch], attend)
+        mlp_out, res = self._forward_rows(self._tok[:batch], attend)
         logits = self._logits(mlp_out, res)
         temp, greedy = self._temp[:batch], self._greedy[:batch]
         seed, steps = self._seed[:batch], self._step_idx[:batch]
@@ -523,7 +525,10 @@ class FastRunner:
         n, d = leads.shape[0], self._head_dim
         pos = torch.arange(width, device=ids.device).repeat(n)
 
-        def attend(li: int, q: torch.Tensor) -> torch.Tensor:
+        slot = leads.repeat_interleave(width)
+
+        def attend(li: int, qkv: torch.Tensor) -> torch.Tensor:
+            q = rope_store(qkv, self._cos, self._sin, pos, slot, self._k[li], self._v[li], self._n_q)
             # Right padding under a causal mask: real tokens never see the pads after them.
             out = F.scaled_dot_product_attention(
                 q.view(n, width, self._n_q, d).transpose(1, 2),
@@ -535,19 +540,16 @@ class FastRunner:
             )
             return out.transpose(1, 2).reshape(n * width, self._n_q * d)
 
-        mlp_out, res = self._forward_rows(ids, pos, leads.repeat_interleave(width), attend)
+        mlp_out, res = self._forward_rows(ids, attend)
         return self._logits(mlp_out[last], res[last])
 
     # -- the decoder, shared by prefill and decode -----------------------------------------------
 
     def _forward_rows(
-        self,
-        tok: torch.Tensor,
-        pos: torch.Tensor,
-        slot: torch.Tensor,
-        attend: Callable[[int, torch.Tensor], torch.Tensor],
+        self, tok: torch.Tensor, attend: Callable[[int, torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run every layer over rows (one token each); return the last MLP output and residual."""
+        """Run every layer over rows (one token each); return the last MLP output and residual.
+        ``attend(layer, qkv)`` applies RoPE, stores the new keys/values and attends."""
         eps, d, n_q = self._eps, self._head_dim, self._n_q
         x = F.embedding(tok, self._embed)
         mlp_out: torch.Tensor | None = None
@@ -570,8 +572,7 @@ class FastRunner:
                     ],
                     dim=-1,
                 )
-            q = rope_store(qkv, self._cos, self._sin, pos, slot, self._k[li], self._v[li], n_q)
-            o = F.linear(attend(li, q), layer.o.weight, layer.o.bias)
+            o = F.linear(attend(li, qkv), layer.o.weight, layer.o.bias)
             h, res = add_rmsnorm(o, res, layer.post_norm, eps)
             mlp_out = F.linear(silu_mul(F.linear(h, layer.gate_up_w)), layer.down.weight)
         assert mlp_out is not None and res is not None

@@ -20,6 +20,7 @@ __all__ = [
     "add_rmsnorm",
     "advance",
     "decode_attention",
+    "rope_attend",
     "rope_store",
     "sample_advance",
     "sample_plain",
@@ -122,6 +123,28 @@ def decode_attention(
         scale=scale,
     )
     return att.reshape(batch, n_q * d)
+
+
+def rope_attend(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_q: int,
+    length: int,
+    scale: float,
+) -> torch.Tensor:
+    """One decode step's :func:`rope_store` then :func:`decode_attention`, row ``i`` being slot
+    ``i``: one kernel on CUDA (the rotated q never leaves registers). Returns [B, Hq * D]."""
+    tk = _use_triton(qkv)
+    if tk is not None and attention_splits(qkv.shape[0], k_cache.shape[1], length) == 1:
+        out: torch.Tensor = tk.rope_attend(qkv, cos, sin, pos, k_cache, v_cache, n_q, scale)
+        return out
+    rows = torch.arange(qkv.shape[0], device=qkv.device)
+    q = rope_store(qkv, cos, sin, pos, rows, k_cache, v_cache, n_q)
+    return decode_attention(q, k_cache, v_cache, pos, length, scale)
 
 
 def attention_splits(rows: int, kv_heads: int, length: int) -> int:

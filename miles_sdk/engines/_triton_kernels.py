@@ -134,6 +134,102 @@ def rope_store(qkv, cos, sin, pos, slot, k_cache, v_cache, n_q):
 
 
 @triton.jit
+def _rope_attend_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, scale, n_q, n_kv, qkv_stride,
+    c_s, c_h, c_l,
+    G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK_L: tl.constexpr,
+    PREC: tl.constexpr,
+):  # fmt: skip
+    # One decode step of rope_store + decode_attention in one kernel: program (row = slot, kv head)
+    # rotates its kv head's key and its G query heads, stores the new key/value at position pos,
+    # attends over the cached keys 0..pos-1 and the new key from registers (no store -> load of
+    # the same address within the program).
+    row = tl.program_id(0).to(tl.int64)
+    kh = tl.program_id(1)
+    pos = tl.load(pos_ptr + row).to(tl.int64)
+    h = tl.arange(0, HALF)
+    g = tl.arange(0, GP)
+    gm = g < G
+    c1 = tl.load(cos_ptr + pos * D + h).to(tl.float32)
+    c2 = tl.load(cos_ptr + pos * D + HALF + h).to(tl.float32)
+    s1 = tl.load(sin_ptr + pos * D + h).to(tl.float32)
+    s2 = tl.load(sin_ptr + pos * D + HALF + h).to(tl.float32)
+    base_qkv = qkv_ptr + row * qkv_stride
+    # The new key, rotated with the rounding of _rope_store_kernel, and the new value.
+    k_src = base_qkv + (n_q + kh) * D
+    k1 = tl.load(k_src + h)
+    dt = k1.dtype
+    kf1 = k1.to(tl.float32)
+    kf2 = tl.load(k_src + HALF + h).to(tl.float32)
+    kn1 = ((kf1 * c1).to(dt).to(tl.float32) + (-kf2 * s1).to(dt).to(tl.float32)).to(dt)
+    kn2 = ((kf2 * c2).to(dt).to(tl.float32) + (kf1 * s2).to(dt).to(tl.float32)).to(dt)
+    v_src = base_qkv + (n_q + n_kv + kh) * D
+    vn1 = tl.load(v_src + h)
+    vn2 = tl.load(v_src + HALF + h)
+    at = row * c_s + kh * c_h + pos * c_l
+    tl.store(k_ptr + at + h, kn1)
+    tl.store(k_ptr + at + HALF + h, kn2)
+    tl.store(v_ptr + at + h, vn1)
+    tl.store(v_ptr + at + HALF + h, vn2)
+    # The G query heads of this kv head, rotated the same way: [GP, HALF] halves.
+    q_src = base_qkv + (kh * G + g[:, None]) * D
+    qf1 = tl.load(q_src + h[None, :], mask=gm[:, None], other=0.0).to(tl.float32)
+    qf2 = tl.load(q_src + HALF + h[None, :], mask=gm[:, None], other=0.0).to(tl.float32)
+    q1 = ((qf1 * c1[None, :]).to(dt).to(tl.float32) + (-qf2 * s1[None, :]).to(dt).to(tl.float32)).to(dt)
+    q2 = ((qf2 * c2[None, :]).to(dt).to(tl.float32) + (qf1 * s2[None, :]).to(dt).to(tl.float32)).to(dt)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc1 = tl.zeros((GP, HALF), tl.float32)
+    acc2 = tl.zeros((GP, HALF), tl.float32)
+    base = row * c_s + kh * c_h
+    for off in range(0, pos, BLOCK_L):
+        ls = off + tl.arange(0, BLOCK_L)
+        lm = ls < pos
+        kv_off = base + ls[:, None] * c_l + h[None, :]
+        ka = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
+        kb = tl.load(k_ptr + kv_off + HALF, mask=lm[:, None], other=0.0)
+        s = tl.dot(q1, tl.trans(ka), input_precision=PREC) + tl.dot(q2, tl.trans(kb), input_precision=PREC)
+        s = tl.where(lm[None, :], s * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        va = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
+        vb = tl.load(v_ptr + kv_off + HALF, mask=lm[:, None], other=0.0)
+        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dt), va, input_precision=PREC)
+        acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dt), vb, input_precision=PREC)
+        m_i = m_new
+    # The new key at pos, from registers.
+    s_new = (
+        tl.sum(q1.to(tl.float32) * kn1.to(tl.float32)[None, :], axis=1)
+        + tl.sum(q2.to(tl.float32) * kn2.to(tl.float32)[None, :], axis=1)
+    ) * scale
+    m_new = tl.maximum(m_i, s_new)
+    p_new = tl.exp(s_new - m_new)
+    alpha = tl.exp(m_i - m_new)
+    l_i = l_i * alpha + p_new
+    acc1 = acc1 * alpha[:, None] + p_new[:, None] * vn1.to(tl.float32)[None, :]
+    acc2 = acc2 * alpha[:, None] + p_new[:, None] * vn2.to(tl.float32)[None, :]
+    out = out_ptr + row * n_q * D + (kh * G + g[:, None]) * D
+    tl.store(out + h[None, :], (acc1 / l_i[:, None]).to(dt), mask=gm[:, None])
+    tl.store(out + HALF + h[None, :], (acc2 / l_i[:, None]).to(dt), mask=gm[:, None])
+
+
+def rope_attend(qkv, cos, sin, pos, k_cache, v_cache, n_q, scale):
+    rows = qkv.shape[0]
+    n_kv, d = k_cache.shape[1], k_cache.shape[3]
+    group = n_q // n_kv
+    out = torch.empty(rows, n_q * d, dtype=qkv.dtype, device=qkv.device)
+    _rope_attend_kernel[(rows, n_kv)](
+        qkv, cos, sin, pos, k_cache, v_cache, out, scale, n_q, n_kv, qkv.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        G=group, GP=max(16, triton.next_power_of_2(group)), D=d, HALF=d // 2, BLOCK_L=_ATTN_BLOCK_L,
+        PREC="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=_ATTN_WARPS,
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
 def _silu_mul_kernel(gu_ptr, out_ptr, inter, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)

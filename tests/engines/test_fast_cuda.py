@@ -65,6 +65,26 @@ def test_decode_attention_matches_sdpa(dtype: torch.dtype) -> None:
     assert rel_err(out.cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype) -> None:
+    from miles_sdk.engines import _triton_kernels
+
+    n_q, n_kv, d, length, rows = 14, 2, 64, 300, 6
+    qkv = torch.randn(rows, (n_q + 2 * n_kv) * d, device=CUDA, dtype=dtype)
+    ang = torch.randn(length, d // 2, device=CUDA)
+    cos = torch.cat([ang.cos(), ang.cos()], -1).to(dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], -1).to(dtype)
+    pos = torch.tensor([0, 1, 127, 128, 200, 299], device=CUDA)
+    caches = [torch.randn(rows + 1, n_kv, length, d, device=CUDA, dtype=dtype) for _ in range(2)]
+    ref_k, ref_v = (c.clone() for c in caches)
+    ref_q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows, device=CUDA), ref_k, ref_v, n_q)
+    ref = _kernels.decode_attention(ref_q, ref_k, ref_v, pos, length, 0.125)
+    k, v = (c.clone() for c in caches)
+    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, k, v, n_q, 0.125)
+    assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert torch.equal(k, ref_k) and torch.equal(v, ref_v)
+
+
 def test_split_decode_attention_on_long_contexts_matches_sdpa() -> None:
     n_q, n_kv, d, length = 14, 2, 64, 4096
     assert _kernels.attention_splits(3, n_kv, length) == 16

@@ -50,3 +50,27 @@ def test_attention_splits_only_for_long_contexts_with_few_rows() -> None:
     assert _kernels.attention_splits(16, 2, 4096) == 8
     assert _kernels.attention_splits(8, 2, 16384) == 16
     assert _kernels.attention_splits(1, 2, 32768) == 16
+
+
+# float32 only: the interpreter's bf16 tl.dot is wrong (the unchanged decode-attention kernel, which
+# matches SDPA in bf16 on the GPU, returns garbage there); test_fast_cuda.py covers bf16 compiled.
+@pytest.mark.parametrize("dtype", [torch.float32])
+def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    n_q, n_kv, d, length = 14, 2, 64, 160
+    rows = 4
+    qkv = torch.randn(rows, (n_q + 2 * n_kv) * d, generator=g).to(dtype)
+    ang = torch.randn(length, d // 2, generator=g)
+    cos = torch.cat([ang.cos(), ang.cos()], -1).to(dtype)
+    sin = torch.cat([ang.sin(), ang.sin()], -1).to(dtype)
+    pos = torch.tensor([0, 1, 129, 150])  # the first key only; one block boundary crossed
+    caches = [torch.randn(rows + 1, n_kv, length, d, generator=g).to(dtype) for _ in range(2)]
+    ref_k, ref_v = (c.clone() for c in caches)
+    ref_q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows), ref_k, ref_v, n_q)
+    ref = _kernels.decode_attention(ref_q, ref_k, ref_v, pos, length, 0.125)
+    k, v = (c.clone() for c in caches)
+    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, k, v, n_q, 0.125)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(out, ref, **tol)
+    torch.testing.assert_close(k, ref_k)  # the new keys/values stored exactly as rope_store does
+    torch.testing.assert_close(v, ref_v)
