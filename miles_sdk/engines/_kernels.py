@@ -139,7 +139,9 @@ def rope_attend(
     """One decode step's :func:`rope_store` then :func:`decode_attention`, row ``i`` being slot
     ``i``: one kernel on CUDA (the rotated q never leaves registers). Returns [B, Hq * D]."""
     tk = _use_triton(qkv)
-    if tk is not None and attention_splits(qkv.shape[0], k_cache.shape[1], length) == 1:
+    # tl.dot needs 16-wide operands: the fused kernel splits each head into two halves.
+    fits = k_cache.shape[-1] >= 32 and attention_splits(qkv.shape[0], k_cache.shape[1], length) == 1
+    if tk is not None and fits:
         out: torch.Tensor = tk.rope_attend(qkv, cos, sin, pos, k_cache, v_cache, n_q, scale)
         return out
     rows = torch.arange(qkv.shape[0], device=qkv.device)
