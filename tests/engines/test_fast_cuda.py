@@ -82,13 +82,12 @@ def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype)
     k, v = (c.clone() for c in caches)
     out = _triton_kernels.rope_attend(qkv, cos, sin, pos, k, v, n_q, 0.125)
     assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
-    # The stored keys may differ from rope_store's by one rounding step in the second half of a
-    # head (the two kernels' compiled arithmetic contracts differently: measured 1 ULP at most on
-    # an H200, 132 of 768 values); the values and every other cache entry are identical.
+    # The stored keys may differ from rope_store's by one rounding step (the two kernels' compiled
+    # arithmetic contracts differently: 1 ULP at most, in 132 of 768 values, all in the second half
+    # of a head in the first ones reported, on an H200); the values are identical.
     assert torch.equal(v, ref_v)
     ulp = torch.finfo(dtype).eps * ref_k.float().abs().clamp_min(1.0)
     assert ((k.float() - ref_k.float()).abs() <= ulp).all()
-    assert torch.equal(k[..., : d // 2], ref_k[..., : d // 2])
 
 
 def test_split_decode_attention_on_long_contexts_matches_sdpa() -> None:
