@@ -74,7 +74,7 @@ class TorchBackend:
         self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
-        self._compiled = compiled_layers(args.compile_model, _decoder_module(model), self.device)
+        self._compiled = compiled_layers(args.compile_model, _decoder(model), self.device)
 
     @property
     def model(self) -> nn.Module:
@@ -94,15 +94,12 @@ class TorchBackend:
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
-            if compiled is not None:
-                hidden = compiled.run(
-                    lambda: _decoder(model)(
-                        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                    )
-                )
-            else:
-                hidden = _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return hidden.last_hidden_state, input_ids
+
+            def forward() -> Any:
+                return _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+            out = compiled.run(forward) if compiled is not None else forward()
+        return out.last_hidden_state, input_ids
 
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
@@ -294,12 +291,8 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def _decoder(model: nn.Module) -> Callable[..., Any]:
+def _decoder(model: nn.Module) -> nn.Module:
     """The transformer body without the LM head (hidden states only)."""
-    return _decoder_module(model)
-
-
-def _decoder_module(model: nn.Module) -> nn.Module:
     get_decoder = getattr(model, "get_decoder", None)
     if callable(get_decoder):
         decoder = get_decoder()

@@ -23,7 +23,7 @@ def test_padded_prefill_matches_the_exact_shape(tok: PreTrainedTokenizerFast) ->
     shape = graphs.shape(prompts)
     assert shape == (4, 64)  # 3 prompts -> 4 rows; 7 tokens -> one 64-wide column block
     with torch.inference_mode():
-        exact_ids, exact_leads, exact_last = PrefillGraphs.padded_inputs(graphs, prompts, leads, (3, 7))
+        exact_ids, exact_leads, exact_last = graphs.padded_inputs(prompts, leads, (3, 7))
         exact = runner._prefill_body(exact_ids, 7, exact_leads, exact_last)
         k_exact, v_exact = runner._k_all.clone(), runner._v_all.clone()
         runner._k_all.zero_()
