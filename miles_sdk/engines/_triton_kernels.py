@@ -134,6 +134,42 @@ def rope_store(qkv, cos, sin, pos, slot, k_cache, v_cache, n_q):
 
 
 @triton.jit
+def _online_softmax(s, m_i, l_i):
+    # One block's step of flash attention's online softmax, shared by every attention kernel here.
+    # s [GP, L]: scaled scores, -inf where masked. Returns the block's probabilities under the new
+    # running max, the factor that rescales what was accumulated under the old max, the new max
+    # and the new sum.
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _attend_span(
+    q, k_ptr, v_ptr, base, c_l, start, end, scale,
+    GP: tl.constexpr, D: tl.constexpr, BLOCK_L: tl.constexpr, PREC: tl.constexpr,
+):  # fmt: skip
+    # The key loop of both full-head decode kernels: q [GP, D] over keys start..end-1 at base (one
+    # row and kv head of the cache). The state comes back unnormalised (running max, sum,
+    # accumulator; empty if start >= end) so that a split can leave it for _merge_splits_kernel.
+    d = tl.arange(0, D)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    for off in range(start, end, BLOCK_L):
+        ls = off + tl.arange(0, BLOCK_L)
+        lm = ls < end
+        kv_off = base + ls[:, None] * c_l + d[None, :]
+        k = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
+        s = tl.where(lm[None, :], tl.dot(q, tl.trans(k), input_precision=PREC) * scale, float("-inf"))
+        p, alpha, m_i, l_i = _online_softmax(s, m_i, l_i)
+        v = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _rope_attend_kernel(
     qkv_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, scale, n_q, n_kv, qkv_stride,
     c_s, c_h, c_l,
@@ -182,6 +218,8 @@ def _rope_attend_kernel(
     acc1 = tl.zeros((GP, HALF), tl.float32)
     acc2 = tl.zeros((GP, HALF), tl.float32)
     base = row * c_s + kh * c_h
+    # _attend_span's loop on head halves, as RoPE leaves q: joining the halves for a whole-head dot
+    # would change the rounding of the scores this kernel was measured with.
     for off in range(0, pos, BLOCK_L):
         ls = off + tl.arange(0, BLOCK_L)
         lm = ls < pos
@@ -189,27 +227,19 @@ def _rope_attend_kernel(
         ka = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
         kb = tl.load(k_ptr + kv_off + HALF, mask=lm[:, None], other=0.0)
         s = tl.dot(q1, tl.trans(ka), input_precision=PREC) + tl.dot(q2, tl.trans(kb), input_precision=PREC)
-        s = tl.where(lm[None, :], s * scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p, alpha, m_i, l_i = _online_softmax(tl.where(lm[None, :], s * scale, float("-inf")), m_i, l_i)
         va = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
         vb = tl.load(v_ptr + kv_off + HALF, mask=lm[:, None], other=0.0)
         acc1 = acc1 * alpha[:, None] + tl.dot(p.to(dt), va, input_precision=PREC)
         acc2 = acc2 * alpha[:, None] + tl.dot(p.to(dt), vb, input_precision=PREC)
-        m_i = m_new
-    # The new key at pos, from registers.
+    # The new key at pos, from registers: a block of one key.
     s_new = (
         tl.sum(q1.to(tl.float32) * kn1.to(tl.float32)[None, :], axis=1)
         + tl.sum(q2.to(tl.float32) * kn2.to(tl.float32)[None, :], axis=1)
     ) * scale
-    m_new = tl.maximum(m_i, s_new)
-    p_new = tl.exp(s_new - m_new)
-    alpha = tl.exp(m_i - m_new)
-    l_i = l_i * alpha + p_new
-    acc1 = acc1 * alpha[:, None] + p_new[:, None] * vn1.to(tl.float32)[None, :]
-    acc2 = acc2 * alpha[:, None] + p_new[:, None] * vn2.to(tl.float32)[None, :]
+    p_new, alpha, m_i, l_i = _online_softmax(s_new[:, None], m_i, l_i)
+    acc1 = acc1 * alpha[:, None] + p_new * vn1.to(tl.float32)[None, :]
+    acc2 = acc2 * alpha[:, None] + p_new * vn2.to(tl.float32)[None, :]
     out = out_ptr + row * n_q * D + (kh * G + g[:, None]) * D
     tl.store(out + h[None, :], (acc1 / l_i[:, None]).to(dt), mask=gm[:, None])
     tl.store(out + HALF + h[None, :], (acc2 / l_i[:, None]).to(dt), mask=gm[:, None])
@@ -462,24 +492,8 @@ def _decode_attn_kernel(
     d = tl.arange(0, D)
     gm = g < G
     q = tl.load(q_ptr + (row * n_q + kh * G + g[:, None]) * D + d[None, :], mask=gm[:, None], other=0.0)
-    m_i = tl.full((GP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, D), tl.float32)
     base = row * c_s + kh * c_h
-    for off in range(0, n_ctx, BLOCK_L):
-        ls = off + tl.arange(0, BLOCK_L)
-        lm = ls < n_ctx
-        kv_off = base + ls[:, None] * c_l + d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        s = tl.where(lm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
+    _, l_i, acc = _attend_span(q, k_ptr, v_ptr, base, c_l, 0, n_ctx, scale, GP, D, BLOCK_L, PREC)
     out = acc / l_i[:, None]
     tl.store(
         out_ptr + row * n_q * D + (kh * G + g[:, None]) * D + d[None, :], out.to(q.dtype), mask=gm[:, None]
@@ -506,24 +520,8 @@ def _decode_attn_split_kernel(
     d = tl.arange(0, D)
     gm = g < G
     q = tl.load(q_ptr + (row * n_q + kh * G + g[:, None]) * D + d[None, :], mask=gm[:, None], other=0.0)
-    m_i = tl.full((GP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, D), tl.float32)
     base = row * c_s + kh * c_h
-    for off in range(start, end, BLOCK_L):
-        ls = off + tl.arange(0, BLOCK_L)
-        lm = ls < end
-        kv_off = base + ls[:, None] * c_l + d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale
-        s = tl.where(lm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv_off, mask=lm[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
+    m_i, l_i, acc = _attend_span(q, k_ptr, v_ptr, base, c_l, start, end, scale, GP, D, BLOCK_L, PREC)
     head = row * n_q + kh * G + g  # [GP]
     tl.store(m_ptr + head * SPLITS + sp, m_i, mask=gm)
     tl.store(l_ptr + head * SPLITS + sp, l_i, mask=gm)

@@ -19,15 +19,17 @@ from miles_sdk.engines import _kernels, _triton_kernels
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 
+@pytest.mark.parametrize("block_l", [_triton_kernels._ATTN_BLOCK_L, 32])
 @pytest.mark.parametrize("splits", [1, 2, 4])
-def test_decode_attention_splits_match_the_reference(splits: int) -> None:
+def test_decode_attention_splits_match_the_reference(splits: int, block_l: int) -> None:
     g = torch.Generator().manual_seed(splits)
     n_q, n_kv, d, length = 14, 2, 64, 200
     kc, vc = (torch.randn(6, n_kv, 256, d, generator=g) for _ in range(2))
-    q = torch.randn(5, n_q, d, generator=g)
-    # Contexts of 1 token (later splits empty), a block boundary, and uneven shares.
-    pos = torch.tensor([0, 63, 64, 130, 199])
-    out = _triton_kernels.decode_attention(q, kc, vc, pos, 0.125, splits=splits)
+    q = torch.randn(6, n_q, d, generator=g)
+    # Contexts of 1 token (later splits empty), block boundaries, and uneven shares; block_l 32
+    # gives every split several blocks.
+    pos = torch.tensor([0, 63, 64, 127, 130, 199])
+    out = _triton_kernels.decode_attention(q, kc, vc, pos, 0.125, splits=splits, block_l=block_l)
     ref = _kernels.decode_attention(q, kc, vc, pos, length, 0.125)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -52,18 +54,20 @@ def test_attention_splits_only_for_long_contexts_with_few_rows() -> None:
     assert _kernels.attention_splits(1, 2, 32768) == 16
 
 
-# float32 only: the interpreter's bf16 tl.dot is wrong (the unchanged decode-attention kernel, which
+# No bf16: the interpreter's bf16 tl.dot is wrong (the unchanged decode-attention kernel, which
 # matches SDPA in bf16 on the GPU, returns garbage there); test_fast_cuda.py covers bf16 compiled.
-@pytest.mark.parametrize("dtype", [torch.float32])
+# float16 runs the half-precision casts of p before p @ V.
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(7)
     n_q, n_kv, d, length = 14, 2, 64, 160
-    rows = 4
+    rows = 5
     qkv = torch.randn(rows, (n_q + 2 * n_kv) * d, generator=g).to(dtype)
     ang = torch.randn(length, d // 2, generator=g)
     cos = torch.cat([ang.cos(), ang.cos()], -1).to(dtype)
     sin = torch.cat([ang.sin(), ang.sin()], -1).to(dtype)
-    pos = torch.tensor([0, 1, 129, 150])  # the first key only; one block boundary crossed
+    # The first key only; cached keys filling one block exactly; one block boundary crossed.
+    pos = torch.tensor([0, 1, 128, 129, 150])
     caches = [torch.randn(rows + 1, n_kv, length, d, generator=g).to(dtype) for _ in range(2)]
     ref_k, ref_v = (c.clone() for c in caches)
     ref_q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows), ref_k, ref_v, n_q)
