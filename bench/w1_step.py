@@ -95,6 +95,12 @@ def main() -> None:
         "--torch-head", action="store_true", help="the torch LM-head path instead of the fused Triton kernels"
     )
     ap.add_argument("--compile-model", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument(
+        "--pack-sequences",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="packed (padding-free) trainer forwards; compare on and off with --varied",
+    )
     ap.add_argument("--json", default=None, help="write the summary numbers to this file")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
@@ -133,6 +139,7 @@ def main() -> None:
         progress_bar=False,
         log_probs_chunk_size=4096,
         compile_model=ns.compile_model,
+        pack_sequences=ns.pack_sequences,
         skip_on_policy_old_log_probs=not ns.recompute_old_log_probs,
     )
     trainer = Trainer(
@@ -144,7 +151,8 @@ def main() -> None:
         reward_model=random_reward,
     )
     print(
-        f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, compile_model {ns.compile_model}"
+        f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, "
+        f"compile_model {ns.compile_model}, pack_sequences {ns.pack_sequences}"
     )
     rows = []
     if device.type == "cuda":

@@ -355,6 +355,12 @@ class Config:
     unaffected. auto: on for CUDA, off on CPU. Pays off in long runs: the first steps pay the
     compile (W1, 0.5B: ~9 s at fixed lengths, ~36 s when lengths vary) for a 16-28% faster train
     phase; use off for short or interactive runs. A model the compiler rejects runs eagerly."""
+    pack_sequences: Literal["auto", "on", "off"] = "auto"
+    """Train and score without padding: each micro-batch runs as one packed row with per-sequence
+    causal attention (flash varlen on CUDA; a loop over sequences on CPU), as verl's
+    use_remove_padding and Miles's THD format. auto: on for CUDA when the model is a transformers
+    model whose layers dispatch attention through config._attn_implementation (Qwen2, Llama, ...),
+    else padding (logged); on: pack (an error naming the model if it cannot); off: right-pad."""
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
     """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
     num_critic_only_steps: int = 0

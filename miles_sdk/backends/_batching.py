@@ -1,13 +1,24 @@
-"""Batching helpers shared by the actor and the critic: padding, chunking, micro-batch slicing."""
+"""Batching helpers shared by the actor and the critic: padding, packing, chunking, micro-batch slicing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["chunks", "chunks_of", "micro_batch", "micro_batches", "pad_tokens", "token_budget_chunks"]
+__all__ = [
+    "PackedTokens",
+    "SequenceRows",
+    "chunks",
+    "chunks_of",
+    "micro_batch",
+    "micro_batches",
+    "pack_tokens",
+    "pad_tokens",
+    "token_budget_chunks",
+]
 
 # Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
 PER_SAMPLE_TENSOR_KEYS = (
@@ -29,6 +40,64 @@ def pad_tokens(tokens: list[list[int]], device: torch.device) -> tuple[torch.Ten
         input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, : len(seq)] = 1
     return input_ids, attention_mask
+
+
+class PackedTokens(NamedTuple):
+    """Sequences concatenated without padding (the THD layout of flash attention's varlen kernels)."""
+
+    input_ids: torch.Tensor
+    """[1, total] token ids."""
+    position_ids: torch.Tensor
+    """[1, total]: 0..len-1 within each sequence, so RoPE sees each sequence from its start."""
+    cu_seqlens: torch.Tensor
+    """[B + 1] int32 sequence boundaries."""
+    max_length: int
+    starts: list[int]
+    """Offset of each sequence's first token in the packed rows."""
+
+
+def pack_tokens(tokens: list[list[int]], device: torch.device) -> PackedTokens:
+    lengths = [len(t) for t in tokens]
+    bounds = list(itertools.accumulate(lengths, initial=0))
+    flat = [t for seq in tokens for t in seq]
+    positions = [p for n in lengths for p in range(n)]
+    return PackedTokens(
+        input_ids=torch.tensor([flat], dtype=torch.long, device=device),
+        position_ids=torch.tensor([positions], dtype=torch.long, device=device),
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=device),
+        max_length=max(lengths),
+        starts=bounds[:-1],
+    )
+
+
+class SequenceRows(NamedTuple):
+    """Per-token rows of a batch of sequences, padded or packed alike: sequence ``i``'s token ``t``
+    is ``flat[starts[i] + t]``. Every caller slices through here, so the two layouts share one
+    indexing rule."""
+
+    flat: torch.Tensor
+    starts: list[int]
+
+    @classmethod
+    def padded(cls, batch: torch.Tensor) -> SequenceRows:
+        """From a right-padded ``[B, T, ...]`` batch (a view, no copy)."""
+        width = batch.shape[1]
+        return cls(
+            batch.reshape(batch.shape[0] * width, *batch.shape[2:]),
+            [i * width for i in range(batch.shape[0])],
+        )
+
+    def rows(self, i: int, start: int, stop: int) -> torch.Tensor:
+        return self.flat[self.starts[i] + start : self.starts[i] + stop]
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> SequenceRows:
+        """``fn`` applied row-wise (e.g. a head), same layout."""
+        return SequenceRows(fn(self.flat), self.starts)
+
+    def scoring_rows(self, lengths: list[int], response_lengths: list[int]) -> list[torch.Tensor]:
+        """Per sequence, the rows that predict its response: position t predicts token t+1, so
+        the response tokens [L-R, L) are scored at [L-R-1, L-1)."""
+        return [self.rows(i, n - r - 1, n - 1) for i, (n, r) in enumerate(zip(lengths, response_lengths))]
 
 
 def chunks(n: int, size: int) -> Iterator[list[int]]:

@@ -7,18 +7,23 @@ trained with the clipped value loss (``value_clip``) at ``critic_lr`` (default: 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 from miles_sdk.algo import compute_loss
-from miles_sdk.backends._batching import pad_tokens
+from miles_sdk.backends._batching import SequenceRows
+from miles_sdk.backends._varlen import attention_implementation, decoder_rows, packing_enabled
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 
 __all__ = ["Critic"]
+
+log = logging.getLogger(__name__)
 
 
 class _ValueModel(nn.Module):
@@ -29,18 +34,18 @@ class _ValueModel(nn.Module):
         nn.init.zeros_(self.value_head.weight)  # start from V = 0: GAE then equals return-to-go
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.body(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-        ).last_hidden_state
-        out: torch.Tensor = self.value_head(hidden.float()).squeeze(-1)
-        return out
+    def forward(self, tokens: list[list[int]], *, pack: bool) -> SequenceRows:
+        """V per token of each sequence."""
+        device = self.value_head.weight.device
+        hidden = decoder_rows(self.body, tokens, device, pack=pack)
+        return hidden.map(lambda h: self.value_head(h.float()).squeeze(-1))
 
 
 class Critic:
     """Value estimates over response tokens, and clipped value-loss optimizer steps."""
 
-    def __init__(self, args: Config, policy: nn.Module) -> None:
+    def __init__(self, args: Config, policy: nn.Module, *, pack: bool | None = None) -> None:
+        """``pack``: the policy backend's pack_sequences decision (decided here when None)."""
         get_decoder = getattr(policy, "get_decoder", None)
         if not callable(get_decoder):
             raise TypeError(
@@ -61,15 +66,21 @@ class Critic:
             lr=args.critic_lr or args.lr,
             master_weights=wants_master_weights(args, body),
         )
+        self.pack = packing_enabled(args.pack_sequences, body, self.device) if pack is None else pack
+        if self.pack and args.pack_sequences == "auto" and next(body.parameters()).dtype == torch.float32:
+            # The critic runs without autocast, and fp32 has no flash varlen kernel: the
+            # per-sequence attention loop would cost more than the padding it saves.
+            log.info("pack_sequences auto: the fp32 critic pads")
+            self.pack = False
 
     def values(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:
         """V(s_t) for each response token t (the state before t is generated), per sample."""
-        input_ids, attention_mask = pad_tokens(tokens, self.device)
-        out = self.model(input_ids, attention_mask)
-        return [
-            out[i, len(seq) - r - 1 : len(seq) - 1]
-            for i, (seq, r) in enumerate(zip(tokens, response_lengths))
-        ]
+        values: SequenceRows = self.model(tokens, pack=self.pack)
+        return values.scoring_rows([len(seq) for seq in tokens], response_lengths)
+
+    def train_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Held over a micro-batch's forward and backward (see TorchBackend._train_scope)."""
+        return attention_implementation(self.model.body) if self.pack else contextlib.nullcontext()
 
     @torch.no_grad()
     def compute(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ are never materialised, except for a custom ``LossFn``, whose Miles signature ta
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -16,8 +17,9 @@ import torch
 from torch import nn
 
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
-from miles_sdk.backends._batching import chunks, micro_batch, micro_batches, pad_tokens, token_budget_chunks
+from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
+from miles_sdk.backends._varlen import attention_implementation, decoder_rows, packing_enabled
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
@@ -71,7 +73,13 @@ class TorchBackend:
         )
         self.optimizer = self.optim.optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
-        self.critic = Critic(args, model) if args.advantage_estimator == "ppo" else None
+        self._pack = packing_enabled(args.pack_sequences, _decoder(model), self.device)
+        self._pack_ref = (
+            self._pack
+            and self.ref_model is not None
+            and packing_enabled(args.pack_sequences, _decoder(self.ref_model), self.device)
+        )
+        self.critic = Critic(args, model, pack=self._pack) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self._compiled = compiled_layers(args.compile_model, _decoder(model), self.device)
@@ -85,39 +93,41 @@ class TorchBackend:
     def _temperature(self) -> float:
         return self.args.rollout_temperature if self.args.rollout_temperature > 0 else 1.0
 
-    def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Right-padded forward; returns the last hidden states [B, T, H] and the padded ids [B, T]."""
-        input_ids, attention_mask = pad_tokens(tokens, self.device)
+    def _packs(self, model: nn.Module) -> bool:
+        return self._pack if model is self._model else self._pack_ref
+
+    def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> SequenceRows:
+        """The last hidden states per token (packed or right-padded, per pack_sequences)."""
         compiled = self._compiled if model is self._model else None
         with torch.autocast(
             self.device.type,
             dtype=self.autocast_dtype or torch.float32,
             enabled=self.autocast_dtype is not None,
         ):
+            return decoder_rows(
+                _decoder(model),
+                tokens,
+                self.device,
+                pack=self._packs(model),
+                run=compiled.run if compiled is not None else None,
+            )
 
-            def forward() -> Any:
-                return _decoder(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-
-            out = compiled.run(forward) if compiled is not None else forward()
-        return out.last_hidden_state, input_ids
+    def _train_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Held over a micro-batch's forward and backward: gradient checkpointing recomputes the
+        layers in backward, and they read the attention implementation again then."""
+        return attention_implementation(_decoder(self._model)) if self._pack else contextlib.nullcontext()
 
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        hidden, input_ids = self._forward_hidden(model, tokens)
-        # Position t predicts token t+1, so the response tokens [L-R, L) are scored at [L-R-1, L-1).
-        rows = [
-            hidden[i, len(seq) - r - 1 : len(seq) - 1]
-            for i, (seq, r) in enumerate(zip(tokens, response_lengths))
-        ]
-        targets = [
-            input_ids[i, len(seq) - r : len(seq)] for i, (seq, r) in enumerate(zip(tokens, response_lengths))
-        ]
+        hidden = self._forward_hidden(model, tokens)
+        rows = hidden.scoring_rows([len(seq) for seq in tokens], response_lengths)
+        targets = [t for seq, r in zip(tokens, response_lengths) for t in seq[len(seq) - r :]]
         weight = _lm_head(model).weight
         logp, entropy = log_probs_and_entropy(
             torch.cat(rows),
             weight,
-            torch.cat(targets),
+            torch.tensor(targets, dtype=torch.long, device=self.device),
             temperature=self._temperature(),
             chunk_size=self.args.log_probs_chunk_size,
             with_entropy=with_entropy,
@@ -208,10 +218,17 @@ class TorchBackend:
                 critic.micro_batch_loss,
                 critic.optim,
                 prefix="critic_",
+                scope=critic.train_scope,
             )
         if rollout_id >= self.args.num_critic_only_steps:
             actor = _accumulate_and_step(
-                self.args, data, step_idx, self.device, self._micro_batch_loss, self.optim
+                self.args,
+                data,
+                step_idx,
+                self.device,
+                self._micro_batch_loss,
+                self.optim,
+                scope=self._train_scope,
             )
             if "skipped_nonfinite_grad" not in actor:  # a skipped update does not advance the schedule
                 self.scheduler.step()
@@ -253,8 +270,8 @@ class TorchBackend:
     def _packed_logits(self, batch: dict[str, Any]) -> torch.Tensor:
         """Miles's packed layout: [1, sum(total_lengths), V] float32 logits."""
         tokens: list[list[int]] = batch["unconcat_tokens_list"]
-        hidden, _ = self._forward_hidden(self._model, tokens)
-        rows = torch.cat([hidden[i, : len(seq)] for i, seq in enumerate(tokens)])
+        hidden = self._forward_hidden(self._model, tokens)
+        rows = torch.cat([hidden.rows(i, 0, len(seq)) for i, seq in enumerate(tokens)])
         logits: torch.Tensor = _lm_head(self._model)(rows).float() / self._temperature()
         return logits.unsqueeze(0)
 
@@ -342,6 +359,7 @@ def _accumulate_and_step(
     optim: PolicyOptimizer,
     *,
     prefix: str = "",
+    scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
 ) -> Metrics:
     """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
     gradient is that of the mean over the global batch (per sample, or per token with
@@ -355,8 +373,9 @@ def _accumulate_and_step(
         batch = micro_batch(data, mb, device)
         mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
         weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
-        loss, metrics = loss_of(batch)
-        torch.autograd.backward(loss * weight)
+        with scope():
+            loss, metrics = loss_of(batch)
+            torch.autograd.backward(loss * weight)
         for k, v in metrics.items():
             sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v) * weight
     grad_norm = optim.clip_and_step(args.clip_grad)
