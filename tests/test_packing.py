@@ -80,6 +80,18 @@ def test_packed_hidden_log_probs_and_entropy_match_padded(name: str) -> None:
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
+def test_equal_lengths_keep_the_padded_forward() -> None:
+    """Nothing to remove: the padded forward (SDPA's fused kernel) runs even with packing on."""
+    _, packed = _pair(_qwen2)
+    same = _tokens([6, 6, 6])
+    assert packed._pack and not packed._packs(packed.model, same)
+    assert packed._packs(packed.model, _tokens(LENGTHS))
+    h = packed._forward_hidden(packed.model, same)
+    assert h.flat.shape[0] == 18 and h.starts == [0, 6, 12]
+    with packed._train_scope({"unconcat_tokens_list": same}):
+        assert packed.model.config._attn_implementation != _varlen.ATTN_IMPLEMENTATION
+
+
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_gradients_match_padded(checkpointing: bool) -> None:
     tokens = _tokens(LENGTHS)
@@ -87,7 +99,7 @@ def test_gradients_match_padded(checkpointing: bool) -> None:
     for backend in _pair(_qwen2, gradient_checkpointing=checkpointing):
         backend.model.train()
         # The backend's train scope: checkpointing recomputes the layers inside backward.
-        with backend._train_scope():
+        with backend._train_scope({"unconcat_tokens_list": tokens}):
             logp, ent = backend._response_log_probs(backend.model, tokens, RESPONSES, with_entropy=True)
             assert ent is not None
             loss = sum((lp * (i + 1)).sum() for i, lp in enumerate(logp)) + torch.cat(ent).mean()

@@ -30,7 +30,13 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from miles_sdk.backends._batching import SequenceRows, pack_tokens, pad_tokens
 
-__all__ = ["ATTN_IMPLEMENTATION", "attention_implementation", "decoder_rows", "packing_enabled"]
+__all__ = [
+    "ATTN_IMPLEMENTATION",
+    "attention_implementation",
+    "decoder_rows",
+    "has_padding",
+    "packing_enabled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +237,13 @@ def packing_enabled(mode: Literal["auto", "on", "off"], decoder: nn.Module, devi
         raise ValueError(f"pack_sequences='on': {name} cannot pack ({reason}); set pack_sequences='off'")
     log.info("pack_sequences auto: %s cannot pack (%s); padding instead", name, reason)
     return False
+
+
+def has_padding(tokens: list[list[int]]) -> bool:
+    """Whether right-padding ``tokens`` adds pads. Equal lengths leave packing nothing to remove,
+    and the padded forward keeps SDPA's fused GQA kernel (torch 2.11's varlen kernel needs the KV
+    heads repeated): on W1's fixed lengths the packed train phase was 4% slower (H200)."""
+    return len({len(t) for t in tokens}) > 1
 
 
 @contextlib.contextmanager

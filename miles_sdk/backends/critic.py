@@ -17,7 +17,7 @@ from torch import nn
 
 from miles_sdk.algo import compute_loss
 from miles_sdk.backends._batching import SequenceRows
-from miles_sdk.backends._varlen import attention_implementation, decoder_rows, packing_enabled
+from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 
@@ -75,12 +75,14 @@ class Critic:
 
     def values(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:
         """V(s_t) for each response token t (the state before t is generated), per sample."""
-        values: SequenceRows = self.model(tokens, pack=self.pack)
+        values: SequenceRows = self.model(tokens, pack=self.pack and has_padding(tokens))
         return values.scoring_rows([len(seq) for seq in tokens], response_lengths)
 
-    def train_scope(self) -> contextlib.AbstractContextManager[None]:
+    def train_scope(self, batch: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
         """Held over a micro-batch's forward and backward (see TorchBackend._train_scope)."""
-        return attention_implementation(self.model.body) if self.pack else contextlib.nullcontext()
+        if self.pack and has_padding(batch["unconcat_tokens_list"]):
+            return attention_implementation(self.model.body)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def compute(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:

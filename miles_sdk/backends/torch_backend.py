@@ -19,7 +19,7 @@ from torch import nn
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
 from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
-from miles_sdk.backends._varlen import attention_implementation, decoder_rows, packing_enabled
+from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
@@ -93,8 +93,8 @@ class TorchBackend:
     def _temperature(self) -> float:
         return self.args.rollout_temperature if self.args.rollout_temperature > 0 else 1.0
 
-    def _packs(self, model: nn.Module) -> bool:
-        return self._pack if model is self._model else self._pack_ref
+    def _packs(self, model: nn.Module, tokens: list[list[int]]) -> bool:
+        return (self._pack if model is self._model else self._pack_ref) and has_padding(tokens)
 
     def _forward_hidden(self, model: nn.Module, tokens: list[list[int]]) -> SequenceRows:
         """The last hidden states per token (packed or right-padded, per pack_sequences)."""
@@ -108,14 +108,16 @@ class TorchBackend:
                 _decoder(model),
                 tokens,
                 self.device,
-                pack=self._packs(model),
+                pack=self._packs(model, tokens),
                 run=compiled.run if compiled is not None else None,
             )
 
-    def _train_scope(self) -> contextlib.AbstractContextManager[None]:
+    def _train_scope(self, batch: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
         """Held over a micro-batch's forward and backward: gradient checkpointing recomputes the
         layers in backward, and they read the attention implementation again then."""
-        return attention_implementation(_decoder(self._model)) if self._pack else contextlib.nullcontext()
+        if self._packs(self._model, batch["unconcat_tokens_list"]):
+            return attention_implementation(_decoder(self._model))
+        return contextlib.nullcontext()
 
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
@@ -359,7 +361,9 @@ def _accumulate_and_step(
     optim: PolicyOptimizer,
     *,
     prefix: str = "",
-    scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+    scope: Callable[[dict[str, Any]], contextlib.AbstractContextManager[None]] = lambda _: (
+        contextlib.nullcontext()
+    ),
 ) -> Metrics:
     """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
     gradient is that of the mean over the global batch (per sample, or per token with
@@ -373,7 +377,7 @@ def _accumulate_and_step(
         batch = micro_batch(data, mb, device)
         mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
         weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
-        with scope():
+        with scope(batch):
             loss, metrics = loss_of(batch)
             torch.autograd.backward(loss * weight)
         for k, v in metrics.items():
