@@ -18,7 +18,6 @@ from typing import Any
 import torch
 
 from bench.w1 import PROMPTS, RESPONSE_LEN, SAMPLES, prompts_and_params, w1_model, w1_tokenizer
-from miles_sdk.engines import _fast, embedded
 from miles_sdk.engines.embedded import EmbeddedEngine
 
 Marks = list[tuple[str, float]]
@@ -56,11 +55,11 @@ def one_run(engine: EmbeddedEngine, prompts: list[list[int]], params: list[Any],
 
 
 def first(marks: Marks, name: str) -> float:
-    return next((t for n, t in marks if n == name), float("nan"))
+    return next(t for n, t in marks if n == name)
 
 
 def last(marks: Marks, name: str) -> float:
-    return next((t for n, t in reversed(marks) if n == name), float("nan"))
+    return [t for n, t in marks if n == name][-1]
 
 
 def report(marks: Marks, wall: float) -> dict[str, float]:
@@ -76,58 +75,30 @@ def report(marks: Marks, wall: float) -> dict[str, float]:
         "gathered -> asyncio.run returned": first(marks, "asyncio.run returned") - first(marks, "gathered"),
     }
     spans["total wall"] = wall
-    # Inside the stages above.
-    spans["  in the last absorb: detokenise"] = last(marks, "decode_texts<") - last(marks, "decode_texts>")
-    spans["  in the prefill: graph replay call"] = first(marks, "run<") - first(marks, "run>")
-    spans["  in the prefill: sampling + sync"] = first(marks, "sample_rows<") - first(marks, "sample_rows>")
-    parse = [t for n, t in marks if n.startswith("parse_sampling_params")]
-    spans["  parsing the requests (sum)"] = sum(b - a for a, b in zip(parse[::2], parse[1::2], strict=True))
     return spans
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument(
-        "--splitk",
-        default="default",
-        help="'off' (cuBLAS down-projection), 'default', or splits,block_n,block_k,num_warps to try",
-    )
     args = ap.parse_args()
-    if args.splitk not in ("off", "default"):
-        from miles_sdk.engines import _triton_kernels
-
-        keys = ("splits", "block_n", "block_k", "num_warps")
-        _triton_kernels._SPLITK_CONFIG = dict(zip(keys, map(int, args.splitk.split(",")), strict=True))
     model = w1_model(torch.device("cuda"))
     engine = EmbeddedEngine(model, w1_tokenizer(), max_batch_size=PROMPTS * SAMPLES, max_seq_len=512)
     prompts, params = prompts_and_params(PROMPTS, SAMPLES)
-    if args.splitk == "off":
-        assert isinstance(engine._runner, _fast.FastRunner)
-        engine._runner._split_k = False
     marks: Marks = []
     one_run(engine, prompts, params, marks)  # warm-up: kernels compiled, graphs captured
     runner = engine._runner
-    assert isinstance(runner, _fast.FastRunner)
     for name in ("_prefill", "_launch", "_collect"):
         _wrap(runner, name, marks)
     for name in ("_admit", "_absorb"):
         _wrap(engine, name, marks)
-    _wrap(embedded, "decode_texts", marks)
-    _wrap(embedded, "parse_sampling_params", marks)
-    _wrap(_fast, "sample_rows", marks)
-    if runner._prefill_graphs is not None:
-        _wrap(runner._prefill_graphs, "run", marks)
     results = []
     for _ in range(args.runs):
         wall = one_run(engine, prompts, params, marks)
         results.append(report(marks, wall))
     best = min(results, key=lambda r: r["total wall"])
     tokens = PROMPTS * SAMPLES * RESPONSE_LEN
-    print(
-        f"\nW1 engine timeline, split-K {args.splitk} "
-        f"(best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)"
-    )
+    print(f"\nW1 engine timeline (best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)")
     for key, val in best.items():
         print(f"  {key:<42} {1e3 * val:8.2f} ms")
     decode_chunks = sum(n == "_collect<" for n, _ in marks)

@@ -27,16 +27,13 @@ from transformers import PreTrainedModel
 
 from miles_sdk.engines._graphs import PrefillGraphs, capture
 from miles_sdk.engines._kernels import (
-    SPLITK_MAX_ROWS,
     add_rmsnorm,
     advance,
-    linear_splitk,
     rope_attend,
     rope_store,
     sample_advance,
     sample_plain,
     silu_mul,
-    triton_available,
 )
 from miles_sdk.engines._runner import StepResult
 from miles_sdk.engines._sampling import RowParams, sample_rows, top_k_top_p_filter
@@ -131,10 +128,6 @@ class FastRunner:
         self._scale = float(attn0.scaling)
         self._eps = float(cfg.rms_norm_eps)
         self._dtype = next(model.parameters()).dtype
-        self._split_k = device.type == "cuda" and self._dtype != torch.float32 and triton_available()
-        """Decode steps run the down-projection as a split-K Triton GEMM with the SwiGLU fused in
-        (``linear_splitk``): at <= 128 rows cuBLAS leaves most of the GPU idle. fp32 keeps cuBLAS,
-        whose products the exact-token tests against transformers compare."""
         self.stats: dict[str, float] = defaultdict(float)
         """Seconds in prefill and decode (host clock), decode steps, graph captures, state uploads,
         ``spec_chunks`` (chunks launched before the scheduler saw the previous one) and
@@ -460,9 +453,7 @@ class FastRunner:
                 qkv, self._cos, self._sin, pos, self._k[li], self._v[li], self._n_q, length, self._scale
             )
 
-        mlp_out, res = self._forward_rows(
-            self._tok[:batch], attend, split_k=self._split_k and batch <= SPLITK_MAX_ROWS
-        )
+        mlp_out, res = self._forward_rows(self._tok[:batch], attend)
         logits = self._logits(mlp_out, res)
         temp, greedy = self._temp[:batch], self._greedy[:batch]
         seed, steps = self._seed[:batch], self._step_idx[:batch]
@@ -555,12 +546,10 @@ class FastRunner:
     # -- the decoder, shared by prefill and decode -----------------------------------------------
 
     def _forward_rows(
-        self, tok: torch.Tensor, attend: Callable[[int, torch.Tensor], torch.Tensor], *, split_k: bool = False
+        self, tok: torch.Tensor, attend: Callable[[int, torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run every layer over rows (one token each); return the last MLP output and residual.
-        ``attend(layer, qkv)`` applies RoPE, stores the new keys/values and attends. With
-        ``split_k`` (a decode step's few rows) the MLP output comes as the down-projection's fp32
-        split-K partials, which the next ``add_rmsnorm`` sums."""
+        ``attend(layer, qkv)`` applies RoPE, stores the new keys/values and attends."""
         eps, d, n_q = self._eps, self._head_dim, self._n_q
         x = F.embedding(tok, self._embed)
         mlp_out: torch.Tensor | None = None
@@ -585,11 +574,7 @@ class FastRunner:
                 )
             o = F.linear(attend(li, qkv), layer.o.weight, layer.o.bias)
             h, res = add_rmsnorm(o, res, layer.post_norm, eps)
-            gate_up = F.linear(h, layer.gate_up_w)
-            if split_k:
-                mlp_out = linear_splitk(gate_up, layer.down.weight, swiglu=True)
-            else:
-                mlp_out = F.linear(silu_mul(gate_up), layer.down.weight)
+            mlp_out = F.linear(silu_mul(F.linear(h, layer.gate_up_w)), layer.down.weight)
         assert mlp_out is not None and res is not None
         return mlp_out, res
 

@@ -17,11 +17,9 @@ import torch.nn.functional as F
 from miles_sdk.engines._sampling import gumbel_from_keys, row_keys
 
 __all__ = [
-    "SPLITK_MAX_ROWS",
     "add_rmsnorm",
     "advance",
     "decode_attention",
-    "linear_splitk",
     "rope_attend",
     "rope_store",
     "sample_advance",
@@ -52,40 +50,15 @@ def _use_triton(x: torch.Tensor) -> ModuleType | None:
 def add_rmsnorm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s = residual + x`` (or ``x`` alone), then ``(rmsnorm(s) * weight, s)``, rows of [R, H].
-
-    ``x`` may also be a GEMM's fp32 split-K partials [S, R, H] (:func:`linear_splitk`), summed
-    here: the reduction costs no kernel of its own.
-    """
+    """``s = residual + x`` (or ``x`` alone), then ``(rmsnorm(s) * weight, s)``, rows of [R, H]."""
     tk = _use_triton(x)
     if tk is not None:
         out: tuple[torch.Tensor, torch.Tensor] = tk.add_rmsnorm(x, residual, weight, eps)
         return out
-    if x.dim() == 3:
-        x = x.sum(0)
-        s = (x if residual is None else residual.float() + x).to(weight.dtype)
-    else:
-        s = x if residual is None else residual + x
+    s = x if residual is None else residual + x
     sf = s.float()
     normed = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(s.dtype)
     return weight * normed, s
-
-
-SPLITK_MAX_ROWS = 128
-"""Rows up to which :func:`linear_splitk` holds all rows in one tile (a decode step's batch)."""
-
-
-def linear_splitk(x: torch.Tensor, weight: torch.Tensor, *, swiglu: bool) -> torch.Tensor:
-    """``x @ weight.T`` as fp32 split-K partials [S, R, N] for :func:`add_rmsnorm` to sum (R <= 128
-    rows: a decode step's GEMMs are too narrow to fill the GPU without splitting K). With
-    ``swiglu``, ``x`` is ``[gate | up]`` and the product is ``silu_mul(x) @ weight.T``, so the
-    SwiGLU needs no kernel of its own."""
-    tk = _use_triton(x)
-    if tk is not None:
-        out: torch.Tensor = tk.linear_splitk(x, weight, swiglu)
-        return out
-    a = silu_mul(x) if swiglu else x
-    return (a.float() @ weight.float().T).unsqueeze(0)
 
 
 def rope_store(

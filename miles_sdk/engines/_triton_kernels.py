@@ -18,105 +18,42 @@ _ATTN_SPLIT_WARPS = 4
 
 @triton.jit
 def _add_rmsnorm_kernel(
-    x_ptr, r_ptr, w_ptr, out_ptr, s_ptr, rows, H, eps,
-    HAS_RES: tl.constexpr, SPLITS: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+    x_ptr, r_ptr, w_ptr, out_ptr, s_ptr, H, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < H
-    if SPLITS == 0:
-        x = tl.load(x_ptr + row * H + offs, mask=m, other=0.0)
-    else:  # fp32 split-K partials of a GEMM [SPLITS, rows, H]: their sum is the GEMM's output
-        x = tl.zeros((BLOCK,), tl.float32)
-        for sp in tl.static_range(SPLITS):
-            x += tl.load(x_ptr + (sp * rows + row) * H + offs, mask=m, other=0.0)
-    dt = w_ptr.dtype.element_ty
+    x = tl.load(x_ptr + row * H + offs, mask=m, other=0.0)
     if HAS_RES:
         r = tl.load(r_ptr + row * H + offs, mask=m, other=0.0)
-        s = (x.to(tl.float32) + r.to(tl.float32)).to(dt)
+        s = (x.to(tl.float32) + r.to(tl.float32)).to(x.dtype)
         tl.store(s_ptr + row * H + offs, s, mask=m)
     else:
-        s = x.to(dt)
-        if SPLITS > 0:
-            tl.store(s_ptr + row * H + offs, s, mask=m)
+        s = x
     sf = s.to(tl.float32)
     var = tl.sum(sf * sf, axis=0) / H
-    y = (sf * tl.rsqrt(var + eps)).to(dt)
+    y = (sf * tl.rsqrt(var + eps)).to(x.dtype)
     w = tl.load(w_ptr + offs, mask=m, other=0.0)
-    tl.store(out_ptr + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(dt), mask=m)
+    tl.store(out_ptr + row * H + offs, (w.to(tl.float32) * y.to(tl.float32)).to(x.dtype), mask=m)
 
 
 def add_rmsnorm(x, residual, weight, eps):
-    splits = x.shape[0] if x.dim() == 3 else 0
-    rows, hidden = x.shape[-2:]
-    out = torch.empty(rows, hidden, dtype=weight.dtype, device=x.device)
-    s = torch.empty_like(out) if residual is not None or splits else x
+    rows, hidden = x.shape
+    out = torch.empty_like(x)
+    s = torch.empty_like(x) if residual is not None else x
     _add_rmsnorm_kernel[(rows,)](
         x,
         residual if residual is not None else x,
         weight,
         out,
         s,
-        rows,
         hidden,
         eps,
         HAS_RES=residual is not None,
-        SPLITS=splits,
         BLOCK=triton.next_power_of_2(hidden),
         num_warps=4,
     )
     return out, s
-
-
-# bench.splitk_decode on an H200 (W1's down-projection at 128 rows).
-_SPLITK_CONFIG = {"splits": 8, "block_n": 64, "block_k": 64, "num_warps": 4}
-
-
-@triton.jit
-def _linear_splitk_kernel(
-    x_ptr, w_ptr, part_ptr, M, N, K, x_stride, k_per_split,
-    SWIGLU: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-):  # fmt: skip
-    # One [BM, BN] tile of x @ w.T over one K range, left in fp32 for the consumer to sum: with
-    # at most 128 rows a GEMM has only N / BN tiles, too few to fill the GPU, so K is split too.
-    pn = tl.program_id(0)
-    sp = tl.program_id(1)
-    rm = tl.arange(0, BM)
-    rn = pn * BN + tl.arange(0, BN)
-    mm = rm < M
-    nm = rn < N
-    k_end = tl.minimum((sp + 1) * k_per_split, K)
-    acc = tl.zeros((BM, BN), tl.float32)
-    for off in range(sp * k_per_split, k_end, BK):
-        rk = off + tl.arange(0, BK)
-        km = rk < k_end
-        xm = mm[:, None] & km[None, :]
-        a = tl.load(x_ptr + rm[:, None] * x_stride + rk[None, :], mask=xm, other=0.0)
-        if SWIGLU:  # x is [gate | up]: silu(gate) * up, rounded as _silu_mul_kernel rounds it
-            u = tl.load(x_ptr + rm[:, None] * x_stride + K + rk[None, :], mask=xm, other=0.0)
-            af = a.to(tl.float32)
-            a = ((af / (1.0 + tl.exp(-af))).to(u.dtype).to(tl.float32) * u.to(tl.float32)).to(u.dtype)
-        w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=nm[:, None] & km[None, :], other=0.0)
-        acc += tl.dot(a, tl.trans(w))
-    tl.store(part_ptr + (sp * M + rm[:, None]) * N + rn[None, :], acc, mask=mm[:, None] & nm[None, :])
-
-
-def linear_splitk(x, w, swiglu, splits=None, block_n=None, block_k=None, num_warps=None):
-    cfg = _SPLITK_CONFIG
-    splits = splits or cfg["splits"]
-    block_n = block_n or cfg["block_n"]
-    block_k = block_k or cfg["block_k"]
-    rows = x.shape[0]
-    n, k = w.shape
-    k_per_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
-    splits = triton.cdiv(k, k_per_split)
-    part = torch.empty(splits, rows, n, dtype=torch.float32, device=x.device)
-    _linear_splitk_kernel[(triton.cdiv(n, block_n), splits)](
-        x, w, part, rows, n, k, x.stride(0), k_per_split,
-        SWIGLU=swiglu, BM=max(16, triton.next_power_of_2(rows)), BN=block_n, BK=block_k,
-        num_warps=num_warps or cfg["num_warps"],
-    )  # fmt: skip
-    return part
 
 
 @triton.jit

@@ -54,20 +54,6 @@ def test_kernels_match_torch_references(dtype: torch.dtype) -> None:
     assert rel_err(kc.cpu()[written], kr[written]) < 1e-2
 
 
-@pytest.mark.parametrize("rows", [1, 16, 128])
-def test_split_k_down_projection_matches_cublas(rows: int) -> None:
-    gate_up = torch.randn(rows, 2 * 4864, device=CUDA, dtype=torch.bfloat16)
-    w = torch.randn(896, 4864, device=CUDA, dtype=torch.bfloat16) * 0.02
-    part = _kernels.linear_splitk(gate_up, w, swiglu=True)
-    ref = torch.nn.functional.linear(_kernels.silu_mul(gate_up), w)
-    assert part.dtype == torch.float32 and rel_err(part.sum(0), ref) < 1e-2
-    res = torch.randn(rows, 896, device=CUDA, dtype=torch.bfloat16)
-    norm_w = torch.rand(896, device=CUDA, dtype=torch.bfloat16) + 0.5
-    (h, s), (ref_h, ref_s) = (_kernels.add_rmsnorm(x, res, norm_w, 1e-6) for x in (part, ref))
-    assert s.dtype == h.dtype == torch.bfloat16
-    assert rel_err(s, ref_s) < 1e-2 and rel_err(h, ref_h) < 1e-2
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_decode_attention_matches_sdpa(dtype: torch.dtype) -> None:
     n_q, n_kv, d, length = 14, 2, 64, 256

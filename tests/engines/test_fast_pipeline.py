@@ -260,17 +260,3 @@ async def test_cuda_pipelined_output_is_identical(tok: PreTrainedTokenizerFast) 
     even: list[SamplingParams] = [{**sp, "max_new_tokens": 37, "ignore_eos": True} for sp in params]
     outs = [await run_all(engine(model, tok, p, max_batch_size=16), prompts, even) for p in (False, True)]
     same(outs[1], outs[0], bitwise=True)
-
-
-async def test_split_k_decode_matches_the_cublas_path(
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast
-) -> None:
-    """The decode step's split-K down-projection (SwiGLU fused, partials summed by the next
-    add_rmsnorm) against F.linear; on CPU its torch reference, on CUDA test_fast_cuda's bf16 run."""
-    prompts, params = workload(tok)
-    ref = await run_all(engine(model, tok, True, max_batch_size=16), prompts, params)
-    split = engine(model, tok, True, max_batch_size=16)
-    runner = split._runner
-    assert isinstance(runner, FastRunner) and not runner._split_k  # CPU: off by default
-    runner._split_k = True
-    same(await run_all(split, prompts, params), ref)

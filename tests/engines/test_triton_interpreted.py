@@ -46,26 +46,6 @@ def test_add_rmsnorm_and_silu_mul_match_the_reference() -> None:
     torch.testing.assert_close(_triton_kernels.silu_mul(gate_up), _kernels.silu_mul(gate_up))
 
 
-@pytest.mark.parametrize("swiglu", [False, True])
-@pytest.mark.parametrize("rows", [1, 5, 24])
-def test_linear_splitk_and_the_partials_sum_match_the_reference(rows: int, swiglu: bool) -> None:
-    g = torch.Generator().manual_seed(rows)
-    n, k = 48, 200  # k is not a multiple of the split size or the block: masked tails
-    x = torch.randn(rows, 2 * k if swiglu else k, generator=g).half()
-    w = (torch.randn(n, k, generator=g) * 0.1).half()
-    part = _triton_kernels.linear_splitk(x, w, swiglu, splits=3, block_n=32, block_k=32)
-    assert part.dtype == torch.float32 and part.shape == (3, rows, n)
-    ref = _kernels.linear_splitk(x, w, swiglu=swiglu)
-    torch.testing.assert_close(part.sum(0), ref[0], rtol=2e-3, atol=2e-3)
-    # The consumer: add_rmsnorm sums the partials into the residual in fp32, rounds once.
-    r, nw = torch.randn(rows, n, generator=g).half(), torch.rand(n, generator=g).half() + 0.5
-    out, s = _triton_kernels.add_rmsnorm(part, r, nw, 1e-6)
-    ref_out, ref_s = _kernels.add_rmsnorm(part, r, nw, 1e-6)
-    assert s.dtype == out.dtype == torch.float16
-    torch.testing.assert_close(s, ref_s, rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(out, ref_out, rtol=2e-3, atol=2e-3)
-
-
 def test_attention_splits_only_for_long_contexts_with_few_rows() -> None:
     assert _kernels.attention_splits(128, 2, 512) == 1  # W1
     assert _kernels.attention_splits(128, 2, 8192) == 1  # enough programs already
