@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from bench.w1 import PROMPTS, RESPONSE_LEN, SAMPLES, prompts_and_params, w1_model, w1_tokenizer
+from miles_sdk.engines import _fast, embedded
 from miles_sdk.engines.embedded import EmbeddedEngine
 
 Marks = list[tuple[str, float]]
@@ -55,11 +56,11 @@ def one_run(engine: EmbeddedEngine, prompts: list[list[int]], params: list[Any],
 
 
 def first(marks: Marks, name: str) -> float:
-    return next(t for n, t in marks if n == name)
+    return next((t for n, t in marks if n == name), float("nan"))
 
 
 def last(marks: Marks, name: str) -> float:
-    return [t for n, t in marks if n == name][-1]
+    return next((t for n, t in reversed(marks) if n == name), float("nan"))
 
 
 def report(marks: Marks, wall: float) -> dict[str, float]:
@@ -75,6 +76,12 @@ def report(marks: Marks, wall: float) -> dict[str, float]:
         "gathered -> asyncio.run returned": first(marks, "asyncio.run returned") - first(marks, "gathered"),
     }
     spans["total wall"] = wall
+    # Inside the stages above.
+    spans["  in the last absorb: detokenise"] = last(marks, "decode_texts<") - last(marks, "decode_texts>")
+    spans["  in the prefill: graph replay call"] = first(marks, "run<") - first(marks, "run>")
+    spans["  in the prefill: sampling + sync"] = first(marks, "sample_rows<") - first(marks, "sample_rows>")
+    parse = [t for n, t in marks if n.startswith("parse_sampling_params")]
+    spans["  parsing the requests (sum)"] = sum(b - a for a, b in zip(parse[::2], parse[1::2], strict=True))
     return spans
 
 
@@ -88,10 +95,16 @@ def main() -> None:
     marks: Marks = []
     one_run(engine, prompts, params, marks)  # warm-up: kernels compiled, graphs captured
     runner = engine._runner
+    assert isinstance(runner, _fast.FastRunner)
     for name in ("_prefill", "_launch", "_collect"):
         _wrap(runner, name, marks)
     for name in ("_admit", "_absorb"):
         _wrap(engine, name, marks)
+    _wrap(embedded, "decode_texts", marks)
+    _wrap(embedded, "parse_sampling_params", marks)
+    _wrap(_fast, "sample_rows", marks)
+    if runner._prefill_graphs is not None:
+        _wrap(runner._prefill_graphs, "run", marks)
     results = []
     for _ in range(args.runs):
         wall = one_run(engine, prompts, params, marks)
