@@ -507,7 +507,20 @@ class FastRunner:
             for cache in (self._k_all, self._v_all):
                 cache[:, dst, :, :width] = cache[:, src, :, :width]
         params = [self._params[s] for s in slots]
-        tokens, logps = sample_rows(logits[torch.tensor(row_of, device=dev)], params, [0] * len(slots))
+        rows = logits[torch.tensor(row_of, device=dev)]
+        if any(p.needs_filter for p in params):
+            tokens, logps = sample_rows(rows, params, [0] * len(slots))
+        else:
+            # The decode step's fused sampler (same noise, same tokens as sample_rows): torch's
+            # path made ~10 passes over [rows x vocab] fp32 copies, 2-3 ms of W1's prefill.
+            greedy = [p.greedy for p in params]
+            tokens, logps = sample_plain(
+                rows,
+                torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)], device=dev),
+                torch.tensor(greedy, device=dev),
+                torch.tensor([p.seed for p in params], device=dev),
+                torch.zeros(len(params), dtype=torch.long, device=dev),
+            )
         result: StepResult = {}
         for s, r, tok, lp in zip(slots, row_of, tokens.tolist(), logps.tolist(), strict=True):
             result[s] = ([int(tok)], [float(lp)])
