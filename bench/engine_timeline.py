@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from bench.w1 import PROMPTS, RESPONSE_LEN, SAMPLES, prompts_and_params, w1_model, w1_tokenizer
-from miles_sdk.engines import _fast, _requests, embedded
+from miles_sdk.engines import _fast, embedded
 from miles_sdk.engines.embedded import EmbeddedEngine
 
 Marks = list[tuple[str, float]]
@@ -79,7 +79,9 @@ def report(marks: Marks, wall: float) -> dict[str, float]:
     # Inside the stages above.
     spans["  in the last absorb: detokenise"] = last(marks, "decode_texts<") - last(marks, "decode_texts>")
     spans["  in the prefill: graph replay call"] = first(marks, "run<") - first(marks, "run>")
-    spans["  in the prefill: sampling + sync"] = first(marks, "sample_rows<") - first(marks, "sample_rows>")
+    spans["  in the prefill: sampling (launch)"] = first(marks, "sample_plain<") - first(
+        marks, "sample_plain>"
+    )
     parse = [t for n, t in marks if n.startswith("parse_sampling_params")]
     spans["  parsing the requests (sum)"] = sum(b - a for a, b in zip(parse[::2], parse[1::2], strict=True))
     return spans
@@ -88,10 +90,7 @@ def report(marks: Marks, wall: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--detokenize-threads", type=int, default=None, help="default: the engine's")
     args = ap.parse_args()
-    if args.detokenize_threads is not None:
-        _requests.DETOKENIZE_THREADS = args.detokenize_threads
     model = w1_model(torch.device("cuda"))
     engine = EmbeddedEngine(model, w1_tokenizer(), max_batch_size=PROMPTS * SAMPLES, max_seq_len=512)
     prompts, params = prompts_and_params(PROMPTS, SAMPLES)
@@ -105,7 +104,7 @@ def main() -> None:
         _wrap(engine, name, marks)
     _wrap(embedded, "decode_texts", marks)
     _wrap(embedded, "parse_sampling_params", marks)
-    _wrap(_fast, "sample_rows", marks)
+    _wrap(_fast, "sample_plain", marks)
     if runner._prefill_graphs is not None:
         _wrap(runner._prefill_graphs, "run", marks)
     results = []
@@ -114,10 +113,7 @@ def main() -> None:
         results.append(report(marks, wall))
     best = min(results, key=lambda r: r["total wall"])
     tokens = PROMPTS * SAMPLES * RESPONSE_LEN
-    print(
-        f"\nW1 engine timeline, {_requests.DETOKENIZE_THREADS} detokenize threads "
-        f"(best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)"
-    )
+    print(f"\nW1 engine timeline (best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)")
     for key, val in best.items():
         print(f"  {key:<42} {1e3 * val:8.2f} ms")
     decode_chunks = sum(n == "_collect<" for n, _ in marks)

@@ -4,10 +4,7 @@ stop checks run after every sampled token."""
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -179,30 +176,9 @@ def decode_texts(
         and getattr(type(tokenizer), "_decode", None) is _FAST_PRIVATE_DECODE
         and not getattr(tokenizer, "clean_up_tokenization_spaces", False)
     )
-    if not (plain and backend is not None):
-        return [str(tokenizer.decode(seq, skip_special_tokens=skip_special_tokens)) for seq in sequences]
-    parts = min(DETOKENIZE_THREADS, sum(map(len, sequences)) // _TOKENS_PER_THREAD)
-    if parts < 2:
+    if plain and backend is not None:
         return list(backend.decode_batch(sequences, skip_special_tokens=skip_special_tokens))
-    # The Rust call releases the GIL: slices decode on threads at once (W1's 128 x 256 tokens took
-    # 6-7 ms in one call on an H200 host, all of it after the last decode step).
-    slices = [sequences[i::parts] for i in range(parts)]
-    texts = list(
-        _pool().map(lambda part: backend.decode_batch(part, skip_special_tokens=skip_special_tokens), slices)
-    )
-    out: list[str] = [""] * len(sequences)
-    for i, part in enumerate(texts):
-        out[i::parts] = part
-    return out
-
-
-DETOKENIZE_THREADS = min(8, os.cpu_count() or 1)
-_TOKENS_PER_THREAD = 2048
-
-
-@functools.cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(DETOKENIZE_THREADS, thread_name_prefix="miles-detokenize")
+    return [str(tokenizer.decode(seq, skip_special_tokens=skip_special_tokens)) for seq in sequences]
 
 
 _FAST_DECODE = PreTrainedTokenizerFast.decode

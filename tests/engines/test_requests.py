@@ -79,26 +79,3 @@ def test_decode_texts_equals_tokenizer_decode(skip: bool) -> None:
         seqs = [[rng.randrange(n) for _ in range(rng.randrange(0, 40))] for _ in range(9)]
         seqs.append([tok.eos_token_id or 0] * 3)
         assert decode_texts(tok, seqs, skip) == [tok.decode(s, skip_special_tokens=skip) for s in seqs]
-
-
-def test_large_batches_decode_on_threads_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    import random
-
-    from miles_sdk.engines import _requests
-    from miles_sdk.testing import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    rng = random.Random(1)
-    seqs = [[rng.randrange(len(tok)) for _ in range(rng.randrange(200, 400))] for _ in range(50)]
-    monkeypatch.setattr(_requests, "DETOKENIZE_THREADS", 4)
-    calls: list[int] = []
-    backend = tok.backend_tokenizer
-    decode_batch = backend.decode_batch
-
-    def counted(part: list[list[int]], **kw: bool) -> list[str]:
-        calls.append(len(part))
-        return list(decode_batch(part, **kw))
-
-    monkeypatch.setattr(backend, "decode_batch", counted, raising=False)
-    assert _requests.decode_texts(tok, seqs, True) == [tok.decode(s, skip_special_tokens=True) for s in seqs]
-    assert sorted(calls) == [12, 12, 13, 13]  # 50 sequences, 4 slices
