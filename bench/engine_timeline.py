@@ -90,6 +90,11 @@ def report(marks: Marks, wall: float) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--own-prompt-keys",
+        action="store_true",
+        help="every sample reads its own copy of the prompt's keys (not the group lead's)",
+    )
     args = ap.parse_args()
     model = w1_model(torch.device("cuda"))
     engine = EmbeddedEngine(model, w1_tokenizer(), max_batch_size=PROMPTS * SAMPLES, max_seq_len=512)
@@ -98,6 +103,7 @@ def main() -> None:
     one_run(engine, prompts, params, marks)  # warm-up: kernels compiled, graphs captured
     runner = engine._runner
     assert isinstance(runner, _fast.FastRunner)
+    runner._share_prompt_reads = not args.own_prompt_keys
     for name in ("_prefill", "_launch", "_collect"):
         _wrap(runner, name, marks)
     for name in ("_admit", "_absorb"):
@@ -113,7 +119,10 @@ def main() -> None:
         results.append(report(marks, wall))
     best = min(results, key=lambda r: r["total wall"])
     tokens = PROMPTS * SAMPLES * RESPONSE_LEN
-    print(f"\nW1 engine timeline (best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)")
+    keys = "own prompt keys" if args.own_prompt_keys else "prompt keys read from the group lead"
+    print(
+        f"\nW1 engine timeline, {keys} (best of {args.runs}; {tokens / best['total wall'] / 1e3:.1f}k tok/s)"
+    )
     for key, val in best.items():
         print(f"  {key:<42} {1e3 * val:8.2f} ms")
     decode_chunks = sum(n == "_collect<" for n, _ in marks)

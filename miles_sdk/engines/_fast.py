@@ -128,6 +128,9 @@ class FastRunner:
         self._scale = float(attn0.scaling)
         self._eps = float(cfg.rms_norm_eps)
         self._dtype = next(model.parameters()).dtype
+        self._share_prompt_reads = True
+        """The samples of a GRPO group read their prompt's keys from the lead's slot (see
+        ``rope_attend``); off, each row reads its own copy (the same keys)."""
         self.stats: dict[str, float] = defaultdict(float)
         """Seconds in prefill and decode (host clock), decode steps, graph captures, state uploads,
         ``spec_chunks`` (chunks launched before the scheduler saw the previous one) and
@@ -158,6 +161,9 @@ class FastRunner:
         self._greedy = torch.ones(b, dtype=torch.bool, device=device)
         self._top_k = torch.full((b,), -1, dtype=torch.long, device=device)
         self._top_p = torch.ones(b, dtype=torch.float32, device=device)
+        # Where each row reads its prompt's keys: (lead slot of its group, prompt length).
+        self._src = torch.arange(b, dtype=torch.long, device=device)
+        self._plen = torch.zeros(b, dtype=torch.long, device=device)
         self._counter = torch.zeros(1, dtype=torch.long, device=device)
         self._hist_tok = torch.zeros(decode_chunk, b, dtype=torch.long, device=device)
         self._hist_lp = torch.zeros(decode_chunk, b, dtype=torch.float32, device=device)
@@ -188,6 +194,11 @@ class FastRunner:
         self._pending: dict[int, list[int]] = {}
         self._params: dict[int, RowParams] = {}
         self._host_pos: dict[int, int] = {}
+        self._host_src: dict[int, tuple[int, int]] = {}
+        """Slot -> (lead slot, prompt length) for rows that read their prompt keys from their
+        GRPO group's lead (``rope_attend``). A lead's release points its group back at their own
+        copies: the device rows follow at the next upload, which comes before anything else can
+        write the lead's slot (only a prefill does, and a prefill always re-uploads)."""
         self._host_last: dict[int, int] = {}
         self._host_steps: dict[int, int] = {}
 
@@ -279,6 +290,10 @@ class FastRunner:
         self._params.pop(slot, None)
         if self._host_pos.pop(slot, None) is not None:
             self._stale_rows.add(slot)
+        self._host_src.pop(slot, None)
+        for row, (lead, _) in list(self._host_src.items()):
+            if lead == slot:
+                del self._host_src[row]
         self._host_last.pop(slot, None)
         self._host_steps.pop(slot, None)
         chunk = self._inflight
@@ -416,7 +431,10 @@ class FastRunner:
         greedy = [True] * batch
         top_k = [-1] * batch
         top_p = [1.0] * batch
+        src = list(range(batch))
+        plen = [0] * batch
         for s in active:
+            src[s], plen[s] = self._host_src.get(s, (s, 0))
             p = self._params[s]
             tok[s], pos[s], steps[s], seed[s] = (
                 self._host_last[s],
@@ -429,6 +447,7 @@ class FastRunner:
         for buf, vals in (
             (self._tok, tok), (self._pos, pos), (self._step_idx, steps), (self._seed, seed),
             (self._temp, temp), (self._greedy, greedy), (self._top_k, top_k), (self._top_p, top_p),
+            (self._src, src), (self._plen, plen),
         ):  # fmt: skip
             buf[:batch].copy_(torch.tensor(vals, dtype=buf.dtype))
 
@@ -445,12 +464,22 @@ class FastRunner:
         return graph
 
     def _decode_body(self, batch: int, length: int, filt: bool) -> None:
-        pos = self._pos[:batch]
+        pos, src, plen = self._pos[:batch], self._src[:batch], self._plen[:batch]
 
         def attend(li: int, qkv: torch.Tensor) -> torch.Tensor:
             # Rows are slots here: RoPE, the cache store and attention in one kernel.
             return rope_attend(
-                qkv, self._cos, self._sin, pos, self._k[li], self._v[li], self._n_q, length, self._scale
+                qkv,
+                self._cos,
+                self._sin,
+                pos,
+                src,
+                plen,
+                self._k[li],
+                self._v[li],
+                self._n_q,
+                length,
+                self._scale,
             )
 
         mlp_out, res = self._forward_rows(self._tok[:batch], attend)
@@ -527,6 +556,10 @@ class FastRunner:
             self._host_pos[s] = len(uniq[r])
             self._host_last[s] = int(tok)
             self._host_steps[s] = 1
+        if self._share_prompt_reads:
+            for key, members in groups.items():
+                for member in members[1:]:
+                    self._host_src[member] = (members[0], len(key))
         self._synced = False
         return result
 

@@ -130,6 +130,8 @@ def rope_attend(
     cos: torch.Tensor,
     sin: torch.Tensor,
     pos: torch.Tensor,
+    src: torch.Tensor,
+    plen: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     n_q: int,
@@ -137,16 +139,25 @@ def rope_attend(
     scale: float,
 ) -> torch.Tensor:
     """One decode step's :func:`rope_store` then :func:`decode_attention`, row ``i`` being slot
-    ``i``: one kernel on CUDA (the rotated q never leaves registers). Returns [B, Hq * D]."""
+    ``i``: one kernel on CUDA (the rotated q never leaves registers). Returns [B, Hq * D].
+
+    Keys ``0..plen[i]-1`` are read from slot ``src[i]`` (the lead slot of the row's GRPO group,
+    whose prompt keys equal the row's own copy): the group reads one copy of its prompt.
+    """
     tk = _use_triton(qkv)
     # tl.dot needs 16-wide operands: the fused kernel splits each head into two halves.
     fits = k_cache.shape[-1] >= 32 and attention_splits(qkv.shape[0], k_cache.shape[1], length) == 1
     if tk is not None and fits:
-        out: torch.Tensor = tk.rope_attend(qkv, cos, sin, pos, k_cache, v_cache, n_q, scale)
+        out: torch.Tensor = tk.rope_attend(qkv, cos, sin, pos, src, plen, k_cache, v_cache, n_q, scale)
         return out
     rows = torch.arange(qkv.shape[0], device=qkv.device)
     q = rope_store(qkv, cos, sin, pos, rows, k_cache, v_cache, n_q)
-    return decode_attention(q, k_cache, v_cache, pos, length, scale)
+    if tk is not None:  # the other CUDA kernels read each row's own copy
+        return decode_attention(q, k_cache, v_cache, pos, length, scale)
+    shared = (torch.arange(length, device=qkv.device)[None, :] < plen[:, None])[:, None, :, None]
+    keys = torch.where(shared, k_cache[src, :, :length], k_cache[rows, :, :length])
+    values = torch.where(shared, v_cache[src, :, :length], v_cache[rows, :, :length])
+    return decode_attention(q, keys, values, pos, length, scale)
 
 
 def attention_splits(rows: int, kv_heads: int, length: int) -> int:

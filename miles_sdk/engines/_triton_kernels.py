@@ -171,8 +171,8 @@ def _attend_span(
 
 @triton.jit
 def _rope_attend_kernel(
-    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, out_ptr, scale, n_q, n_kv, qkv_stride,
-    c_s, c_h, c_l,
+    qkv_ptr, cos_ptr, sin_ptr, pos_ptr, src_ptr, plen_ptr, k_ptr, v_ptr, out_ptr, scale, n_q, n_kv,
+    qkv_stride, c_s, c_h, c_l,
     G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, HALF: tl.constexpr, BLOCK_L: tl.constexpr,
     PREC: tl.constexpr,
 ):  # fmt: skip
@@ -218,12 +218,17 @@ def _rope_attend_kernel(
     acc1 = tl.zeros((GP, HALF), tl.float32)
     acc2 = tl.zeros((GP, HALF), tl.float32)
     base = row * c_s + kh * c_h
+    # Keys below plen are the prompt, shared with the other samples of the row's group: read from
+    # the group's lead slot src (its copy in this slot is identical), so the group's rows read one
+    # copy and L2 serves all but the first.
+    src_base = tl.load(src_ptr + row) * c_s + kh * c_h
+    plen = tl.load(plen_ptr + row)
     # _attend_span's loop on head halves, as RoPE leaves q: joining the halves for a whole-head dot
     # would change the rounding of the scores this kernel was measured with.
     for off in range(0, pos, BLOCK_L):
         ls = off + tl.arange(0, BLOCK_L)
         lm = ls < pos
-        kv_off = base + ls[:, None] * c_l + h[None, :]
+        kv_off = tl.where(ls < plen, src_base, base)[:, None] + ls[:, None] * c_l + h[None, :]
         ka = tl.load(k_ptr + kv_off, mask=lm[:, None], other=0.0)
         kb = tl.load(k_ptr + kv_off + HALF, mask=lm[:, None], other=0.0)
         s = tl.dot(q1, tl.trans(ka), input_precision=PREC) + tl.dot(q2, tl.trans(kb), input_precision=PREC)
@@ -245,13 +250,13 @@ def _rope_attend_kernel(
     tl.store(out + HALF + h[None, :], (acc2 / l_i[:, None]).to(dt), mask=gm[:, None])
 
 
-def rope_attend(qkv, cos, sin, pos, k_cache, v_cache, n_q, scale):
+def rope_attend(qkv, cos, sin, pos, src, plen, k_cache, v_cache, n_q, scale):
     rows = qkv.shape[0]
     n_kv, d = k_cache.shape[1], k_cache.shape[3]
     group = n_q // n_kv
     out = torch.empty(rows, n_q * d, dtype=qkv.dtype, device=qkv.device)
     _rope_attend_kernel[(rows, n_kv)](
-        qkv, cos, sin, pos, k_cache, v_cache, out, scale, n_q, n_kv, qkv.stride(0),
+        qkv, cos, sin, pos, src, plen, k_cache, v_cache, out, scale, n_q, n_kv, qkv.stride(0),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         G=group, GP=max(16, triton.next_power_of_2(group)), D=d, HALF=d // 2, BLOCK_L=_ATTN_BLOCK_L,
         PREC="ieee" if qkv.dtype == torch.float32 else "tf32", num_warps=_ATTN_WARPS,

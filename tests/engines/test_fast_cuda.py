@@ -65,8 +65,9 @@ def test_decode_attention_matches_sdpa(dtype: torch.dtype) -> None:
     assert rel_err(out.cpu(), ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype) -> None:
+def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype, shared: bool) -> None:
     from miles_sdk.engines import _triton_kernels
 
     n_q, n_kv, d, length, rows = 14, 2, 64, 300, 6
@@ -76,11 +77,18 @@ def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype)
     sin = torch.cat([ang.sin(), ang.sin()], -1).to(dtype)
     pos = torch.tensor([0, 1, 127, 128, 200, 299], device=CUDA)
     caches = [torch.randn(rows + 1, n_kv, length, d, device=CUDA, dtype=dtype) for _ in range(2)]
+    # Shared: the first plen keys come from another slot (a GRPO group's lead).
+    src = torch.tensor([1, 0, 0, 6, 2, 3] if shared else list(range(rows)), device=CUDA)
+    plen = torch.tensor([0, 1, 100, 128, 150, 256] if shared else [0] * rows, device=CUDA)
     ref_k, ref_v = (c.clone() for c in caches)
     ref_q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows, device=CUDA), ref_k, ref_v, n_q)
-    ref = _kernels.decode_attention(ref_q, ref_k, ref_v, pos, length, 0.125)
+    shared_keys = (torch.arange(length, device=CUDA)[None, :] < plen[:, None])[:, None, :, None]
+    rows_t = torch.arange(rows, device=CUDA)
+    keys = torch.where(shared_keys, ref_k[src], ref_k[rows_t])
+    values = torch.where(shared_keys, ref_v[src], ref_v[rows_t])
+    ref = _kernels.decode_attention(ref_q, keys, values, pos, length, 0.125)
     k, v = (c.clone() for c in caches)
-    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, k, v, n_q, 0.125)
+    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, src, plen, k, v, n_q, 0.125)
     assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 1e-5)
     # The stored keys may differ from rope_store's by one rounding step (the two kernels' compiled
     # arithmetic contracts differently: 1 ULP at most, in 132 of 768 values, all in the second half

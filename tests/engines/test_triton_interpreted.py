@@ -57,8 +57,9 @@ def test_attention_splits_only_for_long_contexts_with_few_rows() -> None:
 # No bf16: the interpreter's bf16 tl.dot is wrong (the unchanged decode-attention kernel, which
 # matches SDPA in bf16 on the GPU, returns garbage there); test_fast_cuda.py covers bf16 compiled.
 # float16 runs the half-precision casts of p before p @ V.
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype) -> None:
+def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype, shared: bool) -> None:
     g = torch.Generator().manual_seed(7)
     n_q, n_kv, d, length = 14, 2, 64, 160
     rows = 5
@@ -69,11 +70,18 @@ def test_fused_rope_attend_matches_rope_store_then_attention(dtype: torch.dtype)
     # The first key only; cached keys filling one block exactly; one block boundary crossed.
     pos = torch.tensor([0, 1, 128, 129, 150])
     caches = [torch.randn(rows + 1, n_kv, length, d, generator=g).to(dtype) for _ in range(2)]
+    # Shared: the first plen keys come from another slot (a GRPO group's lead), including the
+    # extra slot 5, a whole block, and a share that ends mid-block.
+    src = torch.tensor([1, 0, 5, 2, 3]) if shared else torch.arange(rows)
+    plen = torch.tensor([0, 1, 128, 100, 64]) if shared else torch.zeros(rows, dtype=torch.long)
     ref_k, ref_v = (c.clone() for c in caches)
-    ref_q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows), ref_k, ref_v, n_q)
-    ref = _kernels.decode_attention(ref_q, ref_k, ref_v, pos, length, 0.125)
+    ref = _kernels.rope_attend(qkv, cos, sin, pos, src, plen, ref_k, ref_v, n_q, length, 0.125)
+    if not shared:  # the torch reference itself: rope_store, then attention over the row's keys
+        alone_k, alone_v = (c.clone() for c in caches)
+        q = _kernels.rope_store(qkv, cos, sin, pos, torch.arange(rows), alone_k, alone_v, n_q)
+        torch.testing.assert_close(_kernels.decode_attention(q, alone_k, alone_v, pos, length, 0.125), ref)
     k, v = (c.clone() for c in caches)
-    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, k, v, n_q, 0.125)
+    out = _triton_kernels.rope_attend(qkv, cos, sin, pos, src, plen, k, v, n_q, 0.125)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(out, ref, **tol)
     torch.testing.assert_close(k, ref_k)  # the new keys/values stored exactly as rope_store does
