@@ -197,8 +197,9 @@ class FastRunner:
         self._host_src: dict[int, tuple[int, int]] = {}
         """Slot -> (lead slot, prompt length) for rows that read their prompt keys from their
         GRPO group's lead (``rope_attend``). A lead's release points its group back at their own
-        copies: the device rows follow at the next upload, which comes before anything else can
-        write the lead's slot (only a prefill does, and a prefill always re-uploads)."""
+        copies (``_own_rows``), on the device before the next chunk: from then on the released
+        row decodes as padding at position 0 of its slot, and a new prompt may be prefilled there."""
+        self._own_rows: set[int] = set()
         self._host_last: dict[int, int] = {}
         self._host_steps: dict[int, int] = {}
 
@@ -294,6 +295,7 @@ class FastRunner:
         for row, (lead, _) in list(self._host_src.items()):
             if lead == slot:
                 del self._host_src[row]
+                self._own_rows.add(row)
         self._host_last.pop(slot, None)
         self._host_steps.pop(slot, None)
         chunk = self._inflight
@@ -374,7 +376,11 @@ class FastRunner:
             for s in self._stale_rows:
                 if s < batch:
                     self._pos[s] = 0  # a fill kernel: no host sync, unlike an upload
+            for s in self._own_rows:
+                self._src[s] = s
+                self._plen[s] = 0
         self._stale_rows.clear()
+        self._own_rows.clear()
         self._synced = True
         self._counter.zero_()
         if self._graphs_on:

@@ -262,18 +262,21 @@ async def test_cuda_pipelined_output_is_identical(tok: PreTrainedTokenizerFast) 
     same(outs[1], outs[0], bitwise=True)
 
 
+@pytest.mark.parametrize("reused", [False, True])
 @pytest.mark.parametrize("pipeline", [False, True])
-async def test_group_reads_the_leads_prompt_keys_until_its_slot_is_reused(
-    model: PreTrainedModel, tok: PreTrainedTokenizerFast, pipeline: bool
+async def test_group_reads_the_leads_prompt_keys_until_it_is_released(
+    model: PreTrainedModel, tok: PreTrainedTokenizerFast, pipeline: bool, reused: bool
 ) -> None:
-    """Four samples of one prompt read its keys from the lead's slot. The lead stops first and
-    its slot takes a new prompt while the other three decode on: they must read their own copies
-    from then on. Same output as with every row reading its own copy."""
+    """Four samples of one prompt read its keys from the lead's slot. The lead stops first; its
+    row then decodes as padding at position 0 of its slot (or, ``reused``, the slot takes a new
+    prompt) while the other three decode on: they must read their own copies from then on. Same
+    output as with every row reading its own copy."""
     gen = torch.Generator().manual_seed(5)
     shared = torch.randint(3, len(tok), (12,), generator=gen).tolist()
-    prompts = [shared] * 4 + [torch.randint(3, len(tok), (12,), generator=gen).tolist()]
+    prompts = [shared] * 4 + [torch.randint(3, len(tok), (12,), generator=gen).tolist()] * reused
     params: list[SamplingParams] = [
-        {"max_new_tokens": 3 if i == 0 else 30, "ignore_eos": True, "sampling_seed": 11 + i} for i in range(5)
+        {"max_new_tokens": 3 if i == 0 else 30, "ignore_eos": True, "sampling_seed": 11 + i}
+        for i in range(len(prompts))
     ]
     outputs = []
     for share in (False, True):
@@ -284,4 +287,4 @@ async def test_group_reads_the_leads_prompt_keys_until_its_slot_is_reused(
         outputs.append(await run_all(eng, prompts, params))
         assert not runner._host_src  # every slot released
     same(outputs[1], outputs[0], bitwise=True)
-    assert [len(o.token_ids) for o in outputs[1]] == [3, 30, 30, 30, 30]
+    assert [len(o.token_ids) for o in outputs[1]] == [3, 30, 30, 30, 30][: len(prompts)]
