@@ -216,6 +216,31 @@ def test_a_model_that_cannot_pack(caplog: pytest.LogCaptureFixture) -> None:
     assert padded._forward_hidden(padded.model, [[1, 2], [3]]).flat.shape == (4, 8)
 
 
+def test_a_model_whose_packed_forward_crosses_sequences_is_not_packed(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model that passes the class checks but loses the sequence boundaries on the way to its
+    attention (simulated: one causal span over the whole packed row) is caught by the test
+    forward: auto pads, on raises."""
+    per_sequence = _varlen._per_sequence
+
+    def one_span(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, s: float | None
+    ) -> torch.Tensor:
+        return per_sequence(q, k, v, cu[[0, -1]], s)
+
+    monkeypatch.setattr(_varlen, "_per_sequence", one_span)
+    decoder = _qwen2().get_decoder()
+    decoder.train()
+    with caplog.at_level(logging.INFO, logger=_varlen.__name__):
+        assert not _varlen.packing_enabled("auto", decoder, torch.device("cuda"))
+    assert "differs from the padded one" in caplog.text
+    assert decoder.training  # the test forward ran in eval mode and restored the mode
+    assert decoder.config._attn_implementation != _varlen.ATTN_IMPLEMENTATION
+    with pytest.raises(ValueError, match="attention crosses sequences"):
+        _varlen.packing_enabled("on", decoder, torch.device("cpu"))
+
+
 async def _alternating_reward(args: Config, sample: Sample) -> float:
     return float((sample.index or 0) % 2)
 

@@ -224,12 +224,40 @@ def _cannot_pack(decoder: nn.Module) -> str | None:
     return None
 
 
+_PROBE_TOKENS = [[1, 2, 3, 4], [5, 6, 7]]
+
+
+def _packed_forward_differs(decoder: nn.Module) -> str | None:
+    """Why a packed forward of two short sequences differs from the padded one, or None.
+
+    The class checks cannot see a model whose forward drops the packed layout's kwargs (its
+    attention would then span both sequences): one tiny forward each way, eval mode, no grad."""
+    device = next(decoder.parameters()).device
+    vocab = int(getattr(decoder.config, "vocab_size", 8))
+    tokens = [[t % vocab for t in seq] for seq in _PROBE_TOKENS]
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.no_grad():
+            packed = decoder_rows(decoder, tokens, device, pack=True)
+            padded = decoder_rows(decoder, tokens, device, pack=False)
+    except Exception as exc:  # noqa: BLE001 - any failure means this model must not pack
+        return f"a packed test forward failed: {type(exc).__name__}: {exc}"
+    finally:
+        decoder.train(was_training)
+    for i, seq in enumerate(tokens):
+        a, b = packed.rows(i, 0, len(seq)).float(), padded.rows(i, 0, len(seq)).float()
+        if not torch.allclose(a, b, rtol=2e-2, atol=2e-2 * float(b.abs().max()) + 1e-6):
+            return "its packed test forward differs from the padded one (attention crosses sequences)"
+    return None
+
+
 def packing_enabled(mode: Literal["auto", "on", "off"], decoder: nn.Module, device: torch.device) -> bool:
     """Whether ``pack_sequences=mode`` packs this decoder's forwards (auto: CUDA only; a decoder
     that cannot pack pads under auto, with one log line, and is an error under on)."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
-    reason = _cannot_pack(decoder)
+    reason = _cannot_pack(decoder) or _packed_forward_differs(decoder)
     if reason is None:
         return True
     name = type(decoder).__name__
