@@ -355,3 +355,14 @@ def test_packed_log_probs_equal_padded(shapes: list[tuple[int, int]]) -> None:
     a, _ = padded._response_log_probs(padded.model, tokens, responses, with_entropy=False)
     b, _ = packed._response_log_probs(packed.model, tokens, responses, with_entropy=False)
     torch.testing.assert_close(torch.cat(b), torch.cat(a), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash varlen kernel needs CUDA")
+def test_flash_probe_passes_under_no_grad(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first packed forward may be a no-grad pass (old log-probs, the test forward of auto);
+    the probe's backward must still run, or every packed forward falls back to the loop."""
+    monkeypatch.setattr(_varlen, "_probed", False)
+    monkeypatch.setattr(_varlen, "_flash_ready", False)
+    with torch.no_grad():
+        _varlen._probe_flash(torch.device("cuda"))
+    assert _varlen._flash_ready

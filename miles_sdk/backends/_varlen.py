@@ -198,7 +198,8 @@ def _probe_flash(device: torch.device) -> None:
     kv = torch.randn(4, 1, 64, device=device, dtype=torch.bfloat16)
     cu = torch.tensor([0, 3, 4], dtype=torch.int32, device=device)
     try:
-        torch.autograd.backward(_flash(q, kv, kv, cu, cu, 3, 3, None).sum())
+        with torch.enable_grad():  # the first packed forward may run under no_grad (a log-prob pass)
+            torch.autograd.backward(_flash(q, kv, kv, cu, cu, 3, 3, None).sum())
         _flash_ready = True
     except (NotImplementedError, RuntimeError) as exc:
         _flash_ready = False
