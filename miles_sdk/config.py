@@ -359,8 +359,9 @@ class Config:
     """Train and score without padding: each micro-batch runs as one packed row with per-sequence
     causal attention (flash varlen on CUDA; a loop over sequences on CPU), as verl's
     use_remove_padding and Miles's THD format. auto: on for CUDA when the model is a transformers
-    model whose layers dispatch attention through config._attn_implementation (Qwen2, Llama, ...),
-    else padding (logged); on: pack (an error naming the model if it cannot); off: right-pad.
+    model whose layers dispatch attention through config._attn_implementation (Qwen2, Llama, ...)
+    and whose packed test forward of two short sequences matches the padded one, else padding
+    (logged); on: pack (an error naming the model if it cannot); off: right-pad.
     A micro-batch whose sequences are all one length runs padded: there is nothing to remove."""
     rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
     """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
