@@ -342,7 +342,7 @@ def _sample_kernel(
         x = tl.load(logits_ptr + row * stride + idx, mask=msk, other=float("-inf")).to(tl.float32) / t
         lane_sum += tl.where(msk, tl.exp(x - m), 0.0)
         bits = _mix32(_mix32(idx.to(tl.uint32)) + key)
-        u = ((bits >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+        u = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)  # _sampling.uniform_from_bits
         noise = -tl.log(-tl.log(u))
         score = tl.where(greedy != 0, x, x + noise)
         score = tl.where(msk, score, float("-inf"))

@@ -85,3 +85,25 @@ def test_sampled_token_is_always_allowed(seed: int, step: int, temp: float) -> N
     assert int(tokens[1]) == int(logits[1].argmax())
     assert torch.isclose(logps[0], torch.log_softmax(logits[0] / temp, -1)[tokens[0]])
     assert torch.isclose(logps[1], torch.log_softmax(logits[1], -1)[tokens[1]])
+
+
+# Seed 4473 at step 0 hashes token 3 to 32 bits whose top 24 are all ones: with a 24-bit uniform
+# that rounded to exactly 1.0 in float32 and gave the token +inf noise, so it was sampled whatever
+# its logit (about 0.9% of all samples at a 152k vocabulary).
+ALL_ONES_SEED, ALL_ONES_TOKEN = 4473, 3
+
+
+def test_the_largest_hash_gives_finite_noise_and_an_unlikely_token_stays_unlikely() -> None:
+    from miles_sdk.engines._sampling import _mix32, row_keys, uniform_from_bits
+
+    seeds, steps = torch.tensor([ALL_ONES_SEED]), torch.zeros(1, dtype=torch.long)
+    bits = _mix32((_mix32(torch.tensor([ALL_ONES_TOKEN])) + row_keys(seeds, steps)) & 0xFFFFFFFF)
+    assert int(bits) >> 8 == (1 << 24) - 1  # the case itself
+    extremes = uniform_from_bits(torch.tensor([0, 0xFFFFFFFF]))
+    assert extremes.tolist() == [2.0**-24, 1.0 - 2.0**-24]
+    noise = gumbel_noise(seeds, steps, 16)
+    assert torch.isfinite(noise).all() and float(noise.max()) < 17.0
+    logits = torch.zeros(1, 16)
+    logits[0, ALL_ONES_TOKEN] = -1e4
+    tokens, _ = sample_rows(logits, [RowParams(1.0, 1.0, -1, ALL_ONES_SEED)], [0])
+    assert int(tokens[0]) != ALL_ONES_TOKEN

@@ -102,3 +102,18 @@ def test_fused_sampler_matches_the_reference_tokens_and_log_probs() -> None:
     ref_tok, ref_lp = _kernels.sample_plain(logits, temps, greedy, seeds, steps)
     assert tok.tolist() == ref_tok.tolist() and int(tok[0]) == 17
     torch.testing.assert_close(lp, ref_lp, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_sampler_never_picks_a_token_for_its_hash_alone() -> None:
+    """The seed whose hash for token 3 is all ones (see test_sampling.py): the kernel's uniform
+    stays below 1, so a token with a logit of -1e4 is not sampled."""
+    from .test_sampling import ALL_ONES_SEED, ALL_ONES_TOKEN
+
+    logits = torch.zeros(2, 4096)
+    logits[:, ALL_ONES_TOKEN] = -1e4
+    seeds = torch.tensor([ALL_ONES_SEED, ALL_ONES_SEED])
+    temps, greedy, steps = torch.ones(2), torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.long)
+    tok, lp = _triton_kernels.sample_plain(logits, temps, greedy, seeds, steps)
+    ref_tok, ref_lp = _kernels.sample_plain(logits, temps, greedy, seeds, steps)
+    assert tok.tolist() == ref_tok.tolist() and ALL_ONES_TOKEN not in tok.tolist()
+    torch.testing.assert_close(lp, ref_lp, rtol=1e-5, atol=1e-5)
