@@ -199,6 +199,8 @@ class FastRunner:
         GRPO group's lead (``rope_attend``). A lead's release points its group back at their own
         copies (``_own_rows``), on the device before the next chunk: from then on the released
         row decodes as padding at position 0 of its slot, and a new prompt may be prefilled there."""
+        self._members: dict[int, set[int]] = {}
+        """Lead slot -> the slots reading its prompt keys (``_host_src``'s reverse)."""
         self._own_rows: set[int] = set()
         self._host_last: dict[int, int] = {}
         self._host_steps: dict[int, int] = {}
@@ -291,11 +293,11 @@ class FastRunner:
         self._params.pop(slot, None)
         if self._host_pos.pop(slot, None) is not None:
             self._stale_rows.add(slot)
-        self._host_src.pop(slot, None)
-        for row, (lead, _) in list(self._host_src.items()):
-            if lead == slot:
-                del self._host_src[row]
-                self._own_rows.add(row)
+        lead = self._host_src.pop(slot, (slot, 0))[0]
+        self._members.get(lead, set()).discard(slot)
+        for row in self._members.pop(slot, ()):
+            del self._host_src[row]
+            self._own_rows.add(row)
         self._host_last.pop(slot, None)
         self._host_steps.pop(slot, None)
         chunk = self._inflight
@@ -564,6 +566,8 @@ class FastRunner:
             self._host_steps[s] = 1
         if self._share_prompt_reads:
             for key, members in groups.items():
+                if len(members) > 1:
+                    self._members[members[0]] = set(members[1:])
                 for member in members[1:]:
                     self._host_src[member] = (members[0], len(key))
         self._synced = False

@@ -285,6 +285,6 @@ async def test_group_reads_the_leads_prompt_keys_until_it_is_released(
         assert isinstance(runner, FastRunner)
         runner._share_prompt_reads = share
         outputs.append(await run_all(eng, prompts, params))
-        assert not runner._host_src  # every slot released
+        assert not runner._host_src and not runner._members  # every slot released
     same(outputs[1], outputs[0], bitwise=True)
     assert [len(o.token_ids) for o in outputs[1]] == [3, 30, 30, 30, 30][: len(prompts)]
