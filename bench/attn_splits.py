@@ -8,10 +8,10 @@ the engine's step.
 from __future__ import annotations
 
 import itertools
-import time
 
 import torch
 
+from bench.gemm_decode import graph_us
 from miles_sdk.engines import _triton_kernels as tk
 
 
@@ -31,18 +31,8 @@ def main() -> None:
                 continue
             try:
                 out = tk.decode_attention(q, kc, vc, pos, 0.125, splits, block, warps)
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for _ in range(24):
-                        tk.decode_attention(q, kc, vc, pos, 0.125, splits, block, warps)
-                graph.replay()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(20):
-                    graph.replay()
-                torch.cuda.synchronize()
-                us = (time.perf_counter() - t0) / 20 / 24 * 1e6
+                call = (q, kc, vc, pos, 0.125, splits, block, warps)
+                us = graph_us(lambda call=call: tk.decode_attention(*call))
             except Exception as exc:  # noqa: BLE001 -- a config the compiler rejects (shared memory, registers)
                 print(f"| {rows} | {ctx} | {splits} | {block} | {warps} | failed: {type(exc).__name__} | |")
                 continue

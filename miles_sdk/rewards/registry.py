@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from miles_sdk.config import BUILTIN_RM_TYPES
 from miles_sdk.rewards._extract import last_boxed_content
 from miles_sdk.rewards._pool import run_cpu_bound
 from miles_sdk.rewards.dapo import dapo_extract, dapo_score_answer
@@ -40,17 +41,7 @@ __all__ = [
     "score_builtin_sync",
 ]
 
-RM_TYPES: tuple[str, ...] = (
-    "math",
-    "deepscaler",
-    "dapo",
-    "f1",
-    "gpqa",
-    "ifbench",
-    "remote_rm",
-    "random",
-    "deterministic_random",
-)
+RM_TYPES: tuple[str, ...] = BUILTIN_RM_TYPES
 """The built-in rm types; each also exists with the ``boxed_`` prefix."""
 BOXED_PREFIX = "boxed_"
 CPU_HEAVY_RM_TYPES: frozenset[str] = frozenset({"math", "deepscaler"})
