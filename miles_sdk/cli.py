@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]
 
 _USAGE = """usage: miles-sdk {train,demo} [flags]
 
@@ -55,31 +55,45 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DatasetError, HookLoadError, HookSignatureError, RewardLabelError, FileNotFoundError)
 
 
+def _train_command(rest: list[str]) -> int:
+    if "-h" in rest or "--help" in rest:
+        from miles_sdk._cli_args import build_parser
+        from miles_sdk.config import Config
+
+        build_parser(Config).print_help()
+        return 0
+    try:
+        return _train(rest)
+    except _user_errors() as exc:
+        # A bad flag, path, hook or dataset is the user's to fix: say what, not where in our code.
+        print(f"miles-sdk train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _demo_command(rest: list[str]) -> int:
+    from miles_sdk.demo.run import main as demo_main
+
+    try:
+        return demo_main(rest)
+    except SystemExit as exc:  # argparse's --help and usage errors: an exit code, as for train
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": _train_command, "demo": _demo_command}
+"""Every subcommand (tests render each one's --help)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command == "train":
-        if "-h" in rest or "--help" in rest:
-            from miles_sdk._cli_args import build_parser
-            from miles_sdk.config import Config
-
-            build_parser(Config).print_help()
-            return 0
-        try:
-            return _train(rest)
-        except _user_errors() as exc:
-            # A bad flag, path, hook or dataset is the user's to fix: say what, not where in our code.
-            print(f"miles-sdk train: error: {exc}", file=sys.stderr)
-            return 2
-    if command == "demo":
-        from miles_sdk.demo.run import main as demo_main
-
-        return demo_main(rest)
-    print(f"miles-sdk: unknown command {command!r}\n{_USAGE}", file=sys.stderr)
-    return 2
+    run = COMMANDS.get(command)
+    if run is None:
+        print(f"miles-sdk: unknown command {command!r}\n{_USAGE}", file=sys.stderr)
+        return 2
+    return run(rest)
 
 
 if __name__ == "__main__":
