@@ -156,6 +156,16 @@ def _args_only(fn: Callable[[Config], None]) -> RolloutDataPostprocessFn:
 
 def _check_consistency(args: Config, hooks: HookSet) -> None:
     """Contradictions between settings and hooks, caught before any work is done."""
+    _check_group_size(args, hooks)
+    if args.loss_type == "custom_loss" and hooks.pg_loss_reducer is not None:
+        # Miles also ignores the pg-loss reducer here (only its policy loss calls it); a run that
+        # sets one clearly expects it to act, so say so rather than train with another reduction.
+        raise ConfigError(
+            "a pg_loss_reducer (--custom-pg-loss-reducer-function-path) was given with "
+            "loss_type=custom_loss, where it is never called: the custom loss function reduces its "
+            "own loss with the sum_of_sample_mean reducer it receives. Drop the pg_loss_reducer, or "
+            "use loss_type='policy_loss'"
+        )
     if args.loss_type == "custom_loss" and hooks.loss_fn is None:
         raise ConfigError(
             "loss_type=custom_loss needs a loss function: pass loss_fn= to the Trainer or set "
@@ -166,3 +176,46 @@ def _check_consistency(args: Config, hooks: HookSet) -> None:
             f"a custom loss function was given but loss_type={args.loss_type!r}; set "
             "loss_type='custom_loss' (Miles's --loss-type custom_loss) to use it"
         )
+
+
+_GROUP_CENTRED = ("grpo", "gspo", "reinforce_plus_plus_baseline")
+
+
+def _check_group_size(args: Config, hooks: HookSet) -> None:
+    """Refuse a run whose every advantage is 0: a group-centring estimator with one sample per prompt.
+
+    The default reward post-processing subtracts each prompt group's mean reward, so with
+    ``n_samples_per_prompt=1`` (Miles's default) each reward becomes exactly 0 and the gradient
+    is 0 on every step. Miles accepts this setting (it only turns std scaling off) and trains
+    nothing; here it is an error. Hooks that may build groups of another size (a data source,
+    rollout or generate function) or post-process rewards themselves are trusted; the trainer
+    still warns at run time when every group of a step has no reward spread.
+    """
+    if (
+        args.n_samples_per_prompt > 1
+        or args.advantage_estimator not in _GROUP_CENTRED
+        or not args.rewards_normalization
+        or args.loss_type != "policy_loss"
+        or args.debug_rollout_only
+    ):
+        return
+    custom = [
+        name
+        for name in (
+            "data_source",
+            "rollout_fn",
+            "generate_fn",
+            "reward_post_process",
+            "convert_samples_to_train_data",
+        )
+        if getattr(hooks, name) is not None
+    ]
+    if custom:
+        return
+    raise ConfigError(
+        f"advantage_estimator={args.advantage_estimator!r} centres each reward on its prompt group's "
+        "mean, and with n_samples_per_prompt=1 every group holds one sample: every advantage is 0 and "
+        "nothing trains (grad_norm 0). Set n_samples_per_prompt >= 2 (GRPO usually uses 4-16), or "
+        "advantage_estimator='reinforce_plus_plus' (no group baseline), or "
+        "rewards_normalization=False (--disable-rewards-normalization) to train on raw rewards"
+    )

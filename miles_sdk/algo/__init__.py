@@ -20,7 +20,11 @@ from miles_sdk.algo.policy_loss import (
     gspo_sequence_kl,
     policy_ratio_metrics,
 )
-from miles_sdk.algo.reducers import constant_divisor_reducer, get_sum_of_sample_mean
+from miles_sdk.algo.reducers import (
+    constant_divisor_reducer,
+    get_mean_of_sample_mean,
+    get_sum_of_sample_mean,
+)
 from miles_sdk.algo.reward_post import MissingRewardError, grpo_reward_post_process, raw_rewards
 from miles_sdk.algo.tis import mis_function, mismatch_metrics, vanilla_tis_function
 
@@ -36,6 +40,7 @@ __all__ = [
     "constant_divisor_reducer",
     "convert_samples_to_train_data",
     "flatten_and_trim",
+    "get_mean_of_sample_mean",
     "get_sum_of_sample_mean",
     "grpo_reward_post_process",
     "gspo_sequence_kl",

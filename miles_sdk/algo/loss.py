@@ -9,7 +9,7 @@ per-sample 1-D tensors. It returns ``(loss, metrics)``; metric names follow Mile
 detached 0-d tensor.
 
 ``loss_type=custom_loss`` is not handled here: the backend calls the user's ``LossFn`` with the
-logits and :func:`~miles_sdk.algo.reducers.get_sum_of_sample_mean`.
+logits and :func:`~miles_sdk.algo.reducers.get_mean_of_sample_mean`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from miles_sdk.algo.policy_loss import (
     gspo_sequence_kl,
     policy_ratio_metrics,
 )
-from miles_sdk.algo.reducers import get_sum_of_sample_mean, miles_scale
+from miles_sdk.algo.reducers import get_mean_of_sample_mean, miles_scale
 from miles_sdk.algo.tis import mis_function, vanilla_tis_function
 from miles_sdk.config import Config
 from miles_sdk.hooks import LossReducer, PGLossReducer, TISFn
@@ -119,7 +119,7 @@ def _policy_loss(
     for i, (lp, m) in enumerate(zip(log_probs, masks, strict=True)):
         if lp.shape != m.shape:
             raise ValueError(f"compute_loss: log_probs[{i}] {tuple(lp.shape)} but loss_mask {tuple(m.shape)}")
-    reducer = get_sum_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
+    reducer = get_mean_of_sample_mean(total_lengths, response_lengths, masks, args.calculate_per_token_loss)
 
     old_key = old_log_probs_source(args)
     if old_key == "log_probs" and "log_probs" in batch and batch["log_probs"] is None:
@@ -173,7 +173,7 @@ def _policy_loss(
         )
         pg_masks = [m.to(device=device, dtype=torch.float32) for m in pg_masks]
         # Modified masks change the numerator only; denominators stay the original token counts.
-        pg_reducer = get_sum_of_sample_mean(
+        pg_reducer = get_mean_of_sample_mean(
             total_lengths,
             response_lengths,
             pg_masks,
@@ -275,7 +275,7 @@ def compute_loss(
         device = log_probs[0].device if log_probs else torch.device("cpu")
         dtype = log_probs[0].dtype if log_probs else torch.float32
         masks = _masks(batch, response_lengths, device)
-        reducer = get_sum_of_sample_mean(
+        reducer = get_mean_of_sample_mean(
             total_lengths, response_lengths, masks, args.calculate_per_token_loss
         )
         cur = _flat(log_probs, dtype, device)
@@ -287,7 +287,7 @@ def compute_loss(
         device = values[0].device if values else torch.device("cpu")
         dtype = values[0].dtype if values else torch.float32
         masks = _masks(batch, response_lengths, device)
-        reducer = get_sum_of_sample_mean(
+        reducer = get_mean_of_sample_mean(
             total_lengths, response_lengths, masks, args.calculate_per_token_loss
         )
         cur = _flat(values, dtype, device)

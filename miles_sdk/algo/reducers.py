@@ -1,8 +1,9 @@
 """Loss reducers: flat per-token tensor of a micro-batch -> scalar.
 
-The default reducer (Miles's ``sum_of_sample_mean``) averages each sample's loss over its trainable
-tokens, then averages over the samples of the micro-batch. With ``calculate_per_token_loss`` it
-divides the token sum by the micro-batch's trainable-token count instead.
+The default reduction (:func:`get_mean_of_sample_mean`) averages each sample's loss over its
+trainable tokens, then averages over the samples of the micro-batch. With
+``calculate_per_token_loss`` it divides the token sum by the micro-batch's trainable-token count
+instead. :func:`get_sum_of_sample_mean` is Miles's reducer of the same name: the *sum* over samples.
 
 Two conventions meet here. Internally the reducer returns the *mean* over the micro-batch, so a
 loss value means the same thing whatever the micro-batch size, and the backend scales by
@@ -25,7 +26,13 @@ import torch
 
 from miles_sdk.hooks import LossReducer, PGLossReducer
 
-__all__ = ["constant_divisor_reducer", "get_sum_of_sample_mean", "masked_token_weights", "miles_scale"]
+__all__ = [
+    "constant_divisor_reducer",
+    "get_mean_of_sample_mean",
+    "get_sum_of_sample_mean",
+    "masked_token_weights",
+    "miles_scale",
+]
 
 
 def _check_layout(response_lengths: Sequence[int], loss_masks: Sequence[torch.Tensor]) -> None:
@@ -106,15 +113,17 @@ def get_sum_of_sample_mean(
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
     denominators: Sequence[float | torch.Tensor] | None = None,
-    reduction: Literal["mean", "sum"] = "mean",
+    reduction: Literal["mean", "sum"] = "sum",
 ) -> LossReducer:
-    """The default reducer (Miles ``sum_of_sample_mean``), as a callable on flat per-token tensors.
+    """Miles's ``sum_of_sample_mean`` reducer, as a callable on flat per-token tensors: it returns
+    what its name says, the *sum* over samples of each sample's masked token mean.
 
-    ``calculate_per_token_loss=False``: mean over samples of each sample's masked token mean.
-    ``True``: masked token sum divided by the number of trainable tokens. A sample whose mask is
-    all zeros contributes 0 (not NaN). ``denominators`` replaces each sample's own mask sum (used
-    when TIS/MIS masks change only the numerator). ``reduction="sum"`` is Miles's exact reducer:
-    the sum over samples of their means (per-token: the masked token sum).
+    This is the convention of every user hook (a ``PGLossReducer`` result, the reducer a custom
+    ``LossFn`` receives), so a reducer built on it gives Miles's gradients here.
+    ``calculate_per_token_loss=True``: the masked token sum. A sample whose mask is all zeros
+    contributes 0 (not NaN). ``denominators`` replaces each sample's own mask sum (used when
+    TIS/MIS masks change only the numerator). ``reduction="mean"`` is
+    :func:`get_mean_of_sample_mean` (the SDK's internal, batch-size-independent convention).
     """
     if len(total_lengths) != len(response_lengths):
         raise ValueError(
@@ -124,6 +133,30 @@ def get_sum_of_sample_mean(
         response_lengths, loss_masks, calculate_per_token_loss, denominators, reduction
     )
     return _weighted_sum(weights, sum(response_lengths), "sum_of_sample_mean")
+
+
+def get_mean_of_sample_mean(
+    total_lengths: Sequence[int],
+    response_lengths: Sequence[int],
+    loss_masks: Sequence[torch.Tensor],
+    calculate_per_token_loss: bool = False,
+    denominators: Sequence[float | torch.Tensor] | None = None,
+) -> LossReducer:
+    """The SDK's default loss reduction: the *mean* over the micro-batch's samples of each sample's
+    masked token mean (per-token: the token sum divided by the trainable-token count).
+
+    It equals :func:`get_sum_of_sample_mean` divided by :func:`miles_scale`. Do not build a
+    ``PGLossReducer`` hook on it: hooks return sums (see docs/hooks.md), and a mean would shrink
+    the gradient by the number of samples.
+    """
+    return get_sum_of_sample_mean(
+        total_lengths,
+        response_lengths,
+        loss_masks,
+        calculate_per_token_loss,
+        denominators,
+        reduction="mean",
+    )
 
 
 def constant_divisor_reducer(divisor: float) -> PGLossReducer:
@@ -144,7 +177,7 @@ def constant_divisor_reducer(divisor: float) -> PGLossReducer:
         /,
     ) -> LossReducer:
         if calculate_per_token_loss:
-            return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True, reduction="sum")
+            return get_sum_of_sample_mean(total_lengths, response_lengths, loss_masks, True)
         _check_layout(response_lengths, loss_masks)
         if not loss_masks:
             weights = torch.zeros(0)

@@ -13,7 +13,7 @@ from miles_sdk.algo import (
     compute_policy_loss,
     compute_sft_loss,
     compute_value_loss,
-    get_sum_of_sample_mean,
+    get_mean_of_sample_mean,
     gspo_sequence_kl,
     policy_ratio_metrics,
 )
@@ -91,7 +91,7 @@ def test_ratio_metrics() -> None:
     ppo_kl = _kl([0.5, 1.5, 1.0, 2.0])
     adv = T([-1.0, 1.0, 1.0, 1.0], dtype=torch.float64)
     mask = T([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
-    reducer = get_sum_of_sample_mean([4], [4], [mask])
+    reducer = get_mean_of_sample_mean([4], [4], [mask])
     m = policy_ratio_metrics(ppo_kl, adv, mask, 0.2, 0.2, reducer)
     assert m["pg_clipfrac_low"].item() == pytest.approx(1 / 3)
     assert m["pg_clipfrac_high"].item() == pytest.approx(1 / 3)
@@ -116,5 +116,5 @@ def test_value_loss_gradcheck() -> None:
 
 
 def test_sft_loss() -> None:
-    reducer = get_sum_of_sample_mean([3, 2], [2, 1], [T([1, 1]), T([1])])
+    reducer = get_mean_of_sample_mean([3, 2], [2, 1], [T([1, 1]), T([1])])
     assert compute_sft_loss(T([-1.0, -3.0, -4.0]), reducer).item() == pytest.approx((2 + 4) / 2)

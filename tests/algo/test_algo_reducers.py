@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miles_sdk.algo import constant_divisor_reducer, get_sum_of_sample_mean
+from miles_sdk.algo import constant_divisor_reducer, get_mean_of_sample_mean, get_sum_of_sample_mean
 
 LENS = [2, 3, 1]
 MASKS = [torch.tensor([1, 1]), torch.tensor([1, 1, 1]), torch.tensor([0])]
@@ -17,17 +17,25 @@ X = torch.tensor([1.0, 1.0, 3.0, 6.0, 9.0, math.nan])
 
 
 def test_sample_mean_by_hand_and_all_masked_row_is_zero() -> None:
-    reduce = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS)
+    reduce = get_mean_of_sample_mean([5, 6, 2], LENS, MASKS)
     assert reduce(X).item() == pytest.approx((1 + 6 + 0) / 3)
 
 
+def test_sum_of_sample_mean_returns_the_sum_by_default() -> None:
+    # Regression (issue 14.5): the name says sum, hooks must return sums (Miles's convention), and
+    # the old default averaged, so a reducer built on it got an n_samples-times smaller gradient.
+    assert get_sum_of_sample_mean([5, 6, 2], LENS, MASKS)(X).item() == pytest.approx(1 + 6 + 0)
+    per_token = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, calculate_per_token_loss=True)
+    assert per_token(X).item() == pytest.approx(20.0)
+
+
 def test_per_token_by_hand() -> None:
-    reduce = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, calculate_per_token_loss=True)
+    reduce = get_mean_of_sample_mean([5, 6, 2], LENS, MASKS, calculate_per_token_loss=True)
     assert reduce(X).item() == pytest.approx(20 / 5)
 
 
 def test_denominators_override() -> None:
-    reduce = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, denominators=[4, 3, 1])
+    reduce = get_mean_of_sample_mean([5, 6, 2], LENS, MASKS, denominators=[4, 3, 1])
     assert reduce(X).item() == pytest.approx((2 / 4 + 18 / 3 + 0) / 3)
 
 
@@ -44,7 +52,7 @@ def test_sum_reduction_is_miles_sum_of_sample_mean() -> None:
     summed = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, reduction="sum")(X).item()
     assert summed == pytest.approx(2 / 2 + 18 / 3 + 0)
     assert summed / miles_scale(MASKS) == pytest.approx(
-        get_sum_of_sample_mean([5, 6, 2], LENS, MASKS)(X).item()
+        get_mean_of_sample_mean([5, 6, 2], LENS, MASKS)(X).item()
     )
     per_token = get_sum_of_sample_mean([5, 6, 2], LENS, MASKS, True, reduction="sum")(X).item()
     assert per_token == pytest.approx(20.0)
@@ -64,7 +72,7 @@ def test_shape_errors() -> None:
 def test_masked_positions_get_zero_gradient() -> None:
     x = torch.randn(6, dtype=torch.float64, requires_grad=True)
     masks = [torch.tensor([1, 0]), torch.tensor([0, 1, 1]), torch.tensor([0])]
-    torch.autograd.backward([get_sum_of_sample_mean([0, 0, 0], LENS, masks)(x)])
+    torch.autograd.backward([get_mean_of_sample_mean([0, 0, 0], LENS, masks)(x)])
     assert x.grad is not None
     assert x.grad.tolist() == pytest.approx([1 / 3, 0.0, 0.0, 1 / 6, 1 / 6, 0.0])
 

@@ -114,9 +114,10 @@ def pad(b: MaskedTokenBatch, k: int) -> MaskedTokenBatch:
 @given(masked_token_tensors())
 def test_sum_of_sample_mean_ignores_padding(b: MaskedTokenBatch) -> None:
     torch.testing.assert_close(reduce(pad(b, 3)), reduce(b))
-    # And it is the mean over samples of each sample's masked mean (0 for an all-masked sample).
+    # And it is the *sum* over samples of each sample's masked mean (0 for an all-masked sample):
+    # Miles's convention, the one a PGLossReducer hook returns (docs/hooks.md).
     per_sample = [(v * m).sum() / m.sum().clamp_min(1) for v, m in zip(b.values, b.loss_masks, strict=True)]
-    torch.testing.assert_close(reduce(b), torch.stack(per_sample).mean())
+    torch.testing.assert_close(reduce(b), torch.stack(per_sample).sum())
 
 
 # ---------------------------------------------------------------------------------------------
