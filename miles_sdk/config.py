@@ -323,11 +323,18 @@ class Config:
     critic_lr: float | None = None
     """Learning rate of the PPO critic (default lr)."""
     lr_warmup_iters: int = 0
-    """Linear warm-up steps of the learning rate."""
+    """Linear warm-up optimizer steps of the learning rate (from lr_warmup_init to lr, as Megatron)."""
+    lr_warmup_init: float = 0.0
+    """Learning rate at the start of the warm-up (Megatron's --lr-warmup-init)."""
     min_lr: float = 0.0
     """Floor of the decayed learning rate."""
     lr_decay_style: Literal["constant", "linear", "cosine"] = "constant"
-    """constant, linear or cosine decay over num_rollout steps."""
+    """constant, linear or cosine decay from lr to min_lr, after the warm-up, over lr_decay_iters
+    (Megatron's OptimizerParamScheduler)."""
+    lr_decay_iters: int | None = None
+    """Optimizer steps the decay ends at (counting the warm-up); default every optimizer step of
+    the run (num_rollout, or num_epoch over the dataset, or fit(num_rollout=N), times the steps per
+    rollout)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_beta1: float = 0.9
@@ -659,3 +666,4 @@ def _validate(c: Config) -> None:
     if c.num_rollout is None and c.num_epoch is None:
         return
     need(c.num_rollout is None or c.num_rollout >= 0, "num_rollout must be >= 0")
+    need(c.lr_decay_iters is None or c.lr_decay_iters >= 1, "lr_decay_iters must be >= 1")

@@ -210,6 +210,9 @@ class Trainer:
             and self.eval_datasets
             and not self.args.skip_eval_before_train
             and self.rollout_id == 0
+        set_num_rollout = getattr(self.backend, "set_num_rollout", None)
+        if callable(set_num_rollout):  # the learning-rate decay spans the run fit decided
+            set_num_rollout(total)
         ):
             self.writer.write(0, self.evaluate())
         with Progress(self.args, total=total, initial=self.rollout_id) as progress:

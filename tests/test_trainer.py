@@ -402,10 +402,10 @@ def test_miles_convention_reducer_hook_gives_the_default_update(tmp_path: Path) 
 
 
 def test_lr_schedule_spans_every_optimizer_step_and_trim_off_keeps_the_remainder(tmp_path: Path) -> None:
-    from miles_sdk.backends.torch_backend import _lr_lambda
+    from miles_sdk.backends.lr_schedule import LRSchedule
 
     cfg = small_config(num_rollout=4, global_batch_size=2, lr_decay_style="linear", min_lr=0.0, lr=1e-3)
-    factor = _lr_lambda(cfg)  # 2 prompts x 2 samples / global batch 2 = 2 optimizer steps per rollout
+    factor = LRSchedule(cfg)  # 2 prompts x 2 samples / global batch 2 = 2 optimizer steps per rollout
     assert [round(factor(s), 3) for s in range(0, 9, 2)] == [1.0, 0.75, 0.5, 0.25, 0.0]
 
     trained: list[int] = []

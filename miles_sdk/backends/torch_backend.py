@@ -22,6 +22,7 @@ from miles_sdk.backends._compile import compiled_layers
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
+from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollout
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 from miles_sdk.hooks import (
@@ -72,7 +73,8 @@ class TorchBackend:
             master_weights=wants_master_weights(args, model),
         )
         self.optimizer = self.optim.optimizer
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(args))
+        self.lr_schedule = LRSchedule(args)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_schedule)
         self._pack = packing_enabled(args.pack_sequences, _decoder(model), self.device)
         self._pack_ref = (
             self._pack
@@ -87,6 +89,15 @@ class TorchBackend:
     @property
     def model(self) -> nn.Module:
         return self._model
+
+    def set_num_rollout(self, num_rollout: int) -> None:
+        """The run's length in rollouts, once the Trainer knows it: the learning-rate decay spans
+        its optimizer steps (unless lr_decay_iters is set)."""
+        self.lr_schedule.set_total_steps(num_rollout * optimizer_steps_per_rollout(self.args))
+        # LambdaLR sets the rate of the coming step only on step(): refresh it for the new length.
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs, strict=True):
+            group["lr"] = base * self.lr_schedule(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # ---- forward passes ------------------------------------------------------------------------
 
@@ -222,6 +233,7 @@ class TorchBackend:
                 prefix="critic_",
                 scope=critic.train_scope,
             )
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step trains with
         if rollout_id >= self.args.num_critic_only_steps:
             actor = _accumulate_and_step(
                 self.args,
@@ -236,7 +248,7 @@ class TorchBackend:
                 self.scheduler.step()
             metrics |= actor
         self.step_id += 1
-        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["lr"] = lr
         return metrics
 
     def _micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -327,29 +339,6 @@ def _lm_head(model: nn.Module) -> nn.Linear:
     if not isinstance(head, nn.Linear):
         raise TypeError(f"{type(model).__name__}: expected an nn.Linear LM head, got {type(head).__name__}")
     return head
-
-
-def _optimizer_steps_per_rollout(args: Config) -> int:
-    if args.num_steps_per_rollout:
-        return args.num_steps_per_rollout
-    samples = args.rollout_batch_size * args.n_samples_per_prompt
-    return max(samples // args.effective_global_batch_size, 1)
-
-
-def _lr_lambda(args: Config) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if args.lr_warmup_iters > 0 and step < args.lr_warmup_iters:
-            return (step + 1) / args.lr_warmup_iters
-        if args.lr_decay_style == "constant" or not args.num_rollout:
-            return 1.0
-        total = max(args.num_rollout * _optimizer_steps_per_rollout(args), 1)
-        progress = min(step / total, 1.0)
-        floor = args.min_lr / args.lr if args.lr > 0 else 0.0
-        if args.lr_decay_style == "linear":
-            return floor + (1.0 - floor) * (1.0 - progress)
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _accumulate_and_step(
