@@ -114,7 +114,7 @@ class Config:
     input_key: str = "input"
     """Dataset key of the prompt (text or chat messages)."""
     label_key: str | None = None
-    """Dataset key of the label (ground truth) read by the reward; None: no label."""
+    """Dataset key of the label (ground truth) read by the reward; None: the `label` column when a row has one, else no label."""
     metadata_key: str = "metadata"
     """Dataset key of per-row metadata (e.g. rm_type, instruction ids), copied to sample.metadata."""
     tool_key: str | None = None

@@ -18,6 +18,7 @@ __all__ = [
     "ChatMessage",
     "DynamicFilterOutput",
     "EvalDatasetResult",
+    "Label",
     "Metrics",
     "Prompt",
     "RewardValue",
@@ -37,6 +38,10 @@ ChatMessage: TypeAlias = dict[str, Any]
 
 Prompt: TypeAlias = str | list[ChatMessage]
 """A raw prompt string, or chat messages rendered later through the tokenizer's chat template."""
+
+Label: TypeAlias = str | int | float | dict[str, Any] | list[Any]
+"""A ground truth as the data holds it, kept raw as Miles keeps it: text, a number (gpqa reads an
+int as an option index), or a dict / list (answer aliases, test cases)."""
 
 RewardValue: TypeAlias = float | dict[str, Any]
 """A scalar reward, or a dict of scores read through ``Config.reward_key`` (dapo returns one)."""
@@ -95,8 +100,8 @@ class Sample:
     """Decoded response text."""
     response_length: int = 0
     """Number of response tokens at the end of ``tokens``."""
-    label: str | None = None
-    """Ground truth used by the reward."""
+    label: Label | None = None
+    """Ground truth used by the reward, as the data holds it (not converted to text)."""
     reward: RewardValue | None = None
     """Scalar reward or a dict read through ``reward_key``; None until scored."""
     loss_mask: list[int] | None = None

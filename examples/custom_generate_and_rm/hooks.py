@@ -71,7 +71,7 @@ async def reward_fn(args: Config, sample: Sample) -> float:
             f"{where}: metadata['context'] is a {type(context).__name__}, expected the passage text"
         )
     answer = extract_answer(sample.response)
-    f1 = f1_score(answer, sample.label)[0]
+    f1 = f1_score(answer, str(sample.label))[0]
     return f1 if is_grounded(answer, context) else f1 * UNGROUNDED_FACTOR
 
 

@@ -77,7 +77,7 @@ def _score(sample: Sample) -> float:
     role = sample.metadata.get("role")
     if sample.label is None:
         raise ValueError(f"examples.multi_agent.hooks.reward_fn: sample index={sample.index} has no label")
-    truth = sample.label.strip()
+    truth = str(sample.label).strip()
     if role == "solver":
         return 1.0 if final_answer(sample.response) == truth else 0.0
     if role == "critic":

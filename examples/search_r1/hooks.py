@@ -113,7 +113,7 @@ async def reward_fn(args: Config, sample: Sample) -> float:
             f"examples.search_r1.hooks.reward_fn: sample index={sample.index} has no label; set --label-key"
         )
     answer = extract_answer(sample.response)
-    return 1.0 if answer is not None and squad_normalize(answer) == squad_normalize(sample.label) else 0.0
+    return 1.0 if answer is not None and squad_normalize(answer) == squad_normalize(str(sample.label)) else 0.0
 
 
 # The hooks type-check against the Protocols the Trainer expects (mypy --strict).

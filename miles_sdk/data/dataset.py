@@ -176,10 +176,18 @@ def _load_json_field(value: Any, where: str, key: str) -> Any:
         raise DatasetError(f"{where}: {key!r} is a string but not valid JSON: {exc.msg}") from exc
 
 
+DEFAULT_LABEL_COLUMN = "label"
+"""The column read as the label when ``label_key`` is unset and a row has it (issue 14.2)."""
+
+
 def _plain_label(value: Any) -> Any:
-    # Graders parse label text; integer ground truths (dapo) arrive as numbers from JSON/parquet.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
+    """The label as the data holds it (str, int, float, dict, list), as Miles's loader keeps it.
+
+    Graders need the raw type: gpqa reads an int as an option index, dapo an int answer. Only
+    numpy scalars / arrays (pandas, some parquet readers) become their plain Python values.
+    """
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
     return value
 
 
@@ -285,6 +293,16 @@ class PromptDataset:
                     f"{where}: missing label key {self.label_key!r} (row keys: {sorted(data)})"
                 )
             label = _plain_label(data[self.label_key])
+        elif DEFAULT_LABEL_COLUMN in data:
+            # Unset label_key with a `label` column: users expect it read (a None label scores 0).
+            if not getattr(self, "_said_default_label", False):
+                self._said_default_label = True
+                logger.info(
+                    "%s: label_key is unset; reading the %r column as the label (set label_key to change)",
+                    where,
+                    DEFAULT_LABEL_COLUMN,
+                )
+            label = _plain_label(data[DEFAULT_LABEL_COLUMN])
 
         metadata = _load_json_field(data.get(self.metadata_key), where, self.metadata_key) or {}
         if not isinstance(metadata, Mapping):

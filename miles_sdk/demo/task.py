@@ -28,4 +28,4 @@ async def addition_reward(args: Config, sample: Sample) -> float:
     if sample.label is None:
         raise ValueError(f"sample index={sample.index} has no label; set label_key")
     answer = sample.response.split("<|", 1)[0].strip()
-    return 1.0 if answer == sample.label.strip() else 0.0
+    return 1.0 if answer == str(sample.label).strip() else 0.0
