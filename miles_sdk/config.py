@@ -93,6 +93,15 @@ class Config:
     """Checkpoint directory to write to."""
     save_interval: int | None = None
     """Save a checkpoint every this many rollout steps (and after the last)."""
+    save_keep_last: int | None = None
+    """Keep only the newest this many checkpoints in save (older ones are deleted after a new one is
+    complete); None keeps all. Not a Miles flag (Miles keeps every checkpoint)."""
+    save_retain_interval: int | None = None
+    """Also keep every checkpoint whose rollout id is a multiple of this (Megatron's, hence Miles's,
+    --save-retain-interval); set alone, the newest checkpoint is kept besides them."""
+    ckpt_step: int | None = None
+    """Resume --load from this rollout id instead of the latest (Megatron's --ckpt-step); an error
+    when that checkpoint is missing or broken, where the latest falls back or starts fresh."""
     save_hf: str | None = None
     """Also export the policy as an HF directory; ``{rollout_id}`` in the path is filled in."""
     no_save_optim: bool = False
@@ -650,6 +659,12 @@ def _validate(c: Config) -> None:
         not c.save_interval or c.save is not None,
         "save_interval is set but save (the checkpoint directory) is not",
     )
+    need(c.save_keep_last is None or c.save_keep_last >= 1, "save_keep_last must be >= 1 (or unset)")
+    need(
+        c.save_retain_interval is None or c.save_retain_interval >= 1,
+        "save_retain_interval must be >= 1 (or unset)",
+    )
+    need(c.ckpt_step is None or c.load is not None, "ckpt_step is set but load (the checkpoint directory) is not")
     need(
         c.rm_type is None or c.rm_type.removeprefix("boxed_") in BUILTIN_RM_TYPES,
         f"unknown rm_type {c.rm_type!r}"

@@ -29,11 +29,14 @@ from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
 from miles_sdk.backends.base import RolloutData, TrainBackend
 from miles_sdk.checkpoint import (
+    NoCheckpointError,
     capture_rng_state,
+    check_save_dir,
     latest_checkpoint,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
+    seed_everything,
 )
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines.base import InferenceEngine
@@ -133,7 +136,7 @@ class Trainer:
         # Every keyword after ``dataset`` is a hook; read them by name rather than list them twice.
         given = {name: value for name, value in locals().items() if name in _HOOK_ARGUMENTS}
         self.hooks = resolve_hooks(config, given)
-        torch.manual_seed(config.seed)
+        seed_everything(config.seed)  # python, numpy and torch: all three are checkpointed
         self.policy = build_policy(
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
         )
@@ -158,6 +161,8 @@ class Trainer:
             self.history: list[Metrics] = []
             self.last_samples: list[Sample] = []
             """The samples trained on in the latest step (for notebooks and tests)."""
+            if config.save is not None:
+                check_save_dir(config.save, _checkpoint_size_estimate(self.policy.model, config))
             if config.load is not None:
                 self._resume(config.load)
         except BaseException:
@@ -342,7 +347,13 @@ class Trainer:
             "engine_weight_version": self.engine.weight_version,
             "engine": _engine_state(self.engine),
         }
-        out = save_checkpoint(path, self.rollout_id, state)
+        out = save_checkpoint(
+            path,
+            self.rollout_id,
+            state,
+            keep_last=self.args.save_keep_last,
+            retain_interval=self.args.save_retain_interval,
+        )
         if self.args.save_hf is not None:
             hf_dir = self.args.save_hf.format(rollout_id=self._last_completed_rollout())
             self.policy.save_hf(hf_dir)
@@ -353,17 +364,32 @@ class Trainer:
         return out
 
     def _resume(self, path: str) -> None:
-        """``--load``: resume from the newest checkpoint there. As in Miles a missing directory
-        starts from scratch (``--load`` often equals ``--save``), but never silently."""
-        if not Path(path).exists():
+        """``--load``: resume from the newest complete checkpoint there (``ckpt_step``: that one).
+
+        As in Miles, a folder with nothing to load starts from scratch (``--load`` often equals
+        ``--save``; a kill during the first save leaves only a partial folder), never silently.
+        A broken latest checkpoint falls back to the one before, with a warning naming it. A
+        ``ckpt_step`` that cannot be loaded is an error.
+        """
+        step = self.args.ckpt_step
+        if Path(path).exists() and not Path(path).is_dir():
+            raise NoCheckpointError(f"--load {path} is a file; pass the checkpoint directory given to --save")
+        if step is None and not Path(path).is_dir():
             logger.warning("--load %s does not exist yet: starting from scratch", path)
             return
-        if latest_checkpoint(path) is None:
-            raise FileNotFoundError(
-                f"--load {path}: the directory holds no checkpoint written by Trainer.save (expected "
-                f"{path}/rollout_<id>/ and {path}/latest); pass the directory given to --save, not a step folder"
+        if step is None and latest_checkpoint(path) is None:
+            logger.warning(
+                "--load %s holds no complete checkpoint (expected %s/rollout_<id>/state.pt): starting from "
+                "scratch", path, path
             )
-        self.load(path)
+            return
+        try:
+            self.load(path, step)
+        except NoCheckpointError:
+            if step is not None:
+                raise
+            logger.warning("--load %s: no checkpoint there reads back whole: starting from scratch", path)
+            return
         logger.info("resumed from %s at rollout %d", path, self.rollout_id)
 
     def load(self, path: str | Path, rollout_id: int | None = None) -> None:
@@ -562,6 +588,18 @@ class Trainer:
 
             return num_rollout_for_epochs(self.args, getattr(self.data_source, "dataset_size", 0))
         raise ValueError("set num_rollout or num_epoch in the Config, or call fit(num_rollout=...)")
+
+
+def _checkpoint_size_estimate(model: torch.nn.Module, args: Config) -> int:
+    """About what one checkpoint takes on disk: the parameters and buffers, plus Adam's two fp32
+    moments (and an fp32 master copy for lower-precision parameters) unless no_save_optim."""
+    tensors = [*model.parameters(), *model.buffers()]
+    weights = sum(t.numel() * t.element_size() for t in tensors)
+    if args.no_save_optim:
+        return weights
+    params = sum(p.numel() for p in model.parameters())
+    master = sum(p.numel() * 4 for p in model.parameters() if p.element_size() < 4)
+    return weights + 2 * 4 * params + master
 
 
 def _throughput(samples: list[Sample], seconds: dict[str, float]) -> Metrics:
