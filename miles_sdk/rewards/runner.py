@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from miles_sdk.rewards.dapo import minerva_normalize
 from miles_sdk.rewards.ifbench import IFBenchError, ifbench_instructions
+from miles_sdk.rewards.labels import unusable_label
 from miles_sdk.rewards.registry import (
     RewardConfigError,
     _base,
@@ -27,6 +28,7 @@ from miles_sdk.rewards.registry import (
     resolve_rm_type,
     rm_type_of,
 )
+from miles_sdk.data.dataset import DEFAULT_LABEL_COLUMN
 from miles_sdk.types import Sample
 
 if TYPE_CHECKING:
@@ -180,7 +182,7 @@ _LABELLED = frozenset({"math", "deepscaler", "dapo", "f1"})
 def _row_view(args: Config, row: Sample | Mapping[str, Any]) -> tuple[Any, Mapping[str, Any]]:
     if isinstance(row, Sample):
         return row.label, row.metadata if isinstance(row.metadata, Mapping) else {}
-    label = row.get(args.label_key) if args.label_key else None
+    label = row.get(args.label_key if args.label_key else DEFAULT_LABEL_COLUMN)
     metadata = row.get(args.metadata_key) or {}
     if isinstance(metadata, str):
         try:
@@ -195,6 +197,9 @@ def _label_problem(rm_type: str, label: Any, metadata: Mapping[str, Any], where:
     missing = label is None or (isinstance(label, str) and not label.strip())
     if base in _LABELLED and missing:
         return f"rm_type {rm_type!r} needs a label ({where})"
+    unusable = unusable_label(base, label, metadata)  # a raw label of a type the grader cannot read
+    if unusable is not None:
+        return f"{unusable} ({where})"
     if base == "dapo":
         try:
             int(float(minerva_normalize(str(label))))
@@ -228,7 +233,8 @@ def validate_labels(args: Config, rows: Sequence[Sample | Mapping[str, Any]]) ->
         if isinstance(row, Sample):
             where = f"sample.label={label!r}"
         else:
-            where = f"label_key={args.label_key!r}" if args.label_key else "Config.label_key is unset"
+            unset = f"label_key unset, column {DEFAULT_LABEL_COLUMN!r}"
+            where = f"label_key={args.label_key!r}" if args.label_key else unset
         problem = _label_problem(rm_type, label, metadata, where)
         if problem is not None:
             problems.append(f"row {pos}: {problem}")

@@ -45,7 +45,7 @@ def test_numpy_label_becomes_plain_python() -> None:
 
 
 def test_label_column_used_when_label_key_unset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    rows = [{"input": "q0", "label": "4"}, {"input": "q1", "label": 7}, {"input": "q2"}]
+    rows: list[dict[str, Any]] = [{"input": "q0", "label": "4"}, {"input": "q1", "label": 7}, {"input": "q2"}]
     path = _jsonl(tmp_path / "d.jsonl", rows)
     assert Config().label_key is None
     with caplog.at_level(logging.INFO, logger="miles_sdk.data.dataset"):
