@@ -210,16 +210,16 @@ class Trainer:
         resumed (Miles's ``--num-rollout``; default: the Config's num_rollout / num_epoch).
         Evaluates first unless ``skip_eval_before_train``. Returns every step's metrics so far."""
         total = num_rollout if num_rollout is not None else self._num_rollout()
-        if (
-            self.args.eval_interval
-            and self.eval_datasets
-            and not self.args.skip_eval_before_train
-            and self.rollout_id == 0
         set_num_rollout = getattr(self.backend, "set_num_rollout", None)
         if callable(set_num_rollout):  # the learning-rate decay spans the run fit decided
             set_num_rollout(total)
+        if (
+            self.args.eval_interval
+            and self._can_evaluate()
+            and not self.args.skip_eval_before_train
+            and self.rollout_id == 0
         ):
-            self.writer.write(0, self.evaluate())
+            self.evaluate()  # it writes its own metrics, unless eval_rollout_log_fn takes them over
         with Progress(self.args, total=total, initial=self.rollout_id) as progress:
             while self.rollout_id < total:
                 progress.update(self.step())
