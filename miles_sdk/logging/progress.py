@@ -1,4 +1,9 @@
-"""Progress bar over rollout steps: rollout id, reward and seconds per step."""
+"""Progress bar over rollout steps: what a user watches to tell that a run learns.
+
+The GRPO loss is ~0 by construction (advantages sum to zero within a group), so the bar shows
+the reward, the response length, the gradient norm, the KL, the step time and, when any reward
+failed, the failed fraction; never the loss.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,41 @@ from typing import Any, Self
 from miles_sdk.config import Config
 from miles_sdk.types import Metrics
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "progress_fields"]
 
 logger = logging.getLogger(__name__)
 
 
+def progress_fields(metrics: Metrics) -> dict[str, str]:
+    """The bar's ``name -> formatted value`` for one step's metrics (absent metrics are left out)."""
+    fields: dict[str, str] = {}
+
+    def show(name: str, key: str, fmt: str) -> None:
+        if key in metrics:
+            fields[name] = format(float(metrics[key]), fmt)
+
+    show("reward", "rollout/reward_mean", ".3f")
+    show("len", "rollout/response_len_mean", ".1f")
+    show("grad", "train/grad_norm", ".3g")
+    if "train/kl_loss" in metrics:
+        show("kl", "train/kl_loss", ".3g")  # KL to the reference model (use_kl_loss)
+    else:
+        show("kl_old", "train/approx_kl", ".3g")  # no reference: how far the update moved from pi_old
+    failed = float(metrics.get("rollout/reward_failed", 0.0))
+    if failed > 0:
+        total = float(metrics.get("rollout/num_samples", 0.0)) or failed
+        fields["failed"] = f"{failed / total:.2f}"
+    seconds = sum(v for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time"))
+    if seconds:
+        fields["s_per_step"] = f"{seconds:.1f}"
+    for key, value in metrics.items():
+        if key.startswith("eval/") and key.count("/") == 1:
+            fields[key.removeprefix("eval/")] = f"{float(value):.3f}"
+    return fields
+
+
 class Progress:
-    """A tqdm bar when ``args.progress_bar``; silent otherwise."""
+    """A tqdm bar when ``args.progress_bar``; one log line per step otherwise."""
 
     def __init__(self, args: Config, *, total: int, initial: int = 0) -> None:
         self._bar: Any = None
@@ -26,22 +59,13 @@ class Progress:
             self._bar = tqdm(total=total, initial=initial, desc="rollout", unit="step", dynamic_ncols=True)
 
     def update(self, metrics: Metrics) -> None:
-        seconds = sum(v for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time"))
-        reward = metrics.get("rollout/reward_mean", float("nan"))
-        loss = metrics.get("train/loss", float("nan"))
-        evals = {k: v for k, v in metrics.items() if k.startswith("eval/") and k.count("/") == 1}
+        fields = progress_fields(metrics)
         if self._bar is None:
             # Without a bar (logs, CI) one line per step keeps a record of the run.
             self._step += 1
-            extra = "".join(f" {k}={v:.3f}" for k, v in evals.items())
-            logger.info("rollout %d: reward=%.3f loss=%.4f %.1fs%s", self._step, reward, loss, seconds, extra)
+            logger.info("rollout %d: %s", self._step, " ".join(f"{k}={v}" for k, v in fields.items()))
             return
-        self._bar.set_postfix(
-            reward=f"{reward:.3f}",
-            loss=f"{loss:.4f}",
-            s_per_step=f"{seconds:.1f}",
-            **{k.removeprefix("eval/"): f"{v:.3f}" for k, v in evals.items()},
-        )
+        self._bar.set_postfix(fields, refresh=False)
         self._bar.update(1)
 
     def __enter__(self) -> Self:
