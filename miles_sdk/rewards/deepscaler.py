@@ -21,6 +21,7 @@ def deepscaler_extract(response: str) -> str | None:
     return None if final is None else last_boxed_content(final)
 
 
-def deepscaler_reward(response: str, label: Any) -> float:
-    """1.0 when the final part's last ``\\boxed{}`` equals ``label``, else 0.0."""
-    return 1.0 if grade_math_answer(deepscaler_extract(response), label) else 0.0
+def deepscaler_reward(response: str, label: Any, float_rounding: int | None = None) -> float:
+    """1.0 when the final part's last ``\\boxed{}`` equals ``label``, else 0.0 (exact unless
+    ``float_rounding`` is set, see :func:`~miles_sdk.rewards.math.grade_math_answer`)."""
+    return 1.0 if grade_math_answer(deepscaler_extract(response), label, float_rounding) else 0.0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+from fractions import Fraction
 from math import gcd
 from typing import Any
 
@@ -67,6 +68,7 @@ _SQRT_SHORT = re.compile(r"\\sqrt(\w)")
 _INT = re.compile(r"-?\d+(?:\.0*)?")
 _FRACTION = re.compile(r"(-?)(?:\\frac\{(-?\d+)\}\{(\d+)\}|(-?\d+)/(\d+))")
 _TUPLE_BRACKETS = "()[]"
+_DECIMAL = re.compile(r"(?<![\d.])\d*\.\d+(?![\d.])")
 # Font and box commands that only change how the answer looks: \mathbf{10} is 10.
 _FORMATTING = re.compile(r"\\(?:textbf|textrm|textit|mathbf|mathrm|mathit|boldsymbol|bm|mbox)\{")
 
@@ -166,16 +168,36 @@ def _too_many_letters(s: str) -> bool:
     return len({ch for ch in letters if ch.isalpha()}) > 2
 
 
-def _math_verify_equal(truth: str, given: str) -> bool:
+def _exact_decimals(expr: str) -> str:
+    """Every decimal literal as the exact fraction it writes (``0.25`` -> ``{\\frac{1}{4}}``).
+
+    math-verify compares a float with anything by rounding both to ``float_rounding`` places, so
+    ``0.3333333333`` "equals" ``1/3`` and ``3.14159265`` "equals" ``\\pi``. Miles subtracts and
+    simplifies (``sympy.simplify(truth - given) == 0``), which is exact. With no floats left,
+    math-verify's comparison is symbolic, hence exact, and ``0.5`` still equals ``\\frac12``.
+    """
+
+    def as_fraction(m: re.Match[str]) -> str:
+        value = Fraction(m.group(0))
+        return "{\\frac{%d}{%d}}" % (value.numerator, value.denominator)
+
+    return _DECIMAL.sub(as_fraction, expr)
+
+
+def _math_verify_equal(truth: str, given: str, float_rounding: int | None = None) -> bool:
     # Imported lazily: math-verify pulls in sympy and antlr, a second of import time.
     from math_verify import parse, verify
 
+    if float_rounding is None:
+        truth, given = _exact_decimals(truth), _exact_decimals(given)
     seconds = _MATH_VERIFY_SECONDS if _signal_timeouts else None
     gold = parse(f"${truth}$", parsing_timeout=seconds)
     pred = parse(f"${given}$", parsing_timeout=seconds)
     if not gold or not pred:
         return False
-    return verify(gold, pred, timeout_seconds=seconds)
+    if float_rounding is None:
+        return bool(verify(gold, pred, timeout_seconds=seconds))
+    return bool(verify(gold, pred, float_rounding=float_rounding, timeout_seconds=seconds))
 
 
 def _element_verdict(truth: str, given: str) -> bool | None:
@@ -195,9 +217,9 @@ def _element_verdict(truth: str, given: str) -> bool | None:
     return None
 
 
-def _verified(truth: str, given: str) -> bool:
+def _verified(truth: str, given: str, float_rounding: int | None) -> bool:
     try:
-        return _math_verify_equal(truth, given)
+        return _math_verify_equal(truth, given, float_rounding)
     except TimeoutError:
         return False
 
@@ -239,25 +261,30 @@ def quick_math_verdict(given: str | None, truth: Any) -> bool | None:
 
 
 @functools.lru_cache(maxsize=65536)
-def _grade_cached(given: str, truth: str) -> bool:
+def _grade_cached(given: str, truth: str, float_rounding: int | None) -> bool:
     # A group of n samples often repeats one final answer; sympy work is worth remembering.
     verdict, open_pairs = _prepare(given, truth)
     if verdict is not None:
         return verdict
-    return all(_verified(te, ge) for te, ge in open_pairs)
+    return all(_verified(te, ge, float_rounding) for te, ge in open_pairs)
 
 
-def grade_math_answer(given: str | None, truth: Any) -> bool:
+def grade_math_answer(given: str | None, truth: Any, float_rounding: int | None = None) -> bool:
     """True when the extracted answer ``given`` equals the ground truth ``truth``.
 
     ``truth`` may itself hold a ``\\boxed{}`` (its content is used) or be a number. A missing
     answer or a falsy ground truth is never equal.
+
+    Equality is exact, as in Miles: ``0.3333333333`` is not ``1/3``, ``3.14159265`` is not
+    ``\\pi`` (``0.5`` is ``\\frac12``). ``float_rounding=N`` turns on math-verify's numeric
+    tolerance instead: a decimal equals a value when both round to N places
+    (``Config.math_float_rounding``).
     """
     if given is None or truth is None or truth == "":
         return False
-    return _grade_cached(given, str(truth))
+    return _grade_cached(given, str(truth), float_rounding)
 
 
-def math_reward(response: str, label: Any) -> float:
+def math_reward(response: str, label: Any, float_rounding: int | None = None) -> float:
     """1.0 when the last ``\\boxed{}``/``\\fbox{}`` of ``response`` equals ``label``, else 0.0."""
-    return 1.0 if grade_math_answer(last_boxed_content(response), label) else 0.0
+    return 1.0 if grade_math_answer(last_boxed_content(response), label, float_rounding) else 0.0

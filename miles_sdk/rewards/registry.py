@@ -96,19 +96,25 @@ def _math_answer(base: str, boxed: bool, response: str) -> str | None:
     return deepscaler_extract(response)
 
 
-def _math_score(answer: str | None, label: Any) -> float:
-    return 1.0 if grade_math_answer(answer, label) else 0.0
+def _math_score(answer: str | None, label: Any, float_rounding: int | None = None) -> float:
+    return 1.0 if grade_math_answer(answer, label, float_rounding) else 0.0
 
 
 def score_builtin_sync(
-    rm_type: str, response: str, label: Any, metadata: Mapping[str, Any], tokens: list[int]
+    rm_type: str,
+    response: str,
+    label: Any,
+    metadata: Mapping[str, Any],
+    tokens: list[int],
+    math_float_rounding: int | None = None,
 ) -> RewardValue:
     """Score one response with a local (not ``remote_rm``) built-in type. Pure and picklable,
-    so it runs the same inline, on a thread or in a worker process."""
+    so it runs the same inline, on a thread or in a worker process. ``math_float_rounding`` is
+    ``Config.math_float_rounding`` (None: exact, as Miles)."""
     base, boxed = _base(check_rm_type(rm_type))
     boxed_answer = last_boxed_content(response) if boxed else None
     if base in CPU_HEAVY_RM_TYPES:
-        return _math_score(_math_answer(base, boxed, response), label)
+        return _math_score(_math_answer(base, boxed, response), label, math_float_rounding)
     if base == "dapo":
         answer = boxed_answer if boxed else dapo_extract(response)
         return dapo_score_answer(answer, _need_label(rm_type, label))
@@ -149,5 +155,6 @@ async def compute_builtin_reward(args: Config, sample: Sample) -> RewardValue:
         if verdict is not None:
             return 1.0 if verdict else 0.0
         label = None if sample.label is None else str(sample.label)
-        return await run_cpu_bound(args.reward_num_workers, _math_score, answer, label)
+        rounding = args.math_float_rounding
+        return await run_cpu_bound(args.reward_num_workers, _math_score, answer, label, rounding)
     return score_builtin_sync(rm_type, sample.response, sample.label, metadata, sample.tokens)
