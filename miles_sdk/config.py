@@ -472,6 +472,31 @@ class Config:
     custom_model_provider_path: str | None = None
     """Hook path for `ModelProviderFn` (`pkg.module.attr`); see docs/hooks.md."""
 
+    # ---- agents (docs/agents.md) ----------------------------------------------------------------
+    custom_agent_function_path: str | None = None
+    """Hook path for `AgentFn` (`pkg.module.attr`): the agent that `miles_sdk.agents.generate_with_agent`
+    (Miles's `miles.rollout.generate_hub.agentic_tool_call.generate`) runs for each sample."""
+    use_session_server: bool = False
+    """Miles's flag for its session server. Accepted for launch scripts; the agent endpoint runs in-process
+    on loopback whenever an agent generate function is used, so it changes nothing."""
+    max_seq_len: int | None = None
+    """Agent sessions: most tokens (prompt + completion, tool output included) per turn and per trained
+    sample; longer samples are truncated (TRUNCATED). None: rollout_max_context_len."""
+    agent_timeout: float | None = 3600.0
+    """Seconds an agent function may run for one sample; past it the sample is FAILED with the reason."""
+    agent_sample_mode: Literal["trajectory", "turn"] = "trajectory"
+    """Samples from an agent session: one per linear trajectory (turns merged, tool output masked) or one
+    per model call."""
+    generate_max_turns: int = 16
+    """Most model turns of Miles's `generate_hub.multi_turn.generate`."""
+    generate_tool_specs_path: str | None = None
+    """Path (`pkg.module.attr`) of the OpenAI tool specs list for `generate_hub.multi_turn.generate`."""
+    generate_tool_call_parser: str | None = None
+    """Tool-call format for `generate_hub.multi_turn.generate`; `qwen25`, `qwen`, `hermes` (all the
+    `<tool_call>` JSON format) or None (the same)."""
+    generate_execute_tool_function_path: str | None = None
+    """Path of `async (name, arguments) -> str` running one tool, for `generate_hub.multi_turn.generate`."""
+
     custom_config_path: str | None = None
     """YAML file whose keys override these settings (Miles's --custom-config-path, e.g. mis.yaml);
     keys that are not settings are kept in ``extra`` for hooks."""

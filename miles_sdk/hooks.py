@@ -20,6 +20,7 @@ from miles_sdk.types import (
     DynamicFilterOutput,
     EvalDatasetResult,
     Metrics,
+    Prompt,
     RewardValue,
     RolloutFnEvalOutput,
     RolloutFnTrainOutput,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from miles_sdk.engines.base import SamplingParams
 
 __all__ = [
+    "AgentFn",
     "BackendInitFn",
     "BatchedRewardFn",
     "BatchedRewardModel",
@@ -104,6 +106,23 @@ class GenerateFn(Protocol):
     def __call__(
         self, args: Config, sample: Sample, sampling_params: SamplingParams, /
     ) -> Awaitable[Sample | list[Sample]]: ...
+
+
+class AgentFn(Protocol):
+    """``--custom-agent-function-path``: an agent that talks to the policy through the OpenAI chat API.
+
+    Runs once per sample inside :func:`miles_sdk.agents.generate_with_agent`, called with keywords
+    (Miles's contract). ``base_url`` is a session of the loopback chat endpoint: an ``openai``
+    client uses ``AsyncOpenAI(base_url=base_url + "/v1", api_key="-")``; every call on it is recorded
+    token for token and trained on. ``request_kwargs`` are the rollout's sampling settings as
+    ``chat.completions.create`` keywords; ``metadata`` is the sample's. The returned dict (or None)
+    is merged into the sample's metadata for the reward function. Must be async and must not
+    block the event loop (use ``AsyncOpenAI``, not ``OpenAI``).
+    """
+
+    def __call__(
+        self, *, base_url: str, prompt: Prompt, request_kwargs: dict[str, Any], metadata: dict[str, Any]
+    ) -> Awaitable[dict[str, Any] | None]: ...
 
 
 @runtime_checkable

@@ -87,6 +87,9 @@ HOOK_SPECS: Final[dict[str, HookSpec]] = {
     "EvalRolloutLogFn": HookSpec("EvalRolloutLogFn", 4, is_async=False),
     "RouterMiddleware": HookSpec("RouterMiddleware", 2, is_async=True),
     "ModelProviderFn": HookSpec("ModelProviderFn", 2, is_async=False),
+    "AgentFn": HookSpec(
+        "AgentFn", 0, is_async=True, keywords=("base_url", "prompt", "request_kwargs", "metadata")
+    ),
 }
 """Keyed by Protocol name in :mod:`miles_sdk.hooks`."""
 
