@@ -9,6 +9,7 @@ updates fp32 copies and writes them back, rounded, after each step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,13 +28,25 @@ def wants_master_weights(args: Config, model: nn.Module) -> bool:
 
 
 class PolicyOptimizer:
-    """AdamW over ``params``, or over fp32 masters of them (``master_weights``)."""
+    """AdamW over ``params``, or over fp32 masters of them (``master_weights``).
+
+    With masters, gradients are accumulated in fp32 too (Megatron's ``main_grad``): after each
+    backward, a hook adds a parameter's fresh bf16 gradient into its master's fp32 ``.grad`` and
+    frees the bf16 one. Summing micro-batches in bf16 instead rounds every partial sum to 8 bits
+    of mantissa: 128 micro-batches gave a 1.1% relative gradient error (bench/grad_accum.py)."""
 
     def __init__(self, args: Config, params: list[nn.Parameter], *, lr: float, master_weights: bool) -> None:
         self.params = params
         self.masters: list[torch.Tensor] | None = None
+        self._hooks: list[Any] = []
         if master_weights:
             self.masters = [p.detach().to(torch.float32).clone() for p in params]
+            for p, m in zip(params, self.masters, strict=True):
+                # Typed here: torch leaves the method unannotated (mypy --strict refuses the call).
+                register: Callable[[Callable[[torch.Tensor], None]], Any] = (
+                    p.register_post_accumulate_grad_hook
+                )
+                self._hooks.append(register(self._fold_into_master(p, m)))
         self.optimizer = torch.optim.AdamW(
             self.masters if self.masters is not None else params,
             lr=lr,
@@ -42,32 +55,50 @@ class PolicyOptimizer:
             weight_decay=args.weight_decay,
         )
 
+    @staticmethod
+    def _fold_into_master(param: nn.Parameter, master: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def fold(grad_holder: torch.Tensor) -> None:
+            # A deep copy of the module (a critic's body) may carry this hook to other tensors.
+            if grad_holder is not param:
+                return
+            _add_grad(master, param)
+
+        return fold
+
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
+        for m in self.masters or []:
+            m.grad = None
 
-    def clip_and_step(self, max_norm: float) -> float:
+    def clip(self, max_norm: float) -> torch.Tensor:
         """Clip the gradient norm to ``max_norm`` (0 or less: no clipping, as Megatron's
-        ``--clip-grad 0``) and step; skip the step on a non-finite norm. Returns the norm before
-        clipping."""
+        ``--clip-grad 0``). Returns the norm before clipping as a device tensor (no host sync)."""
         if self.masters is not None:
             for master, p in zip(self.masters, self.params, strict=True):
-                master.grad = None if p.grad is None else p.grad.to(torch.float32)
+                _add_grad(master, p)  # a gradient set by hand rather than by a backward
         stepped = self.masters if self.masters is not None else self.params
-        grads = [t.grad for t in stepped if t.grad is not None]
         if max_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(stepped, max_norm))
-        else:
-            grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+            return _replicated(torch.nn.utils.clip_grad_norm_(stepped, max_norm))
+        grads = [t.grad for t in stepped if t.grad is not None]
+        if not grads:
+            return torch.zeros((), device=stepped[0].device if stepped else None)
+        return _replicated(torch.nn.utils.get_total_norm(grads))
+
+    def step(self, grad_norm: float) -> None:
+        """Step, unless ``grad_norm`` (from :meth:`clip`) is not finite; then clear the gradients."""
         if math.isfinite(grad_norm):
             self.optimizer.step()
             if self.masters is not None:
                 with torch.no_grad():
                     for master, p in zip(self.masters, self.params, strict=True):
                         p.copy_(master)
-        for t in stepped:
-            t.grad = None
         self.zero_grad()
+
+    def clip_and_step(self, max_norm: float) -> float:
+        """:meth:`clip` then :meth:`step`; returns the norm before clipping."""
+        grad_norm = float(self.clip(max_norm))
+        self.step(grad_norm)
         return grad_norm
 
     def reset_masters(self) -> None:
@@ -90,3 +121,23 @@ class PolicyOptimizer:
                 for master, saved, p in zip(self.masters, state["masters"], self.params, strict=True):
                     master.copy_(saved)
                     p.copy_(master)
+
+
+def _replicated(norm: torch.Tensor) -> torch.Tensor:
+    """The whole norm as a plain tensor: with FSDP-sharded (DTensor) gradients torch returns a
+    DTensor, which reads as the full norm only through ``full_tensor()``."""
+    full_tensor = getattr(norm, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else norm
+
+
+def _add_grad(master: torch.Tensor, param: nn.Parameter) -> None:
+    """Move ``param``'s gradient into ``master.grad`` (fp32), adding to what is there."""
+    grad = param.grad
+    if grad is None:
+        return
+    with torch.no_grad():
+        if master.grad is None:
+            master.grad = grad.to(torch.float32)
+        else:
+            master.grad.add_(grad)
+    param.grad = None

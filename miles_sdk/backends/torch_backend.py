@@ -203,17 +203,13 @@ class TorchBackend:
         steps = self.args.num_steps_per_rollout
         global_batch = n // steps if steps else min(self.args.effective_global_batch_size, n)
         self._model.train()
-        totals: dict[str, float] = {}
-        count = 0
+        per_step: list[Metrics] = []
         # Trimming makes n a multiple of the global batch; with --disable-rollout-trim-samples the
         # remainder forms a last, smaller step rather than being dropped.
         for step_start in range(0, n, global_batch):
             step_idx = list(range(step_start, min(step_start + global_batch, n)))
-            metrics = self._optimizer_step(rollout_id, rollout_data, step_idx)
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + v
-            count += 1
-        return {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
+            per_step.append(self._optimizer_step(rollout_id, rollout_data, step_idx))
+        return {f"train/{k}": v for k, v in reduce_over_steps(per_step).items()}
 
     def _optimizer_step(self, rollout_id: int, data: RolloutData, step_idx: list[int]) -> Metrics:
         if self.before_train_step_hook is not None:
@@ -356,24 +352,87 @@ def _accumulate_and_step(
 ) -> Metrics:
     """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
     gradient is that of the mean over the global batch (per sample, or per token with
-    ``calculate_per_token_loss``), then clipped."""
+    ``calculate_per_token_loss``), then clipped.
+
+    Metrics stay on the device over the micro-batches (weighted sums; running max / min for
+    ``*_max`` / ``*_min``) and are read back with the gradient norm in one transfer: on CUDA each
+    ``float()`` per micro-batch was a host sync that stalled the launch queue."""
     optim.zero_grad()
     per_token = args.calculate_per_token_loss
-    step_tokens = sum(int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx) or 1
-    sums: Metrics = {}
+    # Token counts from the host copy of the masks (the device copies would cost a sync each).
+    tokens_of = {i: int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx}
+    step_tokens = sum(tokens_of.values()) or 1
+    reduced = _DeviceMetrics(device)
     max_tokens = args.max_tokens_per_gpu if args.use_dynamic_batch_size else None
     for mb in micro_batches(data, step_idx, micro_batch_size=args.micro_batch_size, max_tokens=max_tokens):
         batch = micro_batch(data, mb, device)
-        mb_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
+        mb_tokens = sum(tokens_of[i] for i in mb)
         weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
         with scope(batch):
             loss, metrics = loss_of(batch)
             torch.autograd.backward(loss * weight)
         for k, v in metrics.items():
-            sums[prefix + k] = sums.get(prefix + k, 0.0) + float(v) * weight
-    grad_norm = optim.clip_and_step(args.clip_grad)
-    if not math.isfinite(grad_norm):
+            reduced.add(prefix + k, v, weight)
+    grad_norm_key = prefix + "grad_norm"
+    sums = reduced.read(extra={grad_norm_key: optim.clip(args.clip_grad)})
+    optim.step(sums[grad_norm_key])
+    if not math.isfinite(sums[grad_norm_key]):
         # A non-finite gradient would poison the weights: the step was skipped; report it.
         sums[prefix + "skipped_nonfinite_grad"] = 1.0
-    sums[prefix + "grad_norm"] = grad_norm
     return sums
+
+
+def _extreme(key: str) -> str | None:
+    """Whether a metric is an extreme ("max": ``ratio_max``; "min") or a mean (None)."""
+    tail = key.rsplit("/", 1)[-1]
+    if tail.endswith("_max") or tail == "max":
+        return "max"
+    if tail.endswith("_min") or tail == "min":
+        return "min"
+    return None
+
+
+class _DeviceMetrics:
+    """Metrics reduced on the device: weighted sums, or running max / min for extremes."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.values: dict[str, torch.Tensor] = {}
+
+    def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
+        v = torch.as_tensor(value, device=self.device).detach().to(torch.float32).reshape(())
+        previous = self.values.get(key)
+        kind = _extreme(key)
+        if kind is None:
+            v = v * weight
+            self.values[key] = v if previous is None else previous + v
+        elif previous is None:
+            self.values[key] = v
+        else:
+            self.values[key] = torch.maximum(previous, v) if kind == "max" else torch.minimum(previous, v)
+
+    def read(self, extra: dict[str, torch.Tensor]) -> Metrics:
+        """Every value (and ``extra``'s) in one device-to-host copy."""
+        everything = {**self.values, **extra}
+        if not everything:
+            return {}
+        stacked = torch.stack([v.to(self.device, torch.float32).reshape(()) for v in everything.values()])
+        return dict(zip(everything, stacked.tolist(), strict=True))
+
+
+def reduce_over_steps(per_step: list[Metrics]) -> Metrics:
+    """The optimizer steps' metrics combined: max / min for extremes, else the mean over steps (a
+    key missing from a step counts 0 there: ``skipped_nonfinite_grad`` is the share skipped)."""
+    out: Metrics = {}
+    for metrics in per_step:
+        for k, v in metrics.items():
+            kind = _extreme(k)
+            if k not in out:
+                out[k] = v
+            elif kind == "max":
+                out[k] = max(out[k], v)
+            elif kind == "min":
+                out[k] = min(out[k], v)
+            else:
+                out[k] += v
+    return {k: v if _extreme(k) else v / max(len(per_step), 1) for k, v in out.items()}

@@ -1,0 +1,68 @@
+"""Train metrics: extremes (``ratio_max``, ``*_min``) are reduced by max / min over micro-batches
+and optimizer steps, means by the loss weights; metric tensors are never read back one by one
+(issue 13, item 12)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from miles_sdk.backends.optim import PolicyOptimizer
+from miles_sdk.backends.torch_backend import _accumulate_and_step, reduce_over_steps
+from miles_sdk.testing import small_config
+
+
+class _NoHostRead(torch.Tensor):
+    """A metric tensor that fails when read back on its own (a host sync per metric on CUDA)."""
+
+    def __float__(self) -> float:
+        raise AssertionError("a metric was read back with float() inside the micro-batch loop")
+
+    def item(self) -> Any:
+        raise AssertionError("a metric was read back with item() inside the micro-batch loop")
+
+
+def _data(n: int) -> dict[str, Any]:
+    return {
+        "tokens": [[1, 2, 3, 4]] * n,
+        "response_lengths": [2] * n,
+        "loss_masks": [[1, 1]] * n,
+        "rewards": [0.0] * n,
+        "sample_indices": list(range(n)),
+    }
+
+
+def test_extremes_are_maxed_and_minned_over_micro_batches() -> None:
+    weight = torch.nn.Parameter(torch.zeros(()))
+    optim = PolicyOptimizer(small_config(), [weight], lr=0.0, master_weights=False)
+    ratio_max = iter([1.1, 1.7, 1.3, 1.0])
+    ratio_min = iter([0.9, 0.95, 0.6, 0.8])
+    pg_loss = iter([1.0, 2.0, 3.0, 6.0])
+
+    def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        metrics = {
+            "ratio_max": torch.tensor(next(ratio_max)).as_subclass(_NoHostRead),
+            "ratio_min": torch.tensor(next(ratio_min)).as_subclass(_NoHostRead),
+            "pg_loss": torch.tensor(next(pg_loss)).as_subclass(_NoHostRead),
+        }
+        return weight * 1.0, metrics
+
+    cfg = small_config(micro_batch_size=1, clip_grad=0.0)
+    got = _accumulate_and_step(cfg, _data(4), [0, 1, 2, 3], torch.device("cpu"), loss_of, optim)
+    assert got["ratio_max"] == pytest.approx(1.7)  # the old code averaged: 1.275
+    assert got["ratio_min"] == pytest.approx(0.6)
+    assert got["pg_loss"] == pytest.approx(3.0)  # equal micro-batches: the plain mean
+    assert got["grad_norm"] == pytest.approx(1.0)
+
+
+def test_extremes_are_maxed_and_minned_over_optimizer_steps() -> None:
+    steps = [
+        {"ratio_max": 1.2, "ratio_min": 0.7, "pg_loss": 1.0, "lr": 1e-3},
+        {"ratio_max": 2.5, "ratio_min": 0.9, "pg_loss": 3.0, "lr": 1e-3, "skipped_nonfinite_grad": 1.0},
+    ]
+    got = reduce_over_steps(steps)
+    assert got == pytest.approx(
+        {"ratio_max": 2.5, "ratio_min": 0.7, "pg_loss": 2.0, "lr": 1e-3, "skipped_nonfinite_grad": 0.5}
+    )
