@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
 
+from miles_sdk._untyped_deps import import_pyarrow_parquet
 from miles_sdk.data.templates import (
     PromptError,
     check_prompt,
@@ -110,8 +111,7 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
 
 
 def _read_parquet(path: str) -> Iterator[RawRow]:
-    import pyarrow.parquet as pq
-
+    pq = import_pyarrow_parquet()
     row_no = 0
     for batch in pq.ParquetFile(path).iter_batches():
         for data in batch.to_pylist():

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
+from miles_sdk._untyped_deps import import_sglang
 from miles_sdk.engines.base import EngineOutput, SamplingParams
 from miles_sdk.engines.http_client import parse_generate_response
 
@@ -98,13 +99,13 @@ class SGLangEngine:
     ) -> None:
         if engine is None:
             try:
-                import sglang
+                sglang = import_sglang()
             except ImportError as e:
                 raise SGLangUnavailableError(
                     "SGLangEngine needs sglang, which is not installed: pip install 'miles-sdk[sglang]' "
                     "(or use rollout_engine='http' against a running SGLang server)"
                 ) from e
-            engine = sglang.Engine(**engine_kwargs)
+            engine = cast(SGLangEngineLike, sglang.Engine(**engine_kwargs))
         elif engine_kwargs:
             raise TypeError(f"SGLangEngine: engine= given, so {sorted(engine_kwargs)} would be ignored")
         self.engine = engine

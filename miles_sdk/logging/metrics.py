@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from miles_sdk._untyped_deps import import_wandb
 from miles_sdk.config import Config
 from miles_sdk.types import Metrics, Sample
 
@@ -123,7 +124,7 @@ def _tensorboard_writer(args: Config, output_dir: Path | None) -> Any:
 
 def _wandb_run(args: Config) -> Any:
     try:
-        import wandb
+        wandb = import_wandb()
     except ImportError as exc:
         raise ImportError("use_wandb needs the `wandb` extra: pip install 'miles_sdk[wandb]'") from exc
     return wandb.init(project=args.wandb_project or "miles_sdk", group=args.wandb_group)

@@ -24,6 +24,7 @@ from fractions import Fraction
 from math import gcd
 from typing import Any
 
+from miles_sdk._untyped_deps import import_math_verify
 from miles_sdk.rewards._extract import last_boxed_content
 
 __all__ = [
@@ -186,18 +187,18 @@ def _exact_decimals(expr: str) -> str:
 
 def _math_verify_equal(truth: str, given: str, float_rounding: int | None = None) -> bool:
     # Imported lazily: math-verify pulls in sympy and antlr, a second of import time.
-    from math_verify import parse, verify
+    math_verify = import_math_verify()
 
     if float_rounding is None:
         truth, given = _exact_decimals(truth), _exact_decimals(given)
     seconds = _MATH_VERIFY_SECONDS if _signal_timeouts else None
-    gold = parse(f"${truth}$", parsing_timeout=seconds)
-    pred = parse(f"${given}$", parsing_timeout=seconds)
+    gold = math_verify.parse(f"${truth}$", parsing_timeout=seconds)
+    pred = math_verify.parse(f"${given}$", parsing_timeout=seconds)
     if not gold or not pred:
         return False
     if float_rounding is None:
-        return bool(verify(gold, pred, timeout_seconds=seconds))
-    return bool(verify(gold, pred, float_rounding=float_rounding, timeout_seconds=seconds))
+        return bool(math_verify.verify(gold, pred, timeout_seconds=seconds))
+    return bool(math_verify.verify(gold, pred, float_rounding=float_rounding, timeout_seconds=seconds))
 
 
 def _element_verdict(truth: str, given: str) -> bool | None:
