@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NotRequired, Protocol, TypeAlias, TypedDict
@@ -71,6 +72,26 @@ class _HasRewardKey(Protocol):
 
     @property
     def reward_key(self) -> str | None: ...
+
+
+class _HasSpecialTokens(Protocol):
+    """A tokenizer as ``Sample.response_text`` reads it (any transformers tokenizer)."""
+
+    @property
+    def all_special_tokens(self) -> list[str]: ...
+
+
+_GENERIC_SPECIAL_TOKENS = re.compile(r"<\|[^<>|\s]*\|>|</?s>|<eos>|<pad>|<end_of_turn>")
+"""End/padding markers of common chat models, for ``response_text`` without a tokenizer."""
+
+
+def _rollout_tokenizer() -> _HasSpecialTokens | None:
+    """The tokenizer of the rollout running in this context, if any (reward functions run in one)."""
+    from miles_sdk.rollout.context import _CURRENT  # here: rollout/ imports this module
+
+    ctx = _CURRENT.get()
+    tokenizer = getattr(ctx, "tokenizer", None)
+    return tokenizer if hasattr(tokenizer, "all_special_tokens") else None
 
 
 @dataclass
@@ -138,6 +159,29 @@ class Sample:
     def response_tokens(self) -> list[int]:
         """The last ``response_length`` entries of ``tokens``."""
         return self.tokens[len(self.tokens) - self.response_length :]
+
+    def response_text(self, tokenizer: _HasSpecialTokens | None = None) -> str:
+        """The response as a reward compares it: special tokens removed, whitespace stripped.
+
+        ``response`` keeps the tokenizer's special tokens, as in Miles (e.g. ``'4<|im_end|>'``), so
+        ``sample.response.strip() == sample.label`` never matches a stopped response; compare
+        ``sample.response_text()`` instead. The tokens removed are ``tokenizer.all_special_tokens``:
+        of ``tokenizer`` when given, else of the running rollout's tokenizer (reward functions run
+        inside it). Without either, the usual end and padding markers are removed: any
+        ``<|...|>``, ``<s>``, ``</s>``, ``<eos>``, ``<pad>``, ``<end_of_turn>``. Tokens that are
+        not special (tool-call tags) stay.
+        """
+        if tokenizer is None:
+            tokenizer = _rollout_tokenizer()
+        text = self.response
+        if tokenizer is None:
+            text = _GENERIC_SPECIAL_TOKENS.sub("", text)
+        else:
+            # Longest first, so a token that contains another is removed whole.
+            for token in sorted(tokenizer.all_special_tokens, key=len, reverse=True):
+                if token:
+                    text = text.replace(token, "")
+        return text.strip()
 
     def get_reward_value(self, reward_key: str | _HasRewardKey | None = None) -> float:
         """The scalar reward: ``reward`` itself, or ``reward[reward_key]`` for dict rewards.
