@@ -244,6 +244,8 @@ class Config:
     """Most reward calls in flight (remote_rm connection pool size too)."""
     reward_num_workers: int = 2
     """Worker processes for CPU-heavy graders (math); 0 grades on a thread."""
+    reward_pool_timeout: float | None = 300.0
+    """Seconds a math/deepscaler grade may wait in the reward worker pool before its sample fails and the pool restarts; guards against workers that never start. None: no limit."""
     math_float_rounding: int | None = None
     """math/deepscaler: None grades decimals exactly, as Miles does (0.3333 is not 1/3); N accepts a decimal that equals the truth when both are rounded to N places (math-verify's tolerance, whose own default is 6)."""
     rewards_normalization: bool = attrs.field(default=True, metadata=_flag("--disable-rewards-normalization"))

@@ -8,6 +8,11 @@ parent holding CUDA, torch threads or locks cannot be forked into a broken state
 A grade takes about a millisecond, the same order as one round trip to a worker process, so
 calls submitted in the same event-loop tick are sent together in a few chunks (micro-batching):
 one pickle and one pipe write per chunk instead of per sample.
+
+Every failure reaches the caller: a flush that cannot submit (pool shut down, broken, or a script
+that cannot be re-imported by ``spawn``), a chunk cancelled by a shutdown or resize, a worker that
+died, and a grade that waits longer than ``timeout`` all resolve the waiting futures with an error.
+Nothing is left to a loop callback that only logs.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import atexit
 import functools
 import math
 import multiprocessing
+import os
 import pickle
+import re
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,7 +33,23 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-__all__ = ["GRADER_THREADS", "MAX_CHUNK", "run_cpu_bound", "shutdown_reward_workers"]
+__all__ = [
+    "DEFAULT_POOL_TIMEOUT",
+    "GRADER_THREADS",
+    "MAX_CHUNK",
+    "RewardPoolError",
+    "run_cpu_bound",
+    "shutdown_reward_workers",
+]
+
+DEFAULT_POOL_TIMEOUT = 300.0
+"""Seconds a call may wait for its grade (queue and work) unless the caller says otherwise. A
+grade takes milliseconds and math-verify stops itself after 5 s, so this only fires when workers
+never start or hang; without it such a step would wait forever."""
+
+
+class RewardPoolError(RuntimeError):
+    """The reward worker pool could not grade a call (never started, died, was shut down, timed out)."""
 
 MAX_CHUNK = 32
 """Most calls sent to a worker in one message."""
@@ -59,10 +83,44 @@ def _init_worker() -> None:
     set_signal_timeouts(True)
 
 
+_MAIN_GUARD = re.compile(r"""^if\s+__name__\s*==\s*['"]__main__['"]\s*:""", re.MULTILINE)
+
+
+def missing_main_guard() -> str | None:
+    """The path of the ``__main__`` script when it has no ``if __name__ == "__main__":`` guard.
+
+    Workers start with ``spawn``, which re-imports the main script in every worker: without the
+    guard each worker runs the whole script again (loads the model, starts training) and never
+    becomes a worker. Interactive sessions and ``python -c`` have no script and are fine.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not isinstance(path, str) or not path.endswith(".py") or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None if _MAIN_GUARD.search(source) else path
+
+
+def _main_guard_message(script: str) -> str:
+    return (
+        f"{script} has no `if __name__ == \"__main__\":` guard. The reward worker processes start "
+        "with spawn, which re-imports that script in each worker, so they would run it again instead "
+        "of grading. Put the script's top-level code (building the Trainer, training) under "
+        "`if __name__ == \"__main__\":`, or set reward_num_workers=0 to grade on a thread."
+    )
+
+
 def _get_pool(num_workers: int) -> ProcessPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size != num_workers:
+            script = missing_main_guard()
+            if script is not None:
+                raise RewardPoolError(_main_guard_message(script))
             if _pool is not None:
                 _pool.shutdown(wait=False, cancel_futures=True)
             _pool = ProcessPoolExecutor(
@@ -74,12 +132,16 @@ def _get_pool(num_workers: int) -> ProcessPoolExecutor:
         return _pool
 
 
-def _drop_pool(broken: Executor) -> None:
+def _drop_pool(broken: Executor, *, kill: bool = False) -> None:
     global _pool
     with _lock:
         if _pool is broken:
             _pool = None
     broken.shutdown(wait=False, cancel_futures=True)
+    if kill and isinstance(broken, ProcessPoolExecutor):
+        # A hung worker (one that never finished starting) would otherwise live on.
+        for process in list((getattr(broken, "_processes", None) or {}).values()):
+            process.terminate()
 
 
 def _run_many(calls: Sequence[_Call]) -> list[tuple[bool, Any]]:
@@ -117,10 +179,20 @@ class _Batcher:
         parallel = self.num_workers if self.num_workers > 0 else GRADER_THREADS
         n_chunks = max(min(len(items), parallel), math.ceil(len(items) / MAX_CHUNK))
         size = math.ceil(len(items) / n_chunks)
-        executor: Executor = _get_pool(self.num_workers) if self.num_workers > 0 else _get_threads()
+        try:
+            executor: Executor = _get_pool(self.num_workers) if self.num_workers > 0 else _get_threads()
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting caller below
+            _fail(items, exc)
+            return
         for start in range(0, len(items), size):
             chunk = items[start : start + size]
-            done = self.loop.run_in_executor(executor, _run_many, [call for call, _ in chunk])
+            try:
+                done = self.loop.run_in_executor(executor, _run_many, [call for call, _ in chunk])
+            except Exception as exc:  # noqa: BLE001 - shut down or broken between get and submit
+                if isinstance(exc, BrokenProcessPool):
+                    _drop_pool(executor)
+                _fail(chunk, RewardPoolError(f"reward grading could not be submitted: {exc}"))
+                continue
             done.add_done_callback(functools.partial(self._deliver, chunk=chunk, executor=executor))
 
     @staticmethod
@@ -129,10 +201,15 @@ class _Batcher:
         chunk: list[tuple[_Call, asyncio.Future[Any]]],
         executor: Executor,
     ) -> None:
-        error = done.exception()
+        error: BaseException | None
+        if done.cancelled():
+            # shutdown_reward_workers() or a pool resize cancelled the queued chunk.
+            error = RewardPoolError("reward grading was cancelled: the reward worker pool was shut down or resized")
+        else:
+            error = done.exception()
         if isinstance(error, BrokenProcessPool):
             _drop_pool(executor)
-            error = RuntimeError(
+            error = RewardPoolError(
                 "a reward worker process died (crash or out of memory); the pool was restarted"
             )
         for i, (_, future) in enumerate(chunk):
@@ -153,19 +230,43 @@ _batchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Batch
 )
 
 
-async def run_cpu_bound(num_workers: int, fn: Callable[..., T], *args: Any) -> T:
+def _fail(items: Sequence[tuple[_Call, asyncio.Future[Any]]], error: BaseException) -> None:
+    for _, future in items:
+        if not future.done():
+            future.set_exception(error)
+
+
+async def run_cpu_bound(
+    num_workers: int, fn: Callable[..., T], *args: Any, timeout: float | None = DEFAULT_POOL_TIMEOUT
+) -> T:
     """Run ``fn(*args)`` in the shared reward process pool (``num_workers`` > 0) or on a thread.
 
     ``fn`` and its arguments must be picklable for the pool. Calls made in the same loop tick
     travel together. A crashed worker (segfault, OOM) fails the calls it held; the next call
-    starts a fresh pool.
+    starts a fresh pool. A call that has no result after ``timeout`` seconds (None: no limit)
+    raises :class:`RewardPoolError`, and the pool, presumably stuck, is replaced.
     """
     loop = asyncio.get_running_loop()
     per_loop = _batchers.setdefault(loop, {})
     batcher = per_loop.get(num_workers)
     if batcher is None:
         batcher = per_loop[num_workers] = _Batcher(loop, num_workers)
-    result: T = await batcher.submit(fn, args)
+    future = batcher.submit(fn, args)
+    try:
+        result: T = await asyncio.wait_for(future, timeout)
+    except TimeoutError:
+        where = "reward worker pool" if num_workers > 0 else "reward grader threads"
+        hint = ""
+        if num_workers > 0:
+            with _lock:
+                stuck = _pool
+            if stuck is not None:
+                _drop_pool(stuck, kill=True)
+            script = missing_main_guard()
+            hint = f" {_main_guard_message(script)}" if script else " The pool was restarted."
+        raise RewardPoolError(
+            f"no grade from the {where} after {timeout:g} s ({getattr(fn, '__name__', fn)!s}).{hint}"
+        ) from None
     return result
 
 

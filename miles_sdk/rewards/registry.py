@@ -156,5 +156,7 @@ async def compute_builtin_reward(args: Config, sample: Sample) -> RewardValue:
             return 1.0 if verdict else 0.0
         label = None if sample.label is None else str(sample.label)
         rounding = args.math_float_rounding
-        return await run_cpu_bound(args.reward_num_workers, _math_score, answer, label, rounding)
+        return await run_cpu_bound(
+            args.reward_num_workers, _math_score, answer, label, rounding, timeout=args.reward_pool_timeout
+        )
     return score_builtin_sync(rm_type, sample.response, sample.label, metadata, sample.tokens)
