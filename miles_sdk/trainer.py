@@ -14,10 +14,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -27,6 +28,7 @@ from miles_sdk import algo
 from miles_sdk._hookset import HookSet, resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
+from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
 from miles_sdk.backends.base import RolloutData, TrainBackend
 from miles_sdk.checkpoint import (
     NoCheckpointError,
@@ -39,6 +41,7 @@ from miles_sdk.checkpoint import (
     seed_everything,
 )
 from miles_sdk.config import Config, ConfigError
+from miles_sdk.engines._serving_guard import GenerationGate
 from miles_sdk.engines.base import InferenceEngine
 from miles_sdk.hooks import (
     BackendInitFn,
@@ -143,8 +146,12 @@ class Trainer:
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
+        # Served /generate requests wait while a train step holds the shared module.
+        self._gate = GenerationGate()
         try:
             self.engine = self._build_engine(engine)
+            self._weight_sync = WeightSync(self.args, self.policy.model, self.engine, self._loop)
+            self._gap_threshold = logprob_gap_threshold(self.args, self.policy.model)
             self.data_source = self._build_data_source(dataset)
             self._check_labels()
             self.backend: TrainBackend = self._build_backend()
@@ -174,6 +181,7 @@ class Trainer:
     def step(self) -> Metrics:
         """One rollout step; returns its metrics."""
         args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
+        on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
             groups, metrics = self._rollout(rollout_id)  # 1-2
         samples = algo.flatten_and_trim(args, groups)
@@ -181,19 +189,27 @@ class Trainer:
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         metrics["rollout/id"] = float(rollout_id)
         if not args.debug_rollout_only:
-            with timer("train_data"):
-                train_data = self._convert(samples)  # 3-4
-            with timer("log_prob"):
-                rollout_data = self._log_probs(train_data)  # 5
-            with timer("advantages"):
-                self._advantages(rollout_data)  # 6
-            if self.hooks.rollout_data_postprocess is not None:
-                self.hooks.rollout_data_postprocess(args, rollout_data)
-            with timer("train"):
-                metrics |= self.backend.train(rollout_id, rollout_data)  # 7
-            with timer("sync"):
-                self._sync_weights(rollout_id)  # 8
+            with self._served_generation_paused():
+                with timer("train_data"):
+                    train_data = self._convert(samples)  # 3-4
+                with timer("log_prob"):
+                    rollout_data = self._log_probs(train_data)  # 5
+                with timer("advantages"):
+                    self._advantages(rollout_data)  # 6
+                if self.hooks.rollout_data_postprocess is not None:
+                    self.hooks.rollout_data_postprocess(args, rollout_data)
+                with timer("train"):
+                    metrics |= self.backend.train(rollout_id, rollout_data)  # 7
+                with timer("sync"):
+                    self._sync_weights(rollout_id)  # 8
         metrics |= timer.metrics() | _throughput(samples, timer.times)
+        warn_on_logprob_gap(
+            metrics,
+            rollout_id=rollout_id,
+            threshold=self._gap_threshold,
+            on_policy=on_policy,
+            remote=self._weight_sync.remote,
+        )
         replaced = self._log_rollout(rollout_id, samples, metrics, sum(timer.times.values()))  # 9
         if not replaced:
             self.writer.write(rollout_id, metrics)
@@ -326,8 +342,35 @@ class Trainer:
         data["advantages"], data["returns"] = advantages, returns
 
     def _sync_weights(self, rollout_id: int) -> None:
+        """Every ``update_weights_interval`` steps the engine gets the trained weights (pushed
+        through the disk when it holds its own copy) and, with ``check_weight_sync``, proves it."""
         if (rollout_id + 1) % self.args.update_weights_interval == 0:
-            self.engine.update_weights()
+            self._weight_sync.sync()
+        else:
+            self._weight_sync.in_sync = False
+
+    def _rollout_is_on_policy(self, rollout_id: int) -> bool:
+        """True when this rollout samples from exactly the weights the train step starts from."""
+        args = self.args
+        return (
+            self._weight_sync.in_sync
+            and rollout_id % args.update_weights_interval == 0
+            and not args.partial_rollout
+            and args.load_debug_rollout_data is None
+        )
+
+    @contextlib.contextmanager
+    def _served_generation_paused(self) -> Iterator[None]:
+        """Served /generate requests (Miles-style hooks, other clients) wait while the trainer
+        uses the module the engine generates from (13.10 of the trust issue)."""
+        if self._serving is None:
+            yield
+            return
+        self._loop.run(self._gate.close())
+        try:
+            yield
+        finally:
+            self._loop.run(self._gate.open())
 
     def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> bool:
         """Run the rollout-log hook; True when it replaces the default logging (the metrics are
@@ -429,6 +472,9 @@ class Trainer:
         if self._serving is not None:
             self._loop.run(self._serving.close())
             self._serving = None
+        weight_sync = getattr(self, "_weight_sync", None)
+        if weight_sync is not None:
+            weight_sync.close()
         self._loop.run(close_reward_resources())
         writer = getattr(self, "writer", None)  # absent when construction failed
         if writer is not None:
@@ -465,7 +511,9 @@ class Trainer:
         from miles_sdk.router import serve_rollout
 
         serving = self._loop.run(
-            serve_rollout(args, engine, self.tokenizer, middlewares=self.hooks.router_middlewares)
+            serve_rollout(
+                args, engine, self.tokenizer, middlewares=self.hooks.router_middlewares, gate=self._gate
+            )
         )
         self._serving = serving
         self.args = serving.args  # now carries sglang_router_ip/port of our server

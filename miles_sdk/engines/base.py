@@ -12,7 +12,15 @@ from typing import Protocol, TypedDict, runtime_checkable
 
 import attrs
 
-__all__ = ["EngineOutput", "FinishReason", "InferenceEngine", "SamplingParams"]
+__all__ = [
+    "EngineOutput",
+    "FinishReason",
+    "InferenceEngine",
+    "RemoteWeightsEngine",
+    "ReplicaWeights",
+    "SamplingParams",
+    "WeightReporter",
+]
 
 
 class SamplingParams(TypedDict, total=False):
@@ -79,4 +87,42 @@ class InferenceEngine(Protocol):
     @property
     def weight_version(self) -> int:
         """Monotonic version of the weights the engine samples from."""
+        ...
+
+
+@attrs.frozen
+class ReplicaWeights:
+    """Which weights one engine replica holds: its version and the first rows of a few tensors."""
+
+    replica: str
+    """The replica's name (a URL, or the engine's class)."""
+    weight_version: int
+    values: dict[str, list[float]]
+    """Parameter name -> its first rows, flattened (SGLang's ``get_weights_by_name``)."""
+
+
+@runtime_checkable
+class WeightReporter(Protocol):
+    """An engine that can say which weights it samples from (the Trainer's sync check)."""
+
+    async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
+        """One entry per replica: its weight version and the first ``truncate_size`` rows of
+        each parameter in ``names``."""
+        ...
+
+
+@runtime_checkable
+class RemoteWeightsEngine(Protocol):
+    """An engine (or router) whose replicas may hold their own copy of the weights in another
+    process: the Trainer's sync writes the weights to a directory and calls
+    :meth:`load_weights_from_disk` instead of :meth:`InferenceEngine.update_weights`."""
+
+    @property
+    def remote_weights(self) -> bool:
+        """True when some replica does not read the trainer's weights in this process."""
+        ...
+
+    async def load_weights_from_disk(self, model_path: str, version: int) -> None:
+        """Make every replica load ``model_path`` (a ``save_pretrained`` directory) and publish
+        it as ``version``; in-process replicas just take the version."""
         ...

@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -150,6 +151,22 @@ class EmbeddedEngine:
                         dst.copy_(src)
             self._runner.weights_updated()
         self._version = self._version + 1 if version is None else version
+
+    def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list[Any]:
+        """SGLang's ``get_weights_by_name``: the first rows of a parameter of the module the engine
+        samples from (its copy, when it keeps one). The Trainer's sync check compares them."""
+        from miles_sdk.engines.weight_sync import weights_by_name
+
+        with self._lock:
+            return weights_by_name(self._model, name, truncate_size)
+
+    def load_weights_from_disk(self, model_path: str) -> None:
+        """Load a ``save_pretrained`` directory into the engine's source module (for a server that
+        owns its model); :meth:`update_weights` then publishes them."""
+        from miles_sdk.engines.weight_sync import load_into_module
+
+        with self._lock:
+            load_into_module(self._source, model_path)
 
     def state_dict(self) -> dict[str, int]:
         """What a checkpoint needs to resume sampling exactly: the next default request seed."""

@@ -17,7 +17,9 @@ from typing import Any, Self
 
 import aiohttp
 
-from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
+from miles_sdk.engines._serving_guard import auth_headers
+from miles_sdk.engines.base import EngineOutput, FinishReason, ReplicaWeights, SamplingParams
+from miles_sdk.engines.weight_sync import flatten_values
 
 __all__ = [
     "HttpEngine",
@@ -160,6 +162,11 @@ class HttpEngine:
         max_retries: extra attempts after a connection error or a 502/503/504, each on the
             next-least-busy server, with exponential backoff from ``retry_backoff`` seconds.
         weight_version: the starting version, used when a reply carries no integer version.
+        api_key: sent as ``Authorization: Bearer`` (SGLang's ``--api-key``; our server's control
+            token). Default: the token of a server in this process at that address, if any.
+
+    Weight sync: the servers hold their own weights, so the Trainer writes the trained weights to
+    a directory and calls :meth:`load_weights_from_disk` (SGLang's ``/update_weights_from_disk``).
     """
 
     def __init__(
@@ -172,6 +179,7 @@ class HttpEngine:
         max_retries: int = 5,
         retry_backoff: float = 0.2,
         weight_version: int = 0,
+        api_key: str | None = None,
     ) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list:
@@ -187,6 +195,7 @@ class HttpEngine:
         self._max_retries = max_retries
         self._retry_backoff = retry_backoff
         self._weight_version = weight_version
+        self._api_key = api_key
         self._pending_version: int | None = None
         self._active = dict.fromkeys(self.urls, 0)
         self._session: aiohttp.ClientSession | None = None
@@ -200,7 +209,8 @@ class HttpEngine:
 
     def update_weights(self, version: int | None = None) -> None:
         """Record the new version; it is sent to every server (``/update_weight_version``) before
-        the next request. Moving the weights themselves is the trainer's weight-sync job."""
+        the next request. This moves no weights: the Trainer's sync uses
+        :meth:`load_weights_from_disk` (a RemoteWeightsEngine) for that."""
         self._weight_version = self._weight_version + 1 if version is None else version
         self._pending_version = self._weight_version
 
@@ -215,7 +225,9 @@ class HttpEngine:
         session = self._get_session()
         for url in self.urls:
             try:
-                async with session.post(f"{url}/abort_request", json={"rid": "", "abort_all": True}) as resp:
+                async with session.post(
+                    f"{url}/abort_request", json={"rid": "", "abort_all": True}, headers=self._headers(url)
+                ) as resp:
                     await resp.read()
             except (TimeoutError, aiohttp.ClientError) as e:
                 logger.warning("HttpEngine: abort_request to %s failed: %s", url, e)
@@ -233,12 +245,49 @@ class HttpEngine:
 
     async def update_weights_from_disk(self, model_path: str, *, version: int | None = None) -> None:
         """Ask every server to load ``model_path`` (SGLang's ``/update_weights_from_disk``)."""
-        self._weight_version = self._weight_version + 1 if version is None else version
-        body = {"model_path": model_path, "weight_version": str(self._weight_version)}
+        new_version = self._weight_version + 1 if version is None else version
+        body = {"model_path": model_path, "weight_version": str(new_version), "abort_all_requests": False}
         for url in self.urls:
             _, reply = await self._post_with_retries("/update_weights_from_disk", body, only=url)
             if isinstance(reply, Mapping) and reply.get("success") is False:
                 raise HttpEngineError(f"{url}/update_weights_from_disk: {reply.get('message')}")
+        # SGLang builds that ignore weight_version in this request still get the version.
+        self._weight_version = new_version
+        self._pending_version = None
+        try:
+            await self.push_weight_version(new_version)
+        except HttpEngineError as e:
+            logger.warning("HttpEngine: could not send weight version %d: %s", new_version, e)
+
+    # -- RemoteWeightsEngine, WeightReporter -----------------------------------------------------
+
+    @property
+    def remote_weights(self) -> bool:
+        """Always: the servers hold their own weights."""
+        return True
+
+    async def load_weights_from_disk(self, model_path: str, version: int) -> None:
+        """The Trainer's sync: every server loads ``model_path`` and takes ``version``."""
+        await self.update_weights_from_disk(model_path, version=version)
+
+    async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
+        """Each server's ``/get_weight_version`` and ``/get_weights_by_name`` for ``names``."""
+        session = self._get_session()
+        out: list[ReplicaWeights] = []
+        for url in self.urls:
+            async with session.get(f"{url}/get_weight_version", headers=self._headers(url)) as resp:
+                reply = await read_json(resp)
+            if resp.status != 200 or not isinstance(reply, Mapping):
+                raise HttpEngineError(f"{url}/get_weight_version: HTTP {resp.status}: {str(reply)[:300]}")
+            version = parse_weight_version(reply.get("weight_version"), -1)
+            values: dict[str, list[float]] = {}
+            for name in names:
+                _, rows = await self._post_with_retries(
+                    "/get_weights_by_name", {"name": name, "truncate_size": truncate_size}, only=url
+                )
+                values[name] = flatten_values(rows)
+            out.append(ReplicaWeights(replica=url, weight_version=version, values=values))
+        return out
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -264,6 +313,9 @@ class HttpEngine:
             )
             self._session_loop = loop
         return self._session
+
+    def _headers(self, url: str) -> dict[str, str]:
+        return auth_headers(url, self._api_key)
 
     async def _push_pending_version(self) -> None:
         if self._pending_version is None:
@@ -291,7 +343,7 @@ class HttpEngine:
                 url = min(candidates, key=lambda u: self._active[u])
             self._active[url] += 1
             try:
-                async with session.post(url + path, json=body) as resp:
+                async with session.post(url + path, json=body, headers=self._headers(url)) as resp:
                     reply = await read_json(resp)
                     if resp.status == 200:
                         return url, reply

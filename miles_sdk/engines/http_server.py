@@ -11,31 +11,55 @@ test), so such functions run unchanged::
 
 Endpoints (SGLang's names and shapes): ``POST /generate`` (``input_ids`` or ``text``, one request
 or a batch of lists), ``POST /abort_request`` (abort all), ``GET /health``, ``GET /health_generate``,
-``GET /get_model_info``, ``GET /get_server_info``, ``GET /get_weight_version``, ``/flush_cache``,
-``POST /update_weight_version``, ``POST /update_weights_from_disk``. The engine interface can only
-abort everything, so an abort naming one ``rid`` is refused rather than silently widened.
+``GET /get_model_info``, ``GET /get_server_info``, ``GET /get_weight_version``,
+``GET|POST /get_weights_by_name``, ``/flush_cache``, ``POST /update_weight_version``,
+``POST /update_weights_from_disk``. The engine interface can only abort everything, so an abort
+naming one ``rid`` is refused rather than silently widened.
+
+Safety (docs/reliability.md, "The served HTTP API"): control endpoints (aborts, weight updates,
+cache flushes) need ``Authorization: Bearer <token>`` (a random per-run token unless ``api_key``
+is given; in-process clients add it by themselves); a non-loopback bind needs a user-set token.
+Bodies are parsed and prompts tokenised off the event loop; body size, requests and bytes in
+flight are bounded (:class:`ServerLimits`); a prompt over ``max_context_len`` tokens is refused
+with 400 before it is tokenised whole; bad sampling parameters answer 400 with the field named.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import attrs
 from aiohttp import web
 
-from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine, SamplingParams
+from miles_sdk.engines._serving_guard import (
+    ApiError,
+    GenerationGate,
+    InFlight,
+    ServerLimits,
+    check_bind,
+    is_authorized,
+    new_token,
+    register_token,
+    unregister_token,
+)
+from miles_sdk.engines._validate import check_input_ids, parse_sampling_params
+from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine
 from miles_sdk.rollout.context import TokenizerLike
 
 __all__ = [
     "ApiError",
     "EngineService",
+    "GenerationGate",
     "ServerHandle",
+    "ServerLimits",
     "build_app",
     "engine_output_to_reply",
+    "json_endpoint",
     "read_json_object",
     "split_batch",
     "start_server",
@@ -43,31 +67,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SAMPLING_KEYS = frozenset(SamplingParams.__annotations__)
-# SGLang keys the engine interface has no slot for: accepted when they ask for SGLang's default
-# behaviour (so Miles's usual dicts pass), refused otherwise (silently dropping a penalty would
-# change what is sampled).
-_NEUTRAL: dict[str, object] = {
-    "n": 1,
-    "min_new_tokens": 0,
-    "min_p": 0.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "repetition_penalty": 1.0,
-}
-_ANY_VALUE = frozenset({"spaces_between_special_tokens", "logit_bias", "custom_params"})
-
 WeightLoader = Callable[[str], Awaitable[None] | None]
 """Loads weights from a path for ``/update_weights_from_disk`` (sync or async)."""
 
-
-class ApiError(Exception):
-    """A request the server refuses; becomes ``{"error": {"message": ...}}`` with ``status``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+_CHARS_PER_TOKEN_PROBE = 16
+"""A text prompt over the context is refused after tokenising at most this many characters per
+context token (a token of ordinary text covers 3-5 characters)."""
 
 
 def split_batch(payload: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -125,35 +130,30 @@ def engine_output_to_reply(
     return {"text": text, "output_ids": list(out.token_ids), "meta_info": meta}
 
 
-def _sampling_params(raw: object) -> SamplingParams:
-    if raw is None:
-        return SamplingParams()
-    if not isinstance(raw, Mapping):
-        raise ApiError(400, f"sampling_params must be an object, got {type(raw).__name__}")
-    params: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _SAMPLING_KEYS:
-            if value is not None:
-                params[key] = value
-        elif key in _ANY_VALUE or (key in _NEUTRAL and value in (None, _NEUTRAL[key])):
-            continue
-        else:
-            hint = f" (only {_NEUTRAL[key]!r} is supported)" if key in _NEUTRAL else ""
-            raise ApiError(
-                400, f"sampling_params key {key!r}={value!r} is not supported by this server{hint}"
-            )
-    return cast(SamplingParams, params)
-
-
 @attrs.define
 class EngineService:
     """SGLang's API as plain async methods over one engine; the HTTP app and the router's
-    in-process workers both call these."""
+    in-process workers both call these.
+
+    ``max_context_len`` refuses longer prompts with 400; ``vocab_size`` (default: the tokenizer's
+    length) bounds token ids. An engine with ``load_weights_from_disk(path)`` /
+    ``get_weights_by_name(name, truncate_size)`` methods (the embedded engine) backs those
+    endpoints unless ``load_weights_from_disk`` is given.
+    """
 
     engine: InferenceEngine
     tokenizer: TokenizerLike | None = None
     model_path: str | None = None
     load_weights_from_disk: WeightLoader | None = None
+    max_context_len: int | None = None
+    vocab_size: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.vocab_size is None and self.tokenizer is not None:
+            try:
+                self.vocab_size = len(self.tokenizer)  # type: ignore[arg-type]
+            except TypeError:
+                pass
 
     async def generate(self, payload: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
         """``/generate``: one request, or a batch answered as a list in order."""
@@ -166,18 +166,17 @@ class EngineService:
         """One /generate request -> its reply."""
         if payload.get("stream"):
             raise ApiError(400, "stream=true is not supported by this server")
+        params = parse_sampling_params(payload.get("sampling_params"), vocab_size=self.vocab_size)
         ids = payload.get("input_ids")
         if ids is None:
-            text = payload.get("text")
-            if not isinstance(text, str):
-                raise ApiError(400, "request needs 'input_ids' (list of ints) or 'text' (string)")
-            if self.tokenizer is None:
-                raise ApiError(400, "'text' input needs a server started with a tokenizer; send input_ids")
-            ids = list(self.tokenizer.encode(text))
-        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
-            raise ApiError(400, f"input_ids must be a list of ints, got {str(ids)[:100]}")
-        params = _sampling_params(payload.get("sampling_params"))
-        out = await self.engine.generate(ids, params)
+            ids = await self._tokenize(payload.get("text"))
+        ids = check_input_ids(ids, vocab_size=self.vocab_size)
+        self._check_context(len(ids))
+        try:
+            out = await self.engine.generate(ids, params)
+        except (ValueError, TypeError) as e:
+            # The engine's own request parsing (e.g. a budget past its cache): the request's fault.
+            raise ApiError(400, f"the engine refused the request: {e}") from e
         if out.text is None and self.tokenizer is not None:
             # SGLang's default is to skip special tokens in the returned text.
             text = self.tokenizer.decode(
@@ -190,6 +189,28 @@ class EngineService:
             return_logprob=bool(payload.get("return_logprob", False)),
             stop=params.get("stop", []),
         )
+
+    async def _tokenize(self, text: object) -> list[int]:
+        if not isinstance(text, str):
+            raise ApiError(400, "request needs 'input_ids' (list of ints) or 'text' (string)")
+        tokenizer = self.tokenizer
+        if tokenizer is None:
+            raise ApiError(400, "'text' input needs a server started with a tokenizer; send input_ids")
+        limit = self.max_context_len
+        if limit is not None and len(text) > _CHARS_PER_TOKEN_PROBE * limit:
+            # Tokenise a prefix first: a prompt that is over the context already there is refused
+            # without paying for the rest (off the loop either way).
+            head = await asyncio.to_thread(tokenizer.encode, text[: _CHARS_PER_TOKEN_PROBE * limit])
+            self._check_context(len(head) - 1)  # the cut may split one token in two
+        return list(await asyncio.to_thread(tokenizer.encode, text))
+
+    def _check_context(self, prompt_tokens: int) -> None:
+        if self.max_context_len is not None and prompt_tokens >= self.max_context_len:
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_tokens}+ tokens, over the context of {self.max_context_len} "
+                "(rollout_max_context_len) with room for at least one new token",
+            )
 
     async def abort(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """``/abort_request``: abort every in-flight request."""
@@ -218,37 +239,88 @@ class EngineService:
             version = None if raw is None else int(raw)
         except (TypeError, ValueError):
             raise ApiError(400, f"new_version must be an integer, got {raw!r}") from None
-        self.engine.update_weights(version)
+        try:
+            self.engine.update_weights(version)
+        except ValueError as e:
+            raise ApiError(400, f"update_weight_version: {e}") from e
         return {"success": True, "message": f"weight version {self.engine.weight_version}"}
 
     async def update_weights_from_disk(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """``/update_weights_from_disk {"model_path", "weight_version"?}`` via ``load_weights_from_disk``."""
+        """``/update_weights_from_disk {"model_path", "weight_version"?}``: load the directory into
+        the engine (``load_weights_from_disk``, else the engine's own loader), then publish it as
+        the new weight version."""
         path = payload.get("model_path")
         if not isinstance(path, str):
             raise ApiError(400, "update_weights_from_disk needs 'model_path'")
-        if self.load_weights_from_disk is None:
+        loader = self.load_weights_from_disk or getattr(self.engine, "load_weights_from_disk", None)
+        if loader is None:
             raise ApiError(
-                400, "this server has no weight loader; pass load_weights_from_disk= to start_server"
+                400,
+                f"this server's engine ({type(self.engine).__name__}) cannot load weights; pass "
+                "load_weights_from_disk= to start_server",
             )
-        result = self.load_weights_from_disk(path)
-        if result is not None:
-            await result
+        try:
+            if asyncio.iscoroutinefunction(loader):
+                await loader(path)
+            else:
+                result = await asyncio.to_thread(loader, path)
+                if isinstance(result, Awaitable):
+                    await result
+        except (FileNotFoundError, KeyError) as e:
+            return {"success": False, "message": f"loading {path} failed: {e}", "num_paused_requests": 0}
         self.update_weight_version({"new_version": payload.get("weight_version")})
         return {"success": True, "message": f"loaded {path}", "num_paused_requests": 0}
 
-
-def _json_handler(
-    fn: Callable[[Mapping[str, Any]], Awaitable[object]],
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        if isinstance(body, web.Response):
-            return body
+    async def get_weights_by_name(self, payload: Mapping[str, Any]) -> list[Any]:
+        """``/get_weights_by_name {"name", "truncate_size"?}``: the first rows of a parameter as
+        the engine holds it (SGLang's debugging endpoint; the trainer's sync check reads it)."""
+        name, size = payload.get("name"), payload.get("truncate_size", 100)
+        if not isinstance(name, str) or not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ApiError(400, "get_weights_by_name needs 'name' (string) and 'truncate_size' (int >= 1)")
+        reader = getattr(self.engine, "get_weights_by_name", None)
+        if reader is None:
+            raise ApiError(400, f"this server's engine ({type(self.engine).__name__}) cannot report weights")
         try:
-            return web.json_response(await fn(body))
+            return list(reader(name, size))
+        except KeyError as e:
+            raise ApiError(400, f"get_weights_by_name: {e}") from e
+
+
+Endpoint = Callable[[web.Request, Mapping[str, Any]], Awaitable[object]]
+"""An endpoint: (request, JSON body) -> a JSON-able reply or a ready web response."""
+ErrorMapper = Callable[[Exception], web.Response | None]
+
+
+def json_endpoint(
+    fn: Endpoint,
+    inflight: InFlight,
+    *,
+    token: str | None = None,
+    on_error: ErrorMapper | None = None,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An aiohttp handler around ``fn``: the token check (when ``token`` is set), the in-flight
+    limits, the JSON body parsed off the loop, and errors as ``{"error": {"message"}}``."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            if token is not None and not is_authorized(request.headers, token):
+                raise ApiError(
+                    401,
+                    f"{request.path} is a control endpoint: send 'Authorization: Bearer <token>' "
+                    "(the run's token; in-process hooks get it from miles.utils.http_utils)",
+                )
+            async with inflight.admit(request.content_length):
+                body = await read_json_object(request)
+                reply = await fn(request, body)
+            return reply if isinstance(reply, web.StreamResponse) else web.json_response(reply)
         except ApiError as e:
             return _error(e.status, e.message)
+        except web.HTTPException:
+            raise
         except Exception as e:
+            mapped = on_error(e) if on_error is not None else None
+            if mapped is not None:
+                return mapped
             # The client gets the cause, not aiohttp's bare "500 Internal Server Error".
             logger.exception("%s %s failed", request.method, request.path)
             return _error(500, f"{request.path}: {type(e).__name__}: {e}")
@@ -260,67 +332,114 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message}}, status=status)
 
 
-async def read_json_object(request: web.Request) -> Mapping[str, Any] | web.Response:
-    """The request's JSON-object body (``{}`` when it has none), or a 400 reply saying what is wrong."""
-    body: object = {}
-    if request.can_read_body:
-        try:
-            body = await request.json()
-        except ValueError as e:
-            return _error(400, f"body is not JSON: {e}")
+def _parse_json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "body nests too deeply to parse (deeply nested JSON arrays/objects)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"body is not JSON: {e}") from None
+
+
+async def read_json_object(request: web.Request) -> Mapping[str, Any]:
+    """The request's JSON-object body (``{}`` when it has none), parsed in a worker thread so a
+    large body never stalls the event loop. Raises ApiError (400/413) saying what is wrong."""
+    if not request.can_read_body:
+        return {}
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise ApiError(413, f"request body is over the server's limit: {e.text}") from None
+    body = await asyncio.to_thread(_parse_json, raw) if len(raw) > 65536 else _parse_json(raw)
     if not isinstance(body, Mapping):
-        return _error(400, f"body must be a JSON object, got {type(body).__name__}")
+        raise ApiError(400, f"body must be a JSON object, got {type(body).__name__}")
     return body
 
 
-def build_app(service: EngineService) -> web.Application:
-    """The aiohttp application serving ``service``."""
+def build_app(
+    service: EngineService,
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    gate: GenerationGate | None = None,
+) -> web.Application:
+    """The aiohttp application serving ``service``. Control endpoints need ``api_key`` when set
+    (:func:`start_server` always sets one); ``gate`` holds /generate while a train step runs."""
+    limits = limits or ServerLimits.for_context(service.max_context_len)
+    inflight = InFlight(limits)
 
-    async def ok(_: Mapping[str, Any]) -> str:
+    def route(fn: Endpoint, *, control: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        return json_endpoint(fn, inflight, token=api_key if control else None)
+
+    async def generate(_: web.Request, body: Mapping[str, Any]) -> object:
+        if gate is None:
+            return await service.generate(body)
+        async with gate.generating():
+            return await service.generate(body)
+
+    async def abort(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.abort(body)
+
+    async def ok(_: web.Request, __: Mapping[str, Any]) -> object:
         return "ok"
 
-    async def info(_: Mapping[str, Any]) -> dict[str, Any]:
+    async def info(_: web.Request, __: Mapping[str, Any]) -> object:
         return service.model_info()
 
-    async def version(_: Mapping[str, Any]) -> dict[str, Any]:
+    async def version(_: web.Request, __: Mapping[str, Any]) -> object:
         return {"weight_version": str(service.engine.weight_version)}
 
-    async def flush(_: Mapping[str, Any]) -> dict[str, Any]:
+    async def flush(_: web.Request, __: Mapping[str, Any]) -> object:
         return await service.flush_cache()
 
-    async def set_version(body: Mapping[str, Any]) -> dict[str, Any]:
+    async def set_version(_: web.Request, body: Mapping[str, Any]) -> object:
         return service.update_weight_version(body)
 
-    app = web.Application(client_max_size=64 * 1024**2)
-    app.router.add_post("/generate", _json_handler(service.generate))
-    app.router.add_post("/abort_request", _json_handler(service.abort))
+    async def from_disk(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.update_weights_from_disk(body)
+
+    async def weights(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.get_weights_by_name(body)
+
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    app.router.add_post("/generate", route(generate))
+    app.router.add_post("/abort_request", route(abort, control=True))
     # /health_generate is the same liveness answer: the engine runs in this process, so a
     # server that answers can generate.
     for path in ("/health", "/health_generate"):
-        app.router.add_get(path, _json_handler(ok))
+        app.router.add_get(path, route(ok))
     for path in ("/get_model_info", "/get_server_info"):
-        app.router.add_get(path, _json_handler(info))
-    app.router.add_get("/get_weight_version", _json_handler(version))
-    app.router.add_route("*", "/flush_cache", _json_handler(flush))
-    app.router.add_post("/update_weight_version", _json_handler(set_version))
-    app.router.add_post("/update_weights_from_disk", _json_handler(service.update_weights_from_disk))
+        app.router.add_get(path, route(info))
+    app.router.add_get("/get_weight_version", route(version))
+    app.router.add_route("*", "/get_weights_by_name", route(weights))
+    app.router.add_route("*", "/flush_cache", route(flush, control=True))
+    app.router.add_post("/update_weight_version", route(set_version, control=True))
+    app.router.add_post("/update_weights_from_disk", route(from_disk, control=True))
     return app
 
 
 @attrs.define
 class ServerHandle:
-    """A running server: ``url`` (``http://host:port``), ``port``; ``await close()`` stops it."""
+    """A running server: ``url`` (``http://host:port``), ``port``, ``api_key`` (the control
+    token); ``await close()`` stops it."""
 
     host: str
     port: int
     _runner: web.AppRunner
+    api_key: str | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """The header control endpoints need."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
     async def close(self) -> None:
         """Stop accepting requests and shut the server down."""
+        unregister_token(self.host, self.port)
         await self._runner.cleanup()
 
     async def __aenter__(self) -> Self:
@@ -330,15 +449,18 @@ class ServerHandle:
         await self.close()
 
 
-async def serve_app(app: web.Application, host: str, port: int) -> ServerHandle:
-    """Start ``app`` on ``host:port`` (0: a free port) in the running event loop."""
+async def serve_app(app: web.Application, host: str, port: int, *, api_key: str | None = None) -> ServerHandle:
+    """Start ``app`` on ``host:port`` (0: a free port) in the running event loop; ``api_key`` is
+    registered so in-process clients of this address send it."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     # With port 0 the OS picked one; the runner knows which.
     bound = int(runner.addresses[0][1]) if port == 0 else port
-    return ServerHandle(host=host, port=bound, runner=runner)
+    if api_key:
+        register_token(host, bound, api_key)
+    return ServerHandle(host=host, port=bound, runner=runner, api_key=api_key)
 
 
 async def start_server(
@@ -349,11 +471,21 @@ async def start_server(
     *,
     model_path: str | None = None,
     load_weights_from_disk: WeightLoader | None = None,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    gate: GenerationGate | None = None,
+    max_context_len: int | None = None,
+    vocab_size: int | None = None,
 ) -> ServerHandle:
     """Serve SGLang's HTTP API over ``engine`` in the running event loop.
 
     ``tokenizer`` enables ``text`` prompts and decodes replies when the engine returns no text.
-    ``load_weights_from_disk(path)`` backs ``/update_weights_from_disk``.
+    ``load_weights_from_disk(path)`` backs ``/update_weights_from_disk`` (default: the engine's
+    own ``load_weights_from_disk``). ``api_key`` guards the control endpoints (default: a random
+    token, in ``handle.api_key``; required to bind a non-loopback ``host``).
     """
-    service = EngineService(engine, tokenizer, model_path, load_weights_from_disk)
-    return await serve_app(build_app(service), host, port)
+    check_bind(host, api_key, what="start_server")
+    service = EngineService(engine, tokenizer, model_path, load_weights_from_disk, max_context_len, vocab_size)
+    token = api_key or new_token()
+    app = build_app(service, api_key=token, limits=limits, gate=gate)
+    return await serve_app(app, host, port, api_key=token)

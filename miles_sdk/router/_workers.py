@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from miles_sdk.engines._serving_guard import auth_headers
 from miles_sdk.engines.base import InferenceEngine
 from miles_sdk.engines.http_client import normalize_url, read_json
 from miles_sdk.engines.http_server import ApiError, EngineService
@@ -78,8 +79,10 @@ class UrlWorker(Worker):
         session: Callable[[], aiohttp.ClientSession],
         health_timeout: float,
         request_timeout: float | None = None,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(normalize_url(url))
+        self._api_key = api_key
         self._session = session
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout)
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout)
@@ -88,7 +91,11 @@ class UrlWorker(Worker):
         timeout = self._health_timeout if path == "/health" else self._request_timeout
         try:
             async with self._session().request(
-                method, self.name + path, json=None if method == "GET" else dict(body or {}), timeout=timeout
+                method,
+                self.name + path,
+                json=None if method == "GET" else dict(body or {}),
+                timeout=timeout,
+                headers=auth_headers(self.name, self._api_key),
             ) as resp:
                 return resp.status, await read_json(resp)
         except aiohttp.ClientConnectionError as e:
@@ -123,6 +130,8 @@ class EngineWorker(Worker):
                     return 200, s.update_weight_version(payload)
                 case "/update_weights_from_disk":
                     return 200, await s.update_weights_from_disk(payload)
+                case "/get_weights_by_name":
+                    return 200, await s.get_weights_by_name(payload)
                 case _:
                     return 404, {"error": {"message": f"{self.name}: no endpoint {path}"}}
         except ApiError as e:

@@ -25,8 +25,21 @@ from typing import Any, Protocol, Self, runtime_checkable
 import aiohttp
 import attrs
 
-from miles_sdk.engines.base import EngineOutput, InferenceEngine, SamplingParams
-from miles_sdk.engines.http_client import generate_payload, normalize_url, parse_generate_response
+from miles_sdk.engines.base import (
+    EngineOutput,
+    InferenceEngine,
+    RemoteWeightsEngine,
+    ReplicaWeights,
+    SamplingParams,
+    WeightReporter,
+)
+from miles_sdk.engines.http_client import (
+    generate_payload,
+    normalize_url,
+    parse_generate_response,
+    parse_weight_version,
+)
+from miles_sdk.engines.weight_sync import flatten_values
 from miles_sdk.hooks import RouterMiddleware, RouterRequest, RouterResponse
 from miles_sdk.rollout.context import TokenizerLike
 from miles_sdk.router._workers import EngineWorker, UpstreamError, UrlWorker, Worker, WorkerDown
@@ -90,6 +103,8 @@ class Router:
         health_check_timeout: seconds a ``/health`` call may take.
         request_timeout: seconds a forwarded request may take (None: no limit).
         max_connections: connection-pool size towards URL engines.
+        api_key: sent as ``Authorization: Bearer`` to URL engines (default: the token of a server
+            in this process at that address, if any).
     """
 
     def __init__(
@@ -103,6 +118,7 @@ class Router:
         health_check_timeout: float = 5.0,
         request_timeout: float | None = None,
         max_connections: int = 512,
+        api_key: str | None = None,
     ) -> None:
         if failure_threshold < 1:
             raise ValueError(f"Router: failure_threshold must be >= 1, got {failure_threshold}")
@@ -113,6 +129,7 @@ class Router:
         self._health_timeout = health_check_timeout
         self._request_timeout = request_timeout
         self._max_connections = max_connections
+        self._api_key = api_key
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -128,7 +145,9 @@ class Router:
     def add_worker(self, engine: str | InferenceEngine) -> str:
         """Add an engine (a URL or an InferenceEngine); returns its name. Adding a URL twice is a no-op."""
         if isinstance(engine, str):
-            worker: Worker = UrlWorker(engine, self._get_session, self._health_timeout, self._request_timeout)
+            worker: Worker = UrlWorker(
+                engine, self._get_session, self._health_timeout, self._request_timeout, self._api_key
+            )
         elif isinstance(engine, InferenceEngine):
             worker = EngineWorker(
                 f"engine-{len(self._workers)}:{type(engine).__name__}", engine, self.tokenizer
@@ -140,6 +159,14 @@ class Router:
                 return existing.name
         self._workers.append(worker)
         return worker.name
+
+    def remove_worker(self, name: str) -> bool:
+        """Take an engine (by URL or name) out of the router for good; False when none matches."""
+        for w in self._workers:
+            if w.name == name or (isinstance(w, UrlWorker) and "://" in name and w.name == normalize_url(name)):
+                self._workers.remove(w)
+                return True
+        return False
 
     @property
     def workers(self) -> list[WorkerStatus]:
@@ -324,6 +351,69 @@ class Router:
         if any(isinstance(w, UrlWorker) for w in self._workers):
             self._pending_version = self._weight_version
         self.invalidate_caches()
+
+    @property
+    def remote_weights(self) -> bool:
+        """True when some engine holds its own weights (a URL, or an engine that says so)."""
+        return any(
+            isinstance(w, UrlWorker)
+            or (isinstance(w, EngineWorker) and isinstance(w.engine, RemoteWeightsEngine) and w.engine.remote_weights)
+            for w in self._workers
+        )
+
+    async def load_weights_from_disk(self, model_path: str, version: int) -> None:
+        """The Trainer's sync: URL engines load ``model_path`` (``/update_weights_from_disk``),
+        in-process engines take ``version`` (or load too, when they hold remote weights)."""
+        body = {"model_path": model_path, "weight_version": str(version), "abort_all_requests": False}
+        failed: list[str] = []
+        for w in self._workers:
+            if isinstance(w, EngineWorker):
+                engine = w.engine
+                if isinstance(engine, RemoteWeightsEngine) and engine.remote_weights:
+                    await engine.load_weights_from_disk(model_path, version)
+                else:
+                    engine.update_weights(version)
+                continue
+            try:
+                status, reply = await w.call("POST", "/update_weights_from_disk", body)
+            except WorkerDown as e:
+                self._record_failure(w, str(e))
+                failed.append(f"{w.name}: {e}")
+                continue
+            ok = status == 200 and not (isinstance(reply, Mapping) and reply.get("success") is False)
+            if not ok:
+                failed.append(f"{w.name}: HTTP {status}: {str(reply)[:300]}")
+        if failed:
+            raise RouterError(f"Router: update_weights_from_disk({model_path}) failed on {failed}")
+        self._weight_version = version
+        self._pending_version = version if any(isinstance(w, UrlWorker) for w in self._workers) else None
+        self.invalidate_caches()
+
+    async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
+        """Every engine's version and first rows of ``names`` (for the Trainer's sync check)."""
+        out: list[ReplicaWeights] = []
+        for w in self._workers:
+            if isinstance(w, EngineWorker):
+                engine = w.engine
+                if isinstance(engine, WeightReporter):
+                    out.extend(await engine.report_weights(names, truncate_size))
+                    continue
+                reader = getattr(engine, "get_weights_by_name", None)
+                if reader is None:
+                    continue  # an engine without weights (a scripted one) has nothing to check
+                values = {n: flatten_values(reader(n, truncate_size)) for n in names}
+                out.append(ReplicaWeights(w.name, engine.weight_version, values))
+                continue
+            _, version_reply = await w.call("GET", "/get_weight_version")
+            raw = version_reply.get("weight_version") if isinstance(version_reply, Mapping) else None
+            values = {}
+            for n in names:
+                status, rows = await w.call("POST", "/get_weights_by_name", {"name": n, "truncate_size": truncate_size})
+                if status != 200:
+                    raise RouterError(f"Router: {w.name}/get_weights_by_name({n!r}): HTTP {status}: {str(rows)[:300]}")
+                values[n] = flatten_values(rows)
+            out.append(ReplicaWeights(w.name, parse_weight_version(raw, -1), values))
+        return out
 
     def note_weight_version(self, version: int) -> None:
         """Record a version the engines were given behind the router (e.g. via its HTTP API)."""

@@ -8,11 +8,15 @@ reach every engine through the router's balancing and middlewares::
 
 Endpoints: ``POST /generate`` (single or batched, each request routed on its own),
 ``POST /abort_request``, ``GET /health`` (503 when no engine is healthy), ``GET /health_generate``,
-``GET /list_workers``, ``POST /add_worker`` (``?url=`` or ``{"url"}``), ``GET /get_model_info``,
+``GET /list_workers``, ``POST /add_worker`` and ``POST /remove_worker`` (``?url=`` or ``{"url"}``),
+``GET /get_model_info``,
 ``GET /get_server_info``, ``GET /get_weight_version`` (forwarded to one engine), and
 ``/flush_cache``, ``POST /update_weight_version``, ``POST /update_weights_from_disk`` (sent to every
 engine; the router's middleware caches are invalidated). Any other path is proxied to the
 least-busy healthy engine, as Miles's router does.
+
+Control endpoints (aborts, workers, weight updates, cache flushes, and any proxied request other
+than a GET) need ``Authorization: Bearer <token>``, as on :func:`~miles_sdk.engines.http_server.start_server`.
 """
 
 from __future__ import annotations
@@ -24,16 +28,22 @@ from typing import Any
 
 from aiohttp import web
 
+from miles_sdk.engines._serving_guard import (
+    ApiError,
+    GenerationGate,
+    InFlight,
+    ServerLimits,
+    check_bind,
+    new_token,
+)
 from miles_sdk.engines.http_client import parse_weight_version
-from miles_sdk.engines.http_server import ApiError, ServerHandle, read_json_object, serve_app, split_batch
+from miles_sdk.engines.http_server import Endpoint, ServerHandle, json_endpoint, serve_app, split_batch
 from miles_sdk.router._workers import UpstreamError
 from miles_sdk.router.router import NoHealthyWorkerError, Router
 
 __all__ = ["build_router_app", "start_router_server"]
 
 logger = logging.getLogger(__name__)
-
-_Handler = Callable[[web.Request, Mapping[str, Any]], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -44,34 +54,40 @@ def _relay(status: int, body: object) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _endpoint(fn: _Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        body = await read_json_object(request)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            return await fn(request, body)
-        except ApiError as e:
-            return _error(e.status, e.message)
-        except UpstreamError as e:
-            return _relay(e.status, e.body)
-        except NoHealthyWorkerError as e:
-            return _error(503, str(e))
-        except Exception as e:
-            logger.exception("router %s failed", request.path)
-            return _error(500, f"router {request.path}: {type(e).__name__}: {e}")
-
-    return handler
+def _router_errors(e: Exception) -> web.Response | None:
+    if isinstance(e, UpstreamError):
+        return _relay(e.status, e.body)
+    if isinstance(e, NoHealthyWorkerError):
+        return _error(503, str(e))
+    return None
 
 
-def build_router_app(router: Router) -> web.Application:
-    """The aiohttp application serving ``router``."""
+def build_router_app(
+    router: Router,
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    gate: GenerationGate | None = None,
+) -> web.Application:
+    """The aiohttp application serving ``router``; ``api_key`` guards the control endpoints and
+    ``gate`` holds /generate while a train step runs."""
+    limits = limits or ServerLimits()
+    inflight = InFlight(limits)
 
-    async def generate(_: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
+    def endpoint(fn: Endpoint, *, control: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        return json_endpoint(fn, inflight, token=api_key if control else None, on_error=_router_errors)
+
+    async def route_all(body: Mapping[str, Any]) -> web.StreamResponse:
         batch = split_batch(body)
         if batch is None:
             return web.json_response(await router.route(dict(body)))
         return web.json_response(list(await asyncio.gather(*(router.route(p) for p in batch))))
+
+    async def generate(_: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
+        if gate is None:
+            return await route_all(body)
+        async with gate.generating():
+            return await route_all(body)
 
     async def abort(_: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
         await router.abort_all()
@@ -104,7 +120,7 @@ def build_router_app(router: Router) -> web.Application:
             }
         )
 
-    async def add_worker(request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
+    def worker_url(request: web.Request, body: Mapping[str, Any]) -> str:
         url = (
             request.query.get("url")
             or request.query.get("worker_url")
@@ -112,13 +128,22 @@ def build_router_app(router: Router) -> web.Application:
             or body.get("worker_url")
         )
         if not isinstance(url, str) or not url:
-            return _error(400, 'worker url is required (?url=... or {"url": ...})')
-        router.add_worker(url)
+            raise ApiError(400, 'worker url is required (?url=... or {"url": ...})')
+        return url
+
+    async def add_worker(request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
+        router.add_worker(worker_url(request, body))
+        return web.json_response({"status": "success", "worker_urls": [w.name for w in router.workers]})
+
+    async def remove_worker(request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
+        url = worker_url(request, body)
+        if not router.remove_worker(url):
+            raise ApiError(404, f"no worker {url!r}; workers: {[w.name for w in router.workers]}")
         return web.json_response({"status": "success", "worker_urls": [w.name for w in router.workers]})
 
     def broadcaster(
         on_success: Callable[[Mapping[str, Any]], None],
-    ) -> _Handler:
+    ) -> Endpoint:
         async def handler(request: web.Request, body: Mapping[str, Any]) -> web.StreamResponse:
             results = await router.broadcast("POST", request.path, body)
             failed = {name: r for name, r in results.items() if not (isinstance(r, tuple) and r[0] == 200)}
@@ -138,26 +163,43 @@ def build_router_app(router: Router) -> web.Application:
     def nothing(_: Mapping[str, Any]) -> None:
         return None
 
-    app = web.Application(client_max_size=64 * 1024**2)
-    app.router.add_post("/generate", _endpoint(generate))
-    app.router.add_post("/abort_request", _endpoint(abort))
-    app.router.add_get("/health", _endpoint(health))
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    app.router.add_post("/generate", endpoint(generate))
+    app.router.add_post("/abort_request", endpoint(abort, control=True))
+    app.router.add_get("/health", endpoint(health))
     for path in ("/health_generate", "/get_model_info", "/get_server_info", "/get_weight_version"):
-        app.router.add_get(path, _endpoint(forward))
-    app.router.add_get("/list_workers", _endpoint(list_workers))
-    app.router.add_post("/add_worker", _endpoint(add_worker))
-    app.router.add_route("*", "/flush_cache", _endpoint(broadcaster(nothing)))
-    app.router.add_post("/update_weight_version", _endpoint(broadcaster(note_version)))
-    app.router.add_post("/update_weights_from_disk", _endpoint(broadcaster(note_version)))
-    # Like Miles's router: anything else is proxied to the least-busy healthy engine.
-    app.router.add_route("*", "/{path:.*}", _endpoint(forward))
+        app.router.add_get(path, endpoint(forward))
+    app.router.add_get("/list_workers", endpoint(list_workers))
+    app.router.add_post("/add_worker", endpoint(add_worker, control=True))
+    app.router.add_post("/remove_worker", endpoint(remove_worker, control=True))
+    app.router.add_route("*", "/flush_cache", endpoint(broadcaster(nothing), control=True))
+    app.router.add_post("/update_weight_version", endpoint(broadcaster(note_version), control=True))
+    app.router.add_post("/update_weights_from_disk", endpoint(broadcaster(note_version), control=True))
+    # Like Miles's router: anything else is proxied to the least-busy healthy engine. Only GETs
+    # go through without the token: a proxied POST may steer the engines (a weight update by
+    # another name), and the router forwards it with its own upstream credentials.
+    app.router.add_get("/{path:.*}", endpoint(forward))
+    app.router.add_route("*", "/{path:.*}", endpoint(forward, control=True))
     return app
 
 
-async def start_router_server(router: Router, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
+async def start_router_server(
+    router: Router,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    api_key: str | None = None,
+    limits: ServerLimits | None = None,
+    gate: GenerationGate | None = None,
+) -> ServerHandle:
     """Serve ``router`` on ``host:port`` (0: a free port) and start its health loop.
 
-    ``ServerHandle.close()`` stops the server; close the router yourself (``await router.close()``).
+    ``api_key`` guards the control endpoints (default: a random token, in ``handle.api_key``;
+    required to bind a non-loopback ``host``). ``ServerHandle.close()`` stops the server; close
+    the router yourself (``await router.close()``).
     """
+    check_bind(host, api_key, what="start_router_server")
     await router.start()
-    return await serve_app(build_router_app(router), host, port)
+    token = api_key or new_token()
+    app = build_router_app(router, api_key=token, limits=limits, gate=gate)
+    return await serve_app(app, host, port, api_key=token)

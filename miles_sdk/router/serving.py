@@ -17,6 +17,10 @@ http              True                a Router over that URL, served on a new po
 ================  ==================  =========================================================
 
 Passing middlewares counts as ``use_miles_router``.
+
+A served API's control endpoints take ``args.sglang_api_key`` (else a random per-run token,
+registered so in-process hooks send it); a non-loopback bind without ``sglang_api_key`` is refused.
+``gate`` (the Trainer's) holds served /generate requests while a train step runs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Sequence
 import attrs
 
 from miles_sdk.config import Config
+from miles_sdk.engines._serving_guard import GenerationGate, ServerLimits
 from miles_sdk.engines.base import InferenceEngine
 from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import ServerHandle, start_server
@@ -67,6 +72,7 @@ async def serve_rollout(
     middlewares: Sequence[RouterMiddleware] = (),
     serve_http: bool = True,
     host: str = "127.0.0.1",
+    gate: GenerationGate | None = None,
 ) -> RolloutServing:
     """Start what ``args.rollout_engine`` / ``args.use_miles_router`` ask for (see the module table).
 
@@ -75,6 +81,9 @@ async def serve_rollout(
     binds ``args.sglang_router_ip``/``args.sglang_router_port`` when set, else ``host`` and a free port.
     """
     use_router = args.use_miles_router or bool(middlewares)
+    key = args.sglang_api_key
+    limits = ServerLimits.for_context(args.rollout_max_context_len, max_body_bytes=args.serve_max_body_bytes)
+    limits = attrs.evolve(limits, max_concurrent_requests=args.serve_max_concurrent_requests)
     if args.rollout_engine == "http":
         if not args.sglang_router_ip or not args.sglang_router_port:
             raise ValueError(
@@ -82,15 +91,18 @@ async def serve_rollout(
             )
         url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
         if not use_router:
-            client = HttpEngine(url, tokenizer=tokenizer, max_connections=args.sglang_server_concurrency)
+            client = HttpEngine(
+                url, tokenizer=tokenizer, max_connections=args.sglang_server_concurrency, api_key=key
+            )
             return RolloutServing(engine=client, args=args, http_engine=client)
         router = Router(
             [url],
             middlewares=middlewares,
             tokenizer=tokenizer,
             max_connections=args.sglang_server_concurrency,
+            api_key=key,
         )
-        server = await start_router_server(router, host, 0)
+        server = await start_router_server(router, host, 0, api_key=key, limits=limits, gate=gate)
         return RolloutServing(engine=router, args=_pointing_at(args, server), server=server, router=router)
 
     if engine is None:
@@ -102,11 +114,23 @@ async def serve_rollout(
         if not serve_http:
             await router.start()
             return RolloutServing(engine=router, args=args, router=router)
-        server = await start_router_server(router, bind_host, bind_port)
+        server = await start_router_server(
+            router, bind_host, bind_port, api_key=key, limits=limits, gate=gate
+        )
         return RolloutServing(engine=router, args=_pointing_at(args, server), server=server, router=router)
     if not serve_http:
         return RolloutServing(engine=engine, args=args)
-    server = await start_server(engine, tokenizer, bind_host, bind_port, model_path=args.hf_checkpoint)
+    server = await start_server(
+        engine,
+        tokenizer,
+        bind_host,
+        bind_port,
+        model_path=args.hf_checkpoint,
+        api_key=key,
+        limits=limits,
+        gate=gate,
+        max_context_len=args.rollout_max_context_len,
+    )
     return RolloutServing(engine=engine, args=_pointing_at(args, server), server=server)
 
 

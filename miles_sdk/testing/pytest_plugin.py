@@ -92,7 +92,11 @@ def scripted_engine(tiny_tokenizer: PreTrainedTokenizerFast) -> ScriptedEngine:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Hook files written for Miles (``from miles.utils.types import Sample``) import in tests as
-    they do under the Trainer: install the ``miles.*`` shims (a no-op when real Miles is installed)."""
+    they do under the Trainer: install the ``miles.*`` shims (a no-op when real Miles is installed).
+    Every Trainer in a test also checks each weight sync (version and weights on the engine)."""
+    import os
+
     from miles_sdk.compat import install
 
     install()
+    os.environ.setdefault("MILES_SDK_CHECK_WEIGHT_SYNC", "1")

@@ -53,10 +53,12 @@ async def miles_generate(args: Any, sample: Sample, sampling_params: dict[str, A
     return sample
 
 
-async def _post(url: str, body: object, method: str = "POST") -> tuple[int, Any]:
+async def _post(
+    url: str, body: object, method: str = "POST", headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as session,
-        session.request(method, url, json=body if method == "POST" else None) as resp,
+        session.request(method, url, json=body if method == "POST" else None, headers=headers) as resp,
     ):
         return resp.status, await resp.json()
 
@@ -130,7 +132,7 @@ async def test_bad_requests_name_the_culprit() -> None:
         assert status == 400 and "tokenizer" in reply["error"]["message"]
         status, reply = await _post(f"{server.url}/generate", {"input_ids": ["a"]})
         assert status == 400 and "input_ids" in reply["error"]["message"]
-        status, reply = await _post(f"{server.url}/abort_request", {"rid": "r1"})
+        status, reply = await _post(f"{server.url}/abort_request", {"rid": "r1"}, headers=server.auth_headers)
         assert status == 400
 
 
@@ -143,7 +145,7 @@ async def test_abort_returns_partial_tokens() -> None:
         while not engine.requests or engine.in_flight == 0:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.12)
-        status, _ = await _post(f"{server.url}/abort_request", {"abort_all": True})
+        status, _ = await _post(f"{server.url}/abort_request", {"abort_all": True}, headers=server.auth_headers)
         assert status == 200
         _, reply = await task
     assert reply["meta_info"]["finish_reason"]["type"] == "abort"
@@ -159,13 +161,16 @@ async def test_admin_endpoints(tmp_path: Any) -> None:
         assert (await _post(f"{server.url}/health", None, "GET"))[0] == 200
         _, info = await _post(f"{server.url}/get_model_info", None, "GET")
         assert info["model_path"] == "tiny" and info["is_generation"] is True
-        _, reply = await _post(f"{server.url}/update_weight_version", {"new_version": "7"})
+        auth = server.auth_headers
+        _, reply = await _post(f"{server.url}/update_weight_version", {"new_version": "7"}, headers=auth)
         assert reply["success"] is True and engine.weight_version == 7
-        _, reply = await _post(f"{server.url}/update_weights_from_disk", {"model_path": str(tmp_path)})
+        _, reply = await _post(
+            f"{server.url}/update_weights_from_disk", {"model_path": str(tmp_path)}, headers=auth
+        )
         assert reply["success"] is True and loaded == [str(tmp_path)] and engine.weight_version == 8
         _, reply = await _post(f"{server.url}/generate", {"input_ids": [1]})
         assert reply["meta_info"]["weight_version"] == "8"
-        assert (await _post(f"{server.url}/flush_cache", {}))[0] == 200
+        assert (await _post(f"{server.url}/flush_cache", {}, headers=auth))[0] == 200
     finally:
         await server.close()
 

@@ -6,7 +6,8 @@ starts around its engine (automatic when a generate or rollout function path is 
 
 Differences from Miles: no Ray-distributed dispatch; connection errors, timeouts and 5xx replies
 are retried with exponential backoff (0.05 s doubling to 2 s) up to ``max_retries`` attempts, while
-a 4xx reply fails at once (retrying a malformed request cannot help).
+a 4xx reply fails at once (retrying a malformed request cannot help). Requests to a server this
+process serves carry its control token (docs/reliability.md, "The served HTTP API").
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+
+from miles_sdk.engines._serving_guard import auth_headers
 
 __all__ = ["HttpRequestError", "get", "post"]
 
@@ -77,6 +80,9 @@ async def post(
     :class:`HttpRequestError` after the last attempt."""
     if max_retries < 1:
         raise ValueError(f"max_retries must be >= 1, got {max_retries}")
+    # The run's control token for a server this process serves (never sent elsewhere), so
+    # Miles hooks that abort or update through the router keep working unchanged.
+    headers = {**auth_headers(url), **(headers or {})}
     delay = _BACKOFF_START
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
         for attempt in range(1, max_retries + 1):
@@ -104,6 +110,6 @@ async def get(url: str) -> Any:
     """``GET url`` once and return the JSON reply; an HTTP error status raises :class:`HttpRequestError`."""
     async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
         try:
-            return await _request_once(session, "get", url, None, None)
+            return await _request_once(session, "get", url, None, auth_headers(url))
         except _StatusError as exc:
             raise HttpRequestError(f"GET {url} failed: {exc}") from None

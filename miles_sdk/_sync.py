@@ -1,0 +1,172 @@
+"""The Trainer's weight-sync stage (step 8) and the checks that tell a run its engine is not
+sampling from the weights being trained.
+
+- :meth:`WeightSync.sync`: an engine that reads the trainer's module (the embedded one) is told
+  the new version; an engine whose replicas hold their own weights (``rollout_engine="http"``, a
+  router over URLs) gets them through a ``save_pretrained`` directory and SGLang's
+  ``/update_weights_from_disk``.
+- With ``check_weight_sync`` (on in tests: the pytest plugin sets ``MILES_SDK_CHECK_WEIGHT_SYNC=1``)
+  every sync is followed by a check: each replica reports the new version and the first rows of a
+  few tensors equal to the trainer's (within a bf16 cast); a mismatch raises.
+- :func:`warn_on_logprob_gap`: on a step that is on-policy by construction the engine's log-probs
+  and the trainer's must agree up to numerical noise; a larger gap is logged loudly with its
+  likely causes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from miles_sdk._loop import LoopThread
+from miles_sdk.config import Config
+from miles_sdk.engines.base import InferenceEngine, RemoteWeightsEngine, ReplicaWeights, WeightReporter
+from miles_sdk.engines.weight_sync import (
+    FINGERPRINT_ROWS,
+    WeightSyncError,
+    compare_fingerprint,
+    fingerprint_names,
+    flatten_values,
+    save_for_sync,
+    weights_by_name,
+)
+from miles_sdk.types import Metrics
+
+__all__ = ["CHECK_ENV", "WeightSync", "logprob_gap_threshold", "warn_on_logprob_gap"]
+
+logger = logging.getLogger("miles_sdk.trainer")
+
+CHECK_ENV = "MILES_SDK_CHECK_WEIGHT_SYNC"
+"""Set to 1 to check every weight sync whatever the Config says (the pytest plugin does)."""
+
+_GAP_KEY = "train/train_rollout_logprob_abs_diff"
+
+
+class WeightSync:
+    """Sends the trained weights to the engine and, when asked, checks that they arrived."""
+
+    def __init__(self, args: Config, model: torch.nn.Module, engine: InferenceEngine, loop: LoopThread) -> None:
+        self.args = args
+        self.model = model
+        self.engine = engine
+        self.loop = loop
+        self.check = args.check_weight_sync or os.environ.get(CHECK_ENV) == "1"
+        self.in_sync = True
+        """The engine samples from the trainer's current weights (false between a train step and
+        the next sync)."""
+        self._tmp: str | None = None
+        self._names: list[str] | None = None
+        self._unchecked_logged = False
+
+    @property
+    def remote(self) -> bool:
+        """True when the engine's weights live elsewhere and must be sent."""
+        return isinstance(self.engine, RemoteWeightsEngine) and self.engine.remote_weights
+
+    def sync(self) -> None:
+        """Make the engine sample from the trainer's weights, under the next version."""
+        version = self.engine.weight_version + 1
+        if self.remote:
+            assert isinstance(self.engine, RemoteWeightsEngine)
+            path = save_for_sync(self.model, self._directory() / "weights")
+            self.loop.run(self.engine.load_weights_from_disk(str(path), version))
+        else:
+            self.engine.update_weights(version)
+        self.in_sync = True
+        if self.check:
+            self.verify(version)
+
+    def verify(self, version: int) -> None:
+        """Raise :class:`WeightSyncError` unless every replica reports ``version`` and the trainer's
+        weights."""
+        reports = self._reports()
+        if reports is None:
+            if not self._unchecked_logged:
+                logger.info("check_weight_sync: %s cannot report its weights; only syncing", type(self.engine).__name__)
+                self._unchecked_logged = True
+            return
+        names = self._fingerprint_names()
+        expected = {n: flatten_values(weights_by_name(self.model, n, FINGERPRINT_ROWS)) for n in names}
+        for report in reports:
+            where = f"weight sync check ({report.replica})"
+            if report.weight_version != version:
+                raise WeightSyncError(
+                    f"{where}: the engine reports weight version {report.weight_version}, the trainer just "
+                    f"synced version {version}: the update did not reach it"
+                )
+            compare_fingerprint(expected, report.values, where=where)
+
+    def close(self) -> None:
+        """Remove the temporary weight directory, if one was made."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def _directory(self) -> Path:
+        if self.args.weight_sync_dir is not None:
+            return Path(self.args.weight_sync_dir)
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="miles_sdk_weights_")
+        return Path(self._tmp)
+
+    def _fingerprint_names(self) -> list[str]:
+        if self._names is None:
+            self._names = fingerprint_names(self.model)
+        return self._names
+
+    def _reports(self) -> list[ReplicaWeights] | None:
+        engine, names = self.engine, self._fingerprint_names()
+        if isinstance(engine, WeightReporter):
+            reports = self.loop.run(engine.report_weights(names, FINGERPRINT_ROWS))
+            return reports or None
+        reader = getattr(engine, "get_weights_by_name", None)
+        if reader is None:
+            return None
+        values = {n: flatten_values(reader(n, FINGERPRINT_ROWS)) for n in names}
+        return [ReplicaWeights(type(engine).__name__, engine.weight_version, values)]
+
+
+def logprob_gap_threshold(args: Config, model: torch.nn.Module) -> float:
+    """``logprob_gap_warn_threshold``, or its default for the dtypes this run computes in."""
+    if args.logprob_gap_warn_threshold is not None:
+        return args.logprob_gap_warn_threshold
+    param = next(model.parameters(), None)
+    low_precision = param is not None and (
+        param.dtype in (torch.bfloat16, torch.float16) or param.device.type == "cuda"  # the engine decodes in bf16
+    )
+    return 0.05 if low_precision else 0.005
+
+
+def warn_on_logprob_gap(
+    metrics: Metrics, *, rollout_id: int, threshold: float, on_policy: bool, remote: bool = False
+) -> bool:
+    """Log a warning when an on-policy step's engine/trainer log-prob gap is above ``threshold``;
+    True when it warned."""
+    gap = metrics.get(_GAP_KEY)
+    if not on_policy or gap is None or threshold <= 0 or not gap > threshold:
+        return False
+    causes: Sequence[str] = (
+        "the engine does not hold the trained weights (a sync that never reached it"
+        + (": the engine's weights live in another process" if remote else "")
+        + "; check_weight_sync=True checks every sync)",
+        "dropout left on in the model (the engine samples without it)",
+        "the engine computes in another dtype or with other kernels than the trainer (raise the "
+        "threshold if that is its noise)",
+        "a tokenizer or chat template that differs between the engine and the trainer",
+    )
+    logger.warning(
+        "train_rollout_logprob_abs_diff = %.4g on rollout %d, above %.4g, although this step is on-policy by "
+        "construction (the engine sampled from the weights being trained): the engine's log-probs disagree "
+        "with the trainer's. Likely causes: %s. Tune with logprob_gap_warn_threshold (0: off).",
+        gap,
+        rollout_id,
+        threshold,
+        "; ".join(f"({i + 1}) {c}" for i, c in enumerate(causes)),
+    )
+    return True
