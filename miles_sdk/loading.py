@@ -232,4 +232,7 @@ def load_hook(path: str, protocol: type | str, *, flag: str | None = None) -> An
     install()
     obj = _import_attr(path, label)
     check_hook_signature(obj, proto_name, name=f"{label}={path}")
-    return obj
+    # Miles-style hooks get a mutable args (Miles passes its argparse Namespace); typed ones the Config.
+    from miles_sdk.compat._args import is_miles_style, with_miles_args
+
+    return with_miles_args(obj) if is_miles_style(obj) else obj
