@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,64 @@ from torch import nn
 from miles_sdk.config import Config
 from miles_sdk.hooks import ModelProviderFn
 
-__all__ = ["Policy", "build_policy", "resolve_device"]
+__all__ = ["Policy", "build_policy", "disable_dropout", "resolve_device"]
+
+log = logging.getLogger(__name__)
+
+# Attribute names that hold a dropout probability: attention_dropout, hidden_dropout,
+# classifier_dropout, attention_probs_dropout_prob (BERT-style), resid_pdrop / embd_pdrop /
+# attn_pdrop (GPT-2-style), layerdrop (OPT, a probability of skipping a layer).
+_DROPOUT_MARKERS = ("dropout", "pdrop", "layerdrop")
+
+
+def _is_dropout_rate(name: str, value: object) -> bool:
+    return (
+        not name.startswith("_")
+        and any(marker in name.lower() for marker in _DROPOUT_MARKERS)
+        and isinstance(value, float)
+        and value > 0.0
+    )
+
+
+def _zero_config_dropout(config: object, prefix: str, changed: list[str], seen: set[int]) -> None:
+    if id(config) in seen:
+        return
+    seen.add(id(config))
+    for name, value in list(vars(config).items()):
+        if _is_dropout_rate(name, value):
+            setattr(config, name, 0.0)
+            changed.append(f"{prefix}{name}={value}")
+        elif type(value).__name__.endswith("Config") and hasattr(value, "__dict__"):
+            _zero_config_dropout(value, f"{prefix}{name}.", changed, seen)  # text_config, ...
+
+
+def disable_dropout(model: nn.Module, *, role: str = "policy") -> list[str]:
+    """Set every dropout probability of ``model`` to 0, in its config(s) and in its modules.
+
+    RL needs the loss's forward (train mode) to be the same function as the one that scored the
+    old log-probs (eval mode): with dropout on, the ratio is not 1 even at the first, on-policy
+    step, and the clip fires on noise. TRL and verl switch dropout off the same way. HF modules
+    copy rates from the config at build time (``self.attention_dropout``), so both are set.
+    Returns what was changed (``name=old value``), which is logged."""
+    changed: list[str] = []
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "__dict__"):
+            _zero_config_dropout(config, "config.", changed, seen)
+        where = module_name or type(module).__name__
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            changed.append(f"{where}.p={module.p}")
+            module.p = 0.0
+            continue
+        for name, value in list(vars(module).items()):
+            if _is_dropout_rate(name, value):
+                setattr(module, name, 0.0)
+                changed.append(f"{where}.{name}={value}")
+    if changed:
+        shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+        log.warning("%s: dropout set to 0 for RL (old and new log-probs must match): %s", role, shown)
+    return changed
 
 
 def resolve_device(args: Config) -> torch.device:
@@ -47,6 +105,7 @@ class Policy:
             ref.to(self.device)
         else:
             ref = copy.deepcopy(self.model)
+        disable_dropout(ref, role="reference")
         ref.eval()
         ref.requires_grad_(False)
         return ref
@@ -93,5 +152,6 @@ def build_policy(
     # On the CPU with dtype=auto a given model keeps its dtype (a bf16 one then trains with masters).
     keep_dtype = args.dtype == "auto" and device.type == "cpu"
     model.to(device=device, dtype=None if keep_dtype else _dtype(args, device))
+    disable_dropout(model)
     model.train()
     return Policy(model=model, tokenizer=tokenizer, device=device)

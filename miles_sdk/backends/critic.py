@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from miles_sdk._policy import disable_dropout
 from miles_sdk.algo import compute_loss
 from miles_sdk.backends._batching import SequenceRows
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
@@ -53,6 +54,7 @@ class Critic:
                 "has no get_decoder()"
             )
         body = copy.deepcopy(get_decoder())
+        disable_dropout(body, role="critic")
         hidden_size = int(getattr(getattr(policy, "config", None), "hidden_size", 0))
         if hidden_size <= 0:
             raise TypeError("ppo critic: the policy's config has no hidden_size")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from miles_sdk._policy import disable_dropout
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
 from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
@@ -56,8 +57,12 @@ class TorchBackend:
         self._model = model
         self.device = next(model.parameters()).device
         self.ref_model = ref_model
+        # Also here for models that did not come through build_policy (a no-op when they did).
+        disable_dropout(model)
         if ref_model is None and args.needs_reference_model:
             self.ref_model = _frozen_copy(model)
+        if self.ref_model is not None:
+            disable_dropout(self.ref_model, role="reference")
         self.loss_fn = loss_fn
         self.tis_fn = tis_fn
         self.pg_loss_reducer = pg_loss_reducer
