@@ -105,35 +105,44 @@ class Trainer:
         tokenizer: PreTrainedTokenizerBase | None = None,
         engine: InferenceEngine | None = None,
         dataset: DataInput | None = None,
-        rollout_fn: RolloutFn | None = None,
-        generate_fn: GenerateFn | None = None,
+        rollout_fn: RolloutFn = None,  # type: ignore[assignment]
+        generate_fn: GenerateFn = None,  # type: ignore[assignment]
         data_source: DataSource | DataSourceFactory | None = None,
-        eval_fn: RolloutFn | None = None,
-        reward_model: RewardFn | BatchedRewardFn | None = None,
-        batched_reward_model: BatchedRewardFn | None = None,
-        reward_post_process: RewardPostProcessFn | None = None,
-        dynamic_sampling_filter: DynamicSamplingFilterFn | None = None,
-        buffer_filter: BufferFilterFn | None = None,
-        rollout_sample_filter: RolloutSampleFilterFn | None = None,
-        rollout_all_samples_process: RolloutAllSamplesProcessFn | None = None,
-        rollout_data_postprocess: RolloutDataPostprocessFn | None = None,
-        loss_fn: LossFn | None = None,
-        tis_fn: TISFn | None = None,
-        pg_loss_reducer: PGLossReducer | None = None,
-        convert_samples_to_train_data: ConvertSamplesToTrainDataFn | None = None,
-        backend_init: BackendInitFn | None = None,
-        before_log_prob_hook: BeforeLogProbHookFn | None = None,
-        before_train_step_hook: BeforeTrainStepHookFn | None = None,
-        post_save_hook: PostSaveHookFn | None = None,
-        rollout_log_fn: RolloutLogFn | None = None,
-        eval_rollout_log_fn: EvalRolloutLogFn | None = None,
+        eval_fn: RolloutFn = None,  # type: ignore[assignment]
+        reward_model: RewardFn = None,  # type: ignore[assignment]
+        batched_reward_model: BatchedRewardFn = None,  # type: ignore[assignment]
+        reward_post_process: RewardPostProcessFn = None,  # type: ignore[assignment]
+        dynamic_sampling_filter: DynamicSamplingFilterFn = None,  # type: ignore[assignment]
+        buffer_filter: BufferFilterFn = None,  # type: ignore[assignment]
+        rollout_sample_filter: RolloutSampleFilterFn = None,  # type: ignore[assignment]
+        rollout_all_samples_process: RolloutAllSamplesProcessFn = None,  # type: ignore[assignment]
+        rollout_data_postprocess: RolloutDataPostprocessFn = None,  # type: ignore[assignment]
+        loss_fn: LossFn = None,  # type: ignore[assignment]
+        tis_fn: TISFn = None,  # type: ignore[assignment]
+        pg_loss_reducer: PGLossReducer = None,  # type: ignore[assignment]
+        convert_samples_to_train_data: ConvertSamplesToTrainDataFn = None,  # type: ignore[assignment]
+        backend_init: BackendInitFn = None,  # type: ignore[assignment]
+        before_log_prob_hook: BeforeLogProbHookFn = None,  # type: ignore[assignment]
+        before_train_step_hook: BeforeTrainStepHookFn = None,  # type: ignore[assignment]
+        post_save_hook: PostSaveHookFn = None,  # type: ignore[assignment]
+        rollout_log_fn: RolloutLogFn = None,  # type: ignore[assignment]
+        eval_rollout_log_fn: EvalRolloutLogFn = None,  # type: ignore[assignment]
         router_middlewares: Sequence[RouterMiddleware] | None = None,
-        model_provider: ModelProviderFn | None = None,
+        model_provider: ModelProviderFn = None,  # type: ignore[assignment]
     ) -> None:
-        """Every hook is optional: None keeps the Miles default, or the Config's ``--*-path`` hook.
+        """Every hook is optional: leave it out to keep the Miles default, or the Config's ``--*-path`` hook.
 
-        ``reward_model`` is a per-sample ``RewardFn``, or the batched form with ``group_rm``;
-        ``batched_reward_model`` also scores lists returned by a generate function.
+        Each hook keyword is typed by its Protocol alone, not ``Protocol | None``: against a bare
+        Protocol mypy prints the expected call signature next to the function it got (``note:
+        "RewardFn.__call__" has type "Callable[[Config, Sample], ...]"``), which it omits for a
+        union, so a wrong hook reads as which parameter or return type is wrong. None is still
+        accepted at run time (it means "not given", e.g. from a ``**kwargs`` dict).
+
+        ``reward_model`` is the per-sample ``RewardFn``; ``batched_reward_model`` is the batched
+        form (``BatchedRewardFn``): with ``group_rm`` it scores each group, and it also scores lists
+        returned by a generate function. (At run time, with ``group_rm``, ``reward_model=`` also
+        takes the batched form, as ``--custom-rm-path`` does; typed code passes it as
+        ``batched_reward_model=``.)
         """
         self.args = config
         # Every keyword after ``dataset`` is a hook; read them by name rather than list them twice.

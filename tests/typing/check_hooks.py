@@ -140,6 +140,13 @@ async def rm_returns_str(args: Config, sample: Sample) -> str:
 
 
 rm_bad: RewardModel = rm_returns_str  # type: ignore[assignment]
+
+
+async def rm_without_args(sample: Sample) -> float:
+    return 1.0
+
+
+rm_no_args_bad: RewardModel = rm_without_args  # type: ignore[assignment]
 batched_bad: BatchedRewardModel = custom_rm  # type: ignore[assignment]
 
 
@@ -359,8 +366,15 @@ def build_trainers() -> None:
         rollout_log_fn=log_rollout,
         data_source=MySource,
     )
-    Trainer(Config(group_rm=True), reward_model=batched_rm)
+    Trainer(Config(group_rm=True), batched_reward_model=batched_rm)
     Trainer(Config(), reward_model=rm_returns_str)  # type: ignore[arg-type]
+    Trainer(Config(), reward_model=rm_without_args)  # type: ignore[arg-type]
+    # One keyword per form: the batched reward goes to batched_reward_model, even with group_rm.
+    Trainer(Config(group_rm=True), reward_model=batched_rm)  # type: ignore[arg-type]
+    Trainer(Config(), batched_reward_model=custom_rm)  # type: ignore[arg-type]
+    # Each hook keyword is its bare Protocol (so mypy can print the expected signature): leave a
+    # hook out rather than pass None.
+    Trainer(Config(), reward_model=None)  # type: ignore[arg-type]
     Trainer(Config(), generate_fn=sync_generate)  # type: ignore[arg-type]
     Trainer(Config(), dynamic_sampling_filter=dyn_wrong)  # type: ignore[arg-type]
     Trainer(Config(), pg_loss_reducer=reducer_returns_tensor)  # type: ignore[arg-type]
