@@ -37,7 +37,7 @@ from miles_sdk.hooks import (
 )
 from miles_sdk.loading import accepts_positional, check_hook_signature, load_hook
 
-__all__ = ["HookSet", "resolve_hooks"]
+__all__ = ["HookSet", "check_group_size", "resolve_hooks"]
 
 
 @attrs.define
@@ -156,7 +156,6 @@ def _args_only(fn: Callable[[Config], None]) -> RolloutDataPostprocessFn:
 
 def _check_consistency(args: Config, hooks: HookSet) -> None:
     """Contradictions between settings and hooks, caught before any work is done."""
-    _check_group_size(args, hooks)
     if args.loss_type == "custom_loss" and hooks.pg_loss_reducer is not None:
         # Miles also ignores the pg-loss reducer here (only its policy loss calls it); a run that
         # sets one clearly expects it to act, so say so rather than train with another reduction.
@@ -181,7 +180,7 @@ def _check_consistency(args: Config, hooks: HookSet) -> None:
 _GROUP_CENTRED = ("grpo", "gspo", "reinforce_plus_plus_baseline")
 
 
-def _check_group_size(args: Config, hooks: HookSet) -> None:
+def check_group_size(args: Config, hooks: HookSet) -> None:
     """Refuse a run whose every advantage is 0: a group-centring estimator with one sample per prompt.
 
     The default reward post-processing subtracts each prompt group's mean reward, so with

@@ -168,16 +168,23 @@ class RewardFn(Protocol):
     the sample. The result becomes ``sample.reward``: a float, or a dict read through
     ``reward_key``. Raising, timing out (``reward_timeout``), NaN or a wrong type marks the sample
     FAILED with the reason; it is never turned into 0.
+
+    ``async def`` (Miles's form) runs on the rollout's event loop: it must not block (a
+    ``time.sleep`` or ``requests.get`` there stalls every other sample; the loop warns). A plain
+    ``def`` runs in a thread pool, with ``reward_timeout`` applied.
     """
 
-    def __call__(self, args: Config, sample: Sample, /) -> Awaitable[RewardValue]: ...
+    def __call__(self, args: Config, sample: Sample, /) -> Awaitable[RewardValue] | RewardValue: ...
 
 
 class BatchedRewardFn(Protocol):
     """``--custom-rm-path`` with ``--group-rm``: score a whole group (or a generate function's
-    list) in one call. Returns one reward per sample, in order."""
+    list) in one call. Returns one reward per sample, in order. ``async def`` or plain ``def``,
+    as for :class:`RewardFn`."""
 
-    def __call__(self, args: Config, samples: list[Sample], /) -> Awaitable[Sequence[RewardValue]]: ...
+    def __call__(
+        self, args: Config, samples: list[Sample], /
+    ) -> Awaitable[Sequence[RewardValue]] | Sequence[RewardValue]: ...
 
 
 RewardModel: TypeAlias = RewardFn

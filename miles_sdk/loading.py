@@ -66,8 +66,9 @@ HOOK_SPECS: Final[dict[str, HookSpec]] = {
     "RolloutFn": HookSpec("RolloutFn", 4, is_async=None),
     "GenerateFn": HookSpec("GenerateFn", 3, is_async=True),
     "DataSourceFactory": HookSpec("DataSourceFactory", 1, is_async=False, is_class=True),
-    "RewardFn": HookSpec("RewardFn", 2, is_async=True),
-    "BatchedRewardFn": HookSpec("BatchedRewardFn", 2, is_async=True),
+    # A plain def reward runs in a thread pool (rewards/runner.py), as TRL accepts them.
+    "RewardFn": HookSpec("RewardFn", 2, is_async=None),
+    "BatchedRewardFn": HookSpec("BatchedRewardFn", 2, is_async=None),
     "RewardPostProcessFn": HookSpec("RewardPostProcessFn", 2, is_async=False),
     "DynamicSamplingFilterFn": HookSpec("DynamicSamplingFilterFn", 2, is_async=False),
     "BufferFilterFn": HookSpec("BufferFilterFn", 4, is_async=False),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import torch
 
 from miles_sdk import algo
-from miles_sdk._hookset import HookSet, resolve_hooks
+from miles_sdk._hookset import HookSet, check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
@@ -148,6 +148,7 @@ class Trainer:
         # Every keyword after ``dataset`` is a hook; read them by name rather than list them twice.
         given = {name: value for name, value in locals().items() if name in _HOOK_ARGUMENTS}
         self.hooks = resolve_hooks(config, given)
+        check_group_size(config, self.hooks)  # before any weight loads: a run that cannot learn
         seed_everything(config.seed)  # python, numpy and torch: all three are checkpointed
         self.policy = build_policy(
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider

@@ -76,8 +76,15 @@ def test_bad_format() -> None:
 
 
 def test_sync_where_async_needed(hook_module: str) -> None:
-    with pytest.raises(HookSignatureError, match=r"--custom-rm-path=.*sync_rm.*must be an async function"):
-        load_hook(f"{hook_module}.sync_rm", "RewardFn", flag="--custom-rm-path")
+    flag = "--miles-router-middleware-paths"
+    with pytest.raises(HookSignatureError, match=rf"{flag}=.*sync_rm.*must be an async function"):
+        load_hook(f"{hook_module}.sync_rm", "RouterMiddleware", flag=flag)
+
+
+def test_plain_def_rewards_are_accepted(hook_module: str) -> None:
+    # As in TRL: a plain function scores in a thread pool (issue 14.6).
+    assert load_hook(f"{hook_module}.sync_rm", "RewardFn", flag="--custom-rm-path").__name__ == "sync_rm"
+    assert load_hook(f"{hook_module}.sync_rm", "BatchedRewardFn").__name__ == "sync_rm"
 
 
 def test_async_where_sync_needed(hook_module: str) -> None:

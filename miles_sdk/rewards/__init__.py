@@ -23,7 +23,7 @@ from miles_sdk.rewards.registry import (
     score_builtin_sync,
 )
 from miles_sdk.rewards.remote import RemoteRewardClient, RemoteRewardError, close_remote_clients, remote_rm
-from miles_sdk.rewards.runner import RewardLabelError, score_samples, validate_labels
+from miles_sdk.rewards.runner import RewardLabelError, score_samples, shutdown_reward_threads, validate_labels
 
 __all__ = [
     "RM_TYPES",
@@ -64,3 +64,4 @@ async def close_reward_resources() -> None:
     Call it once at the end of a run (the Trainer's close)."""
     await close_remote_clients()
     shutdown_reward_workers()
+    shutdown_reward_threads()

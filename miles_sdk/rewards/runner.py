@@ -9,12 +9,17 @@ a value that is not a reward marks *that* sample FAILED with ``metadata["reward_
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import functools
 import inspect
 import json
 import logging
 import math
+import threading
+import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from miles_sdk.rewards.dapo import minerva_normalize
@@ -35,7 +40,15 @@ if TYPE_CHECKING:
     from miles_sdk.config import Config
     from miles_sdk.hooks import BatchedRewardFn, RewardFn
 
-__all__ = ["RewardLabelError", "compute_builtin_reward", "score_samples", "validate_labels"]
+__all__ = [
+    "RewardLabelError",
+    "call_reward",
+    "compute_builtin_reward",
+    "is_async_callable",
+    "score_samples",
+    "shutdown_reward_threads",
+    "validate_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +101,111 @@ def _accept(args: Config, sample: Sample, source: str, value: object) -> None:
         sample.reward = float(value)  # Miles's 0/1 ints become floats, the type Sample declares
 
 
-async def _call(result: object, timeout: float | None) -> object:
-    # Miles rewards are async; a plain function's value is taken as is (it cannot be timed out).
-    if inspect.isawaitable(result):
-        return await asyncio.wait_for(result, timeout)
-    return result
+BLOCKING_WARN_S = 1.0
+"""An ``async def`` reward that holds the event loop longer than this in one stretch is reported."""
+
+_warned_blocking: set[str] = set()
+_executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def is_async_callable(fn: object) -> bool:
+    """An ``async def`` function, an object with an ``async def __call__``, or a partial of one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    call = getattr(fn, "__call__", None)  # noqa: B004 - instances with an async __call__
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+
+
+def _reward_executor(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=max(1, workers), thread_name_prefix="miles-sdk-reward"
+            )
+        return _executor
+
+
+def shutdown_reward_threads() -> None:
+    """Stop the thread pool that runs plain ``def`` rewards (it is rebuilt on next use)."""
+    global _executor
+    with _executor_lock:
+        executor, _executor = _executor, None
+    if executor is not None:
+        # A reward still blocked past its timeout is not waited for: its result is already dropped.
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def call_reward(args: Config, fn: Callable[..., object], payload: object, *, name: str) -> object:
+    """Call a reward hook (``async def`` or plain ``def``) on ``payload`` (a sample or a list of them).
+
+    A plain function runs in a thread pool of ``reward_concurrency`` threads, with the caller's
+    context (the rollout's tokenizer), so a blocking call in it neither stalls the other samples
+    nor escapes ``reward_timeout``. A coroutine runs on the loop; a stretch of it that holds the
+    loop longer than :data:`BLOCKING_WARN_S` is reported once per hook, since it serialises
+    every sample and no timeout can interrupt it. ``reward_timeout`` applies to both forms.
+    """
+
+    async def run() -> object:
+        if is_async_callable(fn):
+            result = fn(args, payload)
+        else:
+            context = contextvars.copy_context()
+            executor = _reward_executor(args.reward_concurrency)
+            result = await asyncio.get_running_loop().run_in_executor(
+                executor, context.run, fn, args, payload
+            )
+        if inspect.isawaitable(result):
+            result = await _LoopHoldWatch(result, name)
+        return result
+
+    return await asyncio.wait_for(run(), args.reward_timeout)
+
+
+class _LoopHoldWatch:
+    """Awaits an awaitable step by step, timing each stretch it runs without yielding to the loop."""
+
+    def __init__(self, awaitable: Awaitable[object], name: str) -> None:
+        self._awaitable = awaitable
+        self._name = name
+
+    def __await__(self) -> Generator[Any, Any, object]:
+        steps = self._awaitable.__await__()
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            start = time.perf_counter()
+            try:
+                yielded = steps.send(send) if error is None else steps.throw(error)
+            except StopIteration as stop:
+                self._check(time.perf_counter() - start)
+                return stop.value
+            except BaseException:
+                self._check(time.perf_counter() - start)
+                raise
+            self._check(time.perf_counter() - start)
+            try:
+                send, error = (yield yielded), None
+            except GeneratorExit:
+                close = getattr(steps, "close", None)
+                if callable(close):
+                    close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - passed on to the reward, as await would
+                send, error = None, exc
+
+    def _check(self, held: float) -> None:
+        if held > BLOCKING_WARN_S and self._name not in _warned_blocking:
+            _warned_blocking.add(self._name)
+            logger.warning(
+                "reward function %s held the event loop for %.1f s without awaiting: a blocking call "
+                "(time.sleep, requests.get, a slow grader) inside an async def makes every sample wait "
+                "for it, one after another, and reward_timeout cannot interrupt it. Make it a plain def "
+                "(run in a thread pool, timeout applied), or await an async client instead",
+                self._name,
+                held,
+            )
 
 
 def _reason(exc: BaseException, timeout: float | None) -> str:
@@ -139,7 +252,7 @@ async def score_samples(
                 return
         async with limit:
             try:
-                value: object = await _call(fn(args, sample), timeout)
+                value: object = await call_reward(args, fn, sample, name=source)
             except Exception as exc:  # noqa: BLE001 - any reward bug is recorded on its sample
                 _fail(sample, source, _reason(exc, timeout))
                 return
@@ -153,7 +266,7 @@ async def _score_batched(
 ) -> None:
     source = hook_name(fn)
     try:
-        values = await _call(fn(args, pending), timeout)
+        values = await call_reward(args, fn, pending, name=source)
     except Exception as exc:  # noqa: BLE001 - the whole batch failed; each sample says why
         for sample in pending:
             _fail(sample, source, _reason(exc, timeout))

@@ -150,6 +150,26 @@ rm_no_args_bad: RewardModel = rm_without_args  # type: ignore[assignment]
 batched_bad: BatchedRewardModel = custom_rm  # type: ignore[assignment]
 
 
+# A plain def reward runs in a thread pool (TRL's form); it type-checks like the async one.
+def sync_rm(args: Config, sample: Sample) -> float:
+    return 1.0
+
+
+def sync_batched_rm(args: Config, samples: list[Sample]) -> list[float]:
+    return [1.0 for _ in samples]
+
+
+def sync_rm_returns_str(args: Config, sample: Sample) -> str:
+    return "1"
+
+
+sync_rm_ok: RewardModel = sync_rm
+sync_batched_ok: BatchedRewardModel = sync_batched_rm
+sync_rm_bad: RewardModel = sync_rm_returns_str  # type: ignore[assignment]
+sync_batched_bad: BatchedRewardModel = sync_rm  # type: ignore[assignment]
+sync_rm_wrong_args: RewardModel = sync_batched_rm  # type: ignore[assignment]
+
+
 def post_process(args: Config, samples: list[Sample]) -> tuple[list[float], list[float]]:
     return [0.0], [0.0]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from miles_sdk.compat.miles.rollout.rm_hub.math_dapo_utils import compute_score as compute_score_dapo
 from miles_sdk.compat.miles.rollout.rm_hub.math_utils import extract_answer as extract_boxed_answer
@@ -19,6 +19,7 @@ from miles_sdk.compat.miles.utils.misc import load_function
 from miles_sdk.config import Config
 from miles_sdk.rewards import compute_builtin_reward, f1_score
 from miles_sdk.rewards import remote_rm as _remote_rm
+from miles_sdk.rewards.runner import call_reward
 from miles_sdk.rollout.context import RolloutContext, RolloutContextError, get_rollout_context
 from miles_sdk.types import RewardValue, Sample
 
@@ -55,7 +56,8 @@ async def async_rm(args: Config, sample: Sample, **kwargs: Any) -> RewardValue:
         return result
     ctx = _context()
     if ctx is not None and ctx.reward_fn is not None:
-        return await ctx.reward_fn(args, sample)
+        # async def or plain def (run in a thread): the runner's call handles both
+        return cast(RewardValue, await call_reward(args, ctx.reward_fn, sample, name="reward_model"))
     return await compute_builtin_reward(args, sample)
 
 
@@ -82,7 +84,10 @@ async def batched_async_rm(
     ctx = _context()
     batched: Sequence[RewardValue]
     if ctx is not None and ctx.batched_reward_fn is not None:
-        batched = await ctx.batched_reward_fn(args, samples)
+        batched = cast(
+            Sequence[RewardValue],
+            await call_reward(args, ctx.batched_reward_fn, samples, name="batched_reward_model"),
+        )
     elif getattr(args, "custom_rm_path", None) and load_function(args.custom_rm_path) not in (
         async_rm,
         batched_async_rm,
