@@ -11,6 +11,7 @@ import attrs
 import torch
 from torch import nn
 
+from miles_sdk._hub import resolve_pretrained
 from miles_sdk.config import Config
 from miles_sdk.hooks import ModelProviderFn
 
@@ -100,7 +101,7 @@ class Policy:
             from transformers import AutoModelForCausalLM
 
             ref: nn.Module = AutoModelForCausalLM.from_pretrained(
-                args.ref_load, dtype=_dtype(args, self.device)
+                resolve_pretrained(args.ref_load, setting="ref_load"), dtype=_dtype(args, self.device)
             )
             ref.to(self.device)
         else:
@@ -138,17 +139,16 @@ def build_policy(
             raise ValueError("no policy: set hf_checkpoint in the Config, or pass model= and tokenizer=")
         from transformers import AutoModelForCausalLM
 
-        path = Path(args.hf_checkpoint)
-        if not path.is_dir():
-            raise FileNotFoundError(f"hf_checkpoint {args.hf_checkpoint!r} is not a local directory")
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=_dtype(args, device))
+        # A local folder or a hub id (found in the hub cache, or downloaded), as transformers takes.
+        checkpoint = resolve_pretrained(args.hf_checkpoint, setting="hf_checkpoint")
+        model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=_dtype(args, device))
     if tokenizer is None:
         source = args.hf_checkpoint
         if source is None:
             raise ValueError("a model was given without tokenizer=; pass the tokenizer too")
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(source, setting="hf_checkpoint"))
     # On the CPU with dtype=auto a given model keeps its dtype (a bf16 one then trains with masters).
     keep_dtype = args.dtype == "auto" and device.type == "cpu"
     model.to(device=device, dtype=None if keep_dtype else _dtype(args, device))

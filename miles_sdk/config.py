@@ -84,9 +84,10 @@ class Config:
 
     # ---- model and checkpoints -----------------------------------------------------------------
     hf_checkpoint: str | None = None
-    """Local HF model directory (model + tokenizer) for the policy, loaded with from_pretrained."""
+    """The policy's model + tokenizer, loaded with from_pretrained: a local HF model folder, or a hub id
+    such as Qwen/Qwen2.5-0.5B (found in the hub cache, or downloaded; HF_HUB_OFFLINE=1 keeps to the cache)."""
     ref_load: str | None = None
-    """Reference model directory; defaults to hf_checkpoint (or a frozen copy of the policy)."""
+    """Reference model folder or hub id (as hf_checkpoint); defaults to hf_checkpoint (or a frozen copy of the policy)."""
     load: str | None = None
     """Checkpoint directory to resume from (its latest step)."""
     save: str | None = None
