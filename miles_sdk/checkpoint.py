@@ -263,7 +263,9 @@ def check_save_dir(directory: str | os.PathLike[str], needed_bytes: int = 0) -> 
     disk with less than ``needed_bytes`` free."""
     root = Path(directory)
     if root.exists() and not root.is_dir():
-        raise CheckpointError(f"--save {root}: a file is in the way; the checkpoint folder must be a directory")
+        raise CheckpointError(
+            f"--save {root}: a file is in the way; the checkpoint folder must be a directory"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / f".write-test-{os.getpid()}"
@@ -374,13 +376,15 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> int | None:
 def _read(root: Path, rollout_id: int) -> dict[str, Any]:
     folder = root / f"{_PREFIX}{rollout_id}"
     if not folder.is_dir():
-        raise NoCheckpointError(f"checkpoint {folder} does not exist (complete ones: {complete_checkpoints(root)})")
+        raise NoCheckpointError(
+            f"checkpoint {folder} does not exist (complete ones: {complete_checkpoints(root)})"
+        )
     problem = checkpoint_problem(folder, verify_checksum=True)
     if problem is not None:
         raise CheckpointError(f"checkpoint {folder} is broken: {problem}")
     try:
         state = torch.load(folder / _STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a broken file
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {folder} is broken: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {folder} is broken: {_STATE_FILE} holds {type(state).__name__}")
@@ -400,7 +404,9 @@ def load_checkpoint(directory: str | os.PathLike[str], rollout_id: int | None = 
     marked = _marker(root)
     if (root / _LATEST).exists() and marked is None:
         logger.warning("checkpoint marker %s is empty or not a step number: ignored", root / _LATEST)
-    candidates = sorted(set(_checkpoint_ids(root)) | ({marked} if marked is not None else set()), reverse=True)
+    candidates = sorted(
+        set(_checkpoint_ids(root)) | ({marked} if marked is not None else set()), reverse=True
+    )
     if marked is not None:  # ``latest`` first: a newer folder it does not name was never made current
         candidates = [marked] + [i for i in candidates if i != marked]
     for candidate in candidates:

@@ -584,7 +584,12 @@ class Trainer:
             or self.args.load_debug_rollout_data
         ):
             return
-        samples = getattr(getattr(self.data_source, "dataset", None), "samples", None)
+        dataset = getattr(self.data_source, "dataset", None)
+        samples = getattr(dataset, "samples", None)
+        if samples and getattr(dataset, "lazy", False):
+            # A lazy dataset builds samples when drawn: check its first rows now (a later row that
+            # cannot be scored fails as its sample's reward_error).
+            samples = samples[:_LAZY_LABEL_CHECK_ROWS]
         if samples:
             from miles_sdk.rewards import validate_labels
 
@@ -646,6 +651,10 @@ class Trainer:
 
             return num_rollout_for_epochs(self.args, getattr(self.data_source, "dataset_size", 0))
         raise ValueError("set num_rollout or num_epoch in the Config, or call fit(num_rollout=...)")
+
+
+_LAZY_LABEL_CHECK_ROWS = 1000
+"""Rows of a lazy (large) prompt dataset whose labels are checked before training."""
 
 
 def _checkpoint_size_estimate(model: torch.nn.Module, args: Config) -> int:

@@ -16,15 +16,16 @@ errors name the file and line of the culprit.
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
-from miles_sdk._untyped_deps import import_pyarrow_parquet
+import numpy as np
+
+from miles_sdk.data.rowstore import RawRow, RowStore, open_rows
 from miles_sdk.data.templates import (
     PromptError,
     check_prompt,
@@ -71,13 +72,6 @@ DataInput: TypeAlias = "str | os.PathLike[str] | Sequence[Mapping[str, Any]] | H
 """A path (``.jsonl`` / ``.parquet``, optionally ``path@[start:end]``), row dicts, or an HF Dataset."""
 
 
-class RawRow(NamedTuple):
-    """One dataset row and where it came from (for error messages)."""
-
-    where: str
-    data: Mapping[str, Any]
-
-
 _SLICE = re.compile(r"^(?P<path>.*)@\[(?P<start>-?\d*):(?P<end>-?\d*)\]$")
 
 
@@ -96,74 +90,14 @@ def parse_data_path(spec: str) -> tuple[str, slice | None]:
     return m.group("path"), slice(int(start) if start else None, int(end) if end else None)
 
 
-def _read_jsonl(path: str) -> Iterator[RawRow]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                # Miles prints and skips bad lines; a silently shorter dataset loses prompts.
-                raise DatasetError(f"{where}: malformed JSON line: {exc.msg} (column {exc.colno})") from exc
-            yield RawRow(where, data)
-
-
-def _read_parquet(path: str) -> Iterator[RawRow]:
-    pq = import_pyarrow_parquet()
-    row_no = 0
-    for batch in pq.ParquetFile(path).iter_batches():
-        for data in batch.to_pylist():
-            yield RawRow(f"{path}[row {row_no}]", data)
-            row_no += 1
-
-
-def _read_path(spec: str) -> Iterator[RawRow]:
-    path, row_slice = parse_data_path(spec)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"prompt data file {path!r} does not exist (from {spec!r})")
-    if path.endswith(".jsonl"):
-        rows = _read_jsonl(path)
-    elif path.endswith(".parquet"):
-        rows = _read_parquet(path)
-    else:
-        raise DatasetError(
-            f"{path}: unsupported prompt data format; use .jsonl or .parquet (optionally path@[a:b])"
-        )
-    if row_slice is None:
-        return rows
-    start, stop = row_slice.start, row_slice.stop
-    if (start is None or start >= 0) and (stop is None or stop >= 0):
-        return itertools.islice(rows, start, stop)  # streams: stops reading at `stop`
-    return iter(list(rows)[row_slice])  # negative bounds need the length
-
-
 def read_rows(source: DataInput) -> tuple[str, list[RawRow]]:
     """Read every row of ``source`` with its location. Returns ``(name, rows)``.
 
-    A row that is not a JSON object / dict is an error naming its location.
+    A row that is not a JSON object / dict is an error naming its location; so is a file that is
+    not UTF-8 (JSONL) or not readable parquet.
     """
-    if isinstance(source, (str, os.PathLike)):
-        name = os.fspath(source)
-        rows = list(_read_path(name))
-    elif hasattr(source, "column_names"):
-        name = f"datasets.Dataset({', '.join(source.column_names)})"
-        rows = [RawRow(f"hf_dataset[{i}]", data) for i, data in enumerate(source)]
-    elif isinstance(source, Sequence):
-        name = "rows"
-        items: Sequence[Any] = source
-        rows = [RawRow(f"rows[{i}]", data) for i, data in enumerate(items)]
-    else:
-        raise TypeError(
-            f"prompt data must be a path, a list of dicts or a datasets.Dataset, got {type(source).__name__}"
-        )
-    for row in rows:
-        if not isinstance(row.data, Mapping):
-            raise DatasetError(
-                f"{row.where}: a row must be a JSON object / dict, got {type(row.data).__name__}"
-            )
-    return name, rows
+    store = open_rows(source, parse_data_path)
+    return store.name, [store.row(i) for i in range(len(store))]
 
 
 def _load_json_field(value: Any, where: str, key: str) -> Any:
@@ -191,11 +125,27 @@ def _plain_label(value: Any) -> Any:
     return value
 
 
+LAZY_MIN_ROWS = 100_000
+"""From this many rows on, a dataset is lazy (``lazy=None``): see :class:`PromptDataset`."""
+
+_CHECKED_UP_FRONT = 64
+"""Rows a lazy dataset builds at once, so that a wrong input_key or label_key fails at start."""
+
+
 class PromptDataset:
     """Prompt samples built from rows, with too-long prompts dropped.
 
-    ``samples[i]`` is the prompt sample for the i-th kept row in file order; ``locations[i]`` names
-    its file and line. Rendering (``apply_chat_template``) happens here, once.
+    Eager (fewer than :data:`LAZY_MIN_ROWS` rows, or ``lazy=False``): every row is built now;
+    ``samples[i]`` is the prompt sample for the i-th kept row in file order, ``locations[i]`` names
+    its file and line, and ``rollout_max_prompt_len`` drops too-long prompts up front (as Miles).
+
+    Lazy (``lazy=True``, or large data; issue 16.12): rows stay in the file (memory-mapped) and a
+    sample is built when the data source draws it. The whole file is still checked at once for
+    encoding and JSON syntax; other row errors (a missing key, a bad prompt) name the file and line
+    when the row is drawn. ``len()`` counts rows, and the length filter runs as prompts are drawn:
+    :meth:`prompt_at` returns None for a too-long prompt, which the data source skips (so an epoch
+    is a shuffle of all rows, too-long ones skipped, instead of a shuffle of the kept ones).
+    ``prompt_lengths`` is None and ``num_dropped_long`` counts the drops seen so far.
     """
 
     def __init__(
@@ -211,9 +161,11 @@ class PromptDataset:
         apply_chat_template: bool = False,
         apply_chat_template_kwargs: Mapping[str, Any] | None = None,
         max_prompt_len: int | None = None,
+        lazy: bool | None = None,
     ) -> None:
-        self.name, rows = read_rows(source)
-        if not rows:
+        store = open_rows(source, parse_data_path)
+        self.name = store.name
+        if not len(store):
             raise DatasetError(
                 f"prompt dataset {self.name!r} is empty (no rows; check the file or its @[a:b] slice)"
             )
@@ -236,12 +188,18 @@ class PromptDataset:
         self._apply_chat_template = apply_chat_template
         self._chat_template_kwargs = dict(apply_chat_template_kwargs or {})
         self._max_prompt_len = max_prompt_len
+        self.lazy: bool = len(store) >= LAZY_MIN_ROWS if lazy is None else lazy
+        """Whether samples are built when drawn rather than now (see the class doc)."""
+        if self.lazy:
+            self._init_lazy(store)
+            return
 
+        rows = [store.row(i) for i in range(len(store))]
         built = [self._build_sample(row) for row in rows]
         self.num_rows_read: int = len(built)
         """Rows read from the source (after the @[a:b] slice, before the length filter)."""
-        self.samples: list[Sample] = [s for s, _ in built]
-        self.locations: list[str] = [row.where for row in rows]
+        self.samples: Sequence[Sample] = [s for s, _ in built]
+        self.locations: Sequence[str] = [row.where for row in rows]
         self.prompt_lengths: list[int] | None = None
         """Prompt token counts of the kept samples; None when no length limit was set."""
         self.num_dropped_long: int = 0
@@ -273,6 +231,45 @@ class PromptDataset:
             apply_chat_template_kwargs=args.apply_chat_template_kwargs,
             max_prompt_len=args.rollout_max_prompt_len,
         )
+
+    def _init_lazy(self, store: RowStore) -> None:
+        self._store = store
+        self.num_rows_read = len(store)
+        self.samples = _LazySamples(self)
+        self.locations = _LazyLocations(store)
+        self.prompt_lengths = None
+        self.num_dropped_long = 0
+        self._dropped = np.zeros(len(store), dtype=bool) if self._max_prompt_len is not None else None
+        for i in range(min(len(store), _CHECKED_UP_FRONT)):
+            self._build_sample(store.row(i))
+        logger.info(
+            "%s: %d rows, read lazily (memory-mapped; samples built when drawn)", self.name, len(store)
+        )
+
+    def prompt_at(self, i: int) -> Sample | None:
+        """The prompt sample of row ``i``, or None when the length filter drops it (lazy datasets;
+        an eager one has dropped them already). The data source deep-copies what it returns."""
+        if not self.lazy:
+            return self.samples[i]
+        sample, text = self._build_sample(self._store.row(i))
+        limit, dropped = self._max_prompt_len, self._dropped
+        if limit is None or dropped is None or text is None:
+            return sample
+        assert self._tokenizer is not None
+        if dropped[i] or count_prompt_tokens(self._tokenizer, [text])[0] > limit:
+            if not dropped[i]:
+                dropped[i] = True
+                self.num_dropped_long += 1
+                if self.num_dropped_long == 1:
+                    logger.info(
+                        "%s: skipping prompts longer than rollout_max_prompt_len=%d tokens as they are drawn "
+                        "(first: %s); num_dropped_long counts them",
+                        self.name,
+                        limit,
+                        self._store.row(i).where,
+                    )
+            return None
+        return sample
 
     # -- building ------------------------------------------------------------------------------
 
@@ -382,12 +379,55 @@ class PromptDataset:
     # -- access --------------------------------------------------------------------------------
 
     def __len__(self) -> int:
+        """Kept prompts (eager), or rows (lazy: the length filter runs as prompts are drawn)."""
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Sample:
         return self.samples[i]
 
     def __repr__(self) -> str:
-        return (
-            f"PromptDataset({self.name!r}, {len(self)} prompts, {self.num_dropped_long} dropped as too long)"
-        )
+        lazy = ", lazy" if self.lazy else ""
+        return f"PromptDataset({self.name!r}, {len(self)} prompts, {self.num_dropped_long} dropped as too long{lazy})"
+
+
+class _LazySamples(Sequence[Sample]):
+    """``PromptDataset.samples`` of a lazy dataset: each sample built when indexed (not cached)."""
+
+    def __init__(self, dataset: PromptDataset) -> None:
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset._store)
+
+    @overload
+    def __getitem__(self, i: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Sample]: ...
+
+    def __getitem__(self, i: int | slice) -> Sample | list[Sample]:
+        build, store = self._dataset._build_sample, self._dataset._store
+        if isinstance(i, slice):
+            return [build(store.row(j))[0] for j in range(*i.indices(len(self)))]
+        return build(store.row(range(len(self))[i]))[0]
+
+
+class _LazyLocations(Sequence[str]):
+    """``PromptDataset.locations`` of a lazy dataset."""
+
+    def __init__(self, store: RowStore) -> None:
+        self._store = store
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | list[str]:
+        if isinstance(i, slice):
+            return [self._store.location(j) for j in range(*i.indices(len(self)))]
+        return self._store.location(range(len(self))[i])

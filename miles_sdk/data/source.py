@@ -18,13 +18,16 @@ import logging
 import os
 import random
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.data.buffer import check_groups, pop_first, take_from_buffer
-from miles_sdk.data.dataset import DataInput, PromptDataset
+from miles_sdk.data.dataset import DataInput, DatasetError, PromptDataset
 from miles_sdk.types import Sample
 
 if TYPE_CHECKING:
@@ -129,7 +132,7 @@ class RolloutDataSource:
             self.dataset = PromptDataset.from_config(args, dataset, tokenizer=tokenizer)
         elif args.rollout_global_dataset:
             raise ConfigError(f"{type(self).__name__}: set prompt_data (--prompt-data) or pass dataset=")
-        self._order: list[int] = []
+        self._order: Sequence[int] | npt.NDArray[np.int64] = ()
         self._shuffle_for(self.epoch_id)
 
     # -- reading -------------------------------------------------------------------------------
@@ -145,23 +148,36 @@ class RolloutDataSource:
         return self.epoch_id
 
     def _shuffle_for(self, epoch: int) -> None:
-        self._order = list(range(self.dataset_size))
-        if self.args.rollout_shuffle:
-            random.Random(self.args.rollout_seed + epoch).shuffle(self._order)
+        if not self.args.rollout_shuffle:
+            self._order = range(self.dataset_size)  # no list of a million ints
+            return
+        order = list(range(self.dataset_size))
+        random.Random(self.args.rollout_seed + epoch).shuffle(order)
+        # Kept as 8-byte ints (a list holds a 36-byte object per row): the same permutation.
+        self._order = order if len(order) < 4096 else np.asarray(order, dtype=np.int64)
 
     def _next_prompts(self, count: int) -> list[Sample]:
         if self.dataset is None:
             return [Sample() for _ in range(count)]
         prompts: list[Sample] = []
+        skipped = 0  # lazy datasets skip too-long prompts as they are drawn
         while len(prompts) < count:
             if self.sample_offset >= len(self._order):
                 self.epoch_id += 1
                 self.sample_offset = 0
                 self._shuffle_for(self.epoch_id)
-            take = min(count - len(prompts), len(self._order) - self.sample_offset)
-            window = self._order[self.sample_offset : self.sample_offset + take]
-            prompts.extend(self.dataset.samples[i] for i in window)
-            self.sample_offset += take
+            prompt = self.dataset.prompt_at(int(self._order[self.sample_offset]))
+            self.sample_offset += 1
+            if prompt is not None:
+                prompts.append(prompt)
+                skipped = 0
+                continue
+            skipped += 1
+            if skipped >= self.dataset_size:
+                raise DatasetError(
+                    f"prompt dataset {self.dataset.name!r}: all {self.dataset_size} prompts are longer than "
+                    f"rollout_max_prompt_len={self.args.rollout_max_prompt_len} tokens"
+                )
         return prompts
 
     def get_samples(self, num_samples: int) -> list[list[Sample]]:
