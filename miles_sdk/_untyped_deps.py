@@ -54,8 +54,7 @@ class ParquetFileLike(Protocol):
 
 
 class ParquetModule(Protocol):
-    def ParquetFile(self, source: str) -> ParquetFileLike:  # noqa: N802 (pyarrow's class name)
-        ...
+    def ParquetFile(self, source: str) -> ParquetFileLike: ...
 
 
 def import_pyarrow_parquet() -> ParquetModule:
@@ -68,8 +67,7 @@ def import_pyarrow_parquet() -> ParquetModule:
 class SGLangModule(Protocol):
     # The engine is returned as ``object``; miles_sdk.engines.sglang_engine narrows it to its own
     # SGLangEngineLike Protocol (kept there, next to the code that calls it).
-    def Engine(self, **kwargs: Any) -> object:  # noqa: N802 (sglang's class name)
-        ...
+    def Engine(self, **kwargs: Any) -> object: ...
 
 
 def import_sglang() -> SGLangModule:
