@@ -72,6 +72,13 @@ from miles_sdk.hooks import (
 )
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
 from miles_sdk.logging.progress import Progress
+from miles_sdk.rollout.shapes import (
+    HookResultError,
+    check_groups,
+    check_reward_post_process_result,
+    check_train_data,
+    describe_hook,
+)
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample, TrainData
 
 if TYPE_CHECKING:
@@ -279,10 +286,14 @@ class Trainer:
             return load_rollout_data(self.args.load_debug_rollout_data, rollout_id), {}
         rollout_fn = self.hooks.rollout_fn or _default_rollout_fn()
         output = self._run_rollout_fn(rollout_fn, rollout_id, evaluation=False)
+        where = "rollout function " + describe_hook(
+            rollout_fn, flag="--rollout-function-path", path=self.args.rollout_function_path
+        )
         if not isinstance(output, RolloutFnTrainOutput):
-            raise TypeError(
-                f"rollout function returned {type(output).__name__}, expected RolloutFnTrainOutput"
+            raise HookResultError(
+                f"{where} returned {type(output).__name__}, expected RolloutFnTrainOutput(samples=list[list[Sample]])"
             )
+        check_groups(output.samples, f"{where} (RolloutFnTrainOutput.samples)")
         if self.args.save_debug_rollout_data is not None:
             save_rollout_data(self.args.save_debug_rollout_data, rollout_id, output.samples)
         return output.samples, dict(output.metrics)
@@ -307,10 +318,28 @@ class Trainer:
         return self._loop.run(run())
 
     def _convert(self, samples: list[Sample]) -> TrainData:
-        if self.hooks.convert_samples_to_train_data is not None:
-            return self.hooks.convert_samples_to_train_data(self.args, samples)
-        post = self.hooks.reward_post_process or algo.grpo_reward_post_process
-        return algo.convert_samples_to_train_data(self.args, samples, reward_post_process=post)
+        args = self.args
+        convert = self.hooks.convert_samples_to_train_data
+        if convert is not None:
+            where = "convert_samples_to_train_data " + describe_hook(
+                convert,
+                flag="--custom-convert-samples-to-train-data-path",
+                path=args.custom_convert_samples_to_train_data_path,
+            )
+            return cast(TrainData, check_train_data(convert(args, samples), where))
+        post = self.hooks.reward_post_process
+        if post is None:
+            return algo.convert_samples_to_train_data(
+                args, samples, reward_post_process=algo.grpo_reward_post_process
+            )
+        where = "reward_post_process " + describe_hook(
+            post, flag="--custom-reward-post-process-path", path=args.custom_reward_post_process_path
+        )
+
+        def checked_post(a: Config, s: list[Sample]) -> tuple[list[float], list[float]]:
+            return check_reward_post_process_result(post(a, s), len(s), where)
+
+        return algo.convert_samples_to_train_data(args, samples, reward_post_process=checked_post)
 
     def _log_probs(self, train_data: TrainData) -> RolloutData:
         data: RolloutData = dict(train_data)

@@ -40,6 +40,7 @@ from miles_sdk.rollout.context import RolloutContext, get_rollout_context
 from miles_sdk.rollout.eval import eval_rollout
 from miles_sdk.rollout.filters import call_dynamic_filter
 from miles_sdk.rollout.generate import sampling_params_from_args
+from miles_sdk.rollout.shapes import check_groups, describe_hook
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample
 
 __all__ = ["RolloutError", "generate_rollout", "train_rollout"]
@@ -101,7 +102,7 @@ class _TrainRollout:
         try:
             while len(kept) < target:
                 while len(kept) + len(self.pending) < target:
-                    self._submit(self.data_source.get_samples(self.args.effective_over_sampling_batch_size))
+                    self._submit(self._draw())
                 done, _ = await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
                 # Sorted so that which group fills the last slot does not depend on task order.
                 for group in sorted((self._take(t) for t in done), key=_group_key):
@@ -127,6 +128,16 @@ class _TrainRollout:
         return RolloutFnTrainOutput(samples=kept, metrics=self._metrics(kept, time.perf_counter() - start))
 
     # -- drawing and generating ----------------------------------------------------------------
+
+    def _draw(self) -> list[list[Sample]]:
+        """``get_samples`` of the data source, checked: a flat list or a coroutine is named here,
+        not met later as ``'Sample' object is not iterable`` deep inside the rollout."""
+        source = self.data_source
+        where = describe_hook(
+            source, "get_samples", flag="--data-source-path", path=self.args.data_source_path
+        )
+        drawn = source.get_samples(self.args.effective_over_sampling_batch_size)
+        return check_groups(drawn, f"data source {where}")
 
     def _submit(self, groups: list[list[Sample]]) -> None:
         n = self.args.effective_over_sampling_batch_size
