@@ -168,12 +168,31 @@ class EmbeddedEngine:
         with self._lock:
             load_into_module(self._source, model_path)
 
-    def state_dict(self) -> dict[str, int]:
-        """What a checkpoint needs to resume sampling exactly: the next default request seed."""
-        return {"next_seed": self._next_seed}
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume sampling exactly: the next default request seed, the
+        weight version and, when the engine keeps its own copy of the weights, that copy. With
+        ``update_weights_interval > 1`` the copy lags the trained weights, and a resumed run must
+        sample from the same stale copy as the uninterrupted one (refreshing it from the loaded
+        policy would sample from weights that run never used)."""
+        state: dict[str, Any] = {"next_seed": self._next_seed, "weight_version": self._version}
+        if self._model is not self._source:
+            with self._lock:
+                state["weights"] = {
+                    name: tensor.detach().to("cpu", copy=True) for name, tensor in self._model.state_dict().items()
+                }
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Saved weights load into the engine's own copy (cast to its
+        device and dtype); an engine reading the live policy has no copy to restore and ignores them."""
         self._next_seed = int(state["next_seed"])
+        weights = state.get("weights")
+        if weights is not None and self._model is not self._source:
+            with self._lock:
+                self._model.load_state_dict(weights)
+                self._runner.weights_updated()
+        # The version never goes back: samples are labelled with it.
+        self._version = max(self._version, int(state.get("weight_version", 0)))
 
     async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
         """Continue ``input_ids``; batched with every other request in flight on this loop."""
