@@ -484,7 +484,9 @@ class Trainer:
         # Steps after the checkpoint were rolled back: drop them from the history too.
         self.history = [m for m in self.history if m.get("rollout/id", -1.0) < self.rollout_id]
         # The engine samples from the loaded weights, under the saved version and sampling seeds,
-        # so a resumed run draws exactly what the uninterrupted one would.
+        # so a resumed run draws exactly what the uninterrupted one would. An engine with its own
+        # copy (update_weights_interval > 1) then restores the copy it held at save time, which
+        # lags the trained weights exactly as in the uninterrupted run.
         saved_version = int(state.get("engine_weight_version", 0))
         self.engine.update_weights(max(saved_version, self.engine.weight_version))
         _load_engine_state(self.engine, state.get("engine"))
