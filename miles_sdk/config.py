@@ -135,6 +135,8 @@ class Config:
     """Render prompts (chat messages) through the tokenizer's chat template."""
     apply_chat_template_kwargs: dict[str, Any] = attrs.field(factory=dict)
     """Extra kwargs for apply_chat_template, as JSON on the CLI."""
+    chat_template_path: str | None = None
+    """A Jinja chat template file used instead of the tokenizer's (Miles's --chat-template-path), by miles.utils.processing_utils.load_tokenizer in hooks; the SDK's own tokenizer keeps its template."""
     rollout_shuffle: bool = False
     """Reshuffle the prompts each epoch with seed rollout_seed + epoch."""
     rollout_global_dataset: bool = attrs.field(
@@ -368,6 +370,8 @@ class Config:
     """A token ratio below this zeroes its whole sequence."""
     tis_batch_normalize: bool = False
     """Rescale the IS weights to mean 1 over the batch."""
+    qkv_format: Literal["thd", "bshd"] = "thd"
+    """Miles's attention input layout (packed thd or padded bshd), read by TIS hooks such as mis.py's compute_mis_weights_with_cp. The SDK runs without context parallelism, where both give the same weights."""
     log_probs_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs/entropy over the vocabulary."""
 

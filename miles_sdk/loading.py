@@ -233,6 +233,13 @@ def load_hook(path: str, protocol: type | str, *, flag: str | None = None) -> An
     install()
     obj = _import_attr(path, label)
     check_hook_signature(obj, proto_name, name=f"{label}={path}")
+    # Imports inside the hook's body fail here, not at its first call after a whole rollout.
+    from miles_sdk.compat._imports import BodyImportError, check_body_imports
+
+    try:
+        check_body_imports(obj, f"{label}={path}")
+    except BodyImportError as exc:
+        raise HookLoadError(str(exc)) from exc
     # Miles-style hooks get a mutable args (Miles passes its argparse Namespace); typed ones the Config.
     from miles_sdk.compat._args import is_miles_style, with_miles_args
 

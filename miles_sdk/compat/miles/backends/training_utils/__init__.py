@@ -1,0 +1,1 @@
+"""Shim of ``miles.backends.training_utils``: ``parallel`` (this process's ranks) and ``cp_utils``."""
