@@ -163,6 +163,7 @@ class Trainer:
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
+        self._owned_engine: InferenceEngine | None = None
         # Served /generate requests wait while a train step holds the shared module.
         self._gate = GenerationGate()
         try:
@@ -520,7 +521,23 @@ class Trainer:
         writer = getattr(self, "writer", None)  # absent when construction failed
         if writer is not None:
             writer.close()
-        self._loop.close()
+        engine_close = getattr(self._owned_engine, "close", None)
+        self._owned_engine = None
+        if callable(engine_close) and _is_async_callable(engine_close):
+            self._loop.run(engine_close())  # an engine with connections closes on the loop
+            engine_close = None
+        self._loop.close()  # cancels the engine's scheduler task, then joins the loop thread
+        if callable(engine_close):
+            # After the loop: a model step in flight on the engine's worker thread finishes and the
+            # thread is joined, so no thread of this Trainer outlives close().
+            engine_close()
+
+    def _check_open(self) -> None:
+        if self._loop.loop.is_closed():
+            raise RuntimeError(
+                "Trainer is closed: close() (or the end of its `with` block) stopped its engine, servers "
+                "and loop thread. Build a new Trainer (with load= to continue from a checkpoint)"
+            )
 
     # ==== construction helpers ==================================================================
 
@@ -536,6 +553,8 @@ class Trainer:
 
             model = self.policy.model
             engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
+        if given is None:
+            self._owned_engine = engine  # built here, so close() stops its threads; a given one is the caller's
         # Miles generate/rollout functions POST to args.sglang_router_ip:port, so a configured path
         # gets the HTTP server too (an object passed to the Trainer opts in with serve_http).
         needs_serving = (

@@ -137,6 +137,11 @@ class EmbeddedEngine:
         """Monotonic version of the weights the engine samples from."""
         return self._version
 
+    def close(self) -> None:
+        """Join the worker thread (after the step in flight, if any). Call it once the event loop
+        that drives the scheduler has stopped; the Trainer's close() does. Idempotent."""
+        self._worker.shutdown(wait=True, cancel_futures=True)
+
     def update_weights(self, version: int | None = None) -> None:
         """Sample from the trainer's current weights from the next step on; bump the version.
 
