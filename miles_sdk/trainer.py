@@ -198,6 +198,7 @@ class Trainer:
 
     def step(self) -> Metrics:
         """One rollout step; returns its metrics."""
+        self._check_open()
         args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
@@ -243,6 +244,7 @@ class Trainer:
         """Train until ``num_rollout`` rollouts have run in total, counting any already run or
         resumed (Miles's ``--num-rollout``; default: the Config's num_rollout / num_epoch).
         Evaluates first unless ``skip_eval_before_train``. Returns every step's metrics so far."""
+        self._check_open()
         total = num_rollout if num_rollout is not None else self._num_rollout()
         set_num_rollout = getattr(self.backend, "set_num_rollout", None)
         if callable(set_num_rollout):  # the learning-rate decay spans the run fit decided
@@ -266,6 +268,7 @@ class Trainer:
 
     def evaluate(self) -> Metrics:
         """Run the eval function over the eval datasets; returns ``eval/<name>`` metrics."""
+        self._check_open()
         eval_fn = self.hooks.eval_fn or self.hooks.rollout_fn or _default_rollout_fn()
         completed = self._last_completed_rollout()
         output = self._run_rollout_fn(eval_fn, completed, evaluation=True)
