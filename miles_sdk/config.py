@@ -285,6 +285,23 @@ class Config:
     """Seconds before a reward call is cancelled and its sample marked FAILED."""
     reward_concurrency: int = 64
     """Most reward calls in flight (remote_rm connection pool size too)."""
+    reward_request_timeout: float = 10.0
+    """remote_rm: seconds one HTTP attempt may take; a timeout, connection error or 5xx is retried
+    with backoff and jitter."""
+    reward_retry_budget: float = 60.0
+    """remote_rm: seconds one sample may spend on all its attempts and backoff before it is FAILED
+    (reward_timeout, when lower, still cancels sooner)."""
+    reward_leave_out_failed: bool = False
+    """Keep a group whose reward failed on some samples, without them, where the estimator allows
+    (grpo, gspo, reinforce_plus_plus_baseline: 2 or more left; reinforce_plus_plus, ppo: 1 or more);
+    off: drop the whole group (as before). The step then has fewer samples: needs
+    --disable-rollout-trim-samples or a global_batch_size below the rollout's sample count, and a
+    reward_post_process that accepts groups of unequal size (the built-in one does)."""
+    reward_max_failed_frac: float = 0.5
+    """Stop the run when more than this fraction of a step's finished samples failed reward
+    scoring for reward_failed_patience steps in a row (1.0 never stops)."""
+    reward_failed_patience: int = 3
+    """Consecutive steps above reward_max_failed_frac before the run stops."""
     reward_num_workers: int = 2
     """Worker processes for CPU-heavy graders (math); 0 grades on a thread."""
     reward_pool_timeout: float | None = 300.0
@@ -708,6 +725,16 @@ def _validate(c: Config) -> None:
         "advantage_estimator=ppo needs kl_coef == 0 (use use_kl_loss for a KL penalty)",
     )
     need(c.rm_type != "remote_rm" or c.rm_url is not None, "rm_type=remote_rm needs rm_url")
+    need(c.reward_request_timeout > 0, "reward_request_timeout must be > 0")
+    need(c.reward_retry_budget > 0, "reward_retry_budget must be > 0")
+    need(0.0 <= c.reward_max_failed_frac <= 1.0, "reward_max_failed_frac must be in [0, 1]")
+    need(c.reward_failed_patience >= 1, "reward_failed_patience must be >= 1")
+    need(
+        not c.reward_leave_out_failed or not c.rollout_trim_samples or c.global_batch_size is not None,
+        "reward_leave_out_failed leaves steps with fewer samples than rollout_batch_size * "
+        "n_samples_per_prompt, which trimming to that global batch would cut to none: set "
+        "--disable-rollout-trim-samples or a smaller global_batch_size",
+    )
     need(
         not (c.debug_rollout_only and c.debug_train_only),
         "debug_rollout_only and debug_train_only exclude each other",

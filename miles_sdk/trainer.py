@@ -207,6 +207,7 @@ class Trainer:
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         metrics["rollout/id"] = float(rollout_id)
+        self._check_reward_failures(rollout_id, metrics)
         if not args.debug_rollout_only:
             with self._served_generation_paused():
                 with timer("train_data"):
@@ -414,6 +415,23 @@ class Trainer:
             yield
         finally:
             self._loop.run(self._gate.open())
+
+    def _check_reward_failures(self, rollout_id: int, metrics: Metrics) -> None:
+        """Stop a run whose reward keeps failing (issue 16.9): more than reward_max_failed_frac of a
+        step's finished samples failed, reward_failed_patience steps in a row."""
+        frac = float(metrics.get("rollout/reward_failed_frac", 0.0))
+        limit, patience = self.args.reward_max_failed_frac, self.args.reward_failed_patience
+        streak = getattr(self, "_reward_failed_streak", 0) + 1 if frac > limit else 0
+        self._reward_failed_streak = streak
+        if streak >= patience:
+            from miles_sdk.rollout.default import RolloutError
+
+            raise RolloutError(
+                f"rollout {rollout_id}: the reward failed on more than reward_max_failed_frac={limit} of the "
+                f"samples for {streak} steps in a row ({frac:.0%} this step); stopping rather than burning "
+                "compute. Check the reward (server) and sample.metadata['reward_error']; raise "
+                "reward_max_failed_frac or reward_failed_patience to go on regardless"
+            )
 
     def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> bool:
         """Run the rollout-log hook; True when it replaces the default logging (the metrics are

@@ -37,7 +37,8 @@ def progress_fields(metrics: Metrics) -> dict[str, str]:
     failed = float(metrics.get("rollout/reward_failed", 0.0))
     if failed > 0:
         total = float(metrics.get("rollout/num_samples", 0.0)) or failed
-        fields["failed"] = f"{failed / total:.2f}"
+        frac = float(metrics.get("rollout/reward_failed_frac", failed / total))  # of finished samples
+        fields["failed"] = f"{frac:.2f}"
     seconds = sum(v for k, v in metrics.items() if k.startswith("perf/") and k.endswith("_time"))
     if seconds:
         fields["s_per_step"] = f"{seconds:.1f}"

@@ -16,10 +16,13 @@ One training rollout, in order:
 4. ``rollout_sample_filter`` runs on the kept groups, then ``rollout_all_samples_process`` on
    every finished group (dropped ones too). Groups come out sorted by sample index.
 
-Why FAILED groups are dropped rather than kept with ``remove_sample``: GRPO normalisation needs
-every reward of a group, and inventing one (0, the group mean) would train on a made-up signal.
-The error stays visible in the metrics, the log, ``sample.metadata["reward_error"]`` and the
-all-samples hook. If the first ``rollout_batch_size`` finished groups all failed, the reward
+Failed samples are never given an invented reward (0, the group mean): that would train on a
+made-up signal. With ``reward_leave_out_failed`` a group keeps its scored samples
+and leaves the FAILED ones out where the estimator allows it (:func:`can_leave_out_failed`:
+group-normalised estimators need 2 scored samples, per-sample ones 1); otherwise the group is
+dropped. ``rollout/reward_failed_frac`` is the failed fraction of the finished samples. The error
+stays visible in the metrics, the log, ``sample.metadata["reward_error"]`` and the all-samples
+hook (which sees whole groups). If the first ``rollout_batch_size`` finished groups all failed, the reward
 function is broken: the rollout raises with the first error instead of draining the dataset.
 """
 
@@ -43,7 +46,7 @@ from miles_sdk.rollout.generate import sampling_params_from_args
 from miles_sdk.rollout.shapes import check_groups, describe_hook
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample
 
-__all__ = ["RolloutError", "generate_rollout", "train_rollout"]
+__all__ = ["RolloutError", "can_leave_out_failed", "generate_rollout", "train_rollout"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,25 @@ async def generate_rollout(
 async def train_rollout(args: Config, rollout_id: int, data_source: DataSource) -> RolloutFnTrainOutput:
     """One training rollout: ``rollout_batch_size`` kept groups (see the module doc)."""
     return await _TrainRollout(args, rollout_id, data_source, get_rollout_context()).run()
+
+
+_LEAVE_OUT_MIN_LEFT = {
+    "grpo": 2,
+    "gspo": 2,
+    "reinforce_plus_plus_baseline": 2,
+    "reinforce_plus_plus": 1,
+    "ppo": 1,
+}
+"""Scored samples a group needs to train without its failed ones, per estimator: a group mean
+(and std) over fewer than 2 rewards gives every sample a zero advantage."""
+
+
+def can_leave_out_failed(args: Config, scored: int) -> bool:
+    """Whether a group with ``scored`` scored samples is kept without its FAILED ones."""
+    if not args.reward_leave_out_failed or args.group_rm:
+        return False
+    needed = _LEAVE_OUT_MIN_LEFT.get(args.advantage_estimator)
+    return needed is not None and scored >= needed
 
 
 def _group_key(group: list[Sample]) -> int:
@@ -107,6 +129,7 @@ class _TrainRollout:
                 # Sorted so that which group fills the last slot does not depend on task order.
                 for group in sorted((self._take(t) for t in done), key=_group_key):
                     finished.append(group)
+                    group = self._leave_out_failed(group)
                     if not await self._accept(group):
                         continue
                     if len(kept) < target:
@@ -228,6 +251,28 @@ class _TrainRollout:
 
     # -- judging finished groups ---------------------------------------------------------------
 
+    def _leave_out_failed(self, group: list[Sample]) -> list[Sample]:
+        """The group without its FAILED samples when the estimator allows it, else the group."""
+        self.counts["rollout/samples_finished"] += len(group)
+        failed = [s for s in group if s.status is Sample.Status.FAILED]
+        rest = [s for s in group if s.status is not Sample.Status.FAILED]
+        if not failed or not can_leave_out_failed(self.args, len(rest)):
+            return group
+        self.counts["rollout/reward_failed"] += len(failed)
+        self.counts["rollout/groups_kept_without_failed"] += 1
+        error = str(failed[0].metadata.get("reward_error", "unknown error"))
+        if self.first_reward_error is None:
+            self.first_reward_error = f"sample index={failed[0].index}: {error}"
+        logger.info(
+            "rollout %d: group %d keeps %d of %d samples, reward failed: %s",
+            self.rollout_id,
+            _group_key(group),
+            len(rest),
+            len(group),
+            error,
+        )
+        return rest
+
     async def _accept(self, group: list[Sample]) -> bool:
         failed = [s for s in group if s.status is Sample.Status.FAILED]
         if failed:
@@ -325,5 +370,8 @@ class _TrainRollout:
             }
         )
         metrics.setdefault("rollout/reward_failed", 0.0)
+        metrics["rollout/reward_failed_frac"] = metrics["rollout/reward_failed"] / max(
+            self.counts["rollout/samples_finished"], 1
+        )
         metrics.setdefault("rollout/aborted_groups", 0.0)
         return metrics

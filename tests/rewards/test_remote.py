@@ -129,7 +129,7 @@ async def test_permanent_5xx_gives_up_with_the_reason(server: RewardServer) -> N
     await score_samples(_args(server.url), samples)
     error = samples[0].metadata["reward_error"]
     assert samples[0].status is Sample.Status.FAILED
-    assert error.startswith(f"remote_rm: RemoteRewardError: remote_rm {server.url}: gave up after 4 attempts")
+    assert error.startswith(f"remote_rm: RemoteRewardError: remote_rm {server.url}: gave up after 4 attempts in ")
     assert "HTTP 500" in error and "internal boom" in error
     assert server.calls == 1 + remote.DEFAULT_MAX_RETRIES
 
@@ -189,4 +189,60 @@ async def test_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         await close_remote_clients()
     assert samples[0].status is Sample.Status.FAILED
-    assert "gave up after 4 attempts (ClientConnectorError" in samples[0].metadata["reward_error"]
+    error = samples[0].metadata["reward_error"]
+    assert "gave up after 4 attempts in " in error and "ClientConnectorError" in error
+
+
+# -- issue 16.9 / 16.10: short attempts, an explicit budget, jitter, progress while waiting ------
+
+
+def test_default_attempt_timeout_is_short_and_budget_explicit() -> None:
+    args = Config(rm_type="remote_rm", rm_url="http://127.0.0.1:9/rm")
+    assert args.reward_request_timeout == remote.DEFAULT_ATTEMPT_TIMEOUT_S <= 10.0
+    assert args.reward_retry_budget == remote.DEFAULT_BUDGET_S
+
+
+async def test_hung_server_gives_up_within_the_budget(server: RewardServer) -> None:
+    async def stuck(request: web.Request) -> web.StreamResponse:
+        await server.release.wait()
+        return web.json_response(1.0)
+
+    server.behaviour = stuck
+    samples = [Sample(index=0)]
+    # no reward_timeout: the retry budget alone must end it
+    await score_samples(_args(server.url, reward_request_timeout=0.1, reward_retry_budget=0.35), samples)
+    error = samples[0].metadata["reward_error"]
+    assert samples[0].status is Sample.Status.FAILED
+    assert "reward_retry_budget=0.35s" in error and "no reply within reward_request_timeout=0.1s" in error
+    assert 2 <= server.calls <= 1 + remote.DEFAULT_MAX_RETRIES  # retried, then stopped by the budget
+
+
+async def test_retries_back_off_with_jitter(server: RewardServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    factors: list[tuple[float, float]] = []
+    real_uniform = remote.random.uniform
+
+    def recording(a: float, b: float) -> float:
+        factors.append((a, b))
+        return real_uniform(a, b)
+
+    monkeypatch.setattr(remote.random, "uniform", recording)
+    server.behaviour = server.reply(None, status=503, raw="busy")
+    await score_samples(_args(server.url), [Sample(index=0)])
+    assert factors == [(0.5, 1.5)] * remote.DEFAULT_MAX_RETRIES
+
+
+async def test_waiting_is_logged(
+    server: RewardServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(remote, "PROGRESS_LOG_S", 0.05)
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(0.3)
+        return web.json_response(1.0)
+
+    server.behaviour = slow
+    samples = [Sample(index=i) for i in range(3)]
+    with caplog.at_level("WARNING", logger="miles_sdk.rewards.remote"):
+        await score_samples(_args(server.url), samples)
+    assert [s.reward for s in samples] == [1.0] * 3
+    assert "3 samples waiting for a reward" in caplog.text
