@@ -18,6 +18,7 @@ import sys
 
 from miles_sdk.compat._bridge import call_off_loop, run_blocking
 from miles_sdk.compat._finder import SHIM_PACKAGE, MilesShimFinder, provided_modules, real_miles_importable
+from miles_sdk.compat._megatron_finder import MegatronShimFinder, real_megatron_importable
 
 __all__ = ["call_off_loop", "install", "is_installed", "provided_modules", "run_blocking", "uninstall"]
 
@@ -37,6 +38,7 @@ def install() -> bool:
     Returns True when the shims are (now or already) in place, False when the real ``miles``
     package is importable, in which case nothing is changed.
     """
+    _install_megatron()
     if is_installed():
         return True
     if real_miles_importable():
@@ -47,12 +49,26 @@ def install() -> bool:
     return True
 
 
+def _install_megatron() -> None:
+    """``megatron.core.mpu`` for hook files (this process's ranks), unless megatron-core is installed."""
+    if any(isinstance(f, MegatronShimFinder) for f in sys.meta_path) or real_megatron_importable():
+        return
+    sys.meta_path.insert(0, MegatronShimFinder())
+
+
 def uninstall() -> None:
-    """Remove the finder and forget the ``miles.*`` aliases (the shim modules themselves stay).
-    Meant for tests."""
+    """Remove the finders and forget the ``miles.*`` / ``megatron.*`` aliases (the shim modules
+    themselves stay). Meant for tests."""
     finder = _installed_finder()
     if finder is not None:
         sys.meta_path.remove(finder)
+    for other in [f for f in sys.meta_path if isinstance(f, MegatronShimFinder)]:
+        sys.meta_path.remove(other)
+    for name, module in list(sys.modules.items()):
+        if (name == "megatron" or name.startswith("megatron.")) and getattr(module, "__name__", "").startswith(
+            "miles_sdk.compat.megatron"
+        ):
+            del sys.modules[name]
     for name, module in list(sys.modules.items()):
         if (name == "miles" or name.startswith("miles.")) and getattr(module, "__name__", "").startswith(
             SHIM_PACKAGE

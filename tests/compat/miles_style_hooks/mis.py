@@ -1,6 +1,6 @@
 # Copied unchanged from Miles (https://github.com/radixark/miles), examples/infra_features/train_infer_mismatch_helper/mis.py
 # Copyright the Miles authors. Licensed under the Apache License, Version 2.0 (http://www.apache.org/licenses/LICENSE-2.0).
-# Only these two comment lines were added; the code below is byte-for-byte Miles's.
+# Only these three comment lines were added; the code below is byte-for-byte Miles's.
 from typing import Any
 
 import torch
