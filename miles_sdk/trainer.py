@@ -190,6 +190,8 @@ class Trainer:
                 check_save_dir(config.save, _checkpoint_size_estimate(self.policy.model, config))
             if config.load is not None:
                 self._resume(config.load)
+            if not self.writer.started:  # not resumed: this run gets its own metrics.jsonl
+                self.writer.start_new_run()
         except BaseException:
             self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
             raise
@@ -512,6 +514,7 @@ class Trainer:
         saved_version = int(state.get("engine_weight_version", 0))
         self.engine.update_weights(max(saved_version, self.engine.weight_version))
         _load_engine_state(self.engine, state.get("engine"))
+        self.writer.resume_at(self.rollout_id)  # the steps after the checkpoint will be logged again
 
     def __enter__(self) -> Self:
         return self

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -16,6 +18,8 @@ from miles_sdk.config import Config
 from miles_sdk.types import Metrics, Sample
 
 __all__ = ["MetricsWriter", "PhaseTimer", "eval_metrics", "rollout_metrics"]
+
+logger = logging.getLogger(__name__)
 
 
 def _mean(values: list[float]) -> float:
@@ -70,7 +74,13 @@ class PhaseTimer:
 
 
 class MetricsWriter:
-    """Appends one JSON line per step to ``output_dir/metrics.jsonl``; mirrors to TensorBoard/W&B."""
+    """Writes one JSON line per step to ``output_dir/metrics.jsonl``; mirrors to TensorBoard/W&B.
+
+    One file per run. A run from scratch that finds a ``metrics.jsonl`` from an earlier run in
+    its output folder moves it aside to ``metrics.run<k>.jsonl`` (logged), so step ids that restart
+    at 0 never mix with the old rows. A resumed run (``--load``) keeps the file and cuts it back
+    to the checkpoint's step: the rows of the steps it will replay are dropped, not duplicated.
+    """
 
     def __init__(self, args: Config) -> None:
         self.args = args
@@ -80,7 +90,6 @@ class MetricsWriter:
         self._wandb: Any = None
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            self._file = (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8")
         if args.use_tensorboard:
             self._tb = _tensorboard_writer(args, self.output_dir)
         if args.use_wandb:
@@ -90,10 +99,72 @@ class MetricsWriter:
     def jsonl_path(self) -> Path | None:
         return self.output_dir / "metrics.jsonl" if self.output_dir else None
 
+    @property
+    def started(self) -> bool:
+        """Whether this run's JSONL file is open (by :meth:`start_new_run` or :meth:`resume_at`)."""
+        return self._file is not None
+
+    def start_new_run(self) -> Path | None:
+        """Open a fresh ``metrics.jsonl``; an earlier run's file is moved aside. Returns where it
+        went (None when there was nothing to move)."""
+        path = self.jsonl_path
+        if path is None:
+            return None
+        self._close_file()
+        moved: Path | None = None
+        if path.exists() and path.stat().st_size > 0:
+            k = 1
+            while (path.parent / f"metrics.run{k}.jsonl").exists():
+                k += 1
+            moved = path.parent / f"metrics.run{k}.jsonl"
+            path.rename(moved)
+            logger.warning(
+                "%s held metrics of an earlier run: moved to %s; this run writes a new %s (pass --load "
+                "to resume that run and continue its file instead)",
+                path.parent,
+                moved.name,
+                path.name,
+            )
+        self._file = path.open("w", encoding="utf-8")
+        return moved
+
+    def resume_at(self, step: int) -> int:
+        """Continue the file of the run being resumed at ``step``: rows with ``step`` >= it (the
+        steps that will run again) are dropped, as is a line torn by a kill. Returns how many
+        rows were dropped."""
+        path = self.jsonl_path
+        if path is None:
+            return 0
+        self._close_file()
+        kept: list[str] = []
+        dropped = 0
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = _parse_row(line)
+                if row is not None and row < step:
+                    kept.append(line + "\n")
+                elif line.strip():
+                    dropped += 1
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+        if dropped:
+            logger.info(
+                "resuming at step %d: %s keeps %d rows and drops %d rows of steps that run again",
+                step,
+                path,
+                len(kept),
+                dropped,
+            )
+        self._file = path.open("a", encoding="utf-8")
+        return dropped
+
     def write(self, step: int, metrics: Metrics) -> None:
         clean = {
             k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
         }
+        if self._file is None and self.output_dir is not None:
+            self.start_new_run()
         if self._file is not None:
             self._file.write(json.dumps({"step": step, **clean}) + "\n")
             self._file.flush()
@@ -103,12 +174,25 @@ class MetricsWriter:
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
 
-    def close(self) -> None:
+    def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def close(self) -> None:
+        self._close_file()
         if self._tb is not None:
             self._tb.close()
+
+
+def _parse_row(line: str) -> int | None:
+    """The ``step`` of a JSONL row, or None for a blank, torn or foreign line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else None
 
 
 def _tensorboard_writer(args: Config, output_dir: Path | None) -> Any:
