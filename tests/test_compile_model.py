@@ -99,3 +99,80 @@ def test_a_compiler_failure_falls_back_to_eager_with_a_warning(caplog: pytest.Lo
     torch.testing.assert_close(out, model(input_ids=ids).logits)
     assert not layers.enabled and "torch.compile failed" in caplog.text
     assert all(layer._compiled_call_impl is None for layer in model.get_decoder().layers)
+
+
+def test_checkpointed_layers_recompute_through_the_compiled_callables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """gradient_checkpointing + compile_model: the backward's recompute must call the compiled
+    layers too (an eager recompute saves other tensors than the compiled forward, and torch's
+    checkpoint raised CheckpointError on CUDA). Old code: no compiled call inside the backward."""
+    torch._dynamo.reset()
+    in_backward: list[bool] = []
+
+    class _Spy(_CountingBackend):
+        def __call__(self, gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+            run = super().__call__(gm, example_inputs)
+
+            def spy(*args: Any) -> Any:
+                in_backward.append(torch._C._current_graph_task_id() != -1)
+                return run(*args)
+
+            return spy
+
+    real_init = CompiledLayers.__init__
+
+    def spying_init(self: CompiledLayers, decoder: nn.Module, **kwargs: Any) -> None:
+        kwargs.pop("backend", None)
+        real_init(self, decoder, backend=_Spy(), **kwargs)
+
+    monkeypatch.setattr(CompiledLayers, "__init__", spying_init)
+    model, tok = tiny_policy("unit", seed=4)
+    cfg = small_config(lr=1e-3, compile_model="on", gradient_checkpointing=True)
+    with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as t:
+        metrics = t.step()
+    assert any(in_backward), "the checkpoint recompute ran the layers eagerly"
+    assert not all(in_backward)  # and the forwards ran compiled
+    assert all(layer._compiled_call_impl is None for layer in model.get_decoder().layers)
+    assert metrics["train/grad_norm"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor on CUDA (issue 13 item 2)")
+def test_cuda_gradient_checkpointing_with_compile_trains_like_eager() -> None:
+    """compile_model=auto (inductor on CUDA) with gradient_checkpointing: the first step used to
+    raise CheckpointError; now it trains, and like the eager run."""
+    torch._dynamo.reset()
+
+    def run(compile_model: Literal["auto", "off"]) -> list[float]:
+        model, tok = tiny_policy("unit", seed=4)
+        cfg = small_config(
+            device="cuda",
+            sglang_enable_deterministic_inference=True,
+            lr=1e-3,
+            compile_model=compile_model,
+            gradient_checkpointing=True,
+        )
+        with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as t:
+            return [t.step()["train/grad_norm"] for _ in range(2)]
+
+    eager = run("off")
+    compiled = run("auto")
+    assert compiled == pytest.approx(eager, rel=5e-2)
+
+
+def test_a_compiler_failure_under_checkpointing_hands_checkpointing_back_to_the_model() -> None:
+    torch._dynamo.reset()
+
+    def broken(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Any:
+        raise RuntimeError("no kernels for this")
+
+    model, _ = tiny_policy("unit", seed=0)
+    model.train()
+    handed_back: list[bool] = []
+    layers = CompiledLayers(
+        model.get_decoder(), backend=broken, checkpoint=True, on_eager=lambda: handed_back.append(True)
+    )
+    ids = torch.tensor([[1, 2, 3]])
+    out = layers.run(lambda: model(input_ids=ids, use_cache=False).logits)
+    out.sum().backward()
+    assert handed_back == [True] and not layers.enabled

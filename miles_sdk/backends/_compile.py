@@ -3,7 +3,9 @@
 The embedded engine decodes from the same module (its fast path reads the weights directly, its
 generic path calls the layers with a KV cache). Compiling the layers in place would hand the
 engine's cache-carrying calls to the compiler too, so the compiled callables sit in
-``nn.Module``'s own compiled-call slot only while :meth:`CompiledLayers.run` runs a pass.
+``nn.Module``'s own compiled-call slot only while :meth:`CompiledLayers.run` runs a pass, or
+while the trainer holds :meth:`CompiledLayers.active` over a micro-batch's forward and backward
+(gradient checkpointing recomputes the layers in backward, with the same compiled callables).
 
 All layers share one code object, so they share compiled graphs (parameters are graph inputs).
 Inductor fuses what eager runs as separate kernels: RMSNorm's fp32 casts, RoPE, SwiGLU, the
@@ -13,8 +15,9 @@ residual adds, in the forward and the backward. On W1 (H200) that took the train
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -31,7 +34,26 @@ dynamic shapes once a shape changes (torch's default); True starts dynamic."""
 
 
 class CompiledLayers:
-    def __init__(self, decoder: nn.Module, *, backend: str | Callable[..., Any] = "inductor") -> None:
+    """The decoder's layers under ``torch.compile``, installed only for the trainer's passes.
+
+    ``checkpoint``: gradient checkpointing of the compiled layers, done here rather than by the
+    model's own ``gradient_checkpointing_enable``. The model's checkpoint sits inside the layer
+    (transformers wraps ``forward``), so dynamo meets it as a higher-order op: where it cannot
+    trace it, the forward ran compiled but the backward's recompute ran eagerly, which saves other
+    tensors, and torch's checkpoint raised CheckpointError (recomputed values have different
+    metadata) on the first step on CUDA. Here each layer call is ``checkpoint(compiled, ...)``, so
+    the forward and the recompute call the same compiled callable. ``on_eager`` runs if the
+    compiler fails and the layers fall back to eager (the caller then turns the model's own
+    checkpointing on)."""
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        *,
+        backend: str | Callable[..., Any] = "inductor",
+        checkpoint: bool = False,
+        on_eager: Callable[[], None] | None = None,
+    ) -> None:
         layers = getattr(decoder, "layers", None)
         if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
             raise ValueError(
@@ -44,34 +66,82 @@ class CompiledLayers:
         self._compiled: list[Any] = [
             torch.compile(layer._call_impl, backend=backend, dynamic=DYNAMIC) for layer in self._layers
         ]
+        if checkpoint:
+            self._compiled = [_checkpointed(fn) for fn in self._compiled]
+        self._on_eager = on_eager
         self.enabled = True
+        self._depth = 0
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """The layers run compiled inside this scope (nested scopes are fine).
+
+        The trainer holds it over a micro-batch's forward *and* backward: with gradient
+        checkpointing, the backward recomputes each layer, and the recompute must call the same
+        compiled callable as the forward did. An eager recompute saves other tensors than the
+        compiled forward, and torch's checkpoint refuses it (CheckpointError: recomputed values
+        have different metadata)."""
+        if not self.enabled:
+            yield
+            return
+        if self._depth == 0:
+            self._install()
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._uninstall()
 
     def run(self, forward: Callable[[], T]) -> T:
         """``forward()`` with the layers compiled; eager for good if the compiler rejects them."""
         if not self.enabled:
             return forward()
-        for layer, fn in zip(self._layers, self._compiled, strict=True):
-            layer._compiled_call_impl = fn
         try:
-            return forward()
+            with self.active():
+                return forward()
         except torch._dynamo.exc.TorchDynamoException as exc:
             self.enabled = False
+            self._uninstall()  # now, even inside an enclosing active(): eager from here on
             log.warning("compile_model: torch.compile failed (%s); training continues eagerly", exc)
-        finally:
-            for layer in self._layers:
-                layer._compiled_call_impl = None
+            if self._on_eager is not None:
+                self._on_eager()
         return forward()
+
+    def _install(self) -> None:
+        for layer, fn in zip(self._layers, self._compiled, strict=True):
+            layer._compiled_call_impl = fn
+
+    def _uninstall(self) -> None:
+        for layer in self._layers:
+            layer._compiled_call_impl = None
+
+
+def _checkpointed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():  # no backward, nothing to recompute
+            return fn(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+
+    return call
 
 
 def compiled_layers(
-    mode: Literal["auto", "on", "off"], decoder: nn.Module, device: torch.device
+    mode: Literal["auto", "on", "off"],
+    decoder: nn.Module,
+    device: torch.device,
+    *,
+    checkpoint: bool = False,
+    on_eager: Callable[[], None] | None = None,
 ) -> CompiledLayers | None:
     """The compiled layers that ``mode`` asks for (auto: CUDA only; a model without a layer list
-    stays eager under auto and is an error under on)."""
+    stays eager under auto and is an error under on); ``checkpoint`` and ``on_eager`` as in
+    :class:`CompiledLayers`."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return None
     try:
-        return CompiledLayers(decoder)
+        return CompiledLayers(decoder, checkpoint=checkpoint, on_eager=on_eager)
     except ValueError:
         if mode == "on":
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -68,9 +68,6 @@ class TorchBackend:
         self.pg_loss_reducer = pg_loss_reducer
         self.before_log_prob_hook = before_log_prob_hook
         self.before_train_step_hook = before_train_step_hook
-        enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
-        if args.gradient_checkpointing and callable(enable_checkpointing):
-            enable_checkpointing()
         self.optim = PolicyOptimizer(
             args,
             [p for p in model.parameters() if p.requires_grad],
@@ -89,7 +86,21 @@ class TorchBackend:
         self.critic = Critic(args, model, pack=self._pack) if args.advantage_estimator == "ppo" else None
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
-        self._compiled = compiled_layers(args.compile_model, _decoder(model), self.device)
+        # Gradient checkpointing: around the compiled layers when they are compiled (so the
+        # recompute calls them too; see _compile.py), else the model's own.
+        enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
+        model_checkpointing = (
+            enable_checkpointing if args.gradient_checkpointing and callable(enable_checkpointing) else None
+        )
+        self._compiled = compiled_layers(
+            args.compile_model,
+            _decoder(model),
+            self.device,
+            checkpoint=model_checkpointing is not None,
+            on_eager=model_checkpointing,
+        )
+        if model_checkpointing is not None and self._compiled is None:
+            model_checkpointing()
 
     @property
     def model(self) -> nn.Module:
@@ -128,12 +139,17 @@ class TorchBackend:
                 run=compiled.run if compiled is not None else None,
             )
 
-    def _train_scope(self, batch: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def _train_scope(self, batch: dict[str, Any]) -> Iterator[None]:
         """Held over a micro-batch's forward and backward: gradient checkpointing recomputes the
-        layers in backward, and they read the attention implementation again then."""
-        if self._packs(self._model, batch["unconcat_tokens_list"]):
-            return attention_implementation(_decoder(self._model))
-        return contextlib.nullcontext()
+        layers in backward, and they must read the same attention implementation and call the
+        same compiled layers then as in the forward."""
+        with contextlib.ExitStack() as stack:
+            if self._packs(self._model, batch["unconcat_tokens_list"]):
+                stack.enter_context(attention_implementation(_decoder(self._model)))
+            if self._compiled is not None:
+                stack.enter_context(self._compiled.active())
+            yield
 
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
