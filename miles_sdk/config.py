@@ -113,8 +113,20 @@ class Config:
     """Torch device for policy and engine: "cpu", "cuda", "cuda:1" or "auto" (cuda when present)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Parameter dtype. auto: bf16 parameters with fp32 master weights in the optimizer on CUDA, float32 on CPU."""
-    train_backend: Literal["torch", "megatron"] = "torch"
-    """Training backend. Only torch is in this release; megatron is parsed and rejected with a clear error."""
+    train_backend: Literal["torch", "fsdp", "megatron"] = "torch"
+    """Training backend. torch: one process, the policy trained in place. fsdp: FSDP2-sharded
+    training ranks, actor_num_nodes * actor_num_gpus_per_node of them (CPU ranks over gloo without
+    GPUs), started in this process for one rank, else as Ray actors (or local processes without
+    Ray); see docs/scale-out.md. megatron is parsed and rejected with a clear error."""
+    fsdp_cpu_offload: bool = False
+    """fsdp: keep the sharded parameters, gradients and optimizer state in host memory
+    (FSDP2's CPUOffloadPolicy); the optimizer steps on the CPU."""
+    ray_address: str | None = None
+    """fsdp with several ranks: the Ray cluster to join (as RAY_ADDRESS); unset starts a local one."""
+    distributed_launcher: Literal["auto", "ray", "processes"] = "auto"
+    """fsdp with several ranks: how they start. auto: Ray actors when ray is installed, else local
+    processes (one node); ray: Ray actors (a local cluster, or ray_address); processes: spawned
+    local processes driven over pipes (no Ray)."""
     rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"
     """Inference engine: in-process torch, sglang's offline Engine, or an sglang-compatible server."""
 

@@ -542,6 +542,12 @@ class Trainer:
         if weight_sync is not None:
             weight_sync.close()
         self._loop.run(close_reward_resources())
+        from miles_sdk.agents import close_agent_endpoints  # the agent chat endpoint, when one was started
+
+        self._loop.run(close_agent_endpoints())
+        backend_close = getattr(getattr(self, "backend", None), "close", None)
+        if callable(backend_close):  # training ranks in other processes (train_backend="fsdp")
+            backend_close()
         writer = getattr(self, "writer", None)  # absent when construction failed
         if writer is not None:
             writer.close()
@@ -672,14 +678,17 @@ class Trainer:
     def _build_backend(self) -> TrainBackend:
         from miles_sdk.backends.torch_backend import TorchBackend
 
-        if self.args.train_backend != "torch":
+        if self.args.train_backend == "megatron":
             raise NotImplementedError(
-                f"train_backend={self.args.train_backend!r} is not available in this release; "
-                "the torch backend (train_backend='torch') is the one implemented"
+                "train_backend='megatron' is not available in this release; "
+                "use train_backend='torch' (one process) or 'fsdp' (sharded ranks)"
             )
-        _warn_placement_flags(self.args)
+        if self.args.train_backend != "fsdp":
+            _warn_placement_flags(self.args)
 
         ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
+        if self.args.train_backend == "fsdp":
+            return self._fsdp_backend(ref_model)
         return TorchBackend(
             self.args,
             self.policy.model,
@@ -689,6 +698,26 @@ class Trainer:
             pg_loss_reducer=self.hooks.pg_loss_reducer,
             before_log_prob_hook=self.hooks.before_log_prob_hook,
             before_train_step_hook=self.hooks.before_train_step_hook,
+        )
+
+    def _fsdp_backend(self, ref_model: torch.nn.Module | None) -> TrainBackend:
+        from miles_sdk.backends.fsdp_backend import FSDPBackend
+        from miles_sdk.distributed import plan_world
+        from miles_sdk.distributed.rank import RankHooks
+
+        hooks = self.hooks
+        return FSDPBackend(
+            self.args,
+            self.policy.model,
+            plan_world(self.args, self.policy.device.type),
+            ref_model=ref_model,
+            hooks=RankHooks(
+                loss_fn=hooks.loss_fn,
+                tis_fn=hooks.tis_fn,
+                pg_loss_reducer=hooks.pg_loss_reducer,
+                before_log_prob_hook=hooks.before_log_prob_hook,
+                before_train_step_hook=hooks.before_train_step_hook,
+            ),
         )
 
     def _load_eval_datasets(self) -> dict[str, Any]:

@@ -1,0 +1,123 @@
+"""``train_backend="fsdp"``: the torch backend's passes on FSDP2-sharded training ranks.
+
+The driver keeps the policy module that the engine samples from; the ranks hold the sharded fp32
+training copy. Each optimizer step's global batch is split into equal shares, one per rank (FSDP
+averages the gradients, so the update is the global batch's mean, as with one process), and after
+``train`` rank 0's full weights are copied into the driver's module: the engine's weight sync.
+Checkpoint state is the full model and optimizer state, so a run resumes on any world size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.config import Config, ConfigError
+from miles_sdk.distributed.launch import RankGroup, start_ranks
+from miles_sdk.distributed.rank import ModelSource, RankHooks
+from miles_sdk.distributed.world import WorldPlan
+from miles_sdk.types import Metrics, TrainData
+
+__all__ = ["FSDPBackend"]
+
+
+class FSDPBackend:
+    """A :class:`~miles_sdk.backends.base.TrainBackend` over ``plan.world_size`` FSDP2 ranks."""
+
+    def __init__(
+        self,
+        args: Config,
+        model: nn.Module,
+        plan: WorldPlan,
+        *,
+        ref_model: nn.Module | None,
+        hooks: RankHooks,
+    ) -> None:
+        if args.advantage_estimator == "ppo":
+            raise ConfigError("train_backend='fsdp' does not train a critic yet; use train_backend='torch' for ppo")
+        self.args = args
+        self.plan = plan
+        self._model = model
+        self.ranks: RankGroup = start_ranks(plan, args, ModelSource.of(model, ref_model), hooks)
+
+    @property
+    def model(self) -> nn.Module:
+        return self._model
+
+    @property
+    def world_size(self) -> int:
+        return self.ranks.world_size
+
+    def compute_log_probs(self, data: TrainData, *, which: LogProbModel) -> list[torch.Tensor]:
+        n = len(data["tokens"])
+        shares = [list(range(n))[r::self.world_size] for r in range(self.world_size)]
+        results = self.ranks.call("compute_log_probs", [(_select(data, idx), which) for idx in shares])
+        out: list[torch.Tensor | None] = [None] * n
+        for idx, log_probs in zip(shares, results, strict=True):
+            for i, lp in zip(idx, log_probs, strict=True):
+                out[i] = lp
+        return [t for t in out if t is not None]
+
+    def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
+        return None
+
+    def train(self, rollout_id: int, rollout_data: RolloutData) -> Metrics:
+        shares = self._train_shares(len(rollout_data["tokens"]))
+        metrics = self.ranks.call("train", [(rollout_id, _select(rollout_data, idx)) for idx in shares])[0]
+        self._pull_weights()
+        return dict(metrics)
+
+    def _train_shares(self, n: int) -> list[list[int]]:
+        """Rank r's samples: the r-th of every W samples of each optimizer step, in step order, so
+        each rank's own step boundaries fall where the global ones do."""
+        args, world = self.args, self.world_size
+        steps = args.num_steps_per_rollout
+        global_batch = n // steps if steps else min(args.effective_global_batch_size, n)
+        shares: list[list[int]] = [[] for _ in range(world)]
+        for start in range(0, n, global_batch):
+            step = list(range(start, min(start + global_batch, n)))
+            if len(step) % world:
+                raise ValueError(
+                    f"an optimizer step of {len(step)} samples cannot be split over {world} training ranks; "
+                    "keep rollout trimming on (the default) or choose batch sizes divisible by the ranks"
+                )
+            for r in range(world):
+                shares[r].extend(step[r::world])
+        return shares
+
+    def _pull_weights(self) -> None:
+        """The engine's weight sync: rank 0's full weights into the driver's module."""
+        in_process = self.plan.launcher == "in_process"
+        full = self.ranks.call("full_weights", [()] * self.world_size, to_cpu=not in_process)[0]
+        assert full is not None
+        with torch.no_grad():
+            own = self._model.state_dict()
+            for name, value in full.items():
+                own[name].copy_(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.ranks.call("state_dict", [()] * self.world_size)[0]
+        assert state is not None
+        return dict(state) | {"world_size": self.world_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ranks.call("load_state_dict", [(state,)] * self.world_size)
+        self._pull_weights()
+
+    def close(self) -> None:
+        self.ranks.close()
+
+
+def _select(data: Any, idx: list[int]) -> dict[str, Any]:
+    """The per-sample entries (lists as long as the batch) at ``idx``; everything else as is."""
+    n = len(data["tokens"])
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, list | tuple) and len(value) == n:
+            out[key] = [value[i] for i in idx]
+        else:
+            out[key] = value
+    return out

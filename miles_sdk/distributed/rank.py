@@ -1,0 +1,190 @@
+"""One training rank of ``train_backend="fsdp"``: the torch backend's passes over an FSDP2-sharded
+policy. The same class runs in the driver's process (one rank), in a local process, or in a Ray
+actor; the driver sends each rank its share of every batch and gets back tensors and metrics."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.config import Config
+from miles_sdk.distributed.sharding import full_state_dict, shard_causal_lm
+from miles_sdk.types import Metrics, TrainData
+
+__all__ = ["ModelSource", "RankHooks", "RankSpec", "TrainRank"]
+
+
+@attrs.frozen
+class ModelSource:
+    """What a rank builds its policy from: a transformers config and the initial weights (so every
+    rank, and a resumed run on another world size, starts from the driver's exact model)."""
+
+    config: Any
+    """The model's ``transformers.PretrainedConfig``."""
+    state_dict: dict[str, torch.Tensor]
+    """Initial parameters and buffers (CPU tensors)."""
+    ref_state_dict: dict[str, torch.Tensor] | None = None
+    """The reference model's, when one is needed."""
+
+    @classmethod
+    def of(cls, model: nn.Module, ref_model: nn.Module | None = None) -> ModelSource:
+        def cpu(m: nn.Module) -> dict[str, torch.Tensor]:
+            return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
+
+        return cls(
+            config=getattr(model, "config"),
+            state_dict=cpu(model),
+            ref_state_dict=cpu(ref_model) if ref_model is not None else None,
+        )
+
+    def build(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        model: nn.Module = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        model.load_state_dict(state)
+        return model
+
+
+@attrs.frozen
+class RankHooks:
+    """The hooks that run next to the model (shipped to every rank by pickling)."""
+
+    loss_fn: Any = None
+    tis_fn: Any = None
+    pg_loss_reducer: Any = None
+    before_log_prob_hook: Any = None
+    before_train_step_hook: Any = None
+
+
+@attrs.frozen
+class RankSpec:
+    rank: int
+    world_size: int
+    device_type: str
+    master_addr: str
+    master_port: int
+
+
+class TrainRank:
+    """Built in its process; every method is a collective (all ranks call it in the same order)."""
+
+    def __init__(self, args: Config, spec: RankSpec, source: ModelSource, hooks: RankHooks) -> None:
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from miles_sdk.backends.torch_backend import TorchBackend
+
+        self.spec = spec
+        os.environ.setdefault("MASTER_ADDR", spec.master_addr)
+        os.environ["MASTER_PORT"] = str(spec.master_port)
+        if spec.device_type == "cuda":
+            local = spec.rank % max(torch.cuda.device_count(), 1)
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group(
+                "nccl" if spec.device_type == "cuda" else "gloo",
+                rank=spec.rank,
+                world_size=spec.world_size,
+            )
+        mesh = init_device_mesh(spec.device_type, (spec.world_size,))
+        torch.manual_seed(args.seed)
+        # Every rank trains an equal share of each global batch; FSDP averages the gradients.
+        local_args = args.replace(global_batch_size=args.effective_global_batch_size // spec.world_size)
+        param_dtype = torch.bfloat16 if spec.device_type == "cuda" and args.dtype != "float32" else None
+        lm = source.build(source.state_dict).to(self.device)
+        model = shard_causal_lm(lm, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload)
+        ref = None
+        if source.ref_state_dict is not None:
+            ref_lm = source.build(source.ref_state_dict).to(self.device)
+            ref_lm.requires_grad_(False)
+            ref = shard_causal_lm(ref_lm, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload)
+            ref.eval()
+        self.model = model
+        self.backend = TorchBackend(
+            local_args,
+            model,
+            ref_model=ref,
+            loss_fn=hooks.loss_fn,
+            tis_fn=hooks.tis_fn,
+            pg_loss_reducer=hooks.pg_loss_reducer,
+            before_log_prob_hook=hooks.before_log_prob_hook,
+            before_train_step_hook=hooks.before_train_step_hook,
+        )
+
+    def compute_log_probs(self, data: TrainData, which: LogProbModel) -> list[torch.Tensor]:
+        return self.backend.compute_log_probs(data, which=which)
+
+    def train(self, rollout_id: int, data: RolloutData) -> Metrics:
+        """This rank's share of the optimizer steps; the metrics are reduced over ranks (means of
+        means over equal shares; ``*_max`` / ``*_min`` by max / min; the norm is global already)."""
+        import torch.distributed as dist
+
+        local = self.backend.train(rollout_id, data)
+        keys = sorted(local)
+        values = torch.tensor([local[k] for k in keys], dtype=torch.float64)
+        maxed = torch.where(_is_min(keys), -values, values)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
+        mean = values / self.spec.world_size
+        out: Metrics = {}
+        for i, key in enumerate(keys):
+            if key.endswith("_max"):
+                out[key] = float(maxed[i])
+            elif key.endswith("_min"):
+                out[key] = float(-maxed[i])
+            else:
+                out[key] = float(mean[i])
+        return out
+
+    def full_weights(self, *, to_cpu: bool = True) -> dict[str, torch.Tensor] | None:
+        """The policy's full weights (rank 0), for the engine: on the CPU to cross a process
+        boundary, on the rank's device when the driver shares its process."""
+        state = full_state_dict(self.model, to_cpu=to_cpu)
+        return state if self.spec.rank == 0 else None
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """World-size-independent training state (full model and optimizer state), on rank 0."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state: dict[str, Any] = {
+            "model": full_state_dict(self.model),
+            "step_id": self.backend.step_id,
+            "scheduler": self.backend.scheduler.state_dict(),
+        }
+        if not self.backend.args.no_save_optim:
+            state["optimizer"] = get_optimizer_state_dict(self.model, self.backend.optimizer, options=options)
+        return state if self.spec.rank == 0 else None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        set_model_state_dict(self.model.lm, state["model"], options=options)
+        if "optimizer" in state:
+            set_optimizer_state_dict(self.model, self.backend.optimizer, state["optimizer"], options=options)
+        self.backend.scheduler.load_state_dict(state["scheduler"])
+        self.backend.step_id = int(state["step_id"])
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _is_min(keys: list[str]) -> torch.Tensor:
+    return torch.tensor([k.endswith("_min") for k in keys], dtype=torch.bool)
+

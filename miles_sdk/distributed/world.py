@@ -1,0 +1,63 @@
+"""How many training ranks, on which devices, started how: read from Miles's placement flags."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from miles_sdk.config import Config, ConfigError
+
+__all__ = ["Launcher", "WorldPlan", "plan_world"]
+
+Launcher = Literal["in_process", "processes", "ray"]
+
+
+@attrs.frozen
+class WorldPlan:
+    """The training world of ``train_backend="fsdp"``."""
+
+    world_size: int
+    """Training ranks: ``actor_num_nodes * actor_num_gpus_per_node`` (CPU ranks without GPUs)."""
+    device_type: str
+    """"cuda" (one GPU per rank, NCCL) or "cpu" (gloo)."""
+    launcher: Launcher
+    """in_process for one rank (no Ray import, no extra process); else ray when installed or asked
+    for with ``ray_address``; else local processes (one node only)."""
+
+    @property
+    def dist_backend(self) -> str:
+        return "nccl" if self.device_type == "cuda" else "gloo"
+
+
+def plan_world(args: Config, device_type: str) -> WorldPlan:
+    world_size = args.actor_num_nodes * args.actor_num_gpus_per_node
+    if world_size < 1:
+        raise ConfigError("actor_num_nodes * actor_num_gpus_per_node must be >= 1")
+    gbs = args.effective_global_batch_size
+    if gbs % world_size:
+        raise ConfigError(
+            f"global_batch_size ({gbs}) is not divisible by the {world_size} training ranks "
+            "(actor_num_nodes * actor_num_gpus_per_node): each rank trains an equal share of every step"
+        )
+    launcher: Launcher
+    if world_size == 1:
+        launcher = "in_process"
+    elif args.distributed_launcher == "ray" or (
+        args.distributed_launcher == "auto" and (args.ray_address is not None or _ray_installed())
+    ):
+        launcher = "ray"
+    elif args.actor_num_nodes > 1:
+        raise ConfigError(
+            f"actor_num_nodes={args.actor_num_nodes} needs Ray: pip install 'miles-sdk[ray]' "
+            "(and --ray-address to join a cluster)"
+        )
+    else:
+        launcher = "processes"
+    return WorldPlan(world_size=world_size, device_type=device_type, launcher=launcher)
+
+
+def _ray_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
