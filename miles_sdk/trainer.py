@@ -619,11 +619,11 @@ class Trainer:
                 "the embedded engine needs a transformers PreTrainedModel; pass engine= for other models"
             )
         args = self.args
-        # The fast path allocates its KV cache once per slot: prompt + response must fit.
-        max_seq_len = (
-            args.rollout_max_context_len
-            or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
-        )
+        # The fast path's initial KV cache per slot: the longest prompt + response the Config
+        # plans for, training or eval (it grows if a request needs more, so this only saves
+        # re-planning the cache and its CUDA graphs mid-run).
+        response = max(args.rollout_max_response_len, args.eval_max_response_len or 0)
+        max_seq_len = args.rollout_max_context_len or (args.rollout_max_prompt_len or 2048) + response
         # fp32 master weights train correctly at RL learning rates (1e-6 updates vanish in bf16), but
         # decoding reads every weight per token: on CUDA the engine decodes from a bf16 copy.
         on_cuda = self.policy.device.type == "cuda"

@@ -1,8 +1,10 @@
 """The fast model runner: a hand-written decoder step over a static slot-major KV cache.
 
 For Llama-style decoders (Qwen2, Qwen3, Llama, Mistral without sliding window):
-- the cache is ``[slots, kv_heads, max_seq_len, head_dim]`` per layer, allocated once; row ``i``
-  of a decode batch is slot ``i``, so no gather is needed and the scheduler keeps slots dense;
+- the cache is ``[slots, kv_heads, capacity, head_dim]`` per layer; row ``i`` of a decode batch
+  is slot ``i``, so no gather is needed and the scheduler keeps slots dense. ``capacity`` starts
+  at ``max_seq_len`` and grows (at least doubling, up to the model's position limit) when an
+  admitted request's prompt + budget needs more (:meth:`FastRunner.reserve`): never truncated;
 - q/k/v and gate/up are one GEMM each (fused weight copies, refreshed by ``weights_updated``);
   norm+residual, RoPE+cache store, SwiGLU and the sampling tail are fused kernels on CUDA;
 - on CUDA each (batch bucket, length bucket, filter) step is captured once in a CUDA graph that
@@ -135,7 +137,10 @@ class FastRunner:
         """Seconds in prefill and decode (host clock), decode steps, graph captures, state uploads,
         ``spec_chunks`` (chunks launched before the scheduler saw the previous one) and
         ``spec_tokens_discarded`` (their slot-tokens dropped: slot released, weights changed)."""
-        self.max_context = min(int(cfg.max_position_embeddings), max_seq_len)
+        self.max_context = int(cfg.max_position_embeddings)
+        self._capacity = min(self.max_context, max_seq_len)
+        """Positions per slot in the KV cache now: starts at ``max_seq_len`` and grows
+        (:meth:`reserve`) when a request needs more, up to the model's ``max_context``."""
         self._max_batch = max_batch_size
         self._chunk = decode_chunk
         self._graphs_on = device.type == "cuda" if cuda_graphs is None else cuda_graphs
@@ -145,9 +150,8 @@ class FastRunner:
         n_layers = len(self._layers)
         # All layers in one tensor (a GRPO group's prompt KV is copied in one op per K and V), plus
         # a scratch slot past the last one for the padding rows of a graph-replayed prefill.
-        cache_shape = (n_layers, max_batch_size + 1, self._n_kv, self.max_context, self._head_dim)
-        self._k_all = torch.zeros(cache_shape, dtype=self._dtype, device=device)
-        self._v_all = torch.zeros(cache_shape, dtype=self._dtype, device=device)
+        self._n_layers = n_layers
+        self._k_all, self._v_all = self._new_cache(self._capacity)
         self._k = list(self._k_all.unbind(0))
         self._v = list(self._v_all.unbind(0))
         self._build_rope_tables(inner)
@@ -181,15 +185,8 @@ class FastRunner:
         self._stale_rows: set[int] = set()
         """Released rows that keep decoding as padding: zero their position at the next launch,
         so it stays below every active row's (the length bucket and ``k`` are sized from those)."""
-        self._len_buckets = _buckets(self.max_context, min(256, self.max_context))
         self._batch_buckets = _buckets(max_batch_size, 1)
-        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
-        self._prefill_graphs = (
-            PrefillGraphs(self._prefill_body, device, scratch_slot=max_batch_size, max_width=self.max_context)
-            if self._graphs_on
-            else None
-        )
-        self._pool: Any = None  # torch's opaque graph memory-pool handle
+        self._plan_graphs()
         # Host mirrors of the slots.
         self._pending: dict[int, list[int]] = {}
         self._params: dict[int, RowParams] = {}
@@ -267,7 +264,7 @@ class FastRunner:
     def _build_rope_tables(self, inner: nn.Module) -> None:
         # The model's own rotary module computes the tables: any static RoPE variant it supports
         # (linear, llama3, yarn scaling, partial attention factors) comes out identical.
-        positions = torch.arange(self.max_context, device=self._device)[None, :]
+        positions = torch.arange(self._capacity, device=self._device)[None, :]
         dummy = torch.zeros(1, dtype=self._dtype, device=self._device)
         with torch.no_grad():
             rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -277,6 +274,64 @@ class FastRunner:
             cos, sin = rotary(dummy, positions)
         self._cos = cos[0].to(self._dtype).contiguous()
         self._sin = sin[0].to(self._dtype).contiguous()
+
+    # -- cache capacity ------------------------------------------------------------------------
+
+    def _new_cache(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # All layers in one tensor (a GRPO group's prompt KV is copied in one op per K and V), plus
+        # a scratch slot past the last one for the padding rows of a graph-replayed prefill.
+        shape = (self._n_layers, self._max_batch + 1, self._n_kv, length, self._head_dim)
+        return (
+            torch.zeros(shape, dtype=self._dtype, device=self._device),
+            torch.zeros(shape, dtype=self._dtype, device=self._device),
+        )
+
+    def _plan_graphs(self) -> None:
+        """Length buckets and (empty) graph caches for the current capacity: captured graphs hold
+        the cache's addresses, so a grown cache starts them afresh."""
+        self._len_buckets = _buckets(self._capacity, min(256, self._capacity))
+        self._graphs: dict[tuple[int, int, bool], torch.cuda.CUDAGraph] = {}
+        self._prefill_graphs = (
+            PrefillGraphs(
+                self._prefill_body, self._device, scratch_slot=self._max_batch, max_width=self._capacity
+            )
+            if self._graphs_on
+            else None
+        )
+        self._pool: Any = None  # torch's opaque graph memory-pool handle
+
+    @property
+    def capacity(self) -> int:
+        """Positions per slot the KV cache holds now."""
+        return self._capacity
+
+    def reserve(self, length: int) -> bool:
+        """Grow the KV cache so a slot holds ``length`` positions (capped at ``max_context``).
+
+        Growth at least doubles (few re-plans over a run), keeps every slot's keys and values,
+        and drops the chunk in flight (it wrote to the old cache; the next launch resamples the
+        same tokens: the noise is keyed by seed and step). Returns False if the larger cache does
+        not fit in memory; the current one is kept."""
+        need = min(length, self.max_context)
+        if need <= self._capacity:
+            return True
+        grown = min(self.max_context, max(need, 2 * self._capacity))
+        self._drain()
+        try:
+            k_all, v_all = self._new_cache(grown)
+        except torch.OutOfMemoryError:
+            return False
+        old = self._capacity
+        k_all[..., :old, :] = self._k_all
+        v_all[..., :old, :] = self._v_all
+        self._k_all, self._v_all = k_all, v_all
+        self._k = list(k_all.unbind(0))
+        self._v = list(v_all.unbind(0))
+        self._capacity = grown
+        self._build_rope_tables(self._model.model)
+        self._plan_graphs()
+        self.stats["cache_grows"] += 1
+        return True
 
     # -- slots ---------------------------------------------------------------------------------
 
@@ -324,7 +379,7 @@ class FastRunner:
         returns the chunk in flight with the prefill and relaunches after it; a weight update
         drops it (it sampled from the old weights). ``max_tokens`` counts from the tokens the
         scheduler has seen, so tokens in flight are subtracted from it; a speculative chunk may
-        overshoot a request's own budget (the scheduler drops the excess), never ``max_context``.
+        overshoot a request's own budget (the scheduler drops the excess), never the cache's capacity.
         """
         t0 = time.perf_counter()
         prev, self._inflight = self._inflight, None
@@ -363,7 +418,7 @@ class FastRunner:
         active = sorted(self._host_pos)
         if not active:
             return None
-        k = min(self._chunk, budget, min(self.max_context - self._host_pos[s] - ahead for s in active))
+        k = min(self._chunk, budget, min(self._capacity - self._host_pos[s] - ahead for s in active))
         if k < 1:
             return None
         batch = next(b for b in self._batch_buckets if b > active[-1])

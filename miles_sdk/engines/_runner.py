@@ -26,7 +26,13 @@ class ModelRunner(Protocol):
     """Batched prefill/decode over slots. Called from one worker thread at a time."""
 
     max_context: int
-    """Longest sequence (prompt + response) the runner can hold."""
+    """Longest sequence (prompt + response) the model can hold (its position limit)."""
+
+    def reserve(self, length: int) -> bool:
+        """Make room for a sequence of ``length`` tokens (``<= max_context``) before its
+        :meth:`admit`: a runner with preallocated caches grows them. False when it cannot (out
+        of memory); the caller then fails that request alone."""
+        ...
 
     def admit(self, slot: int, prompt: list[int], params: RowParams) -> None:
         """Queue ``prompt`` in ``slot``; the next :meth:`step` prefills it."""
@@ -101,6 +107,10 @@ class HFRunner:
 
     def weights_updated(self) -> None:
         """Nothing to do: every forward reads the module's parameters directly."""
+
+    def reserve(self, length: int) -> bool:
+        """Always room: the cache grows with each step."""
+        return True
 
     # -- stepping ------------------------------------------------------------------------------
 

@@ -65,6 +65,9 @@ class EngineOutput:
     """The engine weight version that produced these tokens."""
     text: str | None = None
     """Decoded new text when the engine has a tokenizer."""
+    finish_message: str | None = None
+    """Why the engine finished, when it says more than the reason (SGLang's
+    ``meta_info.finish_reason.message``): e.g. an ABORT for a prompt longer than the context."""
 
 
 @runtime_checkable

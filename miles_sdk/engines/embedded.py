@@ -57,7 +57,8 @@ class EmbeddedEngine:
         fast_path: use the static-cache runner with fused kernels and CUDA graphs. ``None``
             picks it on CUDA when the architecture is supported (Qwen2/Qwen3/Llama/Mistral),
             else the generic transformers path; ``True`` insists (error if unsupported).
-        max_seq_len: the fast path's per-slot cache length (prompt + response), allocated once.
+        max_seq_len: the fast path's initial per-slot cache length (prompt + response); the
+            cache grows when an admitted request needs more, up to the model's context.
         decode_chunk: fast-path decode steps run per host sync; stops are checked after each
             chunk (tokens past a stop are discarded, so output is unchanged).
         pipeline: on the fast path, launch the next decode chunk before the host reads the
@@ -204,6 +205,20 @@ class EmbeddedEngine:
         self._ensure_scheduler()
         seed = self._next_seed
         self._next_seed += 1
+        limit = self._runner.max_context
+        if len(input_ids) >= limit:
+            # As SGLang answers: this request alone is aborted, with the reason; the rollout goes on.
+            return EngineOutput(
+                token_ids=[],
+                log_probs=[],
+                finish_reason=FinishReason.ABORT,
+                weight_version=self._version,
+                text="",
+                finish_message=(
+                    f"The input ({len(input_ids)} tokens) is longer than the model's context length "
+                    f"({limit} tokens): no room for a response."
+                ),
+            )
         req = parse_sampling_params(
             input_ids,
             sampling_params,
@@ -325,6 +340,23 @@ class EmbeddedEngine:
             req = self._waiting.popleft()
             if req.cancelled or req.future.done():
                 continue
+            # The fast path's KV cache grows to what this request needs (prompt + budget): a
+            # budget is never cut short by a cache sized for other requests.
+            need = min(len(req.prompt) + req.max_new_tokens, req.max_context)
+            with self._lock:
+                room = self._runner.reserve(need)
+            if not room:
+                capacity = getattr(self._runner, "capacity", None)
+                self._finish(
+                    req,
+                    FinishReason.ABORT,
+                    message=(
+                        f"the KV cache could not grow to {need} positions per slot (now {capacity}; out "
+                        f"of device memory for {self.max_batch_size} slots): lower max_engine_batch_size "
+                        "or the response budget"
+                    ),
+                )
+                continue
             slot = heapq.heappop(self._free)
             self._active[slot] = req
             self._runner.admit(slot, req.prompt, req.row)
@@ -345,11 +377,15 @@ class EmbeddedEngine:
             for (req, reason), text in zip(group, texts, strict=True):
                 self._finish(req, reason, text)
 
-    def _finish(self, req: Request, reason: FinishReason, text: str | None = None) -> None:
+    def _finish(
+        self, req: Request, reason: FinishReason, text: str | None = None, *, message: str | None = None
+    ) -> None:
         if not req.future.done():
-            req.future.set_result(self._output(req, reason, text))
+            req.future.set_result(self._output(req, reason, text, message=message))
 
-    def _output(self, req: Request, reason: FinishReason, text: str | None = None) -> EngineOutput:
+    def _output(
+        self, req: Request, reason: FinishReason, text: str | None = None, *, message: str | None = None
+    ) -> EngineOutput:
         if text is None:
             text = decode_texts(self.tokenizer, [req.tokens], req.skip_special_tokens)[0]
         return EngineOutput(
@@ -358,6 +394,7 @@ class EmbeddedEngine:
             finish_reason=reason,
             weight_version=self._version,
             text=text,
+            finish_message=message,
         )
 
 

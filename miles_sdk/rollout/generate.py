@@ -153,6 +153,8 @@ async def generate_with_engine(args: Config, sample: Sample, sampling_params: Sa
     sample.rollout_log_probs = list(old_lp) + [float(x) for x in out.log_probs]
     sample.weight_versions.append(out.weight_version)
     sample.status = status_from_finish_reason(out.finish_reason)
+    if out.finish_message is not None:  # e.g. why the engine aborted it (a prompt over the context)
+        sample.metadata["finish_message"] = out.finish_message
     return sample
 
 
