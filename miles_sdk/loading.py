@@ -232,6 +232,11 @@ def load_hook(path: str, protocol: type | str, *, flag: str | None = None) -> An
 
     install()
     obj = _import_attr(path, label)
+    if proto_name in ("GenerateFn", "RolloutFn"):
+        # Miles's newer convention (GenerateFnInput functions, RolloutFnConstructorInput classes).
+        from miles_sdk.compat.miles.rollout.generate_hub._convention import adapt_new_convention
+
+        obj = adapt_new_convention(obj, proto_name)
     check_hook_signature(obj, proto_name, name=f"{label}={path}")
     # Imports inside the hook's body fail here, not at its first call after a whole rollout.
     from miles_sdk.compat._imports import BodyImportError, check_body_imports

@@ -35,6 +35,7 @@ __all__ = [
     "close_agent_endpoints",
     "generate_with_agent",
     "get_agent_endpoint",
+    "load_agent_fn",
     "run_agent",
 ]
 
@@ -101,7 +102,8 @@ async def close_agent_endpoints() -> None:
             await endpoint.close()
 
 
-def _agent_fn(args: Config) -> AgentFn:
+def load_agent_fn(args: Config) -> AgentFn:
+    """The checked AgentFn named by ``custom_agent_function_path`` (loaded once per path)."""
     path = args.custom_agent_function_path
     if path is None:
         raise ValueError(
@@ -194,5 +196,5 @@ async def generate_with_agent(
     Returns one Sample per trajectory (``agent_sample_mode="trajectory"``, usually exactly one)
     or per turn (``"turn"``); a single Sample when there is one.
     """
-    samples = await run_agent(args, sample, sampling_params, _agent_fn(args))
+    samples = await run_agent(args, sample, sampling_params, load_agent_fn(args))
     return samples[0] if len(samples) == 1 else samples

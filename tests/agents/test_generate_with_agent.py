@@ -20,12 +20,16 @@ from miles_sdk.types import Sample
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
 
 
-async def tool_agent(*, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+async def tool_agent(
+    *, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]
+) -> dict[str, Any]:
     """Calls the model, runs its tool calls, calls it again: the shape of every tool-using agent."""
     client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0)
     messages: list[Any] = [{"role": "user", "content": prompt}]
     for _ in range(3):
-        reply = await client.chat.completions.create(model="p", messages=messages, tools=TOOLS, **request_kwargs)
+        reply = await client.chat.completions.create(
+            model="p", messages=messages, tools=TOOLS, **request_kwargs
+        )
         message = reply.choices[0].message
         messages.append(message.model_dump(exclude_none=True))
         if not message.tool_calls:
@@ -51,7 +55,9 @@ class ScriptedTurns:
         return EngineOutput(ids, lps, finish, self.weight_version)
 
 
-async def _run(args: Config, engine: Any, tok: PreTrainedTokenizerFast, agent: Any, prompt: str = "1+2?") -> list[Sample]:
+async def _run(
+    args: Config, engine: Any, tok: PreTrainedTokenizerFast, agent: Any, prompt: str = "1+2?"
+) -> list[Sample]:
     with use_rollout_context(RolloutContext(engine=engine, tokenizer=tok)):
         params = SamplingParams(temperature=1.0, max_new_tokens=64)
         return await run_agent(args, Sample(index=0, prompt=prompt, metadata={"k": 1}), params, agent)
@@ -65,7 +71,9 @@ async def test_tool_turns_merge_into_one_sample_with_tool_output_masked(
     engine = ScriptedTurns(tok, [call, "3<|im_end|>"])
     (sample,) = await _run(Config(), engine, tok, tool_agent)
     assert sample.status is Sample.Status.COMPLETED
-    assert sample.metadata["answer"] == "3" and sample.metadata["k"] == 1 and sample.metadata["agent_turns"] == 2
+    assert (
+        sample.metadata["answer"] == "3" and sample.metadata["k"] == 1 and sample.metadata["agent_turns"] == 2
+    )
     # Tokens: the first prompt, then exactly what the engine saw on the second call, then its reply.
     first_prompt, second_prompt = engine.prompts
     assert sample.tokens[: len(second_prompt)] == second_prompt
@@ -106,27 +114,40 @@ async def test_an_agent_that_raises_or_hangs_gives_a_failed_sample(
     assert empty.status is Sample.Status.ABORTED and "no model call" in empty.metadata["agent_error"]
 
 
-async def test_max_seq_len_caps_the_turn_and_truncates(policy: tuple[PreTrainedModel, PreTrainedTokenizerFast]) -> None:
+async def test_max_seq_len_caps_the_turn_and_truncates(
+    policy: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+) -> None:
     _, tok = policy
     engine = ScriptedTurns(tok, ["7" * 50])
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True, tools=TOOLS)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True, tools=TOOLS
+    )
     prompt_len = len(tok.encode(str(text), add_special_tokens=False))
 
-    async def once(*, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]) -> None:
+    async def once(
+        *, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
         client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0)
-        await client.chat.completions.create(model="p", messages=[{"role": "user", "content": prompt}], tools=TOOLS)  # type: ignore[arg-type]
+        await client.chat.completions.create(
+            model="p", messages=[{"role": "user", "content": prompt}], tools=TOOLS
+        )  # type: ignore[arg-type]
 
     (sample,) = await _run(Config(max_seq_len=prompt_len + 5), engine, tok, once, prompt="hi")
     assert len(sample.tokens) == prompt_len + 5 and sample.response_length == 5
     assert sample.status is Sample.Status.TRUNCATED  # the turn was capped at the budget: finish "length"
     sample.validate()
 
-    async def twice(*, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]) -> None:
+    async def twice(
+        *, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
         client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0)
         messages: list[Any] = [{"role": "user", "content": prompt}]
         for _ in range(2):  # the second turn's prompt no longer fits: the endpoint refuses it (400)
             reply = await client.chat.completions.create(model="p", messages=messages, tools=TOOLS)
-            messages += [reply.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "go on"}]
+            messages += [
+                reply.choices[0].message.model_dump(exclude_none=True),
+                {"role": "user", "content": "go on"},
+            ]
 
     engine = ScriptedTurns(tok, ["7" * 50, "8"])
     (sample,) = await _run(Config(max_seq_len=prompt_len + 5), engine, tok, twice, prompt="hi")
@@ -142,12 +163,19 @@ async def test_trainer_log_probs_match_the_engines_on_recorded_tokens(
     model, tok = policy
     engine = EmbeddedEngine(model, tok, max_batch_size=4)
 
-    async def chatty(*, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]) -> None:
+    async def chatty(
+        *, base_url: str, prompt: Any, request_kwargs: dict[str, Any], metadata: dict[str, Any]
+    ) -> None:
         client = AsyncOpenAI(base_url=f"{base_url}/v1", api_key="-", max_retries=0)
         messages: list[Any] = [{"role": "user", "content": prompt}]
         for turn in range(2):
-            reply = await client.chat.completions.create(model="p", messages=messages, max_tokens=6, seed=turn)
-            messages += [reply.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "more"}]
+            reply = await client.chat.completions.create(
+                model="p", messages=messages, max_tokens=6, seed=turn
+            )
+            messages += [
+                reply.choices[0].message.model_dump(exclude_none=True),
+                {"role": "user", "content": "more"},
+            ]
 
     (sample,) = await _run(Config(), engine, tok, chatty)
     assert sample.metadata["agent_turns"] == 2 and 0 in (sample.loss_mask or []) and sample.rollout_log_probs
