@@ -163,6 +163,7 @@ class Trainer:
         self.tokenizer = self.policy.tokenizer
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
+        self._owned_engine: InferenceEngine | None = None
         # Served /generate requests wait while a train step holds the shared module.
         self._gate = GenerationGate()
         try:
@@ -189,6 +190,8 @@ class Trainer:
                 check_save_dir(config.save, _checkpoint_size_estimate(self.policy.model, config))
             if config.load is not None:
                 self._resume(config.load)
+            if not self.writer.started:  # not resumed: this run gets its own metrics.jsonl
+                self.writer.start_new_run()
         except BaseException:
             self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
             raise
@@ -197,6 +200,7 @@ class Trainer:
 
     def step(self) -> Metrics:
         """One rollout step; returns its metrics."""
+        self._check_open()
         args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
@@ -205,6 +209,7 @@ class Trainer:
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         metrics["rollout/id"] = float(rollout_id)
+        self._check_reward_failures(rollout_id, metrics)
         if not args.debug_rollout_only:
             with self._served_generation_paused():
                 with timer("train_data"):
@@ -242,6 +247,7 @@ class Trainer:
         """Train until ``num_rollout`` rollouts have run in total, counting any already run or
         resumed (Miles's ``--num-rollout``; default: the Config's num_rollout / num_epoch).
         Evaluates first unless ``skip_eval_before_train``. Returns every step's metrics so far."""
+        self._check_open()
         total = num_rollout if num_rollout is not None else self._num_rollout()
         set_num_rollout = getattr(self.backend, "set_num_rollout", None)
         if callable(set_num_rollout):  # the learning-rate decay spans the run fit decided
@@ -265,6 +271,7 @@ class Trainer:
 
     def evaluate(self) -> Metrics:
         """Run the eval function over the eval datasets; returns ``eval/<name>`` metrics."""
+        self._check_open()
         eval_fn = self.hooks.eval_fn or self.hooks.rollout_fn or _default_rollout_fn()
         completed = self._last_completed_rollout()
         output = self._run_rollout_fn(eval_fn, completed, evaluation=True)
@@ -411,6 +418,23 @@ class Trainer:
         finally:
             self._loop.run(self._gate.open())
 
+    def _check_reward_failures(self, rollout_id: int, metrics: Metrics) -> None:
+        """Stop a run whose reward keeps failing (issue 16.9): more than reward_max_failed_frac of a
+        step's finished samples failed, reward_failed_patience steps in a row."""
+        frac = float(metrics.get("rollout/reward_failed_frac", 0.0))
+        limit, patience = self.args.reward_max_failed_frac, self.args.reward_failed_patience
+        streak = getattr(self, "_reward_failed_streak", 0) + 1 if frac > limit else 0
+        self._reward_failed_streak = streak
+        if streak >= patience:
+            from miles_sdk.rollout.default import RolloutError
+
+            raise RolloutError(
+                f"rollout {rollout_id}: the reward failed on more than reward_max_failed_frac={limit} of the "
+                f"samples for {streak} steps in a row ({frac:.0%} this step); stopping rather than burning "
+                "compute. Check the reward (server) and sample.metadata['reward_error']; raise "
+                "reward_max_failed_frac or reward_failed_patience to go on regardless"
+            )
+
     def _log_rollout(self, rollout_id: int, samples: list[Sample], metrics: Metrics, seconds: float) -> bool:
         """Run the rollout-log hook; True when it replaces the default logging (the metrics are
         still returned by ``step()``, but not written)."""
@@ -490,6 +514,7 @@ class Trainer:
         saved_version = int(state.get("engine_weight_version", 0))
         self.engine.update_weights(max(saved_version, self.engine.weight_version))
         _load_engine_state(self.engine, state.get("engine"))
+        self.writer.resume_at(self.rollout_id)  # the steps after the checkpoint will be logged again
 
     def __enter__(self) -> Self:
         return self
@@ -520,10 +545,32 @@ class Trainer:
         from miles_sdk.agents import close_agent_endpoints  # the agent chat endpoint, when one was started
 
         self._loop.run(close_agent_endpoints())
+        from miles_sdk.agents import close_agent_endpoints  # the agent chat endpoint, when one was started
+
+        self._loop.run(close_agent_endpoints())
+        backend_close = getattr(getattr(self, "backend", None), "close", None)
+        if callable(backend_close):  # training ranks in other processes (train_backend="fsdp")
+            backend_close()
         writer = getattr(self, "writer", None)  # absent when construction failed
         if writer is not None:
             writer.close()
-        self._loop.close()
+        engine_close = getattr(self._owned_engine, "close", None)
+        self._owned_engine = None
+        if callable(engine_close) and _is_async_callable(engine_close):
+            self._loop.run(engine_close())  # an engine with connections closes on the loop
+            engine_close = None
+        self._loop.close()  # cancels the engine's scheduler task, then joins the loop thread
+        if callable(engine_close):
+            # After the loop: a model step in flight on the engine's worker thread finishes and the
+            # thread is joined, so no thread of this Trainer outlives close().
+            engine_close()
+
+    def _check_open(self) -> None:
+        if self._loop.loop.is_closed():
+            raise RuntimeError(
+                "Trainer is closed: close() (or the end of its `with` block) stopped its engine, servers "
+                "and loop thread. Build a new Trainer (with load= to continue from a checkpoint)"
+            )
 
     # ==== construction helpers ==================================================================
 
@@ -539,6 +586,8 @@ class Trainer:
 
             model = self.policy.model
             engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
+        if given is None:
+            self._owned_engine = engine  # built here, so close() stops its threads; a given one is the caller's
         # Miles generate/rollout functions POST to args.sglang_router_ip:port, so a configured path
         # gets the HTTP server too (an object passed to the Trainer opts in with serve_http).
         needs_serving = (
@@ -573,11 +622,11 @@ class Trainer:
                 "the embedded engine needs a transformers PreTrainedModel; pass engine= for other models"
             )
         args = self.args
-        # The fast path allocates its KV cache once per slot: prompt + response must fit.
-        max_seq_len = (
-            args.rollout_max_context_len
-            or (args.rollout_max_prompt_len or 2048) + args.rollout_max_response_len
-        )
+        # The fast path's initial KV cache per slot: the longest prompt + response the Config
+        # plans for, training or eval (it grows if a request needs more, so this only saves
+        # re-planning the cache and its CUDA graphs mid-run).
+        response = max(args.rollout_max_response_len, args.eval_max_response_len or 0)
+        max_seq_len = args.rollout_max_context_len or (args.rollout_max_prompt_len or 2048) + response
         # fp32 master weights train correctly at RL learning rates (1e-6 updates vanish in bf16), but
         # decoding reads every weight per token: on CUDA the engine decodes from a bf16 copy.
         on_cuda = self.policy.device.type == "cuda"
@@ -632,14 +681,17 @@ class Trainer:
     def _build_backend(self) -> TrainBackend:
         from miles_sdk.backends.torch_backend import TorchBackend
 
-        if self.args.train_backend != "torch":
+        if self.args.train_backend == "megatron":
             raise NotImplementedError(
-                f"train_backend={self.args.train_backend!r} is not available in this release; "
-                "the torch backend (train_backend='torch') is the one implemented"
+                "train_backend='megatron' is not available in this release; "
+                "use train_backend='torch' (one process) or 'fsdp' (sharded ranks)"
             )
-        _warn_placement_flags(self.args)
+        if self.args.train_backend != "fsdp":
+            _warn_placement_flags(self.args)
 
         ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
+        if self.args.train_backend == "fsdp":
+            return self._fsdp_backend(ref_model)
         return TorchBackend(
             self.args,
             self.policy.model,
@@ -649,6 +701,26 @@ class Trainer:
             pg_loss_reducer=self.hooks.pg_loss_reducer,
             before_log_prob_hook=self.hooks.before_log_prob_hook,
             before_train_step_hook=self.hooks.before_train_step_hook,
+        )
+
+    def _fsdp_backend(self, ref_model: torch.nn.Module | None) -> TrainBackend:
+        from miles_sdk.backends.fsdp_backend import FSDPBackend
+        from miles_sdk.distributed import plan_world
+        from miles_sdk.distributed.rank import RankHooks
+
+        hooks = self.hooks
+        return FSDPBackend(
+            self.args,
+            self.policy.model,
+            plan_world(self.args, self.policy.device.type),
+            ref_model=ref_model,
+            hooks=RankHooks(
+                loss_fn=hooks.loss_fn,
+                tis_fn=hooks.tis_fn,
+                pg_loss_reducer=hooks.pg_loss_reducer,
+                before_log_prob_hook=hooks.before_log_prob_hook,
+                before_train_step_hook=hooks.before_train_step_hook,
+            ),
         )
 
     def _load_eval_datasets(self) -> dict[str, Any]:
