@@ -13,6 +13,7 @@ import functools
 import inspect
 import itertools
 import json
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -105,8 +106,15 @@ def _add_field(parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp:
         parser.add_argument(flag, dest=name, type=base, default=default, help=help_text)
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf$")
+"""A value such as ``-1e-3``: argparse's own pattern (``-1``, ``-0.5``) misses exponents, so
+``--lr -1e-3`` was read as an unknown flag instead of a value (Config then says what is wrong)."""
+
+
 def build_parser(cls: type[Config]) -> argparse.ArgumentParser:
     parser = _ErrorRaisingParser(prog="miles-sdk train", allow_abbrev=False)
+    # No flag of ours looks like a number, so argparse takes a token matching this as a value.
+    parser._negative_number_matcher = _NEGATIVE_NUMBER
     hints = cls.field_types()
     for field in attrs.fields(cls):
         if field.name == "extra":

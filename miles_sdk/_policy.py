@@ -15,7 +15,7 @@ from miles_sdk._hub import resolve_pretrained
 from miles_sdk.config import Config
 from miles_sdk.hooks import ModelProviderFn
 
-__all__ = ["Policy", "build_policy", "disable_dropout", "resolve_device"]
+__all__ = ["Policy", "build_policy", "disable_dropout", "load_policy_tokenizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,15 @@ class Policy:
         save(directory)
         if hasattr(self.tokenizer, "save_pretrained"):
             self.tokenizer.save_pretrained(directory)
+
+
+def load_policy_tokenizer(args: Config) -> Any:
+    """The tokenizer of ``hf_checkpoint`` (a local folder or a hub id), without the weights."""
+    from transformers import AutoTokenizer
+
+    if args.hf_checkpoint is None:
+        raise ValueError("no tokenizer: set hf_checkpoint in the Config, or pass tokenizer=")
+    return AutoTokenizer.from_pretrained(resolve_pretrained(args.hf_checkpoint, setting="hf_checkpoint"))
 
 
 def build_policy(

@@ -9,6 +9,7 @@ friends read exactly as in Miles.
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from collections.abc import Sequence
@@ -708,6 +709,7 @@ def _validate(c: Config) -> None:
 
     need(c.rollout_batch_size >= 1, f"rollout_batch_size must be >= 1, got {c.rollout_batch_size}")
     need(c.n_samples_per_prompt >= 1, f"n_samples_per_prompt must be >= 1, got {c.n_samples_per_prompt}")
+    _validate_ranges(c)
     need(
         c.effective_over_sampling_batch_size >= c.rollout_batch_size,
         f"over_sampling_batch_size ({c.over_sampling_batch_size}) must be >= rollout_batch_size "
@@ -807,3 +809,65 @@ def _validate(c: Config) -> None:
         return
     need(c.num_rollout is None or c.num_rollout >= 0, "num_rollout must be >= 0")
     need(c.lr_decay_iters is None or c.lr_decay_iters >= 1, "lr_decay_iters must be >= 1")
+
+# Numeric settings and the range each must lie in, checked at Config() time so a bad value is a
+# ConfigError naming the flag, not a torch traceback from the optimizer after the weights load.
+# (name, low, high, low inclusive, high inclusive); None leaves a side open.
+_RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
+    ("lr", 0.0, None, True, True),
+    ("min_lr", 0.0, None, True, True),
+    ("lr_warmup_init", 0.0, None, True, True),
+    ("lr_warmup_iters", 0.0, None, True, True),
+    ("weight_decay", 0.0, None, True, True),
+    ("adam_beta1", 0.0, 1.0, True, False),
+    ("adam_beta2", 0.0, 1.0, True, False),
+    ("adam_eps", 0.0, None, True, True),
+    ("clip_grad", 0.0, None, True, True),
+    ("kl_coef", 0.0, None, True, True),
+    ("kl_loss_coef", 0.0, None, True, True),
+    ("gamma", 0.0, 1.0, True, True),
+    ("lambd", 0.0, 1.0, True, True),
+    ("value_clip", 0.0, None, True, True),
+    ("eps_clip_high", 0.0, None, True, True),
+    ("tis_clip", 0.0, None, True, True),
+    ("tis_clip_low", 0.0, None, True, True),
+    ("reward_timeout", 0.0, None, False, True),
+    ("reward_concurrency", 1.0, None, True, True),
+    ("max_engine_batch_size", 1.0, None, True, True),
+    ("rollout_max_prompt_len", 1.0, None, True, True),
+    ("rollout_max_context_len", 1.0, None, True, True),
+    ("save_interval", 0.0, None, True, True),
+    ("eval_interval", 0.0, None, True, True),
+    ("num_epoch", 1.0, None, True, True),
+)
+
+
+def _validate_ranges(c: Config) -> None:
+    for name, low, high, low_in, high_in in _RANGES:
+        value = getattr(c, name, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} ({flag}) must be a finite number, got {value}")
+        too_low = low is not None and (value < low if low_in else value <= low)
+        too_high = high is not None and (value > high if high_in else value >= high)
+        if too_low or too_high:
+            raise ConfigError(
+                f"{name} ({flag}) must be {_range_text(low, high, low_in, high_in)}, got {value}"
+            )
+    for name in ("entropy_coef", "eps_clip", "rollout_temperature", "rollout_top_p"):
+        value = getattr(c, name, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name} (--{name.replace('_', '-')}) must be a finite number, got {value}")
+    top_k = getattr(c, "rollout_top_k", -1)
+    if not (top_k == -1 or top_k >= 1):
+        raise ConfigError(f"rollout_top_k (--rollout-top-k) must be -1 (off) or >= 1, got {top_k}")
+
+
+def _range_text(low: float | None, high: float | None, low_in: bool, high_in: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    if low is not None:
+        return f"{'>=' if low_in else '>'} {low:g}"
+    return f"{'<=' if high_in else '<'} {high:g}"
