@@ -372,6 +372,14 @@ class Config:
     skip their separate forward (as TRL and verl do). Off: recompute them, as Miles always does.
     Never skipped with use_rollout_logprobs, kl_coef != 0, or a before-log-prob or
     rollout-data-postprocess hook (they see the old log-probs before training)."""
+    use_opd: bool = False
+    """On-policy distillation (Miles's --use-opd): each token's advantage gets -opd_kl_coef * (old student log-prob - teacher log-prob), from sample.teacher_log_probs (or a precomputed sample.opd_reverse_kl). Needs opd_type."""
+    opd_type: Literal["sglang", "megatron"] | None = None
+    """Where teacher log-probs come from. sglang: a teacher server scored during the rollout (the reward and its post-process fill sample.teacher_log_probs, e.g. miles.rollout.on_policy_distillation). megatron (a teacher forwarded by the trainer) is not available in the SDK."""
+    opd_kl_coef: float = 1.0
+    """Weight of the OPD reverse-KL term in the advantages."""
+    opd_log_prob_top_k: int = 0
+    """0: sampled-token OPD (teacher_log_probs). N > 0: Miles's top-k OPD, whose post-process precomputes sample.opd_reverse_kl."""
     use_tis: bool = False
     """Truncated importance sampling against the engine's log-probs (train/inference mismatch)."""
     tis_clip: float = 2.0
@@ -764,6 +772,17 @@ def _validate(c: Config) -> None:
     need(
         not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
         "use_dynamic_batch_size needs max_tokens_per_gpu > 0",
+    )
+    need(not c.use_opd or c.opd_type is not None, "use_opd needs opd_type ('sglang'), as in Miles (--opd-type)")
+    need(
+        not c.use_opd or c.opd_type != "megatron",
+        "opd_type='megatron' (a teacher model forwarded by the trainer) is not available in miles_sdk; use "
+        "opd_type='sglang' with a reward that scores the teacher (miles.rollout.on_policy_distillation)",
+    )
+    need(c.opd_log_prob_top_k >= 0, "opd_log_prob_top_k must be >= 0")
+    need(
+        not (c.opd_log_prob_top_k > 0 and c.opd_type not in (None, "sglang")),
+        "opd_log_prob_top_k > 0 needs opd_type='sglang'",
     )
     need(
         not (c.use_tis and c.use_rollout_logprobs),

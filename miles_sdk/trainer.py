@@ -71,6 +71,7 @@ from miles_sdk.hooks import (
     TISFn,
 )
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
+from miles_sdk.logging.metrics import reward_stats
 from miles_sdk.logging.progress import Progress
 from miles_sdk.rollout.shapes import (
     HookResultError,
@@ -214,6 +215,8 @@ class Trainer:
             with self._served_generation_paused():
                 with timer("train_data"):
                     train_data = self._convert(samples)  # 3-4
+                if "rollout/reward_mean" not in metrics:  # dict rewards: scalars only after post-process
+                    metrics |= reward_stats(train_data["raw_reward"])
                 with timer("log_prob"):
                     rollout_data = self._log_probs(train_data)  # 5
                 with timer("advantages"):
@@ -369,7 +372,9 @@ class Trainer:
 
     def _old_log_probs_are_current(self, n_samples: int) -> bool:
         hooks_read_them = (
-            self.hooks.before_log_prob_hook is not None or self.hooks.rollout_data_postprocess is not None
+            self.hooks.before_log_prob_hook is not None
+            or self.hooks.rollout_data_postprocess is not None
+            or self.args.use_opd  # OPD's reverse KL uses the old student log-probs before training
         )
         return not hooks_read_them and algo.old_log_probs_are_current(self.args, n_samples)
 
@@ -383,6 +388,17 @@ class Trainer:
             loss_masks=masks,
             values=data["values"],
         )
+        if self.args.use_opd:  # Miles: the teacher term goes on after the estimator, before normalising
+            from miles_sdk.algo.opd import apply_opd_kl
+
+            advantages, reverse_kl = apply_opd_kl(
+                advantages,
+                data["log_probs"],
+                kl_coef=self.args.opd_kl_coef,
+                teacher_log_probs=data.get("teacher_log_probs"),
+                reverse_kl=data.get("opd_reverse_kl"),
+            )
+            data["opd_reverse_kl"] = [k.tolist() for k in reverse_kl]
         if self.args.normalize_advantages:
             advantages = algo.normalize_advantages(advantages, masks)
         data["advantages"], data["returns"] = advantages, returns

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, NotRequired, Protocol, TypeAlias, TypedDict
+from typing import Any, NotRequired, Protocol, TypeAlias, TypedDict, overload
 
 import torch
 
@@ -133,8 +133,9 @@ class Sample:
     """Per response token log-prob under the inference engine."""
     rollout_routed_experts: list[Any] | None = None
     """MoE routing decisions recorded by the engine (routing replay)."""
-    teacher_log_probs: list[float] | None = None
-    """Per response token log-probs of a teacher model (on-policy distillation)."""
+    teacher_log_probs: list[float] | torch.Tensor | None = None
+    """Per response token log-probs of a teacher model (on-policy distillation); Miles's OPD
+    post-process stores a 1-D tensor here."""
     remove_sample: bool = False
     """Excluded from the loss (loss mask zeroed) but kept in reward normalisation."""
     status: _Status = _Status.PENDING
@@ -183,17 +184,29 @@ class Sample:
                     text = text.replace(token, "")
         return text.strip()
 
-    def get_reward_value(self, reward_key: str | _HasRewardKey | None = None) -> float:
+    @overload
+    def get_reward_value(self, reward_key: str | None = None) -> float: ...
+
+    @overload
+    def get_reward_value(self, reward_key: _HasRewardKey) -> RewardValue: ...
+
+    def get_reward_value(self, reward_key: str | _HasRewardKey | None = None) -> RewardValue:
         """The scalar reward: ``reward`` itself, or ``reward[reward_key]`` for dict rewards.
 
         ``reward_key`` may also be the ``args`` object, whose ``reward_key`` is used: Miles code
-        calls ``sample.get_reward_value(args)``.
+        calls ``sample.get_reward_value(args)``, and as in Miles that form returns a dict reward
+        itself when ``args.reward_key`` is unset (on-policy distillation's post-process reads the
+        teacher's reply that way). With a key string or None, a dict reward without its key is an
+        error.
 
         Raises ValueError when the sample is not scored yet or the key is missing: a missing
         reward must never become a silent zero.
         """
+        miles_form = reward_key is not None and not isinstance(reward_key, str)
         if reward_key is not None and not isinstance(reward_key, str):
             reward_key = reward_key.reward_key
+        if miles_form and reward_key is None and isinstance(self.reward, dict):
+            return self.reward
         if self.reward is None:
             raise ValueError(f"sample index={self.index} has no reward (status={self.status.value})")
         if isinstance(self.reward, dict):
@@ -321,3 +334,4 @@ class TrainData(TypedDict):
     metadata: NotRequired[list[dict[str, Any]]]
     multimodal_train_inputs: NotRequired[list[dict[str, Any] | None]]
     teacher_log_probs: NotRequired[list[list[float]]]
+    opd_reverse_kl: NotRequired[list[list[float]]]

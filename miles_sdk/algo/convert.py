@@ -52,6 +52,15 @@ def _all_or_none(samples: Sequence[Sample], name: str) -> bool:
     return all(getattr(s, name) is not None for s in samples)
 
 
+def _floats(values: Any) -> list[float]:
+    """Per-token values as floats: Miles's OPD post-process stores a tensor, the SDK a list."""
+    if values is None:
+        return []
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().reshape(-1).tolist()
+    return [float(v) for v in values]
+
+
 def _round_numbers(samples: Sequence[Sample]) -> list[int] | None:
     # Miles reads metadata["round_number"]; without it, the oldest weight version that produced
     # part of the response tells how stale the sample is.
@@ -73,7 +82,8 @@ def convert_samples_to_train_data(
     (``metadata["raw_reward"]`` when every sample has it, else the hook's raw rewards),
     ``truncated`` (1 for TRUNCATED), ``sample_indices``, ``loss_masks`` (all zeros for
     ``remove_sample``). Optional, when every sample has the field: ``rollout_log_probs``,
-    ``teacher_log_probs``, ``rollout_routed_experts``, ``round_number``; when any sample has it:
+    ``teacher_log_probs`` (a tensor is read as floats), ``opd_reverse_kl`` (set on samples by a
+    top-k OPD post-process), ``rollout_routed_experts``, ``round_number``; when any sample has it:
     ``metadata`` (from ``train_metadata``, ``{}`` where unset) and ``multimodal_train_inputs``.
     """
     if not samples:
@@ -111,7 +121,10 @@ def convert_samples_to_train_data(
     if _all_or_none(samples, "rollout_log_probs"):
         data["rollout_log_probs"] = [list(s.rollout_log_probs or []) for s in samples]
     if _all_or_none(samples, "teacher_log_probs"):
-        data["teacher_log_probs"] = [list(s.teacher_log_probs or []) for s in samples]
+        data["teacher_log_probs"] = [_floats(s.teacher_log_probs) for s in samples]
+    if all(getattr(s, "opd_reverse_kl", None) is not None for s in samples):
+        # Top-k OPD: Miles's post-process precomputes each token's reverse KL on the sample.
+        data["opd_reverse_kl"] = [_floats(getattr(s, "opd_reverse_kl")) for s in samples]
     if _all_or_none(samples, "rollout_routed_experts"):
         data["rollout_routed_experts"] = [s.rollout_routed_experts for s in samples]
     if any(s.train_metadata is not None for s in samples):

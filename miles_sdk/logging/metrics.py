@@ -26,15 +26,30 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def reward_stats(rewards: list[float], prefix: str = "rollout") -> Metrics:
+    """Mean and population std of scalar rewards."""
+    return {
+        f"{prefix}/reward_mean": _mean(rewards),
+        f"{prefix}/reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+    }
+
+
 def rollout_metrics(args: Config, samples: list[Sample], prefix: str = "rollout") -> Metrics:
-    """Reward mean/std, response length, truncation and failure counts of one rollout."""
+    """Reward mean/std, response length, truncation and failure counts of one rollout.
+
+    Dict rewards without ``reward_key`` are not scalars yet: a reward post-process turns them
+    into numbers (on-policy distillation does), so their mean/std are left out here and the
+    trainer reports them after the post-process.
+    """
     scored = [s for s in samples if s.status is not Sample.Status.FAILED and s.reward is not None]
-    rewards = [s.get_reward_value(args.reward_key) for s in scored]
+    if args.reward_key is None and any(isinstance(s.reward, dict) for s in scored):
+        rewards: list[float] | None = None
+    else:
+        rewards = [s.get_reward_value(args.reward_key) for s in scored]
     lengths = [float(s.response_length) for s in samples]
     out: Metrics = {
         f"{prefix}/num_samples": float(len(samples)),
-        f"{prefix}/reward_mean": _mean(rewards),
-        f"{prefix}/reward_std": statistics.pstdev(rewards) if len(rewards) > 1 else 0.0,
+        **(reward_stats(rewards, prefix) if rewards is not None else {}),
         f"{prefix}/response_len_mean": _mean(lengths),
         f"{prefix}/response_len_max": max(lengths, default=0.0),
         f"{prefix}/truncated_ratio": _mean([float(s.status is Sample.Status.TRUNCATED) for s in samples]),
