@@ -27,7 +27,7 @@ import torch
 from miles_sdk import algo
 from miles_sdk._hookset import HookSet, check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread
-from miles_sdk._policy import build_policy
+from miles_sdk._policy import build_policy, load_policy_tokenizer
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
 from miles_sdk.backends.base import RolloutData, TrainBackend
 from miles_sdk.checkpoint import (
@@ -158,10 +158,18 @@ class Trainer:
         self.hooks = resolve_hooks(config, given)
         check_group_size(config, self.hooks)  # before any weight loads: a run that cannot learn
         seed_everything(config.seed)  # python, numpy and torch: all three are checkpointed
+        if tokenizer is None and model is None and config.hf_checkpoint is not None:
+            tokenizer = load_policy_tokenizer(config)  # seconds; the data below needs only it
+        if tokenizer is not None:
+            # The data before the weights: a malformed line or a missing label fails in seconds,
+            # not after a model of many GB has loaded.
+            self.tokenizer = tokenizer
+            self.data_source = self._build_data_source(dataset)
+            self._check_labels()
         self.policy = build_policy(
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
         )
-        self.tokenizer = self.policy.tokenizer
+        self.tokenizer = self.policy.tokenizer  # (without a tokenizer build_policy said what to pass)
         self._loop = LoopThread()
         self._serving: RolloutServing | None = None
         self._owned_engine: InferenceEngine | None = None
@@ -171,8 +179,6 @@ class Trainer:
             self.engine = self._build_engine(engine)
             self._weight_sync = WeightSync(self.args, self.policy.model, self.engine, self._loop)
             self._gap_threshold = logprob_gap_threshold(self.args, self.policy.model)
-            self.data_source = self._build_data_source(dataset)
-            self._check_labels()
             self.backend: TrainBackend = self._build_backend()
             if self.hooks.backend_init is not None:
                 self.hooks.backend_init(self.args)
