@@ -71,6 +71,7 @@ from miles_sdk.hooks import (
     TISFn,
 )
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
+from miles_sdk.logging.health import LearningSignalMonitor
 from miles_sdk.logging.metrics import reward_stats
 from miles_sdk.logging.progress import Progress
 from miles_sdk.rollout.shapes import (
@@ -191,6 +192,7 @@ class Trainer:
             self.rollout_id = config.start_rollout_id or 0
             self.writer = MetricsWriter(config)
             self.history: list[Metrics] = []
+            self._health = LearningSignalMonitor(self.args)
             self.last_samples: list[Sample] = []
             """The samples trained on in the latest step (for notebooks and tests)."""
             if config.save is not None:
@@ -216,6 +218,7 @@ class Trainer:
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
         metrics["rollout/id"] = float(rollout_id)
+        self._health.observe(rollout_id, samples, metrics)  # warns when this step cannot teach anything
         self._check_reward_failures(rollout_id, metrics)
         if not args.debug_rollout_only:
             with self._served_generation_paused():
