@@ -22,6 +22,7 @@ __all__ = [
     "Label",
     "Metrics",
     "Prompt",
+    "RewardSpec",
     "RewardValue",
     "RolloutFnEvalOutput",
     "RolloutFnTrainOutput",
@@ -46,6 +47,15 @@ int as an option index), or a dict / list (answer aliases, test cases)."""
 
 RewardValue: TypeAlias = float | dict[str, Any]
 """A scalar reward, or a dict of scores read through ``Config.reward_key`` (dapo returns one)."""
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """Miles's per-sample reward choice: ``rm_type`` (and, for Miles's ``async_rm``, a
+    ``custom_rm_path``) that win over ``metadata["rm_type"]`` and ``Config.rm_type`` when set."""
+
+    rm_type: str | None = None
+    custom_rm_path: str | None = None
 
 
 class SampleValidationError(ValueError):
@@ -148,6 +158,8 @@ class Sample:
     """Per-sample override of the generate function (``pkg.module.attr``)."""
     non_generation_time: float = 0.0
     """Seconds spent outside the engine (tool calls, environment) while generating."""
+    reward_spec: RewardSpec | None = None
+    """Per-sample reward choice (Miles's field); its ``rm_type`` wins over ``metadata["rm_type"]``."""
 
     # -- derived views -------------------------------------------------------------------------
 

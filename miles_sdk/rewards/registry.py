@@ -80,7 +80,11 @@ def check_rm_type(rm_type: str | None) -> str:
 
 
 def resolve_rm_type(args: Config, sample: Sample) -> str:
-    """The rm type that scores ``sample``: ``metadata["rm_type"]``, else ``args.rm_type``."""
+    """The rm type that scores ``sample``: ``sample.reward_spec.rm_type`` (Miles's per-sample spec),
+    else ``metadata["rm_type"]``, else ``args.rm_type``."""
+    spec = sample.reward_spec
+    if spec is not None and spec.rm_type and spec.rm_type.strip():
+        return check_rm_type(spec.rm_type.strip())
     return check_rm_type(rm_type_of(args, sample.metadata))
 
 

@@ -169,7 +169,7 @@ async def test_custom_rm_path_wins_and_batched_gets_the_list(tmp_path: Path) -> 
         assert await batched_async_rm(args, samples) == [0.0, 1.0, 2.0]
         assert await batched_async_rm(args, samples, inplace_set_reward_field=True) is None
         assert [s.reward for s in samples] == [0.0, 1.0, 2.0]
-        with pytest.raises(ValueError, match="would overwrite sample index=0"):
+        with pytest.raises(AssertionError, match="Overriding sample.reward .* sample index=0"):
             await batched_async_rm(args, samples, inplace_set_reward_field=True)
     finally:
         sys.path.remove(str(tmp_path))

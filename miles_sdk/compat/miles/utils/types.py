@@ -6,6 +6,6 @@ It has Miles's fields and ``Sample.Status``; ``sample.get_reward_value(args)`` r
 
 from __future__ import annotations
 
-from miles_sdk.types import Sample
+from miles_sdk.types import RewardSpec, Sample
 
-__all__ = ["Sample"]
+__all__ = ["RewardSpec", "Sample"]

@@ -17,13 +17,14 @@ from miles_sdk.compat.miles.rollout.rm_hub.math_utils import extract_answer as e
 from miles_sdk.compat.miles.rollout.rm_hub.math_utils import grade_answer_verl
 from miles_sdk.compat.miles.utils.misc import load_function
 from miles_sdk.config import Config
-from miles_sdk.rewards import compute_builtin_reward, f1_score
+from miles_sdk.rewards import RewardConfigError, compute_builtin_reward, f1_score
 from miles_sdk.rewards import remote_rm as _remote_rm
 from miles_sdk.rewards.runner import call_reward
 from miles_sdk.rollout.context import RolloutContext, RolloutContextError, get_rollout_context
 from miles_sdk.types import RewardValue, Sample
 
 __all__ = [
+    "_resolve_reward_config",
     "async_rm",
     "batched_async_rm",
     "compute_score_dapo",
@@ -46,10 +47,22 @@ async def remote_rm(args: Config, sample: Sample) -> RewardValue:
     return await _remote_rm(args, sample)
 
 
+def _resolve_reward_config(args: Any, sample: Sample) -> tuple[str | None, str]:
+    """``(custom_rm_path, rm_type)`` for ``sample``: the fields of ``sample.reward_spec`` that are
+    set win; unset ones fall back to ``metadata["rm_type"]`` and ``args`` (Miles's precedence)."""
+    spec = sample.reward_spec
+    metadata = sample.metadata if isinstance(sample.metadata, dict) else {}
+    path = (spec.custom_rm_path if spec is not None else None) or getattr(args, "custom_rm_path", None)
+    rm_type = (spec.rm_type if spec is not None else None) or metadata.get("rm_type") or getattr(args, "rm_type", None)
+    return path, (rm_type or "").strip()
+
+
 async def async_rm(args: Config, sample: Sample, **kwargs: Any) -> RewardValue:
-    """Score one sample: ``args.custom_rm_path`` (called with ``kwargs``), else the Trainer's reward
-    object, else the built-in rm type. Errors propagate (the caller decides what a failure means)."""
-    path = getattr(args, "custom_rm_path", None)
+    """Score one sample: its custom rm path (``reward_spec``, then ``args.custom_rm_path``, called
+    with ``kwargs``), else the Trainer's reward object, else the built-in rm type. Errors propagate
+    (the caller decides what a failure means); an unknown or missing rm type is Miles's
+    NotImplementedError."""
+    path, rm_type = _resolve_reward_config(args, sample)
     fn = load_function(path) if path else None
     if fn is not None and fn is not async_rm:  # --custom-rm-path naming async_rm itself means the built-ins
         result: RewardValue = await fn(args, sample, **kwargs)
@@ -58,7 +71,12 @@ async def async_rm(args: Config, sample: Sample, **kwargs: Any) -> RewardValue:
     if ctx is not None and ctx.reward_fn is not None:
         # async def or plain def (run in a thread): the runner's call handles both
         return cast(RewardValue, await call_reward(args, ctx.reward_fn, sample, name="reward_model"))
-    return await compute_builtin_reward(args, sample)
+    if not rm_type:
+        raise NotImplementedError("Rule-based RM type is not specified.")
+    try:
+        return await compute_builtin_reward(args, sample)
+    except RewardConfigError as exc:
+        raise NotImplementedError(f"Rule-based RM for {rm_type} is not implemented. ({exc})") from exc
 
 
 async def batched_async_rm(
@@ -74,10 +92,10 @@ async def batched_async_rm(
         rewards = await batched_async_rm(args, samples, **kwargs)
         assert rewards is not None
         for sample, reward in zip(samples, rewards, strict=True):
-            if sample.reward is not None:
-                raise ValueError(
-                    f"batched_async_rm(inplace_set_reward_field=True) would overwrite sample index={sample.index} "
-                    f"reward {sample.reward!r} with {reward!r}"
+            if sample.reward is not None:  # Miles asserts here
+                raise AssertionError(
+                    f"Overriding sample.reward from {sample.reward} to {reward}, is this intended? "
+                    f"(batched_async_rm(inplace_set_reward_field=True), sample index={sample.index})"
                 )
             sample.reward = reward
         return None
