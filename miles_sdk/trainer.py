@@ -288,7 +288,15 @@ class Trainer:
         completed = self._last_completed_rollout()
         output = self._run_rollout_fn(eval_fn, completed, evaluation=True)
         if not isinstance(output, RolloutFnEvalOutput):
-            raise TypeError(f"eval function returned {type(output).__name__}, expected RolloutFnEvalOutput")
+            flag, path = (
+                ("--eval-function-path", self.args.eval_function_path)
+                if self.hooks.eval_fn is not None
+                else ("--rollout-function-path", self.args.rollout_function_path)
+            )
+            raise HookResultError(
+                f"eval function {describe_hook(eval_fn, flag=flag, path=path)} returned "
+                f"{type(output).__name__} with evaluation=True; expected RolloutFnEvalOutput(data=...)"
+            )
         data = dict(output.data)
         metrics = eval_metrics(self.args, data) | output.metrics
         log_fn = self.hooks.eval_rollout_log_fn

@@ -92,3 +92,33 @@ def convert_to_a_list(args: Config, samples: list[Sample]) -> Any:
 def test_convert_samples_to_train_data_returning_a_list_is_named() -> None:
     with pytest.raises(HookResultError, match=r"convert_to_a_list returned list.*TrainData"):
         run_steps({"convert_samples_to_train_data": convert_to_a_list}, steps=1)
+
+
+def train_output_always(args: Config, rollout_id: int, data_source: Any, evaluation: bool = False) -> Any:
+    from miles_sdk.rollout import generate_rollout
+    from miles_sdk.testing import run_sync
+
+    return run_sync(generate_rollout(args, rollout_id, data_source, evaluation=False))
+
+
+def test_eval_function_returning_train_output_is_named() -> None:
+    from miles_sdk import Trainer
+    from miles_sdk.demo.task import addition_reward
+    from miles_sdk.testing import tiny_policy
+
+    model, tok = tiny_policy("unit")
+    rows = [{"input": "1+1=", "label": "2"}] * 4
+    with (
+        Trainer(
+            small_config(),
+            model=model,
+            tokenizer=tok,
+            dataset=rows,
+            reward_model=addition_reward,
+            eval_fn=train_output_always,
+        ) as trainer,
+        pytest.raises(
+            HookResultError, match=r"eval function .*train_output_always returned RolloutFnTrainOutput"
+        ),
+    ):
+        trainer.evaluate()
