@@ -162,7 +162,7 @@ def _policy_loss(
             else _tensors(batch, "log_probs", like=cur)
         )
         fn: TISFn = tis_fn if tis_fn is not None else (mis_function if args.use_rs else vanilla_tis_function)
-        pg_loss, pg_masks, tis_metrics = fn(
+        tis_result = fn(
             args=args,
             pg_loss=pg_loss,
             train_log_probs=train_old,
@@ -171,6 +171,14 @@ def _policy_loss(
             total_lengths=total_lengths,
             response_lengths=response_lengths,
         )
+        if tis_fn is not None:  # a user hook: its result is checked where it is received
+            from miles_sdk.rollout.shapes import check_tis_result, describe_hook
+
+            where = "TIS function " + describe_hook(
+                tis_fn, flag="--custom-tis-function-path", path=args.custom_tis_function_path
+            )
+            tis_result = check_tis_result(tis_result, len(masks), where)
+        pg_loss, pg_masks, tis_metrics = tis_result
         pg_masks = [m.to(device=device, dtype=torch.float32) for m in pg_masks]
         # Modified masks change the numerator only; denominators stay the original token counts.
         pg_reducer = get_mean_of_sample_mean(
@@ -198,10 +206,23 @@ def _policy_loss(
         pg = pg_reducer(pg_loss)
     else:
         # A user reducer follows Miles's convention (a sum over samples): bring it to the mean.
+        from miles_sdk.rollout.shapes import HookResultError, check_reducer_result, describe_hook
+
+        where = "pg_loss_reducer " + describe_hook(
+            pg_loss_reducer,
+            flag="--custom-pg-loss-reducer-function-path",
+            path=args.custom_pg_loss_reducer_function_path,
+        )
         user_reducer = pg_loss_reducer(
             total_lengths, response_lengths, pg_masks, args.calculate_per_token_loss
         )
-        pg = user_reducer(pg_loss) / miles_scale(masks, args.calculate_per_token_loss)
+        if not callable(user_reducer):
+            raise HookResultError(
+                f"{where} returned {type(user_reducer).__name__}; expected a callable reducing the flat "
+                "per-token pg loss to a scalar (e.g. miles_sdk.algo.get_sum_of_sample_mean(...))"
+            )
+        reduced = check_reducer_result(user_reducer(pg_loss), where)
+        pg = reduced / miles_scale(masks, args.calculate_per_token_loss)
     loss = pg
     entropy_loss = pg.new_zeros(())
     if entropy is not None:

@@ -287,7 +287,12 @@ class TorchBackend:
                 args.calculate_per_token_loss,
                 reduction="sum",
             )
-            loss, metrics = self.loss_fn(args, batch, logits, reducer)
+            from miles_sdk.rollout.shapes import check_loss_result, describe_hook
+
+            where = "loss function " + describe_hook(
+                self.loss_fn, flag="--custom-loss-function-path", path=args.custom_loss_function_path
+            )
+            loss, metrics = check_loss_result(self.loss_fn(args, batch, logits, reducer), where)
             scale = miles_scale(batch["loss_masks"], args.calculate_per_token_loss)
             return loss / scale, {k: v / scale for k, v in metrics.items()}
         with_entropy = args.entropy_coef != 0.0 or args.loss_type == "policy_loss"

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
+
+import torch
 
 from miles_sdk.types import Sample
 
 __all__ = [
     "HookResultError",
     "check_groups",
+    "check_loss_result",
+    "check_reducer_result",
     "check_reward_post_process_result",
+    "check_tis_result",
     "check_train_data",
     "describe_hook",
 ]
@@ -137,4 +142,59 @@ def check_train_data(value: object, where: str) -> Mapping[str, Any]:
         raise HookResultError(
             f"{where} returned lists of different lengths {lengths}; expected one entry per sample in each"
         )
+    return value
+
+
+def _scalar_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+def check_loss_result(value: object, where: str) -> tuple[torch.Tensor, Mapping[str, Any]]:
+    """A ``LossFn`` result: ``(loss, metrics)``, a scalar tensor and a dict of scalars."""
+    expected = "a tuple (loss, metrics): a scalar tensor and a dict of metric name -> scalar"
+    _refuse_awaitable(value, where, expected)
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise HookResultError(f"{where} returned {_type_name(value)}; expected {expected}")
+    loss, metrics = value
+    if not _scalar_tensor(loss):
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else None
+        got = f"a tensor of shape {shape}" if shape is not None else _type_name(loss)
+        raise HookResultError(f"{where} returned loss as {got}; expected {expected}")
+    if not isinstance(metrics, Mapping):
+        raise HookResultError(f"{where} returned metrics as {_type_name(metrics)}; expected {expected}")
+    return loss, metrics
+
+
+def check_tis_result(
+    value: object, n_samples: int, where: str
+) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    """A ``TISFn`` result: ``(pg_loss, masks, metrics)`` with one mask per sample."""
+    expected = f"a tuple (pg_loss, masks, metrics): a tensor, {n_samples} per-sample mask tensors and a dict"
+    _refuse_awaitable(value, where, expected)
+    if not isinstance(value, tuple | list) or len(value) != 3:
+        raise HookResultError(f"{where} returned {_type_name(value)}; expected {expected}")
+    pg_loss, masks, metrics = value
+    if not isinstance(pg_loss, torch.Tensor):
+        raise HookResultError(f"{where} returned pg_loss as {_type_name(pg_loss)}; expected {expected}")
+    if not isinstance(masks, list | tuple) or not all(isinstance(m, torch.Tensor) for m in masks):
+        raise HookResultError(f"{where} returned masks as {_type_name(masks)}; expected {expected}")
+    if len(masks) != n_samples:
+        raise HookResultError(
+            f"{where} returned {len(masks)} masks for {n_samples} samples; expected {expected}"
+        )
+    if not isinstance(metrics, Mapping):
+        raise HookResultError(f"{where} returned metrics as {_type_name(metrics)}; expected {expected}")
+    return pg_loss, list(masks), cast(dict[str, torch.Tensor], dict(metrics))
+
+
+def check_reducer_result(value: object, where: str) -> torch.Tensor:
+    """What the callable a ``PGLossReducer`` built returns: a scalar tensor."""
+    if not _scalar_tensor(value):
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+        got = f"a tensor of shape {shape}" if shape is not None else _type_name(value)
+        raise HookResultError(
+            f"{where}: its reducer returned {got}; expected a scalar tensor (the sum over samples of the "
+            "reduced per-token values)"
+        )
+    assert isinstance(value, torch.Tensor)
     return value

@@ -122,3 +122,38 @@ def test_eval_function_returning_train_output_is_named() -> None:
         ),
     ):
         trainer.evaluate()
+
+
+def loss_without_metrics(args: Config, batch: Any, logits: Any, sum_of_sample_mean: Any) -> Any:
+    return logits.float().mean()  # the mistake: no (loss, metrics) tuple
+
+
+def test_loss_function_without_metrics_is_named() -> None:
+    with pytest.raises(
+        HookResultError, match=r"loss function .*loss_without_metrics returned Tensor.*\(loss, metrics\)"
+    ):
+        run_steps({"loss_fn": loss_without_metrics}, steps=1, config=small_config(loss_type="custom_loss"))
+
+
+def unreduced(
+    total_lengths: Any, response_lengths: Any, loss_masks: Any, calculate_per_token_loss: bool = False
+) -> Any:
+    return lambda x: x * 2  # the mistake: per-token values, not a scalar
+
+
+def test_pg_loss_reducer_that_does_not_reduce_is_named() -> None:
+    with pytest.raises(
+        HookResultError, match=r"pg_loss_reducer .*unreduced: its reducer returned a tensor of shape"
+    ):
+        run_steps({"pg_loss_reducer": unreduced}, steps=1)
+
+
+def tis_drops_masks(**kwargs: Any) -> Any:
+    return kwargs["pg_loss"], kwargs["loss_masks"][:1], {}
+
+
+def test_tis_function_with_too_few_masks_is_named() -> None:
+    with pytest.raises(
+        HookResultError, match=r"TIS function .*tis_drops_masks returned 1 masks for 2 samples"
+    ):
+        run_steps({"tis_fn": tis_drops_masks}, steps=1, config=small_config(use_tis=True))
