@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ def _accumulate(layer: nn.Linear, batches: list[torch.Tensor]) -> None:
 
 
 def _fp64_reference(layer: nn.Linear, batches: list[torch.Tensor]) -> torch.Tensor:
-    ref = nn.Linear(64, 32, bias=False, dtype=torch.float64)
+    ref = nn.Linear(64, 32, bias=False, dtype=torch.float64, device=layer.weight.device)
     with torch.no_grad():
         ref.weight.copy_(layer.weight.double())
     _accumulate(ref, [x.double() for x in batches])
@@ -86,3 +87,22 @@ def test_zero_grad_clears_the_accumulated_fp32_gradient() -> None:
     optim.zero_grad()
     assert layer.weight.grad is None
     assert all(m.grad is None for m in optim.masters)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 GEMMs on CUDA (issue 13 item 8)")
+def test_cuda_micro_batch_gradients_accumulate_in_fp32() -> None:
+    cuda = torch.device("cuda")
+    batches = [x.to(cuda) for x in _micro_batches()]
+    layer = _bf16_layer().to(cuda)
+    reference = _fp64_reference(layer, batches)
+    optim = PolicyOptimizer(Config(), list(layer.parameters()), lr=1e-3, master_weights=True)
+    _accumulate(layer, batches)
+    optim.clip(max_norm=0.0)
+    assert optim.masters is not None and optim.masters[0].grad is not None
+    fp32_error = _relative_error(optim.masters[0].grad, reference)
+    plain = _bf16_layer().to(cuda)
+    _accumulate(plain, batches)
+    assert plain.weight.grad is not None
+    bf16_error = _relative_error(plain.weight.grad, reference)
+    assert fp32_error < 1e-3, fp32_error
+    assert bf16_error > 5 * fp32_error, (bf16_error, fp32_error)

@@ -66,3 +66,30 @@ def test_extremes_are_maxed_and_minned_over_optimizer_steps() -> None:
     assert got == pytest.approx(
         {"ratio_max": 2.5, "ratio_min": 0.7, "pg_loss": 2.0, "lr": 1e-3, "skipped_nonfinite_grad": 0.5}
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs are a CUDA matter (issue 13 item 12)")
+def test_cuda_one_host_read_per_optimizer_step() -> None:
+    import warnings
+
+    cuda = torch.device("cuda")
+    weight = torch.nn.Parameter(torch.zeros((), device=cuda))
+    optim = PolicyOptimizer(small_config(), [weight], lr=0.0, master_weights=False)
+
+    def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        ratio = torch.rand((), device=cuda) + 1.0
+        return weight * 1.0, {"ratio_max": ratio, "pg_loss": ratio * 2, "ppo_kl": ratio * 3, "coef": 0.5}
+
+    cfg = small_config(micro_batch_size=1, clip_grad=1.0)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            _accumulate_and_step(cfg, _data(8), list(range(8)), cuda, loss_of, optim)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    # The old code read every metric of every micro-batch with float(), and each micro-batch's
+    # token count from its device mask: over 30 syncs here.
+    assert len(syncs) <= 2, [str(w.message) for w in syncs]
