@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from miles_sdk.demo import addition_reward, make_addition_dataset
-from miles_sdk.demo.run import main
+from miles_sdk.demo.run import DemoResult, main, parse_seeds
 from miles_sdk.testing import call_hook, make_sample
 
 
@@ -28,3 +31,40 @@ def test_demo_writes_metrics_and_plot(tmp_path: Path, capsys: object) -> None:
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert (tmp_path / "reward.png").stat().st_size > 1000
+
+
+def test_parse_seeds_reads_ranges_and_lists() -> None:
+    assert parse_seeds("0-9") == list(range(10))
+    assert parse_seeds("0,3,5") == [0, 3, 5]
+    assert parse_seeds("0-2,7") == [0, 1, 2, 7]
+    with pytest.raises(argparse.ArgumentTypeError, match="--seeds"):
+        parse_seeds("zero")
+
+
+def test_a_collapsed_run_fails_whatever_its_rise() -> None:
+    collapsed = DemoResult(seed=3, first=0.1, last5=0.6, truncated_last5=0.9, seconds=1.0)
+    assert collapsed.collapsed and not collapsed.passed(0.4)
+    assert DemoResult(seed=3, first=0.1, last5=0.0, truncated_last5=0.0, seconds=1.0).collapsed
+    assert DemoResult(seed=0, first=0.1, last5=0.6, truncated_last5=0.0, seconds=1.0).passed(0.4)
+
+
+def test_seed_sweep_runs_each_seed_without_collapse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Seed 3 is the one that collapsed in issue 13 (every sample truncated, reward 0); a short
+    run of it and seed 0 must keep answering (the full 250-rollout rise is the README's command)."""
+    rc = main(["--seeds", "0,3", "--num-rollout", "20", "--min-rise", "-1", "--output-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["0"], ["3"])]
+    assert [int(r[0]) for r in rows] == [0, 3] and all(r[-1] == "pass" for r in rows), out
+    for seed in (0, 3):
+        metrics = [json.loads(line) for line in (tmp_path / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert len(metrics) == 20
+        # the dynamic filter kept only groups that teach something: no step trained on zero advantages
+        assert all(m["rollout/reward_std"] > 0 for m in metrics)
+
+
+def test_seed_sweep_exits_non_zero_when_a_seed_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["--seeds", "1", "--num-rollout", "2", "--min-rise", "5", "--output-dir", str(tmp_path)])
+    assert rc == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "0/1 seeds" in out
