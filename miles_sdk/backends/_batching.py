@@ -17,6 +17,7 @@ __all__ = [
     "micro_batches",
     "pack_tokens",
     "pad_tokens",
+    "to_device_rows",
     "token_budget_chunks",
 ]
 
@@ -135,19 +136,35 @@ def micro_batches(
     return token_budget_chunks(step_idx, lengths, max_tokens)
 
 
+def to_device_rows(rows: list[Any], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Host sequences (lists or CPU tensors) as device tensors, in one copy that does not wait.
+
+    A blocking host-to-device copy from pageable memory synchronises the stream: per sample and
+    per key that was a host stall each; here all rows go through one pinned buffer, copied with
+    ``non_blocking`` (the host allocator keeps the buffer until the copy is done)."""
+    flat = [torch.as_tensor(r, dtype=dtype).reshape(-1) for r in rows]
+    if not flat:
+        return []
+    host = torch.cat(flat)
+    if device.type == "cuda":
+        moved = host.pin_memory().to(device, non_blocking=True)
+    else:
+        moved = host.to(device)
+    return list(torch.split(moved, [t.numel() for t in flat]))
+
+
 def micro_batch(data: dict[str, Any], idx: list[int], device: torch.device) -> dict[str, Any]:
-    """Slice the rollout data to ``idx``; per-sample tensors move to ``device``."""
+    """Slice the rollout data to ``idx``; per-sample tensors move to ``device`` (one copy per key)."""
     tokens = [data["tokens"][i] for i in idx]
     response_lengths = [data["response_lengths"][i] for i in idx]
+    token_rows = to_device_rows(tokens, torch.long, device)
     batch: dict[str, Any] = {
         "unconcat_tokens_list": tokens,
-        "unconcat_tokens": [torch.tensor(t, device=device) for t in tokens],
-        "tokens": [torch.tensor(t, device=device) for t in tokens],
+        "unconcat_tokens": token_rows,
+        "tokens": list(token_rows),
         "response_lengths": response_lengths,
         "total_lengths": [len(t) for t in tokens],
-        "loss_masks": [
-            torch.as_tensor(data["loss_masks"][i], dtype=torch.float32, device=device) for i in idx
-        ],
+        "loss_masks": to_device_rows([data["loss_masks"][i] for i in idx], torch.float32, device),
         "rewards": [data["rewards"][i] for i in idx],
         "sample_indices": [data["sample_indices"][i] for i in idx],
     }
@@ -156,5 +173,5 @@ def micro_batch(data: dict[str, Any], idx: list[int], device: torch.device) -> d
         if values is None:
             batch[key] = None
             continue
-        batch[key] = [torch.as_tensor(values[i], dtype=torch.float32).to(device) for i in idx]
+        batch[key] = to_device_rows([values[i] for i in idx], torch.float32, device)
     return batch

@@ -67,7 +67,10 @@ class CompiledLayers:
             torch.compile(layer._call_impl, backend=backend, dynamic=DYNAMIC) for layer in self._layers
         ]
         if checkpoint:
-            self._compiled = [_checkpointed(fn) for fn in self._compiled]
+            self._compiled = [
+                _checkpointed(fn, layer._call_impl, lambda: self.enabled)
+                for fn, layer in zip(self._compiled, self._layers, strict=True)
+            ]
         self._on_eager = on_eager
         self.enabled = True
         self._depth = 0
@@ -118,11 +121,20 @@ class CompiledLayers:
             layer._compiled_call_impl = None
 
 
-def _checkpointed(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _checkpointed(
+    compiled: Callable[..., Any], eager: Callable[..., Any], enabled: Callable[[], bool]
+) -> Callable[..., Any]:
+    """``checkpoint`` around the compiled layer call. Which one runs is decided at each call, the
+    recompute included: once the compiler failed (and the forward was re-run eagerly), a
+    recompute must not try the compiler again (torch 2.11 did, inside the backward)."""
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return (compiled if enabled() else eager)(*args, **kwargs)
+
     def call(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():  # no backward, nothing to recompute
-            return fn(*args, **kwargs)
-        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+            return run(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
 
     return call
 

@@ -426,7 +426,9 @@ class _DeviceMetrics:
         self.values: dict[str, torch.Tensor] = {}
 
     def add(self, key: str, value: torch.Tensor | float, weight: float) -> None:
-        v = torch.as_tensor(value, device=self.device).detach().to(torch.float32).reshape(())
+        # A host number goes up as a tensor without waiting (a blocking copy would sync).
+        v = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        v = v.to(self.device, torch.float32, non_blocking=True).reshape(())
         previous = self.values.get(key)
         kind = _extreme(key)
         if kind is None:
