@@ -127,7 +127,7 @@ def train(
         rollout_max_response_len=60,
         rollout_temperature=1.0,
         rollout_shuffle=True,
-        lr=1e-3,
+        lr=1e-4,  # 1e-3 broke the tool-call format after one step (long responses, per-token loss)
         micro_batch_size=rollout_batch_size * 8,
         max_seq_len=400,
         agent_timeout=300.0,
