@@ -609,7 +609,11 @@ class Trainer:
         our router and HTTP server when middlewares, use_miles_router or serve_http ask for it."""
         args = self.args
         engine = given
-        if engine is None and args.rollout_engine == "embedded":
+        from miles_sdk.distributed.replicas import replica_count
+
+        if engine is None and args.rollout_engine == "embedded" and replica_count(args) > 1:
+            engine = self._engine_replicas()  # rollout_num_gpus replica processes behind the router
+        elif engine is None and args.rollout_engine == "embedded":
             engine = self._embedded_engine()
         elif engine is None and args.rollout_engine == "sglang":
             from miles_sdk.engines.sglang_engine import SGLangEngine
@@ -641,6 +645,14 @@ class Trainer:
         self._serving = serving
         self.args = serving.args  # now carries sglang_router_ip/port of our server
         return serving.engine
+
+    def _engine_replicas(self) -> InferenceEngine:
+        from miles_sdk.distributed.replicas import start_engine_replicas
+
+        replicas = start_engine_replicas(self.args, self.policy.model, self.tokenizer, self.policy.device)
+        self._owned_engine = replicas  # close() stops the replicas even when one fails to start
+        self._loop.run(replicas.start())
+        return replicas
 
     def _embedded_engine(self) -> InferenceEngine:
         from transformers import PreTrainedModel
@@ -826,7 +838,8 @@ def _warn_placement_flags(args: Config) -> None:
             ("colocate", args.colocate),
             ("offload_train", args.offload_train),
             ("offload_rollout", args.offload_rollout),
-            ("rollout_num_gpus", args.rollout_num_gpus),
+            # the embedded engine honours it: rollout_num_gpus replicas (distributed/replicas.py)
+            ("rollout_num_gpus", args.rollout_num_gpus if args.rollout_engine != "embedded" else None),
             ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),
             ("actor_num_nodes", args.actor_num_nodes != 1),
             ("actor_num_gpus_per_node", args.actor_num_gpus_per_node != 1),

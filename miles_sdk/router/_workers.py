@@ -6,6 +6,7 @@ dicts whichever kind of worker answers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +47,23 @@ class Worker:
         """Consecutive failures (health checks or connection errors)."""
         self.healthy = True
         self.last_error: str | None = None
+        self.in_flight: set[asyncio.Task[dict[str, Any]]] = set()
+        """The router's /generate calls on this worker now (cancelled and re-sent elsewhere when
+        the worker is taken out of rotation)."""
+        self.evicted: set[asyncio.Task[dict[str, Any]]] = set()
+        """In-flight calls the router cancelled because the worker went down (not the caller)."""
+
+    def evict_in_flight(self) -> int:
+        """Cancel every /generate call in flight here, marked as evicted so the router re-sends
+        it to another worker; returns how many. A call whose reply already arrived is left alone
+        (its reply is delivered once, never re-sent)."""
+        evicted = 0
+        for task in list(self.in_flight):
+            if not task.done():
+                self.evicted.add(task)
+                task.cancel()
+                evicted += 1
+        return evicted
 
     async def generate(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """One single (not batched) /generate request."""

@@ -229,14 +229,26 @@ class Router:
                 worker = self._pick(tried)
             worker.active += 1
             worker.requests += 1
+            # A task of its own, so that a worker taken out of rotation mid-request (dead process,
+            # failed health checks) can hand its in-flight requests back for re-sending.
+            call = asyncio.ensure_future(worker.generate(request))
+            worker.in_flight.add(call)
             try:
-                reply = await worker.generate(request)
+                reply = await call
             except WorkerDown as e:
                 self._record_failure(worker, str(e))
                 tried.add(worker)
                 continue
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if call not in worker.evicted or (current is not None and current.cancelling()):
+                    raise  # our caller was cancelled, not (only) the worker
+                tried.add(worker)  # re-sent below; the evicted call's reply is never delivered
+                continue
             finally:
                 worker.active -= 1
+                worker.in_flight.discard(call)
+                worker.evicted.discard(call)
             worker.failures = 0
             return reply
 
@@ -268,12 +280,29 @@ class Router:
         worker.last_error = error
         if worker.healthy and worker.failures >= self.failure_threshold:
             worker.healthy = False
+            resent = worker.evict_in_flight()
             logger.warning(
-                "Router: %s failed %d times in a row; out of rotation (%s)",
+                "Router: %s failed %d times in a row; out of rotation (%s); %d in-flight requests re-sent "
+                "to other engines",
                 worker.name,
                 worker.failures,
                 error,
+                resent,
             )
+
+    def mark_down(self, name: str, reason: str) -> int:
+        """Take engine ``name`` out of rotation now (e.g. its process is gone) and re-send its
+        in-flight requests to other engines; returns how many were re-sent. It comes back when
+        its ``/health`` answers again (or is replaced by :meth:`remove_worker`/:meth:`add_worker`)."""
+        worker = self._find(name)
+        worker.failures = max(worker.failures, self.failure_threshold)
+        worker.last_error = reason
+        if not worker.healthy:
+            return 0
+        worker.healthy = False
+        resent = worker.evict_in_flight()
+        logger.warning("Router: %s is down (%s); %d in-flight requests re-sent to other engines", name, reason, resent)
+        return resent
 
     # -- health ------------------------------------------------------------------------------------
 
