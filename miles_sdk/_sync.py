@@ -69,9 +69,9 @@ class WeightSync:
         """True when the engine's weights live elsewhere and must be sent."""
         return isinstance(self.engine, RemoteWeightsEngine) and self.engine.remote_weights
 
-    def sync(self) -> None:
-        """Make the engine sample from the trainer's weights, under the next version."""
-        version = self.engine.weight_version + 1
+    def sync(self, version: int | None = None) -> None:
+        """Make the engine sample from the trainer's weights, under ``version`` (default: the next)."""
+        version = self.engine.weight_version + 1 if version is None else version
         if self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
             path = save_for_sync(self.model, self._directory() / "weights")

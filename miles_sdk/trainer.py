@@ -545,7 +545,13 @@ class Trainer:
         # copy (update_weights_interval > 1) then restores the copy it held at save time, which
         # lags the trained weights exactly as in the uninterrupted run.
         saved_version = int(state.get("engine_weight_version", 0))
-        self.engine.update_weights(max(saved_version, self.engine.weight_version))
+        version = max(saved_version, self.engine.weight_version)
+        if self._weight_sync.remote:
+            # Replicas in other processes (rollout_num_gpus, rollout_engine="http") hold their own
+            # copy: a version bump alone would leave them sampling from the weights they started with.
+            self._weight_sync.sync(version)
+        else:
+            self.engine.update_weights(version)
         _load_engine_state(self.engine, state.get("engine"))
         self.writer.resume_at(self.rollout_id)  # the steps after the checkpoint will be logged again
 

@@ -163,3 +163,15 @@ async def test_a_replica_that_stops_answering_health_checks_has_its_requests_res
         release.set()
         await router.close()
         await server.close()
+
+
+def test_resumed_replicas_sample_from_the_loaded_weights(one_engine: StepsResult, tmp_path: Any) -> None:
+    """--load with replicas: they get the checkpoint's weights (not the ones they started from), so
+    the step after the checkpoint draws what the uninterrupted run drew."""
+    save = str(tmp_path / "ckpt")
+    with _trainer(_config(rollout_num_gpus=2, save=save, save_interval=1)) as trainer:
+        trainer.step()
+    with _trainer(_config(rollout_num_gpus=2, load=save)) as trainer:
+        assert trainer.rollout_id == 1
+        resumed = _steps(trainer, 1)
+    _assert_same(StepsResult(one_engine.metrics[1:2], one_engine.samples[1:2]), resumed)
