@@ -250,9 +250,12 @@ class Config:
     this. None: 0.05 when training or generation runs in bf16/fp16 (a bf16 logit carries about
     0.4 percent rounding), 0.005 in fp32. 0 turns the warning off."""
     rollout_num_gpus: int | None = None
-    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
+    """Embedded engine: 2 or more runs that many engine replicas (rollout_num_gpus /
+    rollout_num_gpus_per_engine), each in its own process (a CPU process without GPUs; a Ray actor
+    when Ray is used) behind the router; unset or 1: one engine in this process. See
+    docs/scale-out.md, "Engine replicas"."""
     rollout_num_gpus_per_engine: int = 1
-    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
+    """Devices per engine replica; the embedded engine needs 1 (no tensor parallelism)."""
     max_engine_batch_size: int = 64
     """Embedded engine: most sequences decoded in one batch."""
 
