@@ -5,7 +5,9 @@ flight; ``/health`` is polled every ``health_check_interval`` seconds; after
 ``failure_threshold`` consecutive failures (failed checks or refused connections) an engine leaves
 the rotation. Unlike Miles, an engine whose ``/health`` answers again comes back (Miles keeps it
 out for fear of stale weights; here the pending weight version is re-sent first — moving the
-weights themselves stays the trainer's job).
+weights themselves stays the trainer's job). An engine that leaves the rotation (failed checks,
+refused connections, or :meth:`Router.mark_down`) has its in-flight /generate requests cancelled on
+the router side and re-sent to other engines; each request's reply is delivered once.
 
 The router is itself an :class:`~miles_sdk.engines.base.InferenceEngine`, so the Trainer can use it
 directly; :func:`miles_sdk.router.server.start_router_server` serves it over SGLang's HTTP API.

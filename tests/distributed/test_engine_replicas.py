@@ -175,3 +175,19 @@ def test_resumed_replicas_sample_from_the_loaded_weights(one_engine: StepsResult
         assert trainer.rollout_id == 1
         resumed = _steps(trainer, 1)
     _assert_same(StepsResult(one_engine.metrics[1:2], one_engine.samples[1:2]), resumed)
+
+
+def test_ray_replicas_are_replaced_after_a_kill() -> None:
+    """The same replicas as Ray actors (a local Ray cluster, shut down at close)."""
+    ray = pytest.importorskip("ray")
+    config = _config(rollout_num_gpus=2, check_weight_sync=True).replace(distributed_launcher="ray")
+    with _trainer(config) as trainer:
+        replicas = trainer.engine
+        assert isinstance(replicas, EngineReplicas) and replicas.launcher.use_ray
+        trainer.step()
+        killed = replicas.pids()[0]
+        assert killed is not None and killed != os.getpid()
+        os.kill(killed, signal.SIGKILL)
+        assert len(trainer.step()) > 0 and len(trainer.last_samples) == 8
+        assert replicas.restarts == 1 and killed not in replicas.pids()
+    assert not ray.is_initialized()
