@@ -101,6 +101,12 @@ def main() -> None:
         default="auto",
         help="packed (padding-free) trainer forwards; compare on and off with --varied",
     )
+    ap.add_argument(
+        "--train-backend",
+        choices=["torch", "fsdp"],
+        default="torch",
+        help="fsdp: the FSDP2 backend with one rank in this process (its step beside the torch backend's)",
+    )
     ap.add_argument("--json", default=None, help="write the summary numbers to this file")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
@@ -141,6 +147,7 @@ def main() -> None:
         compile_model=ns.compile_model,
         pack_sequences=ns.pack_sequences,
         skip_on_policy_old_log_probs=not ns.recompute_old_log_probs,
+        train_backend=ns.train_backend,
     )
     trainer = Trainer(
         config,
@@ -152,7 +159,8 @@ def main() -> None:
     )
     print(
         f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, "
-        f"compile_model {ns.compile_model}, pack_sequences {ns.pack_sequences}"
+        f"compile_model {ns.compile_model}, pack_sequences {ns.pack_sequences}, "
+        f"train_backend {ns.train_backend}"
     )
     rows = []
     if device.type == "cuda":

@@ -229,26 +229,6 @@ class Config:
     """On steps that are on-policy by construction, warn when train_rollout_logprob_abs_diff is above
     this. None: 0.05 when training or generation runs in bf16/fp16 (a bf16 logit carries about
     0.4 percent rounding), 0.005 in fp32. 0 turns the warning off."""
-    sglang_api_key: str | None = None
-    """Token for the control endpoints (aborts, workers, weight updates) of the HTTP API this SDK
-    serves, and sent as Authorization: Bearer to a remote SGLang server (its --api-key). None: a
-    random token per run, handed to in-process hooks. Required to serve on a non-loopback address."""
-    serve_max_body_bytes: int | None = None
-    """Largest request body the served HTTP API accepts. None: room for a prompt of
-    rollout_max_context_len tokens (32 bytes per token, 128k tokens when unset) plus 1 MiB."""
-    serve_max_concurrent_requests: int = 4096
-    """Requests the served HTTP API handles at once; more are answered 503 (clients retry)."""
-    weight_sync_dir: str | None = None
-    """Directory the trainer writes its weights to for an engine in another process
-    (rollout_engine=http: /update_weights_from_disk); it must be readable by the server. None: a
-    temporary directory, removed at close."""
-    check_weight_sync: bool = False
-    """After every weight sync, check that the engine reports the new version and the trainer's
-    weights (the first rows of a few tensors); a mismatch raises. On in tests (the pytest plugin)."""
-    logprob_gap_warn_threshold: float | None = None
-    """On steps that are on-policy by construction, warn when train_rollout_logprob_abs_diff is above
-    this. None: 0.05 when training or generation runs in bf16/fp16 (a bf16 logit carries about
-    0.4 percent rounding), 0.005 in fp32. 0 turns the warning off."""
     rollout_num_gpus: int | None = None
     """Embedded engine: 2 or more runs that many engine replicas (rollout_num_gpus /
     rollout_num_gpus_per_engine), each in its own process (a CPU process without GPUs; a Ray actor
@@ -814,13 +794,8 @@ def _validate(c: Config) -> None:
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")
     need(c.rollout_temperature >= 0.0, "rollout_temperature must be >= 0")
     need(c.update_weights_interval >= 1, "update_weights_interval must be >= 1")
+    need(c.lr_decay_iters is None or c.lr_decay_iters >= 1, "lr_decay_iters must be >= 1")
     need(c.sglang_server_concurrency >= 1, "sglang_server_concurrency must be >= 1")
-    need(c.serve_max_body_bytes is None or c.serve_max_body_bytes >= 1024, "serve_max_body_bytes must be >= 1024")
-    need(c.serve_max_concurrent_requests >= 1, "serve_max_concurrent_requests must be >= 1")
-    need(
-        c.logprob_gap_warn_threshold is None or c.logprob_gap_warn_threshold >= 0,
-        "logprob_gap_warn_threshold must be >= 0 (0: off)",
-    )
     need(c.serve_max_body_bytes is None or c.serve_max_body_bytes >= 1024, "serve_max_body_bytes must be >= 1024")
     need(c.serve_max_concurrent_requests >= 1, "serve_max_concurrent_requests must be >= 1")
     need(
@@ -830,7 +805,7 @@ def _validate(c: Config) -> None:
     if c.num_rollout is None and c.num_epoch is None:
         return
     need(c.num_rollout is None or c.num_rollout >= 0, "num_rollout must be >= 0")
-    need(c.lr_decay_iters is None or c.lr_decay_iters >= 1, "lr_decay_iters must be >= 1")
+
 
 # Numeric settings and the range each must lie in, checked at Config() time so a bad value is a
 # ConfigError naming the flag, not a torch traceback from the optimizer after the weights load.
