@@ -20,6 +20,7 @@ from miles_sdk._policy import disable_dropout
 from miles_sdk.algo import compute_loss, log_probs_and_entropy
 from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
+from miles_sdk.backends._memory import oom_phase
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
@@ -394,14 +395,15 @@ def _accumulate_and_step(
         batch = micro_batch(data, mb, device)
         mb_tokens = sum(tokens_of[i] for i in mb)
         weight = mb_tokens / step_tokens if per_token else len(mb) / len(step_idx)
-        with scope(batch):
+        with scope(batch), oom_phase("train_forward_backward", device):
             loss, metrics = loss_of(batch)
             torch.autograd.backward(loss * weight)
         for k, v in metrics.items():
             reduced.add(prefix + k, v, weight)
     grad_norm_key = prefix + "grad_norm"
-    sums = reduced.read(extra={grad_norm_key: optim.clip(args.clip_grad)})
-    optim.step(sums[grad_norm_key])
+    with oom_phase("optimizer", device):
+        sums = reduced.read(extra={grad_norm_key: optim.clip(args.clip_grad)})
+        optim.step(sums[grad_norm_key])
     if not math.isfinite(sums[grad_norm_key]):
         # A non-finite gradient would poison the weights: the step was skipped; report it.
         sums[prefix + "skipped_nonfinite_grad"] = 1.0
