@@ -454,6 +454,27 @@ class Config:
     num_critic_only_steps: int = 0
     """First rollouts that train only the PPO critic."""
 
+    # ---- LoRA (docs/lora.md; Miles's flags, through peft) ----------------------------------------
+    lora_rank: int = 0
+    """LoRA rank; 0 trains every parameter. With a rank the policy is wrapped by peft: only the
+    adapter weights train (the optimizer holds nothing else), the engine samples from base +
+    adapter merged at each weight sync, the reference model is the base (adapters off), checkpoints
+    hold the adapter alone, and save_hf writes the merged model plus a peft folder in adapter/."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator: the update is (lora_alpha / lora_rank) * B @ A (Miles's default 16)."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapter's input while training. RL keeps every dropout at 0 (the trainer's
+    log-probs must equal the engine's); a value here is written to adapter_config.json but trains as
+    0, with a warning."""
+    target_modules: str | None = None
+    """Modules that get adapters, required with lora_rank: all-linear (q/k/v/o_proj and
+    gate/up/down_proj, as Miles expands it) or a comma-separated list of module names."""
+    exclude_modules: str | None = None
+    """Comma-separated module names removed from target_modules."""
+    lora_adapter_path: str | None = None
+    """A peft adapter folder (adapter_config.json + adapter_model.safetensors) to start from; its
+    rank, alpha and target modules must equal lora_rank, lora_alpha and target_modules."""
+
     # ---- debug ---------------------------------------------------------------------------------
     debug_rollout_only: bool = False
     """Generate and score, never train (check a rollout setup)."""
@@ -798,6 +819,7 @@ def _validate(c: Config) -> None:
     need(c.sglang_server_concurrency >= 1, "sglang_server_concurrency must be >= 1")
     need(c.serve_max_body_bytes is None or c.serve_max_body_bytes >= 1024, "serve_max_body_bytes must be >= 1024")
     need(c.serve_max_concurrent_requests >= 1, "serve_max_concurrent_requests must be >= 1")
+    _validate_lora(c)
     need(
         c.logprob_gap_warn_threshold is None or c.logprob_gap_warn_threshold >= 0,
         "logprob_gap_warn_threshold must be >= 0 (0: off)",
@@ -837,6 +859,39 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("eval_interval", 0.0, None, True, True),
     ("num_epoch", 1.0, None, True, True),
 )
+
+
+def _validate_lora(c: Config) -> None:
+    """Miles's LoRA flags (miles/utils/arguments.py) and what this SDK runs them with."""
+    if c.lora_rank < 0:
+        raise ConfigError(f"lora_rank (--lora-rank) must be >= 0 (0: no LoRA), got {c.lora_rank}")
+    if not 0.0 <= c.lora_dropout < 1.0:
+        raise ConfigError(f"lora_dropout (--lora-dropout) must be in [0, 1), got {c.lora_dropout}")
+    if c.lora_rank == 0:
+        # (target_modules alone is ignored, as in Miles; an adapter that would not load is an error.)
+        if c.lora_adapter_path is not None:
+            raise ConfigError(
+                f"lora_adapter_path (--lora-adapter-path) {c.lora_adapter_path!r} is set but lora_rank "
+                "(--lora-rank) is 0: set --lora-rank (the adapter's rank) to train from it"
+            )
+        return
+    if c.lora_alpha <= 0:
+        raise ConfigError(f"lora_alpha (--lora-alpha) must be > 0, got {c.lora_alpha}")
+    if not c.target_modules:
+        raise ConfigError(
+            "target_modules (--target-modules) is required with lora_rank (--lora-rank), as in Miles: "
+            "all-linear, or a comma-separated list such as q_proj,k_proj,v_proj,o_proj"
+        )
+    if c.train_backend != "torch":
+        raise ConfigError(
+            f"lora_rank (--lora-rank) with train_backend={c.train_backend!r} is not supported; "
+            "LoRA runs with train_backend='torch'"
+        )
+    if c.advantage_estimator == "ppo":
+        raise ConfigError(
+            "lora_rank (--lora-rank) with advantage_estimator='ppo' (a critic) is not supported; "
+            "use grpo, gspo or reinforce_plus_plus with LoRA"
+        )
 
 
 def _validate_ranges(c: Config) -> None:
