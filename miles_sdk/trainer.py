@@ -29,6 +29,7 @@ from miles_sdk._hookset import HookSet, check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread
 from miles_sdk._policy import build_policy, load_policy_tokenizer
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
+from miles_sdk.backends._memory import oom_report, owner_bytes
 from miles_sdk.backends.base import RolloutData, TrainBackend
 from miles_sdk.checkpoint import (
     NoCheckpointError,
@@ -208,9 +209,25 @@ class Trainer:
     # ==== the loop ==============================================================================
 
     def step(self) -> Metrics:
-        """One rollout step; returns its metrics."""
+        """One rollout step; returns its metrics. An out-of-memory is raised as a
+        StepOutOfMemoryError naming the phase, the memory table and the flags that would help."""
+        timer = PhaseTimer()
+        with oom_report(self.policy.device, self.args, lambda: timer.current, self._memory_owners):
+            return self._step(timer)
+
+    def _memory_owners(self) -> dict[str, int]:
+        backend: Any = self.backend
+        return owner_bytes(
+            self.policy.device,
+            model=getattr(backend, "model", None),
+            optim=getattr(backend, "optim", None),
+            ref_model=getattr(backend, "ref_model", None),
+            engine=self.engine,
+        )
+
+    def _step(self, timer: PhaseTimer) -> Metrics:
         self._check_open()
-        args, rollout_id, timer = self.args, self.rollout_id, PhaseTimer()
+        args, rollout_id = self.args, self.rollout_id
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
             groups, metrics = self._rollout(rollout_id)  # 1-2

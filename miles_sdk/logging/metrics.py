@@ -75,12 +75,16 @@ class PhaseTimer:
 
     def __init__(self) -> None:
         self.times: dict[str, float] = {}
+        self.current: str | None = None
+        """The phase running now; after an exception, the phase it left (an OOM report names it)."""
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
+        self.current = phase
         try:
             yield
+            self.current = None
         finally:
             self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - start
 
