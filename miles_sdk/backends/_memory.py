@@ -83,7 +83,8 @@ class MemoryTable:
     def render(self) -> str:
         lines = [f"memory on {self.device} (GiB):"]
         for name, n in self.rows():
-            lines.append(f"  {name:<52} {'n/a' if n is None else f'{n / GiB:8.2f}'}")
+            if n is not None:  # the allocator's rows exist on CUDA only
+                lines.append(f"  {name:<52} {n / GiB:8.3f}")
         return "\n".join(lines)
 
 
