@@ -55,10 +55,10 @@ def make_trainer() -> Iterator[Callable[..., Trainer]]:
 
 def _simple_loss(trainer: Trainer, monkeypatch: pytest.MonkeyPatch) -> None:
     """Any loss with gradients will do where a test is about what happens after the backward."""
-    model = trainer.backend.model  # type: ignore[attr-defined]
+    model = trainer.backend.model
 
     def loss(batch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-        return sum(p.float().square().sum() for p in model.parameters()) * 1e-6, {}
+        return torch.stack([p.float().square().sum() for p in model.parameters()]).sum() * 1e-6, {}
 
     monkeypatch.setattr(trainer.backend, "_micro_batch_loss", loss)
 
