@@ -122,6 +122,11 @@ class Config:
     fsdp_cpu_offload: bool = False
     """fsdp: keep the sharded parameters, gradients and optimizer state in host memory
     (FSDP2's CPUOffloadPolicy); the optimizer steps on the CPU."""
+    optimizer_cpu_offload: bool = False
+    """torch backend: keep the fp32 master weights and the AdamW state in host memory and step
+    there (Miles's --optimizer-cpu-offload); the device keeps the weights and fp32 gradient
+    accumulators, and the copies overlap the host step. For a policy whose optimizer does not fit
+    (7B: 91 GB of masters and moments); costs host time per step. fsdp: use fsdp_cpu_offload."""
     ray_address: str | None = None
     """fsdp with several ranks: the Ray cluster to join (as RAY_ADDRESS); unset starts a local one."""
     distributed_launcher: Literal["auto", "ray", "processes"] = "auto"
@@ -772,6 +777,11 @@ def _validate(c: Config) -> None:
     need(
         c.eval_prompt_data is None or len(c.eval_prompt_data) % 2 == 0 or len(c.eval_prompt_data) == 1,
         "eval_prompt_data takes pairs: name path [name path ...] (or Miles's legacy single path)",
+    )
+    need(
+        not (c.optimizer_cpu_offload and c.train_backend != "torch"),
+        f"optimizer_cpu_offload is for the torch backend; with train_backend={c.train_backend!r} "
+        "use fsdp_cpu_offload",
     )
     need(
         not c.use_dynamic_batch_size or (c.max_tokens_per_gpu or 0) > 0,
