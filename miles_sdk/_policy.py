@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import torch
@@ -14,6 +14,9 @@ from torch import nn
 from miles_sdk._hub import resolve_pretrained
 from miles_sdk.config import Config
 from miles_sdk.hooks import ModelProviderFn
+
+if TYPE_CHECKING:
+    from miles_sdk.lora import LoraPolicy
 
 __all__ = ["Policy", "build_policy", "disable_dropout", "load_policy_tokenizer", "resolve_device"]
 
@@ -92,8 +95,22 @@ def _dtype(args: Config, device: torch.device) -> torch.dtype:
 @attrs.define
 class Policy:
     model: nn.Module
+    """The module the backend trains (with LoRA: the peft model, base frozen)."""
     tokenizer: Any
     device: torch.device
+    lora: LoraPolicy | None = None
+    """Set with lora_rank > 0: the adapter, and the merged model the engine samples from."""
+
+    @property
+    def engine_model(self) -> nn.Module:
+        """The module the engine samples from and weight syncs send: the policy itself, or with
+        LoRA a plain model with the adapter merged in at each sync (miles_sdk.lora)."""
+        return self.lora.engine_model if self.lora is not None else self.model
+
+    def merge_adapter(self) -> None:
+        """With LoRA, fold the adapter's current weights into the engine's model (before a sync)."""
+        if self.lora is not None:
+            self.lora.merge_into_engine()
 
     def load_reference(self, args: Config) -> nn.Module:
         """The frozen reference model: ``ref_load`` when set, else a copy of the initial policy."""
@@ -113,6 +130,11 @@ class Policy:
 
     def save_hf(self, directory: str) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
+        if self.lora is not None:
+            self.lora.save_hf(directory)  # the merged model, and the peft adapter in adapter/
+            if hasattr(self.tokenizer, "save_pretrained"):
+                self.tokenizer.save_pretrained(directory)
+            return
         save = getattr(self.model, "save_pretrained", None)
         if save is None:
             raise TypeError(f"save_hf: {type(self.model).__name__} has no save_pretrained")
@@ -162,5 +184,12 @@ def build_policy(
     keep_dtype = args.dtype == "auto" and device.type == "cpu"
     model.to(device=device, dtype=None if keep_dtype else _dtype(args, device))
     disable_dropout(model)
+    lora = None
+    if args.lora_rank > 0:
+        from miles_sdk.lora import apply_lora
+
+        lora = apply_lora(args, model)  # only the adapter trains; the engine gets a merged model
+        model = lora.model
+        disable_dropout(model, role="policy (LoRA adapter, --lora-dropout)")
     model.train()
-    return Policy(model=model, tokenizer=tokenizer, device=device)
+    return Policy(model=model, tokenizer=tokenizer, device=device, lora=lora)

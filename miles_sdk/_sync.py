@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -51,8 +51,19 @@ _GAP_KEY = "train/train_rollout_logprob_abs_diff"
 class WeightSync:
     """Sends the trained weights to the engine and, when asked, checks that they arrived."""
 
-    def __init__(self, args: Config, model: torch.nn.Module, engine: InferenceEngine, loop: LoopThread) -> None:
+    def __init__(
+        self,
+        args: Config,
+        model: torch.nn.Module,
+        engine: InferenceEngine,
+        loop: LoopThread,
+        *,
+        before_sync: Callable[[], None] | None = None,
+    ) -> None:
+        """``model``: what the engine samples from; ``before_sync`` brings it up to date first
+        (with LoRA: merges the adapter into it)."""
         self.args = args
+        self.before_sync = before_sync
         self.model = model
         self.engine = engine
         self.loop = loop
@@ -72,6 +83,8 @@ class WeightSync:
     def sync(self, version: int | None = None) -> None:
         """Make the engine sample from the trainer's weights, under ``version`` (default: the next)."""
         version = self.engine.weight_version + 1 if version is None else version
+        if self.before_sync is not None:
+            self.before_sync()
         if self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
             path = save_for_sync(self.model, self._directory() / "weights")

@@ -179,7 +179,9 @@ class Trainer:
         self._gate = GenerationGate()
         try:
             self.engine = self._build_engine(engine)
-            self._weight_sync = WeightSync(self.args, self.policy.model, self.engine, self._loop)
+            self._weight_sync = WeightSync(
+                self.args, self.policy.engine_model, self.engine, self._loop, before_sync=self.policy.merge_adapter
+            )
             self._gap_threshold = logprob_gap_threshold(self.args, self.policy.model)
             self.backend: TrainBackend = self._build_backend()
             if self.hooks.backend_init is not None:
@@ -641,7 +643,7 @@ class Trainer:
         elif engine is None and args.rollout_engine == "sglang":
             from miles_sdk.engines.sglang_engine import SGLangEngine
 
-            model = self.policy.model
+            model = self.policy.engine_model
             engine = SGLangEngine(model_path=args.hf_checkpoint, weights=lambda: model.state_dict().items())
         if given is None:
             self._owned_engine = engine  # built here, so close() stops its threads; a given one is the caller's
@@ -672,7 +674,7 @@ class Trainer:
     def _engine_replicas(self) -> InferenceEngine:
         from miles_sdk.distributed.replicas import start_engine_replicas
 
-        replicas = start_engine_replicas(self.args, self.policy.model, self.tokenizer, self.policy.device)
+        replicas = start_engine_replicas(self.args, self.policy.engine_model, self.tokenizer, self.policy.device)
         self._owned_engine = replicas  # close() stops the replicas even when one fails to start
         self._loop.run(replicas.start())
         return replicas
@@ -682,7 +684,7 @@ class Trainer:
 
         from miles_sdk.engines.embedded import EmbeddedEngine
 
-        if not isinstance(self.policy.model, PreTrainedModel):
+        if not isinstance(self.policy.engine_model, PreTrainedModel):
             raise TypeError(
                 "the embedded engine needs a transformers PreTrainedModel; pass engine= for other models"
             )
@@ -695,10 +697,10 @@ class Trainer:
         # fp32 master weights train correctly at RL learning rates (1e-6 updates vanish in bf16), but
         # decoding reads every weight per token: on CUDA the engine decodes from a bf16 copy.
         on_cuda = self.policy.device.type == "cuda"
-        fp32 = next(self.policy.model.parameters()).dtype == torch.float32
+        fp32 = next(self.policy.engine_model.parameters()).dtype == torch.float32
         dtype = torch.bfloat16 if on_cuda and fp32 else None
         return EmbeddedEngine(
-            self.policy.model,
+            self.policy.engine_model,  # with LoRA: the base with the adapter merged in
             self.tokenizer,
             max_batch_size=args.max_engine_batch_size,
             seed=args.rollout_seed,
@@ -754,7 +756,10 @@ class Trainer:
         if self.args.train_backend != "fsdp":
             _warn_placement_flags(self.args)
 
-        ref_model = self.policy.load_reference(self.args) if self.args.needs_reference_model else None
+        # With LoRA and no ref_load the reference is the base: the policy with its adapter off.
+        own_reference = self.policy.lora is None or self.args.ref_load is not None
+        needs_reference = self.args.needs_reference_model and own_reference
+        ref_model = self.policy.load_reference(self.args) if needs_reference else None
         if self.args.train_backend == "fsdp":
             return self._fsdp_backend(ref_model)
         return TorchBackend(
@@ -766,6 +771,7 @@ class Trainer:
             pg_loss_reducer=self.hooks.pg_loss_reducer,
             before_log_prob_hook=self.hooks.before_log_prob_hook,
             before_train_step_hook=self.hooks.before_train_step_hook,
+            adapter=self.policy.lora,
         )
 
     def _fsdp_backend(self, ref_model: torch.nn.Module | None) -> TrainBackend:

@@ -27,6 +27,7 @@ from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollout
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
+from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
     BeforeTrainStepHookFn,
@@ -53,15 +54,19 @@ class TorchBackend:
         pg_loss_reducer: PGLossReducer | None = None,
         before_log_prob_hook: BeforeLogProbHookFn | None = None,
         before_train_step_hook: BeforeTrainStepHookFn | None = None,
+        adapter: TrainableAdapter | None = None,
     ) -> None:
+        """``adapter``: with LoRA, the trained adapter (the model's base is frozen): the reference
+        is then this model with its adapter off, and checkpoints hold the adapter alone."""
         self.args = args
+        self.adapter = adapter
         self._model = model
         self.device = next(model.parameters()).device
         self.ref_model = ref_model
         # Also here for models that did not come through build_policy (a no-op when they did).
         disable_dropout(model)
         if ref_model is None and args.needs_reference_model:
-            self.ref_model = _frozen_copy(model)
+            self.ref_model = model if adapter is not None else _frozen_copy(model)
         if self.ref_model is not None:
             disable_dropout(self.ref_model, role="reference")
         self.loss_fn = loss_fn
@@ -194,7 +199,7 @@ class TorchBackend:
         # pass set the step's peak memory: 79 GiB against 34 GiB for the rest of the step).
         try:
             for idx in self._forward_batches(data):
-                with torch.no_grad():
+                with torch.no_grad(), self._model_scope(which, model):
                     logp, _ = self._response_log_probs(
                         model,
                         [data["tokens"][i] for i in idx],
@@ -205,6 +210,12 @@ class TorchBackend:
         finally:
             model.train(was_training)
         return out
+
+    def _model_scope(self, which: LogProbModel, model: nn.Module) -> contextlib.AbstractContextManager[object]:
+        """With LoRA the reference is this very model with its adapter off."""
+        if which == "ref" and model is self._model and self.adapter is not None:
+            return self.adapter.reference()
+        return contextlib.nullcontext()
 
     def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
         if self.critic is None:
@@ -316,7 +327,7 @@ class TorchBackend:
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "model": self._model.state_dict(),
+            "model": self._model.state_dict() if self.adapter is None else self.adapter.state_dict(),
             "step_id": self.step_id,
             "scheduler": self.scheduler.state_dict(),
         }
@@ -327,7 +338,10 @@ class TorchBackend:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._model.load_state_dict(state["model"])
+        if self.adapter is not None:
+            self.adapter.load_state_dict(state["model"])
+        else:
+            self._model.load_state_dict(state["model"])
         if "optimizer" in state:
             self.optim.load_state_dict(state["optimizer"])
         else:
