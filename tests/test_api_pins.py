@@ -33,6 +33,7 @@ SAMPLE_FIELDS = {
     "train_metadata",
     "generate_function_path",
     "non_generation_time",
+    "reward_spec",
 }
 
 

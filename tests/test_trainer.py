@@ -15,6 +15,8 @@ from miles_sdk.demo.task import addition_reward
 from miles_sdk.testing import run_steps, small_config, tiny_policy
 
 ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+# The same prompts with their answers under a column the Trainer does not pick up by default.
+UNLABELLED_ROWS = [{"input": row["input"], "answer": row["label"]} for row in ROWS]
 
 
 def test_run_steps_reports_every_phase() -> None:
@@ -222,7 +224,7 @@ def test_missing_label_for_builtin_rm_fails_before_training(tmp_path: Path) -> N
     model, tok = tiny_policy("unit", seed=0)
     cfg = small_config(output_dir=str(tmp_path), rm_type="math", label_key=None)
     with pytest.raises(RewardLabelError, match="label"):
-        Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS)
+        Trainer(cfg, model=model, tokenizer=tok, dataset=UNLABELLED_ROWS)
 
 
 def test_debug_save_then_train_only_on_the_saved_rollouts(tmp_path: Path) -> None:
@@ -365,7 +367,7 @@ def test_failed_construction_leaves_no_loop_thread(tmp_path: Path) -> None:
             small_config(output_dir=str(tmp_path), rm_type="math", label_key=None),
             model=model,
             tokenizer=tok,
-            dataset=ROWS,
+            dataset=UNLABELLED_ROWS,
         )
     assert sum(t.name == "miles-sdk-loop" for t in threading.enumerate()) == before
 
