@@ -25,6 +25,7 @@ from miles_sdk.backends._varlen import attention_implementation, decoder_rows, h
 from miles_sdk.backends.base import LogProbModel, RolloutData
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollout
+from miles_sdk.backends.offload import OffloadedOptimizer
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
 from miles_sdk.lora.base import TrainableAdapter
@@ -74,11 +75,11 @@ class TorchBackend:
         self.pg_loss_reducer = pg_loss_reducer
         self.before_log_prob_hook = before_log_prob_hook
         self.before_train_step_hook = before_train_step_hook
-        self.optim = PolicyOptimizer(
-            args,
-            [p for p in model.parameters() if p.requires_grad],
-            lr=args.lr,
-            master_weights=wants_master_weights(args, model),
+        trained = [p for p in model.parameters() if p.requires_grad]
+        self.optim = (
+            OffloadedOptimizer(args, trained, lr=args.lr)  # masters + AdamW state in host memory
+            if args.optimizer_cpu_offload
+            else PolicyOptimizer(args, trained, lr=args.lr, master_weights=wants_master_weights(args, model))
         )
         self.optimizer = self.optim.optimizer
         self.lr_schedule = LRSchedule(args)
