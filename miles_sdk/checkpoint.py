@@ -3,7 +3,9 @@
 Layout of a save folder::
 
     <dir>/rollout_<id>/state.pt         the state (torch.save)
-    <dir>/rollout_<id>/manifest.json    size and sha256 of state.pt, written last
+    <dir>/rollout_<id>/<name>/...       files written beside state.pt (CheckpointFiles: sharded
+                                        model and optimizer state, one file per training rank)
+    <dir>/rollout_<id>/manifest.json    size and sha256 of every file above, written last
     <dir>/latest                        the id of the newest complete checkpoint
 
 Why each step (issue 16.1-16.3):
@@ -12,7 +14,8 @@ Why each step (issue 16.1-16.3):
   then renamed to ``rollout_<id>``; ``latest`` moves (write, fsync, rename, fsync the folder) only
   after that. A kill or power loss at any point leaves every earlier checkpoint valid.
 * ``manifest.json`` records the size and sha256 of ``state.pt`` (hashed while it is written, so no
-  second read). Loading checks it: a truncated or damaged file is found before torch reads it.
+  second read) and of every file a :class:`CheckpointFiles` wrote (hashed and fsync'd after the
+  writer returns). Loading checks it: a truncated or damaged file is found before torch reads it.
 * Loading the latest checkpoint falls back to the newest complete one, with a warning that names
   each broken checkpoint skipped; loading a *named* step never falls back.
 * Retention (``keep_last``, ``retain_interval``) deletes older checkpoints only after a new one is
@@ -29,7 +32,8 @@ import logging
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,7 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "CheckpointFiles",
     "CheckpointSaveError",
     "NoCheckpointError",
     "capture_rng_state",
@@ -72,6 +77,70 @@ class NoCheckpointError(CheckpointError, FileNotFoundError):
 
 class CheckpointSaveError(CheckpointError, OSError):
     """Writing a checkpoint failed; the previous checkpoint (named in the message) is still valid."""
+
+
+@dataclass(frozen=True)
+class CheckpointFiles:
+    """Files written into a checkpoint's folder instead of pickled into ``state.pt``: sharded
+    training state that each rank writes itself (torch.distributed.checkpoint).
+
+    In the state given to :func:`save_checkpoint` (anywhere in nested dicts), ``write`` is called
+    with the sub-folder ``<checkpoint>/<name>`` before the manifest is written, so the manifest
+    lists, sizes and hashes those files too, and they move into place with the rest. ``state.pt``
+    keeps only the name. In the state :func:`load_checkpoint` returns, ``path`` is that sub-folder
+    (already checked against the manifest)."""
+
+    name: str
+    write: Callable[[Path], None] | None = field(default=None, compare=False)
+    path: Path | None = None
+
+
+def _map_files(state: Any, fn: Callable[[CheckpointFiles], CheckpointFiles]) -> Any:
+    """``state`` with every CheckpointFiles in it (through nested dicts) replaced by ``fn``'s. A
+    dict holding none is returned as is (a model's state dict keeps its ``_metadata``)."""
+    if isinstance(state, CheckpointFiles):
+        return fn(state)
+    if isinstance(state, dict):
+        mapped = {k: _map_files(v, fn) for k, v in state.items()}
+        if all(mapped[k] is v for k, v in state.items()):
+            return state
+        return mapped
+    return state
+
+
+def _write_files(state: dict[str, Any], folder: Path) -> tuple[dict[str, Any], list[str]]:
+    """Run each CheckpointFiles writer into ``folder/<name>``; the state to pickle (names only)
+    and the relative paths of the files written."""
+    names: list[str] = []
+
+    def write(files: CheckpointFiles) -> CheckpointFiles:
+        if files.write is None:
+            raise ValueError(f"CheckpointFiles({files.name!r}) given to save_checkpoint has no writer")
+        if not files.name or "/" in files.name or files.name.startswith(".") or files.name == _STATE_FILE:
+            raise ValueError(f"CheckpointFiles name {files.name!r}: use a plain folder name")
+        if files.name in names:
+            raise ValueError(f"two CheckpointFiles named {files.name!r} in one checkpoint")
+        names.append(files.name)
+        target = folder / files.name
+        target.mkdir()
+        files.write(target)
+        return CheckpointFiles(files.name)
+
+    pickled = _map_files(state, write)
+    written = sorted(
+        path.relative_to(folder).as_posix() for name in names for path in (folder / name).rglob("*") if path.is_file()
+    )
+    return pickled, written
+
+
+def _hash_and_sync(path: Path) -> _FileRecord:
+    """Size and sha256 of a file another writer made, fsync'd (its data and its folder)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+        os.fsync(f.fileno())
+    return _FileRecord(path.stat().st_size, digest.hexdigest())
 
 
 # ==== RNG =====================================================================================
@@ -195,9 +264,17 @@ def save_checkpoint(
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
+        try:
+            pickled, extra = _write_files(state, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed writer (a dead rank) leaves no partial folder
+            raise
+        records = {name: _hash_and_sync(tmp / name) for name in extra}
+        for sub in {(tmp / name).parent for name in extra}:
+            _fsync_dir(sub)
         out = _HashingFile(tmp / _STATE_FILE)
         try:
-            torch.save(state, out)  # type: ignore[arg-type]  # any object with write/flush
+            torch.save(pickled, out)  # type: ignore[arg-type]  # any object with write/flush
             out.close_synced()
         except BaseException as exc:
             out.close()
@@ -207,7 +284,8 @@ def save_checkpoint(
         manifest = {
             "format": _MANIFEST_FORMAT,
             "rollout_id": rollout_id,
-            "files": {_STATE_FILE: {"size": out.size, "sha256": out.sha256.hexdigest()}},
+            "files": {_STATE_FILE: {"size": out.size, "sha256": out.sha256.hexdigest()}}
+            | {name: {"size": rec.size, "sha256": rec.sha256} for name, rec in records.items()},
         }
         _write_synced(tmp / _MANIFEST, json.dumps(manifest, indent=1))
         _fsync_dir(tmp)
@@ -388,7 +466,8 @@ def _read(root: Path, rollout_id: int) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {folder} is broken: {type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {folder} is broken: {_STATE_FILE} holds {type(state).__name__}")
-    return state
+    resolved: dict[str, Any] = _map_files(state, lambda files: replace(files, path=folder / files.name))
+    return resolved
 
 
 def load_checkpoint(directory: str | os.PathLike[str], rollout_id: int | None = None) -> dict[str, Any]:

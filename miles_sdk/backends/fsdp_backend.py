@@ -3,12 +3,15 @@
 The driver keeps the policy module that the engine samples from; the ranks hold the sharded fp32
 training copy. Each optimizer step's global batch is split into equal shares, one per rank (FSDP
 averages the gradients, so the update is the global batch's mean, as with one process), and after
-``train`` rank 0's full weights are copied into the driver's module: the engine's weight sync.
-Checkpoint state is the full model and optimizer state, so a run resumes on any world size.
+``train`` rank 0's full weights are copied into the driver's module: the engine's weight sync
+(and what ``save_hf`` exports). Checkpoints are sharded with torch.distributed.checkpoint, each rank
+writing its own shard, and resume on any world size; full-state checkpoints of earlier versions
+still load.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +25,8 @@ from miles_sdk.distributed.world import WorldPlan
 from miles_sdk.types import Metrics, TrainData
 
 __all__ = ["FSDPBackend"]
+
+_SHARDED = "fsdp-dcp/1"
 
 
 class FSDPBackend:
@@ -99,12 +104,41 @@ class FSDPBackend:
                 own[name].copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
+        """Sharded: every rank writes its shard of the model and optimizer state into the
+        checkpoint's ``shards/`` folder (torch.distributed.checkpoint, loadable on any world
+        size); ``state.pt`` keeps the step, the scheduler and the world size. The ranks write
+        when :func:`miles_sdk.checkpoint.save_checkpoint` calls the writer, into its temporary
+        folder, so the manifest covers the shards."""
+        from miles_sdk.checkpoint import CheckpointFiles
+
+        rest = self.ranks.call("training_state", [()] * self.world_size)[0]
+        assert rest is not None
+
+        def write(folder: Path) -> None:
+            self.ranks.call("save_shards", [(str(folder), rest["with_optimizer"])] * self.world_size)
+
+        return {
+            "format": _SHARDED,
+            "world_size": self.world_size,
+            "training": rest,
+            "shards": CheckpointFiles("shards", write=write),
+        }
+
+    def full_state_dict(self) -> dict[str, Any]:
+        """The whole model and optimizer state gathered on rank 0 (the format before sharded
+        checkpoints; :meth:`load_state_dict` still reads it)."""
         state = self.ranks.call("state_dict", [()] * self.world_size)[0]
         assert state is not None
         return dict(state) | {"world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.ranks.call("load_state_dict", [(state,)] * self.world_size)
+        if state.get("format") == _SHARDED:
+            shards = state["shards"]
+            if shards.path is None:
+                raise ValueError("a sharded FSDP state must come from load_checkpoint (its shards folder is unknown)")
+            self.ranks.call("load_shards", [(str(shards.path), state["training"])] * self.world_size)
+        else:
+            self.ranks.call("load_state_dict", [(state,)] * self.world_size)
         self._pull_weights()
 
     def close(self) -> None:

@@ -150,8 +150,65 @@ class TrainRank:
         state = full_state_dict(self.model, to_cpu=to_cpu)
         return state if self.spec.rank == 0 else None
 
+    def training_state(self) -> dict[str, Any] | None:
+        """What is the same on every rank (step, scheduler), on rank 0, and whether the optimizer
+        state goes into the shards: an optimizer that has not stepped has none, and
+        get_state_dict would make one with a zero-lr step (Adam's step count 1, which changes the
+        next update), so it is left out."""
+        with_optim = not self.backend.args.no_save_optim and bool(self.backend.optimizer.state)
+        state = {
+            "step_id": self.backend.step_id,
+            "scheduler": self.backend.scheduler.state_dict(),
+            "with_optimizer": with_optim,
+        }
+        return state if self.spec.rank == 0 else None
+
+    def save_shards(self, folder: str, with_optimizer: bool) -> None:
+        """Write this rank's shard of the model (and optimizer) state into ``folder`` with
+        torch.distributed.checkpoint: one file per rank and ``.metadata``, which any world size
+        can load (DCP reshards on load)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+        from torch.distributed.checkpoint.state_dict_saver import save
+
+        shards: dict[str, Any]
+        if with_optimizer:
+            model_state, optim_state = get_state_dict(self.model, self.backend.optimizer)
+            shards = {"model": model_state, "optimizer": optim_state}
+        else:
+            shards = {"model": get_model_state_dict(self.model)}
+        save(shards, checkpoint_id=folder)
+
+    def load_shards(self, folder: str, rest: dict[str, Any]) -> None:
+        """Read the shards that :meth:`save_shards` wrote (on any world size), and ``rest``
+        (:meth:`training_state`)."""
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_state_dict,
+            set_model_state_dict,
+            set_state_dict,
+        )
+        from torch.distributed.checkpoint.state_dict_loader import load
+
+        if rest["with_optimizer"]:
+            model_state, optim_state = get_state_dict(self.model, self.backend.optimizer)
+            shards: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
+            load(shards, checkpoint_id=folder)
+            set_state_dict(
+                self.model,
+                self.backend.optimizer,
+                model_state_dict=shards["model"],
+                optim_state_dict=shards["optimizer"],
+            )
+        else:
+            shards = {"model": get_model_state_dict(self.model)}
+            load(shards, checkpoint_id=folder)
+            set_model_state_dict(self.model, shards["model"])
+        self.backend.scheduler.load_state_dict(rest["scheduler"])
+        self.backend.step_id = int(rest["step_id"])
+
     def state_dict(self) -> dict[str, Any] | None:
-        """World-size-independent training state (full model and optimizer state), on rank 0."""
+        """World-size-independent training state (full model and optimizer state), on rank 0:
+        the format before sharded checkpoints, still loaded by :meth:`load_state_dict`."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
