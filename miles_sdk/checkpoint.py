@@ -128,7 +128,10 @@ def _write_files(state: dict[str, Any], folder: Path) -> tuple[dict[str, Any], l
 
     pickled = _map_files(state, write)
     written = sorted(
-        path.relative_to(folder).as_posix() for name in names for path in (folder / name).rglob("*") if path.is_file()
+        path.relative_to(folder).as_posix()
+        for name in names
+        for path in (folder / name).rglob("*")
+        if path.is_file()
     )
     return pickled, written
 

@@ -15,7 +15,7 @@ from miles_sdk.config import Config
 from miles_sdk.distributed.rank import ModelSource, RankHooks, RankSpec, TrainRank
 from miles_sdk.distributed.world import WorldPlan
 
-__all__ = ["RankError", "RankGroup", "start_ranks"]
+__all__ = ["HookShippingError", "RankError", "RankGroup", "check_shippable", "start_ranks"]
 
 
 class RankError(RuntimeError):
@@ -35,28 +35,49 @@ class RankGroup(Protocol):
 
 
 def start_ranks(plan: WorldPlan, args: Config, source: ModelSource, hooks: RankHooks) -> RankGroup:
-    _check_picklable(hooks)
     if plan.launcher == "in_process":
-        return _InProcess(args, plan, source, hooks)
+        return _InProcess(args, plan, source, hooks)  # the hooks stay in this process
+    check_shippable(hooks)
     if plan.launcher == "processes":
         return _Processes(args, plan, source, hooks)
     return _RayActors(args, plan, source, hooks)
 
 
-def _check_picklable(hooks: RankHooks) -> None:
-    """Hooks that run on the ranks travel by pickling (by reference for importable functions)."""
+class HookShippingError(TypeError):
+    """A hook that must run on the training ranks cannot travel there (neither importable nor
+    picklable); the message names the hook, its Trainer keyword and its --*-path flag."""
+
+
+# RankHooks field -> the Miles flag that sets it (the Trainer keyword is the field's name).
+_HOOK_FLAGS = {
+    "loss_fn": "--custom-loss-function-path",
+    "tis_fn": "--custom-tis-function-path",
+    "pg_loss_reducer": "--custom-pg-loss-reducer-function-path",
+    "before_log_prob_hook": "--custom-megatron-before-log-prob-hook-path",
+    "before_train_step_hook": "--custom-megatron-before-train-step-hook-path",
+}
+
+
+def check_shippable(hooks: RankHooks) -> None:
+    """Hooks that run on the ranks travel by pickling: an importable function by reference, a
+    closure or an object defined in a notebook by value (cloudpickle). Checked before any rank
+    starts, so a hook that cannot travel fails the Trainer's construction, not a rank."""
+    from miles_sdk.rollout.shapes import describe_hook
+
     cloudpickle = _cloudpickle()
-    for name in ("loss_fn", "tis_fn", "pg_loss_reducer", "before_log_prob_hook", "before_train_step_hook"):
+    for name, flag in _HOOK_FLAGS.items():
         hook = getattr(hooks, name)
         if hook is None:
             continue
         try:
             cloudpickle.dumps(hook)
-        except Exception as error:  # noqa: BLE001 - reported with the hook's name
-            raise TypeError(
-                f"train_backend='fsdp' runs the {name} hook on every training rank, but "
-                f"{hook!r} cannot be pickled ({error}); define it at module level "
-                "(an importable path) or make it picklable"
+        except Exception as error:
+            raise HookShippingError(
+                f"train_backend='fsdp' runs the {name} hook {describe_hook(hook)} (Trainer({name}=...) "
+                f"or {flag}) on every training rank, in other processes, but it cannot be sent there: "
+                f"{type(error).__name__}: {error}. Define it at module level in an importable module and "
+                "pass it or its path, or keep unpicklable state (locks, open files, clients) out of it, "
+                "e.g. created lazily on first call"
             ) from error
 
 

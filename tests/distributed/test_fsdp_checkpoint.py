@@ -33,7 +33,12 @@ def _config(**overrides: Any) -> Config:
     # Two optimizer steps per rollout: the second one's update depends on Adam's state, so a
     # resume that lost or mangled the optimizer shards would show.
     return small_config(
-        rollout_batch_size=4, n_samples_per_prompt=2, lr=1e-3, rollout_seed=7, global_batch_size=4, **overrides
+        rollout_batch_size=4,
+        n_samples_per_prompt=2,
+        lr=1e-3,
+        rollout_seed=7,
+        global_batch_size=4,
+        **overrides,
     )
 
 

@@ -61,8 +61,13 @@ def test_two_ranks_match_one_process(one_process: StepsResult) -> None:
 def test_a_dead_rank_fails_the_step_naming_it() -> None:
     model, tok = tiny_policy("unit", seed=0)
     config = _config(train_backend="fsdp", actor_num_gpus_per_node=2, distributed_launcher="processes")
-    with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward,
-                 dataset=[{"input": "1+1=", "label": "2"}] * 4) as trainer:
+    with Trainer(
+        config,
+        model=model,
+        tokenizer=tok,
+        reward_model=spread_reward,
+        dataset=[{"input": "1+1=", "label": "2"}] * 4,
+    ) as trainer:
         os.kill(trainer.backend.ranks.pids()[1], signal.SIGKILL)  # type: ignore[attr-defined]
         with pytest.raises(RankError, match="training rank 1"):
             trainer.step()
