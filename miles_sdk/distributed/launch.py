@@ -4,6 +4,7 @@ processes (one node, no Ray), or as Ray actors in a placement group (a node or a
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing as mp
 import socket
 import traceback
@@ -16,6 +17,8 @@ from miles_sdk.distributed.rank import ModelSource, RankHooks, RankSpec, TrainRa
 from miles_sdk.distributed.world import WorldPlan
 
 __all__ = ["HookShippingError", "RankError", "RankGroup", "check_shippable", "start_ranks"]
+
+logger = logging.getLogger(__name__)
 
 
 class RankError(RuntimeError):
@@ -35,6 +38,13 @@ class RankGroup(Protocol):
 
 
 def start_ranks(plan: WorldPlan, args: Config, source: ModelSource, hooks: RankHooks) -> RankGroup:
+    logger.info(
+        "train_backend='fsdp': %d training rank(s) on %s (%s), launcher %s",
+        plan.world_size,
+        plan.device_type,
+        plan.dist_backend,
+        plan.launcher,
+    )
     if plan.launcher == "in_process":
         return _InProcess(args, plan, source, hooks)  # the hooks stay in this process
     check_shippable(hooks)
@@ -196,24 +206,29 @@ class _RayActors:
     a local cluster, or ``ray_address`` / RAY_ADDRESS to join one)."""
 
     def __init__(self, args: Config, plan: WorldPlan, source: ModelSource, hooks: RankHooks) -> None:
-        try:
-            ray = importlib.import_module("ray")
-            placement_group = importlib.import_module("ray.util.placement_group").placement_group
-            strategy = importlib.import_module("ray.util.scheduling_strategies").PlacementGroupSchedulingStrategy
-        except ImportError as error:
-            raise ImportError(
-                "train_backend='fsdp' with distributed_launcher='ray' needs Ray: pip install 'miles-sdk[ray]'"
-            ) from error
+        from miles_sdk.distributed.ray_init import PLACEMENT_TIMEOUT_S, init_ray, ray_module
 
+        ray = ray_module("train_backend='fsdp' with distributed_launcher='ray'")
+        placement_group = importlib.import_module("ray.util.placement_group").placement_group
+        strategy = importlib.import_module("ray.util.scheduling_strategies").PlacementGroupSchedulingStrategy
         self._ray: Any = ray
-        self._started_ray = not ray.is_initialized()
-        if self._started_ray:
-            ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
+        self._started_ray = init_ray(args, "train_backend='fsdp' with distributed_launcher='ray'")
         self.world_size = plan.world_size
         gpu = plan.device_type == "cuda"
         bundles = [{"GPU": 1, "CPU": 1} if gpu else {"CPU": 1} for _ in range(plan.world_size)]
         self._group = placement_group(bundles, strategy="PACK")
-        ray.get(self._group.ready())
+        try:
+            ray.get(self._group.ready(), timeout=PLACEMENT_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            message = (
+                f"Ray could not place {plan.world_size} training ranks ({bundles[0]} each) within "
+                f"{PLACEMENT_TIMEOUT_S:.0f} s; free now: {ray.available_resources()} of "
+                f"{ray.cluster_resources()} (engine replicas and other jobs hold the rest)"
+            )
+            importlib.import_module("ray.util.placement_group").remove_placement_group(self._group)
+            if self._started_ray:
+                ray.shutdown()
+            raise RankError(message) from None
         actor_cls: Any = ray.remote(_RankActor)
         self._actors: list[Any] = [
             actor_cls.options(

@@ -39,6 +39,7 @@ from miles_sdk.distributed.engine_replica import (
     start_process_replica,
     start_ray_replica,
 )
+from miles_sdk.distributed.ray_init import init_ray
 from miles_sdk.engines._serving_guard import new_token
 from miles_sdk.engines.base import ReplicaWeights
 from miles_sdk.engines.weight_sync import save_for_sync
@@ -286,14 +287,14 @@ def start_engine_replicas(
         torch_threads=None if on_cuda else 1,  # CPU replicas share the cores with the trainer
     )
     launcher = ReplicaLauncher(template, use_ray, on_cuda, _replica_devices(args, device, count))
-    owns_ray = False
-    if use_ray:
-        import importlib
-
-        ray = importlib.import_module("ray")
-        if not ray.is_initialized():
-            ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True)
-            owns_ray = True
+    owns_ray = use_ray and init_ray(args, "rollout_num_gpus replicas with distributed_launcher='ray'")
+    logger.info(
+        "rollout_num_gpus=%d: %d engine replicas as %s on %s",
+        args.rollout_num_gpus,
+        count,
+        "Ray actors" if use_ray else "local processes",
+        "one GPU each (Ray)" if use_ray and on_cuda else ", ".join(launcher.devices),
+    )
     return EngineReplicas(launcher, count, weights_dir, tokenizer=tokenizer, owns_ray=owns_ray)
 
 

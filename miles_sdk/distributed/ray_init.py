@@ -1,0 +1,52 @@
+"""Joining or starting the Ray cluster that training ranks and engine replicas run on.
+
+Every rank and every replica actor asks Ray for one CPU (and one GPU on a GPU run). A local cluster
+started with Ray's defaults has as many CPUs as the machine has cores, so on a small machine the
+replicas (started first) could take all of them and the ranks' placement group would wait forever.
+A local cluster started here therefore counts at least one logical CPU per actor; a joined cluster
+is what it is, and a placement that does not come in time is an error naming what was asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+from miles_sdk.config import Config
+
+__all__ = ["PLACEMENT_TIMEOUT_S", "actors_needed", "init_ray", "ray_module"]
+
+PLACEMENT_TIMEOUT_S = 600.0
+"""How long the ranks' placement group may wait for free resources (nodes joining, other jobs)."""
+
+
+def ray_module(what: str) -> Any:
+    """``import ray`` (untyped), with the extra to install named in the error."""
+    try:
+        return importlib.import_module("ray")
+    except ImportError as error:
+        raise ImportError(f"{what} needs Ray: pip install 'miles-sdk[ray]'") from error
+
+
+def actors_needed(args: Config) -> int:
+    """Ray actors a run starts: FSDP training ranks (several) plus engine replicas (several)."""
+    from miles_sdk.distributed.replicas import replica_count
+
+    ranks = args.actor_num_nodes * args.actor_num_gpus_per_node if args.train_backend == "fsdp" else 1
+    replicas = replica_count(args) if args.rollout_engine == "embedded" else 1
+    return (ranks if ranks > 1 else 0) + (replicas if replicas > 1 else 0)
+
+
+def init_ray(args: Config, what: str) -> bool:
+    """``ray.init`` unless Ray is initialised already; True when this call started or joined the
+    cluster (the caller then shuts Ray down when it closes)."""
+    ray = ray_module(what)
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {}
+    if args.ray_address is None and not os.environ.get("RAY_ADDRESS"):
+        # A new local cluster: one logical CPU per actor at least (CPU actors share the cores).
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, actors_needed(args))
+    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True, **kwargs)
+    return True
