@@ -1,0 +1,43 @@
+"""bench/memory.py's CPU mode: the computed column from shapes, and a real tiny step whose owners
+are counted (the smoke test keeps the bench running as the Trainer changes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.memory import SHAPES, main
+
+
+@pytest.mark.parametrize(
+    ("model", "params"), [("0.5b", 494_032_768), ("3b", 3_085_938_688), ("7b", 7_615_616_512)]
+)
+def test_shapes_count_qwen25_parameters(model: str, params: int) -> None:
+    assert SHAPES[model].params() == params  # Qwen2.5's published sizes
+
+
+def test_w2_does_not_fit_without_offload_and_fits_with(capsys: pytest.CaptureFixture[str]) -> None:
+    h200 = 141e9
+    plain = main(["--model", "7b", "--w2", "--computed-only"])["computed"]
+    offloaded = main(["--model", "7b", "--w2", "--computed-only", "--optimizer-cpu-offload"])["computed"]
+    device = [k for k in plain if not k.startswith("host")]
+    assert sum(plain[k] for k in device) > h200
+    assert sum(offloaded[k] for k in device) < 0.7 * h200
+    assert "| optimizer state |" in capsys.readouterr().out
+
+
+def test_tiny_step_on_cpu_measures_the_owners(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    main(["--model", "tiny", "--device", "cpu", "--steps", "2", "--json", str(out)])
+    result = json.loads(out.read_text())
+    computed, measured = result["computed"], result["measured"]
+    # bf16 weights, fp32 masters and AdamW's two moments: what the shapes say (AdamW adds a step
+    # counter per tensor).
+    for owner in ("weights (policy)", "fp32 master weights"):
+        assert measured[owner] == computed[owner], owner
+    assert measured["optimizer state"] == pytest.approx(computed["optimizer state"], rel=1e-3)
+    assert measured["gradients"] == computed["gradients"]  # fp32 accumulators, counted as clipping starts
+    assert set(result["phases"]) >= {"rollout", "train"}
+    assert len(result["step_s"]) == 2
