@@ -35,6 +35,12 @@ class ShardedCausalLM(nn.Module):
         assert isinstance(head, nn.Module)
         return head
 
+    @property
+    def _supports_attention_backend(self) -> bool:
+        """Sequence packing (backends/_varlen.py) asks the decoder whether its layers dispatch
+        attention through transformers' AttentionInterface: this module answers for the LM's."""
+        return bool(getattr(self.lm.get_decoder(), "_supports_attention_backend", False))
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.lm.gradient_checkpointing_enable(**kwargs)
 
