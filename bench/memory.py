@@ -107,6 +107,8 @@ class Settings:
     gradient_checkpointing: bool = False
     log_probs_chunk_size: int = 4096
     engine_slots: int = 128
+    lora_rank: int = 0
+    """> 0: LoRA on all linear layers; only the adapter has masters, moments and gradients."""
 
 
 def computed(shape: Shape, work: Workload, s: Settings) -> dict[str, float]:
@@ -131,17 +133,23 @@ def computed(shape: Shape, work: Workload, s: Settings) -> dict[str, float]:
     cap = work.seq_len
     kv_cache = shape.layers * (s.engine_slots + 1) * shape.kv_heads * cap * head_dim * 2 * 2
     engine_copies = shape.layers * ((h + 2 * kv) * h + (h + 2 * kv) + 2 * i * h) * 2
+    trained = n
+    if s.lora_rank:
+        # A (r x in) and B (out x r) per adapted linear: q, k, v, o, gate, up, down.
+        trained = shape.layers * s.lora_rank * (2 * (h + h) + 2 * (h + kv) + 2 * (h + i) + (i + h))
+        trained_linear = shape.layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+        engine_copies += 2 * trained_linear  # the engine's merged W + (alpha/r) B A of every adapted weight
     out = {
-        "weights (policy)": 2.0 * n,
-        "fp32 master weights": 0.0 if s.optimizer_cpu_offload else 4.0 * n,
-        "optimizer state": 0.0 if s.optimizer_cpu_offload else 8.0 * n,
-        "gradients": 4.0 * n,
+        "weights (policy)": 2.0 * n + (2.0 * trained if s.lora_rank else 0.0),
+        "fp32 master weights": 0.0 if s.optimizer_cpu_offload else 4.0 * trained,
+        "optimizer state": 0.0 if s.optimizer_cpu_offload else 8.0 * trained,
+        "gradients": 4.0 * trained,
         "activations (train, one micro-batch)": float(activations),
         "logits / log-prob chunks": float(logits),
         "engine KV cache": float(kv_cache),
         "engine weight copies": float(engine_copies),
     }
-    out["host: masters + optimizer state"] = 12.0 * n if s.optimizer_cpu_offload else 0.0
+    out["host: masters + optimizer state"] = 12.0 * trained if s.optimizer_cpu_offload else 0.0
     return out
 
 

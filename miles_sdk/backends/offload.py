@@ -46,9 +46,9 @@ class OffloadedOptimizer(PolicyOptimizer):
         self.params = params
         self.device = params[0].device if params else torch.device("cpu")
         self._cuda = self.device.type == "cuda"
+        # Plain host memory: the copies go through the pinned staging buffers, so pinning 30 GB
+        # of masters (7B) would only lock memory and slow the start.
         masters = [p.detach().to("cpu", torch.float32, copy=True) for p in params]
-        if self._cuda:
-            masters = [m.pin_memory() for m in masters]  # page-locked: fast, async copies
         self.host_masters = masters
         self.masters = masters
         self.grad_buffers: list[torch.Tensor | None] = [None] * len(params)

@@ -41,3 +41,13 @@ def test_tiny_step_on_cpu_measures_the_owners(tmp_path: Path) -> None:
     assert measured["gradients"] == computed["gradients"]  # fp32 accumulators, counted as clipping starts
     assert set(result["phases"]) >= {"rollout", "train"}
     assert len(result["step_s"]) == 2
+
+
+def test_w2_step_runs_tiny_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.w2_step import main as w2_main
+
+    out = tmp_path / "w2.json"
+    w2_main(["--model", "tiny", "--device", "cpu", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["offload"] is True and len(result["step_s"]) == 2
+    assert "| of which optimizer step |" in capsys.readouterr().out

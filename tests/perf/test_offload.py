@@ -136,7 +136,6 @@ def test_pipelined_offload_on_cuda_equals_the_device_step() -> None:
     ref_model, off_model = _model(torch.bfloat16, "cuda"), _model(torch.bfloat16, "cuda")
     ref = PolicyOptimizer(args, list(ref_model.parameters()), lr=args.lr, master_weights=True)
     off = OffloadedOptimizer(args, list(off_model.parameters()), lr=args.lr, chunk_bytes=600 * 4)
-    assert all(m.is_pinned() for m in off.host_masters)
     ref_norms = _train(ref_model, ref, 3, 1.0, "cuda")
     off_norms = _train(off_model, off, 3, 1.0, "cuda")
     assert off_norms == pytest.approx(ref_norms, rel=1e-5)
