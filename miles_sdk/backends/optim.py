@@ -23,8 +23,11 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def wants_master_weights(args: Config, model: nn.Module) -> bool:
-    """fp32 master weights for low-precision parameters, unless the user asked for that dtype explicitly."""
-    return args.dtype == "auto" and next(model.parameters()).dtype in _LOW_PRECISION
+    """fp32 master weights for low-precision parameters, unless the user asked for that dtype explicitly.
+    Only the trained parameters count: a LoRA adapter on a bf16 base is already fp32 (peft keeps
+    it so), and fp32 masters of it would be a second copy for nothing."""
+    trained = [p for p in model.parameters() if p.requires_grad] or list(model.parameters())[:1]
+    return args.dtype == "auto" and any(p.dtype in _LOW_PRECISION for p in trained)
 
 
 class PolicyOptimizer:
