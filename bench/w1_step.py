@@ -180,6 +180,7 @@ def main() -> None:
                 for k, v in metrics.items()
                 if k.startswith("perf/") and k.endswith("_time")
             )
+            + f" logprob_gap={metrics.get('train/train_rollout_logprob_abs_diff', float('nan')):.4g}"
         )
     if ns.profile:
         _profile_step(trainer)
@@ -219,6 +220,10 @@ def main() -> None:
             "train_tok_s": train_tps,
             "train_mfu": 6 * PARAMS * train_tps / matmul_peak,
             "sync_ms": statistics.mean(r["perf/sync_time"] for r in steady) * 1e3,
+            # Engine vs trainer log-prob gap on these on-policy steps: sizes logprob_gap_warn_threshold.
+            "logprob_gap": statistics.mean(
+                r.get("train/train_rollout_logprob_abs_diff", float("nan")) for r in steady
+            ),
             "peak_mem_GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0,
         }
         with open(ns.json, "w") as f:
