@@ -140,9 +140,23 @@ def resolve_hooks(args: Config, given: dict[str, Any]) -> HookSet:
     postprocess = resolved.get("rollout_data_postprocess")
     if postprocess is not None and not accepts_positional(postprocess, 2):
         resolved["rollout_data_postprocess"] = _args_only(postprocess)
+    _default_to_the_agent(args, resolved)
     hook_set = HookSet(**resolved)
     _check_consistency(args, hook_set)
     return hook_set
+
+
+def _default_to_the_agent(args: Config, resolved: dict[str, Any]) -> None:
+    """``custom_agent_function_path`` alone runs the agent: with no generate or rollout function
+    of the user's, the generate function is :func:`~miles_sdk.agents.generate_with_agent` (Miles
+    also needs ``--custom-generate-function-path ...agentic_tool_call.generate``; without it the
+    agent was silently never called). The agent is loaded and checked here, not at the first sample."""
+    if args.custom_agent_function_path is None or "generate_fn" in resolved or "rollout_fn" in resolved:
+        return
+    from miles_sdk.agents.generate import generate_with_agent, load_agent_fn
+
+    load_agent_fn(args)
+    resolved["generate_fn"] = generate_with_agent
 
 
 def _args_only(fn: Callable[[Config], None]) -> RolloutDataPostprocessFn:

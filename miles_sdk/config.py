@@ -179,6 +179,13 @@ class Config:
     """Samples per prompt (the GRPO group size)."""
     over_sampling_batch_size: int | None = None
     """Groups requested per refill while over-sampling; defaults to rollout_batch_size."""
+    over_sampling_max_groups: int | None = None
+    """Most prompt groups one training rollout draws (SDK-only; Miles has no cap). Once reached and
+    at least one group is kept, the rollout stops drawing, and fills the batch's empty slots with
+    the groups the dynamic_sampling_filter dropped most recently (counted as
+    rollout/over_sampling_refilled_groups). With check_reward_nonzero_std those carry zero
+    advantage: the step trains on what it kept. None: draw until the batch is full, as Miles,
+    which draws ever more once most groups score alike (a policy that solved most prompts)."""
     rollout_temperature: float = 1.0
     """Sampling temperature; training log-probs use the same temperature."""
     rollout_top_p: float = 1.0
@@ -569,7 +576,8 @@ class Config:
     # ---- agents (docs/agents.md) ----------------------------------------------------------------
     custom_agent_function_path: str | None = None
     """Hook path for `AgentFn` (`pkg.module.attr`): the agent that `miles_sdk.agents.generate_with_agent`
-    (Miles's `miles.rollout.generate_hub.agentic_tool_call.generate`) runs for each sample."""
+    (Miles's `miles.rollout.generate_hub.agentic_tool_call.generate`) runs for each sample. Set alone
+    (no generate or rollout function given), it selects generate_with_agent; Miles needs both flags."""
     use_session_server: bool = False
     """Miles's flag for its session server. Accepted for launch scripts; the agent endpoint runs in-process
     on loopback whenever an agent generate function is used, so it changes nothing."""
@@ -731,6 +739,11 @@ def _validate(c: Config) -> None:
         c.effective_over_sampling_batch_size >= c.rollout_batch_size,
         f"over_sampling_batch_size ({c.over_sampling_batch_size}) must be >= rollout_batch_size "
         f"({c.rollout_batch_size})",
+    )
+    need(
+        c.over_sampling_max_groups is None or c.over_sampling_max_groups >= c.rollout_batch_size,
+        f"over_sampling_max_groups ({c.over_sampling_max_groups}) must be >= rollout_batch_size "
+        f"({c.rollout_batch_size}) or unset",
     )
     need(c.micro_batch_size >= 1, "micro_batch_size must be >= 1")
     gbs = c.effective_global_batch_size

@@ -29,6 +29,7 @@ function is broken: the rollout raises with the first error instead of draining 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -115,6 +116,8 @@ class _TrainRollout:
         self.counts: Counter[str] = Counter()
         self.busy: dict[str, float] = {"perf/generate_time_sum": 0.0, "perf/reward_time_sum": 0.0}
         self.first_reward_error: str | None = None
+        # The latest groups the dynamic filter dropped: what fills the batch at over_sampling_max_groups.
+        self.filtered: collections.deque[list[Sample]] = collections.deque(maxlen=args.rollout_batch_size)
 
     async def run(self) -> RolloutFnTrainOutput:
         start = time.perf_counter()
@@ -123,8 +126,11 @@ class _TrainRollout:
         finished: list[list[Sample]] = []
         try:
             while len(kept) < target:
-                while len(kept) + len(self.pending) < target:
+                while len(kept) + len(self.pending) < target and not self._capped(kept):
                     self._submit(self._draw())
+                if not self.pending:  # over_sampling_max_groups reached: fill with dropped groups
+                    kept.extend(self._refill(target - len(kept)))
+                    break
                 done, _ = await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
                 # Sorted so that which group fills the last slot does not depend on task order.
                 for group in sorted((self._take(t) for t in done), key=_group_key):
@@ -291,7 +297,30 @@ class _TrainRollout:
         verdict = await call_dynamic_filter(self.ctx.dynamic_sampling_filter, self.args, group)
         if not verdict.keep:
             self.counts[f"rollout/dynamic_filter/drop_{verdict.reason or 'unspecified'}"] += 1
+            self.filtered.append(group)
         return verdict.keep
+
+    def _capped(self, kept: list[list[Sample]]) -> bool:
+        """Whether over_sampling_max_groups stops the drawing: the cap is reached, a group is kept
+        and the dropped groups can fill what in-flight groups may not (a rollout never ends empty)."""
+        cap = self.args.over_sampling_max_groups
+        if cap is None or not kept or self.counts["rollout/groups_drawn"] < cap:
+            return False
+        return len(kept) + len(self.pending) + len(self.filtered) >= self.args.rollout_batch_size
+
+    def _refill(self, missing: int) -> list[list[Sample]]:
+        refill = list(self.filtered)[-missing:]
+        self.counts["rollout/over_sampling_refilled_groups"] += len(refill)
+        logger.info(
+            "rollout %d: over_sampling_max_groups=%d reached with %d of %d groups kept; %d dropped "
+            "groups fill the batch",
+            self.rollout_id,
+            self.args.over_sampling_max_groups,
+            self.args.rollout_batch_size - missing,
+            self.args.rollout_batch_size,
+            len(refill),
+        )
+        return refill
 
     def _check_progress(self, kept: list[list[Sample]]) -> None:
         failed_groups = self.counts["rollout/dropped_groups/reward_failed"]
