@@ -4,6 +4,8 @@ Implement the hook Protocols (``RewardModel``, ``GenerateFn``, ``DataSource``, `
 plain functions or classes, pass them to a :class:`Trainer`, and call ``fit()``.
 """
 
+from typing import TYPE_CHECKING
+
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine, SamplingParams
 from miles_sdk.hooks import (
@@ -37,7 +39,7 @@ from miles_sdk.hooks import (
     TISFn,
 )
 from miles_sdk.loading import HookLoadError, HookSignatureError, load_hook
-from miles_sdk.trainer import Trainer
+from miles_sdk.stages import MicroBatch, PolicyOutputs, Rollout, StageDataError, TrainBatch
 from miles_sdk.types import (
     DynamicFilterOutput,
     Metrics,
@@ -47,7 +49,21 @@ from miles_sdk.types import (
     TrainData,
 )
 
+if TYPE_CHECKING:
+    from miles_sdk.trainer import Trainer
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The Trainer (engines, backends, the loop) loads on first use, so ``import miles_sdk.algo``
+    # or ``miles_sdk.stages`` stays pure math and types.
+    if name == "Trainer":
+        from miles_sdk.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'miles_sdk' has no attribute {name!r}")
+
 
 __all__ = [
     "BackendInitFn",
@@ -74,12 +90,15 @@ __all__ = [
     "LossFn",
     "LossReducer",
     "Metrics",
+    "MicroBatch",
     "ModelProviderFn",
     "PGLossReducer",
+    "PolicyOutputs",
     "PostSaveHookFn",
     "RewardFn",
     "RewardModel",
     "RewardPostProcessFn",
+    "Rollout",
     "RolloutAllSamplesProcessFn",
     "RolloutDataPostprocessFn",
     "RolloutFn",
@@ -90,7 +109,9 @@ __all__ = [
     "RouterMiddleware",
     "Sample",
     "SamplingParams",
+    "StageDataError",
     "TISFn",
+    "TrainBatch",
     "TrainData",
     "Trainer",
     "load_hook",

@@ -1,17 +1,43 @@
 """A private event loop on a background thread, so the sync Trainer API works anywhere:
-in a script, and inside an already-running loop such as a Jupyter cell."""
+in a script, and inside an already-running loop such as a Jupyter cell; and sync functions
+called off that loop (:func:`call_off_loop`), which may block on coroutines scheduled back onto
+it (:func:`host_loop`; the Miles compatibility layer's ``run`` does)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["LoopThread"]
+__all__ = ["LoopThread", "call_off_loop", "host_loop"]
+
+_HOST_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "miles_sdk_host_loop", default=None
+)
+
+
+async def call_off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Await ``fn(*args)`` run on a worker thread, with this loop recorded as the host loop.
+
+    The worker sees a copy of the caller's context (the Trainer's rollout context), so sync code
+    in ``fn`` (Miles's rollout functions) may block on coroutines run on the host loop.
+    """
+    token = _HOST_LOOP.set(asyncio.get_running_loop())
+    try:
+        return await asyncio.to_thread(fn, *args)
+    finally:
+        _HOST_LOOP.reset(token)
+
+
+def host_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop that the current sync function was called from by :func:`call_off_loop`, if any."""
+    loop = _HOST_LOOP.get()
+    return loop if loop is not None and loop.is_running() else None
 
 
 class LoopThread:

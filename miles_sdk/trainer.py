@@ -26,11 +26,11 @@ import torch
 
 from miles_sdk import algo
 from miles_sdk._hookset import HookSet, check_group_size, resolve_hooks
-from miles_sdk._loop import LoopThread
+from miles_sdk._loop import LoopThread, call_off_loop
 from miles_sdk._policy import build_policy, load_policy_tokenizer
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
 from miles_sdk.backends._memory import oom_report, owner_bytes
-from miles_sdk.backends.base import RolloutData, TrainBackend
+from miles_sdk.backends.base import TrainBackend
 from miles_sdk.checkpoint import (
     NoCheckpointError,
     capture_rng_state,
@@ -82,6 +82,7 @@ from miles_sdk.rollout.shapes import (
     check_train_data,
     describe_hook,
 )
+from miles_sdk.stages import PolicyOutputs, Rollout, TrainBatch
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample, TrainData
 
 if TYPE_CHECKING:
@@ -232,10 +233,10 @@ class Trainer:
         args, rollout_id = self.args, self.rollout_id
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
-            groups, metrics = self._rollout(rollout_id)  # 1-2
-        samples = algo.flatten_and_trim(args, groups)
+            rollout = self._rollout(rollout_id)  # 1-2
+        samples = algo.flatten_and_trim(args, rollout.groups)
         self.last_samples = samples
-        metrics = rollout_metrics(args, samples) | metrics  # the rollout's own counts (drops, failures) win
+        metrics = rollout_metrics(args, samples) | rollout.metrics  # the rollout's own counts (drops, failures) win
         metrics["rollout/id"] = float(rollout_id)
         self._health.observe(rollout_id, samples, metrics)  # warns when this step cannot teach anything
         self._check_reward_failures(rollout_id, metrics)
@@ -246,13 +247,12 @@ class Trainer:
                 if "rollout/reward_mean" not in metrics:  # dict rewards: scalars only after post-process
                     metrics |= reward_stats(train_data["raw_reward"])
                 with timer("log_prob"):
-                    rollout_data = self._log_probs(train_data)  # 5
+                    policy_outputs = self._log_probs(train_data)  # 5
                 with timer("advantages"):
-                    self._advantages(rollout_data)  # 6
-                if self.hooks.rollout_data_postprocess is not None:
-                    self.hooks.rollout_data_postprocess(args, rollout_data)
+                    batch = self._advantages(train_data, policy_outputs)  # 6
+                batch = self._postprocess(batch)
                 with timer("train"):
-                    metrics |= self.backend.train(rollout_id, rollout_data)  # 7
+                    metrics |= self.backend.train(rollout_id, batch)  # 7
                 with timer("sync"):
                     self._sync_weights(rollout_id)  # 8
         metrics |= timer.metrics() | _throughput(samples, timer.times)
@@ -325,11 +325,11 @@ class Trainer:
 
     # ==== stages ================================================================================
 
-    def _rollout(self, rollout_id: int) -> tuple[list[list[Sample]], Metrics]:
+    def _rollout(self, rollout_id: int) -> Rollout:
         from miles_sdk.rollout import load_rollout_data, save_rollout_data
 
         if self.args.load_debug_rollout_data is not None:
-            return load_rollout_data(self.args.load_debug_rollout_data, rollout_id), {}
+            return Rollout(load_rollout_data(self.args.load_debug_rollout_data, rollout_id))
         rollout_fn = self.hooks.rollout_fn or _default_rollout_fn()
         output = self._run_rollout_fn(rollout_fn, rollout_id, evaluation=False)
         where = "rollout function " + describe_hook(
@@ -342,7 +342,7 @@ class Trainer:
         check_groups(output.samples, f"{where} (RolloutFnTrainOutput.samples)")
         if self.args.save_debug_rollout_data is not None:
             save_rollout_data(self.args.save_debug_rollout_data, rollout_id, output.samples)
-        return output.samples, dict(output.metrics)
+        return Rollout(output.samples, dict(output.metrics))
 
     def _run_rollout_fn(self, fn: Any, rollout_id: int, *, evaluation: bool) -> RolloutOutput:
         from miles_sdk.rollout import use_rollout_context
@@ -354,8 +354,6 @@ class Trainer:
                 else:
                     # Sync rollout functions (Miles's are) may block on async work (miles.utils.async_utils.run,
                     # the sync generate_rollout): run them off this loop, which keeps serving the engine.
-                    from miles_sdk.compat import call_off_loop
-
                     result = await call_off_loop(fn, self.args, rollout_id, self.data_source, evaluation)
                 if inspect.isawaitable(result):
                     result = await result
@@ -387,24 +385,22 @@ class Trainer:
 
         return algo.convert_samples_to_train_data(args, samples, reward_post_process=checked_post)
 
-    def _log_probs(self, train_data: TrainData) -> RolloutData:
-        data: RolloutData = dict(train_data)
+    def _log_probs(self, train_data: TrainData) -> PolicyOutputs:
+        log_probs: list[torch.Tensor] | None
         if self.args.use_rollout_logprobs:
             if "rollout_log_probs" not in train_data:
                 raise ValueError("use_rollout_logprobs is set but the samples carry no rollout_log_probs")
-            data["log_probs"] = [
-                torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]
-            ]
+            log_probs = [torch.tensor(x, dtype=torch.float32) for x in train_data["rollout_log_probs"]]
         elif self._old_log_probs_are_current(len(train_data["tokens"])):
-            data["log_probs"] = None  # the train pass's own, detached, are exactly them
+            log_probs = None  # the train pass's own, detached, are exactly them
         else:
-            data["log_probs"] = self.backend.compute_log_probs(train_data, which="actor")
+            log_probs = self.backend.compute_log_probs(train_data, which="actor")
         ref_needed = self.args.needs_reference_model
-        data["ref_log_probs"] = (
-            self.backend.compute_log_probs(train_data, which="ref") if ref_needed else None
+        return PolicyOutputs(
+            log_probs=log_probs,
+            ref_log_probs=self.backend.compute_log_probs(train_data, which="ref") if ref_needed else None,
+            values=self.backend.compute_values(train_data),
         )
-        data["values"] = self.backend.compute_values(train_data)
-        return data
 
     def _old_log_probs_are_current(self, n_samples: int) -> bool:
         hooks_read_them = (
@@ -414,30 +410,47 @@ class Trainer:
         )
         return not hooks_read_them and algo.old_log_probs_are_current(self.args, n_samples)
 
-    def _advantages(self, data: RolloutData) -> None:
+    def _advantages(self, data: TrainData, policy: PolicyOutputs) -> TrainBatch:
+        params = algo.advantage_params(self.args)
         masks = [torch.as_tensor(m, dtype=torch.float32) for m in data["loss_masks"]]
         advantages, returns = algo.compute_advantages_and_returns(
-            self.args,
+            params=params,
             rewards=list(data["rewards"]),
-            log_probs=data["log_probs"],
-            ref_log_probs=data["ref_log_probs"],
+            log_probs=policy.log_probs,
+            ref_log_probs=policy.ref_log_probs,
             loss_masks=masks,
-            values=data["values"],
+            values=policy.values,
         )
+        opd_reverse_kl = None
         if self.args.use_opd:  # Miles: the teacher term goes on after the estimator, before normalising
             from miles_sdk.algo.opd import apply_opd_kl
 
             advantages, reverse_kl = apply_opd_kl(
                 advantages,
-                data["log_probs"],
+                policy.log_probs,
                 kl_coef=self.args.opd_kl_coef,
                 teacher_log_probs=data.get("teacher_log_probs"),
                 reverse_kl=data.get("opd_reverse_kl"),
             )
-            data["opd_reverse_kl"] = [k.tolist() for k in reverse_kl]
-        if self.args.normalize_advantages:
+            opd_reverse_kl = [k.tolist() for k in reverse_kl]
+        if params.normalize:
             advantages = algo.normalize_advantages(advantages, masks)
-        data["advantages"], data["returns"] = advantages, returns
+        return TrainBatch.build(
+            data, policy, advantages=advantages, returns=returns, opd_reverse_kl=opd_reverse_kl
+        )
+
+    def _postprocess(self, batch: TrainBatch) -> TrainBatch:
+        """``rollout_data_postprocess``: Miles's hook edits the rollout-data dict in place; what it
+        leaves there (new keys included) is what trains."""
+        hook = self.hooks.rollout_data_postprocess
+        if hook is None:
+            return batch
+        view = batch.as_dict()
+        hook(self.args, view)
+        where = "rollout_data_postprocess " + describe_hook(
+            hook, flag="--rollout-data-postprocess-path", path=self.args.rollout_data_postprocess_path
+        )
+        return TrainBatch.from_dict(view, where=where)
 
     def _sync_weights(self, rollout_id: int) -> None:
         """Every ``update_weights_interval`` steps the engine gets the trained weights (pushed

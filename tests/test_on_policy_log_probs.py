@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from miles_sdk import Config, Sample, Trainer, algo
+from miles_sdk.stages import MicroBatch
 from miles_sdk.testing import small_config, tiny_policy
 
 ROWS = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
@@ -93,13 +94,14 @@ def test_compute_loss_with_none_old_log_probs_uses_the_current_ones_detached() -
         "loss_masks": [torch.ones(3), torch.tensor([1.0, 0.0])],
         "advantages": [torch.full((3,), 0.5), torch.full((2,), -1.0)],
     }
-    loss_none, _ = algo.compute_loss(cfg, {**batch, "log_probs": None}, cur, None, None)
+    params = algo.loss_params(cfg)
+    loss_none, _ = algo.compute_loss(MicroBatch.from_dict({**batch, "log_probs": None}), cur, None, params=params)
     loss_none.backward()
     grads = [t.grad.clone() for t in cur if t.grad is not None]
     for t in cur:
         t.grad = None
     detached = [t.detach().clone() for t in cur]
-    loss_old, _ = algo.compute_loss(cfg, {**batch, "log_probs": detached}, cur, None, None)
+    loss_old, _ = algo.compute_loss(MicroBatch.from_dict({**batch, "log_probs": detached}), cur, None, params=params)
     loss_old.backward()
     torch.testing.assert_close(loss_none, loss_old)
     for g, t in zip(grads, cur, strict=True):
@@ -107,8 +109,8 @@ def test_compute_loss_with_none_old_log_probs_uses_the_current_ones_detached() -
     # Per sample, the on-policy GRPO gradient is -A / n_tokens on each kept token.
     torch.testing.assert_close(grads[0], torch.full((3,), -0.5 / 3 / 2))
     torch.testing.assert_close(grads[1], torch.tensor([1.0 / 2, 0.0]))
-    with pytest.raises(KeyError, match="needs old log-probs"):
-        algo.compute_loss(cfg, batch, cur, None, None)  # the key missing altogether is a bug
+    with pytest.raises(KeyError, match="no 'log_probs'"):
+        MicroBatch.from_dict(batch)  # the key missing altogether is a bug (None means on-policy)
 
 
 def test_old_log_probs_and_values_are_computed_without_autograd(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
+import attrs
 import pytest
 import torch
 from hypothesis import given, settings
@@ -20,7 +21,9 @@ from miles_sdk.backends._batching import micro_batch
 from miles_sdk.backends._compile import CompiledLayers
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.torch_backend import TorchBackend
+from miles_sdk.stages import MicroBatch, PolicyOutputs, TrainBatch
 from miles_sdk.testing import small_config, tiny_policy
+from miles_sdk.types import TrainData
 
 Mode = Literal["auto", "on", "off"]
 VOCAB = 64
@@ -88,7 +91,7 @@ def test_equal_lengths_keep_the_padded_forward() -> None:
     assert packed._packs(packed.model, _tokens(LENGTHS))
     h = packed._forward_hidden(packed.model, same)
     assert h.flat.shape[0] == 18 and h.starts == [0, 6, 12]
-    with packed._train_scope({"unconcat_tokens_list": same}):
+    with packed._train_scope(_scope_of(same)):
         assert packed.model.config._attn_implementation != _varlen.ATTN_IMPLEMENTATION
 
 
@@ -99,7 +102,7 @@ def test_gradients_match_padded(checkpointing: bool) -> None:
     for backend in _pair(_qwen2, gradient_checkpointing=checkpointing):
         backend.model.train()
         # The backend's train scope: checkpointing recomputes the layers inside backward.
-        with backend._train_scope({"unconcat_tokens_list": tokens}):
+        with backend._train_scope(_scope_of(tokens)):
             logp, ent = backend._response_log_probs(backend.model, tokens, RESPONSES, with_entropy=True)
             assert ent is not None
             loss = sum((lp * (i + 1)).sum() for i, lp in enumerate(logp)) + torch.cat(ent).mean()
@@ -110,19 +113,32 @@ def test_gradients_match_padded(checkpointing: bool) -> None:
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
 
 
-def _rollout(backend: TorchBackend, lengths: list[int], responses: list[int]) -> dict[str, Any]:
+def _train_data(lengths: list[int], responses: list[int]) -> TrainData:
     tokens = _tokens(lengths)
-    data: dict[str, Any] = {
+    return {
         "tokens": tokens,
         "response_lengths": responses,
         "loss_masks": [[1] * r for r in responses],
         "rewards": [float(i % 2) for i in range(len(tokens))],
+        "raw_reward": [float(i % 2) for i in range(len(tokens))],
+        "truncated": [0] * len(tokens),
         "sample_indices": list(range(len(tokens))),
-        "advantages": [torch.linspace(-1, 1, r) for r in responses],
-        "returns": [torch.linspace(0, 1, r) for r in responses],
     }
-    data["log_probs"] = backend.compute_log_probs(data, which="actor")
-    return data
+
+
+def _rollout(backend: TorchBackend, lengths: list[int], responses: list[int]) -> TrainBatch:
+    data = _train_data(lengths, responses)
+    return TrainBatch.build(
+        data,
+        PolicyOutputs(backend.compute_log_probs(data, which="actor")),
+        advantages=[torch.linspace(-1, 1, r) for r in responses],
+        returns=[torch.linspace(0, 1, r) for r in responses],
+    )
+
+
+def _scope_of(tokens: list[list[int]]) -> MicroBatch:
+    """A micro-batch carrying only its token lists (all a train scope reads)."""
+    return MicroBatch(tokens=[], token_lists=tokens, response_lengths=[], total_lengths=[], loss_masks=[])
 
 
 def test_ppo_train_step_and_critic_values_match_padded() -> None:
@@ -138,11 +154,11 @@ def test_ppo_train_step_and_critic_values_match_padded() -> None:
     for critic in (padded.critic, packed.critic):  # a non-zero head, so values depend on the body
         nn.init.normal_(critic.model.value_head.weight, generator=torch.Generator().manual_seed(3))
     data = _rollout(padded, LENGTHS[:4], RESPONSES[:4])
-    values = [backend.compute_values(data) for backend in (padded, packed)]
+    values = [backend.compute_values(_train_data(LENGTHS[:4], RESPONSES[:4])) for backend in (padded, packed)]
     assert values[0] is not None and values[1] is not None
     for a, b in zip(*values, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    data["values"] = values[0]
+    data = attrs.evolve(data, values=values[0])
     metrics = [backend.train(0, data) for backend in (padded, packed)]
     assert metrics[0].keys() == metrics[1].keys()
     for key, value in metrics[0].items():

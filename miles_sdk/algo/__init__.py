@@ -1,6 +1,11 @@
 """RL training math: reward post-processing, samples -> train data, advantages, KL, losses,
 reducers, TIS/MIS and chunked log-probs/entropy. Pure tensor code, no model or engine.
 
+The math takes explicit parameters (``AdvantageParams``, ``LossParams``, keywords such as
+``eps_clip``); :func:`advantage_params` and :func:`loss_params` are the one place that reads them
+from a ``Config``. The samples -> train data step and the TIS/MIS functions keep Miles's hook
+signature ``(args, ...)``, since users replace them with their own hooks.
+
 Formulas and the Config options that select them: docs/algorithms.md.
 """
 
@@ -13,6 +18,7 @@ from miles_sdk.algo.convert import TrimError, convert_samples_to_train_data, fla
 from miles_sdk.algo.entropy import log_probs_and_entropy, log_probs_and_entropy_from_logits
 from miles_sdk.algo.kl import compute_approx_kl
 from miles_sdk.algo.loss import compute_loss, needs_tis, old_log_probs_are_current, old_log_probs_source
+from miles_sdk.algo.params import AdvantageParams, LossParams, advantage_params, loss_params
 from miles_sdk.algo.policy_loss import (
     compute_policy_loss,
     compute_sft_loss,
@@ -29,8 +35,11 @@ from miles_sdk.algo.reward_post import MissingRewardError, grpo_reward_post_proc
 from miles_sdk.algo.tis import mis_function, mismatch_metrics, vanilla_tis_function
 
 __all__ = [
+    "AdvantageParams",
+    "LossParams",
     "MissingRewardError",
     "TrimError",
+    "advantage_params",
     "compute_advantages_and_returns",
     "compute_approx_kl",
     "compute_loss",
@@ -46,6 +55,7 @@ __all__ = [
     "gspo_sequence_kl",
     "log_probs_and_entropy",
     "log_probs_and_entropy_from_logits",
+    "loss_params",
     "mis_function",
     "mismatch_metrics",
     "needs_tis",

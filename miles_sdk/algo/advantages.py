@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from miles_sdk.algo.kl import compute_approx_kl
-from miles_sdk.config import Config
+from miles_sdk.algo.params import AdvantageParams
 
 __all__ = ["compute_advantages_and_returns", "normalize_advantages", "reverse_discounted_cumsum"]
 
@@ -60,18 +60,18 @@ def reverse_discounted_cumsum(
 
 
 def _token_kl(
-    args: Config, log_probs: Sequence[torch.Tensor], ref_log_probs: Sequence[torch.Tensor] | None
+    p: AdvantageParams, log_probs: Sequence[torch.Tensor], ref_log_probs: Sequence[torch.Tensor] | None
 ) -> list[torch.Tensor]:
-    if args.kl_coef == 0:
+    if p.kl_coef == 0:
         return [torch.zeros_like(lp, dtype=torch.float32) for lp in log_probs]
     if ref_log_probs is None:
         raise ValueError(
-            f"kl_coef={args.kl_coef} needs ref_log_probs (reward shaping with KL to the reference)"
+            f"kl_coef={p.kl_coef} needs ref_log_probs (reward shaping with KL to the reference)"
         )
     if len(ref_log_probs) != len(log_probs):
         raise ValueError(f"{len(ref_log_probs)} ref_log_probs for {len(log_probs)} log_probs")
     return [
-        compute_approx_kl(lp.detach(), ref.detach(), args.kl_loss_type).float()
+        compute_approx_kl(lp.detach(), ref.detach(), p.kl_loss_type).float()
         for lp, ref in zip(log_probs, ref_log_probs, strict=True)
     ]
 
@@ -82,21 +82,21 @@ def _last_trainable(mask: torch.Tensor) -> int | None:
 
 
 def _reinforce_pp_returns(
-    args: Config, rewards: Sequence[float], kl: list[torch.Tensor], loss_masks: Sequence[torch.Tensor]
+    p: AdvantageParams, rewards: Sequence[float], kl: list[torch.Tensor], loss_masks: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
     out: list[torch.Tensor] = []
     for reward, k, mask in zip(rewards, kl, loss_masks, strict=True):
-        token_rewards = -args.kl_coef * k
+        token_rewards = -p.kl_coef * k
         last = _last_trainable(mask)
         # A fully masked sample (remove_sample) trains on nothing; Miles asserts here instead.
         if last is not None:
             token_rewards[last] += reward
-        out.append(reverse_discounted_cumsum(token_rewards, args.gamma))
+        out.append(reverse_discounted_cumsum(token_rewards, p.gamma))
     return out
 
 
 def _gae(
-    args: Config,
+    p: AdvantageParams,
     rewards: Sequence[float],
     kl: list[torch.Tensor],
     loss_masks: Sequence[torch.Tensor],
@@ -114,11 +114,11 @@ def _gae(
         k = int(idx[b].numel())
         if k:
             packed_v[b, :k] = values[b].detach().to(dtype)[idx[b]]
-            packed_r[b, :k] = (-args.kl_coef * kl[b]).to(dtype)[idx[b]]
+            packed_r[b, :k] = (-p.kl_coef * kl[b]).to(dtype)[idx[b]]
             packed_r[b, k - 1] += rewards[b]
     next_v = torch.nn.functional.pad(packed_v[:, 1:], (0, 1))  # V after the last step is 0
-    deltas = packed_r + args.gamma * next_v - packed_v
-    packed_adv = reverse_discounted_cumsum(deltas, args.gamma * args.lambd)
+    deltas = packed_r + p.gamma * next_v - packed_v
+    packed_adv = reverse_discounted_cumsum(deltas, p.gamma * p.lambd)
     packed_ret = packed_adv + packed_v
     advantages: list[torch.Tensor] = []
     returns: list[torch.Tensor] = []
@@ -134,27 +134,28 @@ def _gae(
 
 
 def compute_advantages_and_returns(
-    args: Config,
     *,
+    params: AdvantageParams,
     rewards: list[float],
     log_probs: list[torch.Tensor] | None,
     ref_log_probs: list[torch.Tensor] | None,
     loss_masks: list[torch.Tensor],
     values: list[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Advantages and returns for ``args.advantage_estimator``, one tensor per sample.
+    """Advantages and returns for ``params.estimator``, one tensor per sample.
 
     ``rewards`` are the post-processed rewards (group-centred for grpo/gspo/rf++-baseline).
     ``log_probs`` are the old policy's (or rollout's, with ``use_rollout_logprobs``); the KL used
-    for reward shaping is ``compute_approx_kl(log_probs, ref_log_probs, args.kl_loss_type)`` and is
+    for reward shaping is ``compute_approx_kl(log_probs, ref_log_probs, params.kl_loss_type)`` and is
     only computed when ``kl_coef != 0``; without it ``log_probs`` may be None (on-policy steps skip
     them). ``values`` (old critic values) are required for ppo. Whitening is separate:
     :func:`normalize_advantages`.
     """
+    p = params
     n = len(rewards)
     if log_probs is None:
-        if args.kl_coef != 0:
-            raise ValueError(f"kl_coef={args.kl_coef} shapes the reward with KL: it needs log_probs")
+        if p.kl_coef != 0:
+            raise ValueError(f"kl_coef={p.kl_coef} shapes the reward with KL: it needs log_probs")
         log_probs = [torch.zeros_like(m, dtype=torch.float32) for m in loss_masks]
     if not len(log_probs) == len(loss_masks) == n:
         raise ValueError(
@@ -165,16 +166,16 @@ def compute_advantages_and_returns(
         if lp.shape != m.shape:
             raise ValueError(f"sample {i}: log_probs {tuple(lp.shape)} but loss_mask {tuple(m.shape)}")
     with torch.no_grad():
-        kl = _token_kl(args, log_probs, ref_log_probs)
-        est = args.advantage_estimator
+        kl = _token_kl(p, log_probs, ref_log_probs)
+        est = p.estimator
         if est in ("grpo", "gspo"):
             adv = [torch.full_like(k, float(r)) for k, r in zip(kl, rewards, strict=True)]
             return adv, [a.clone() for a in adv]
         if est == "reinforce_plus_plus":
-            ret = _reinforce_pp_returns(args, rewards, kl, loss_masks)
+            ret = _reinforce_pp_returns(p, rewards, kl, loss_masks)
             return ret, [r.clone() for r in ret]
         if est == "reinforce_plus_plus_baseline":
-            adv = [float(r) - args.kl_coef * k for k, r in zip(kl, rewards, strict=True)]
+            adv = [float(r) - p.kl_coef * k for k, r in zip(kl, rewards, strict=True)]
             return adv, [a.clone() for a in adv]
         if est == "ppo":
             if values is None:
@@ -186,7 +187,7 @@ def compute_advantages_and_returns(
                     raise ValueError(
                         f"ppo: sample {i} values {tuple(v.shape)} but loss_mask {tuple(m.shape)}"
                     )
-            return _gae(args, rewards, kl, loss_masks, values)
+            return _gae(p, rewards, kl, loss_masks, values)
         raise ValueError(f"unknown advantage_estimator {est!r}")
 
 
@@ -196,7 +197,7 @@ def normalize_advantages(
     """Masked whitening across the whole batch: ``(A - mean) / sqrt(var + eps)``.
 
     Mean and unbiased variance are taken over trainable tokens only, then applied to every
-    position. Applied when ``Config.normalize_advantages`` is set. An empty mask returns the
+    position. Applied when ``AdvantageParams.normalize`` (``--normalize-advantages``) is set. An empty mask returns the
     input unchanged.
     """
     if len(advantages) != len(loss_masks):

@@ -124,7 +124,7 @@ def convert_samples_to_train_data(
         data["teacher_log_probs"] = [_floats(s.teacher_log_probs) for s in samples]
     if all(getattr(s, "opd_reverse_kl", None) is not None for s in samples):
         # Top-k OPD: Miles's post-process precomputes each token's reverse KL on the sample.
-        data["opd_reverse_kl"] = [_floats(getattr(s, "opd_reverse_kl")) for s in samples]
+        data["opd_reverse_kl"] = [_floats(getattr(s, "opd_reverse_kl")) for s in samples]  # noqa: B009 - set by a post-process, not a Sample field
     if _all_or_none(samples, "rollout_routed_experts"):
         data["rollout_routed_experts"] = [s.rollout_routed_experts for s in samples]
     if any(s.train_metadata is not None for s in samples):

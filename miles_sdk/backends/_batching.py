@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
+
+from miles_sdk.stages import MicroBatch, TrainBatch
 
 __all__ = [
     "PackedTokens",
@@ -20,17 +22,6 @@ __all__ = [
     "to_device_rows",
     "token_budget_chunks",
 ]
-
-# Keys of the rollout data that are per-sample tensors, sliced into micro-batches.
-PER_SAMPLE_TENSOR_KEYS = (
-    "log_probs",
-    "ref_log_probs",
-    "rollout_log_probs",
-    "advantages",
-    "returns",
-    "values",
-)
-
 
 def pad_tokens(tokens: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token lists: ``(input_ids [B, T], attention_mask [B, T])``."""
@@ -127,12 +118,12 @@ def token_budget_chunks(items: list[int], lengths: list[int], max_tokens: int) -
 
 
 def micro_batches(
-    data: dict[str, Any], step_idx: list[int], *, micro_batch_size: int, max_tokens: int | None
+    data: TrainBatch, step_idx: list[int], *, micro_batch_size: int, max_tokens: int | None
 ) -> Iterator[list[int]]:
     """Micro-batches of one optimizer step: by token budget when ``max_tokens`` is set, else by count."""
     if max_tokens is None:
         return chunks_of(step_idx, micro_batch_size)
-    lengths = [len(t) for t in data["tokens"]]
+    lengths = [len(t) for t in data.tokens]
     return token_budget_chunks(step_idx, lengths, max_tokens)
 
 
@@ -153,25 +144,25 @@ def to_device_rows(rows: list[Any], dtype: torch.dtype, device: torch.device) ->
     return list(torch.split(moved, [t.numel() for t in flat]))
 
 
-def micro_batch(data: dict[str, Any], idx: list[int], device: torch.device) -> dict[str, Any]:
+def micro_batch(data: TrainBatch, idx: list[int], device: torch.device) -> MicroBatch:
     """Slice the rollout data to ``idx``; per-sample tensors move to ``device`` (one copy per key)."""
-    tokens = [data["tokens"][i] for i in idx]
-    response_lengths = [data["response_lengths"][i] for i in idx]
-    token_rows = to_device_rows(tokens, torch.long, device)
-    batch: dict[str, Any] = {
-        "unconcat_tokens_list": tokens,
-        "unconcat_tokens": token_rows,
-        "tokens": list(token_rows),
-        "response_lengths": response_lengths,
-        "total_lengths": [len(t) for t in tokens],
-        "loss_masks": to_device_rows([data["loss_masks"][i] for i in idx], torch.float32, device),
-        "rewards": [data["rewards"][i] for i in idx],
-        "sample_indices": [data["sample_indices"][i] for i in idx],
-    }
-    for key in PER_SAMPLE_TENSOR_KEYS:
-        values = data.get(key)
-        if values is None:
-            batch[key] = None
-            continue
-        batch[key] = to_device_rows([values[i] for i in idx], torch.float32, device)
-    return batch
+    tokens = [data.tokens[i] for i in idx]
+
+    def rows(values: Sequence[Any] | None) -> list[torch.Tensor] | None:
+        return None if values is None else to_device_rows([values[i] for i in idx], torch.float32, device)
+
+    return MicroBatch(
+        tokens=to_device_rows(tokens, torch.long, device),
+        token_lists=tokens,
+        response_lengths=[data.response_lengths[i] for i in idx],
+        total_lengths=[len(t) for t in tokens],
+        loss_masks=to_device_rows([data.loss_masks[i] for i in idx], torch.float32, device),
+        rewards=[data.rewards[i] for i in idx],
+        sample_indices=[data.sample_indices[i] for i in idx],
+        log_probs=rows(data.log_probs),
+        ref_log_probs=rows(data.ref_log_probs),
+        rollout_log_probs=rows(data.rollout_log_probs),
+        advantages=rows(data.advantages),
+        returns=rows(data.returns),
+        values=rows(data.values),
+    )

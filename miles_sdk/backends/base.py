@@ -6,15 +6,12 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from miles_sdk.stages import TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
-__all__ = ["LogProbModel", "RolloutData", "TrainBackend"]
+__all__ = ["LogProbModel", "TrainBackend"]
 
 LogProbModel = Literal["actor", "ref"]
-
-RolloutData = dict[str, Any]
-"""TrainData plus per-sample tensors added by the loop: ``log_probs``, ``ref_log_probs``,
-``advantages``, ``returns``, ``values`` (lists of 1-D tensors over response tokens)."""
 
 
 class TrainBackend(Protocol):
@@ -34,8 +31,8 @@ class TrainBackend(Protocol):
         """Per-sample critic values over response tokens, or None without a critic."""
         ...
 
-    def train(self, rollout_id: int, rollout_data: RolloutData) -> Metrics:
-        """Run the optimizer steps of one rollout over ``rollout_data``; return averaged metrics."""
+    def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
+        """Run the optimizer steps of one rollout over ``batch``; return averaged metrics."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

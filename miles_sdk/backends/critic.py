@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from miles_sdk._policy import disable_dropout
-from miles_sdk.algo import compute_loss
+from miles_sdk.algo import compute_loss, loss_params
 from miles_sdk.backends._batching import SequenceRows
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
+from miles_sdk.stages import MicroBatch
 
 __all__ = ["Critic"]
 
@@ -59,7 +60,7 @@ class Critic:
         if hidden_size <= 0:
             raise TypeError("ppo critic: the policy's config has no hidden_size")
         self.args = args
-        self.value_args = args.replace(loss_type="value_loss")
+        self.value_params = loss_params(args.replace(loss_type="value_loss"))
         self.device = next(policy.parameters()).device
         self.model = _ValueModel(body, hidden_size).to(self.device)
         self.optim = PolicyOptimizer(
@@ -80,9 +81,9 @@ class Critic:
         values: SequenceRows = self.model(tokens, pack=self.pack and has_padding(tokens))
         return values.scoring_rows([len(seq) for seq in tokens], response_lengths)
 
-    def train_scope(self, batch: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+    def train_scope(self, batch: MicroBatch) -> contextlib.AbstractContextManager[None]:
         """Held over a micro-batch's forward and backward (see TorchBackend._train_scope)."""
-        if self.pack and has_padding(batch["unconcat_tokens_list"]):
+        if self.pack and has_padding(batch.token_lists):
             return attention_implementation(self.model.body)
         return contextlib.nullcontext()
 
@@ -96,9 +97,9 @@ class Critic:
         finally:
             self.model.train(was_training)
 
-    def micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        current = self.values(batch["unconcat_tokens_list"], batch["response_lengths"])
-        return compute_loss(self.value_args, batch, [], None, current)
+    def micro_batch_loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        current = self.values(batch.token_lists, batch.response_lengths)
+        return compute_loss(batch, [], None, current, params=self.value_params)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optim.state_dict()}

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.backends.base import LogProbModel
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.distributed.launch import RankGroup, start_ranks
 from miles_sdk.distributed.rank import ModelSource, RankHooks
 from miles_sdk.distributed.world import WorldPlan
+from miles_sdk.stages import TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
 __all__ = ["FSDPBackend"]
@@ -69,9 +70,9 @@ class FSDPBackend:
     def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
         return None
 
-    def train(self, rollout_id: int, rollout_data: RolloutData) -> Metrics:
-        shares = self._train_shares(len(rollout_data["tokens"]))
-        metrics = self.ranks.call("train", [(rollout_id, _select(rollout_data, idx)) for idx in shares])[0]
+    def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
+        shares = self._train_shares(len(batch))
+        metrics = self.ranks.call("train", [(rollout_id, batch.select(idx)) for idx in shares])[0]
         self._pull_weights()
         return dict(metrics)
 

@@ -17,18 +17,17 @@ import torch
 from torch import nn
 
 from miles_sdk._policy import disable_dropout
-from miles_sdk.algo import compute_loss, log_probs_and_entropy
+from miles_sdk.algo import compute_loss, log_probs_and_entropy, loss_params
 from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
 from miles_sdk.backends._memory import oom_phase
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
-from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.backends.base import LogProbModel
 from miles_sdk.backends.critic import Critic
 from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollout
 from miles_sdk.backends.offload import OffloadedOptimizer
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
-from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
     BeforeTrainStepHookFn,
@@ -36,6 +35,8 @@ from miles_sdk.hooks import (
     PGLossReducer,
     TISFn,
 )
+from miles_sdk.lora.base import TrainableAdapter
+from miles_sdk.stages import MicroBatch, TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
 __all__ = ["TorchBackend"]
@@ -75,6 +76,7 @@ class TorchBackend:
         self.pg_loss_reducer = pg_loss_reducer
         self.before_log_prob_hook = before_log_prob_hook
         self.before_train_step_hook = before_train_step_hook
+        self._loss_params = loss_params(args)
         trained = [p for p in model.parameters() if p.requires_grad]
         self.optim = (
             OffloadedOptimizer(args, trained, lr=args.lr)  # masters + AdamW state in host memory
@@ -147,12 +149,12 @@ class TorchBackend:
             )
 
     @contextlib.contextmanager
-    def _train_scope(self, batch: dict[str, Any]) -> Iterator[None]:
+    def _train_scope(self, batch: MicroBatch) -> Iterator[None]:
         """Held over a micro-batch's forward and backward: gradient checkpointing recomputes the
         layers in backward, and they must read the same attention implementation and call the
         same compiled layers then as in the forward."""
         with contextlib.ExitStack() as stack:
-            if self._packs(self._model, batch["unconcat_tokens_list"]):
+            if self._packs(self._model, batch.token_lists):
                 stack.enter_context(attention_implementation(_decoder(self._model)))
             if self._compiled is not None:
                 stack.enter_context(self._compiled.active())
@@ -232,8 +234,8 @@ class TorchBackend:
 
     # ---- training ------------------------------------------------------------------------------
 
-    def train(self, rollout_id: int, rollout_data: RolloutData) -> Metrics:
-        n = len(rollout_data["tokens"])
+    def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
+        n = len(batch)
         steps = self.args.num_steps_per_rollout
         global_batch = n // steps if steps else min(self.args.effective_global_batch_size, n)
         self._model.train()
@@ -242,10 +244,10 @@ class TorchBackend:
         # remainder forms a last, smaller step rather than being dropped.
         for step_start in range(0, n, global_batch):
             step_idx = list(range(step_start, min(step_start + global_batch, n)))
-            per_step.append(self._optimizer_step(rollout_id, rollout_data, step_idx))
+            per_step.append(self._optimizer_step(rollout_id, batch, step_idx))
         return {f"train/{k}": v for k, v in reduce_over_steps(per_step).items()}
 
-    def _optimizer_step(self, rollout_id: int, data: RolloutData, step_idx: list[int]) -> Metrics:
+    def _optimizer_step(self, rollout_id: int, data: TrainBatch, step_idx: list[int]) -> Metrics:
         if self.before_train_step_hook is not None:
             self.before_train_step_hook(
                 self.args, rollout_id, self.step_id, self._model, self.optimizer, self.scheduler
@@ -281,7 +283,7 @@ class TorchBackend:
         metrics["lr"] = lr
         return metrics
 
-    def _micro_batch_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _micro_batch_loss(self, batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         args = self.args
         if args.loss_type == "custom_loss":
             if self.loss_fn is None:
@@ -294,9 +296,9 @@ class TorchBackend:
             # Miles's convention for a custom loss: its reducer sums over samples (or tokens), and
             # the framework divides afterwards; ``scale`` turns the result into this SDK's mean.
             reducer = get_sum_of_sample_mean(
-                batch["total_lengths"],
-                batch["response_lengths"],
-                batch["loss_masks"],
+                batch.total_lengths,
+                batch.response_lengths,
+                batch.loss_masks,
                 args.calculate_per_token_loss,
                 reduction="sum",
             )
@@ -305,20 +307,28 @@ class TorchBackend:
             where = "loss function " + describe_hook(
                 self.loss_fn, flag="--custom-loss-function-path", path=args.custom_loss_function_path
             )
-            loss, metrics = check_loss_result(self.loss_fn(args, batch, logits, reducer), where)
-            scale = miles_scale(batch["loss_masks"], args.calculate_per_token_loss)
+            # Miles's LossFn takes the micro-batch as a dict (its own layout).
+            loss, metrics = check_loss_result(self.loss_fn(args, batch.as_dict(), logits, reducer), where)
+            scale = miles_scale(batch.loss_masks, args.calculate_per_token_loss)
             return loss / scale, {k: v / scale for k, v in metrics.items()}
         with_entropy = args.entropy_coef != 0.0 or args.loss_type == "policy_loss"
         log_probs, entropy = self._response_log_probs(
-            self._model, batch["unconcat_tokens_list"], batch["response_lengths"], with_entropy=with_entropy
+            self._model, batch.token_lists, batch.response_lengths, with_entropy=with_entropy
         )
         return compute_loss(
-            args, batch, log_probs, entropy, None, tis_fn=self.tis_fn, pg_loss_reducer=self.pg_loss_reducer
+            batch,
+            log_probs,
+            entropy,
+            None,
+            params=self._loss_params,
+            tis_fn=self.tis_fn,
+            pg_loss_reducer=self.pg_loss_reducer,
+            hook_args=args,
         )
 
-    def _packed_logits(self, batch: dict[str, Any]) -> torch.Tensor:
+    def _packed_logits(self, batch: MicroBatch) -> torch.Tensor:
         """Miles's packed layout: [1, sum(total_lengths), V] float32 logits."""
-        tokens: list[list[int]] = batch["unconcat_tokens_list"]
+        tokens = batch.token_lists
         hidden = self._forward_hidden(self._model, tokens)
         rows = torch.cat([hidden.rows(i, 0, len(seq)) for i, seq in enumerate(tokens)])
         logits: torch.Tensor = _lm_head(self._model)(rows).float() / self._temperature()
@@ -381,14 +391,14 @@ def _lm_head(model: nn.Module) -> nn.Linear:
 
 def _accumulate_and_step(
     args: Config,
-    data: RolloutData,
+    data: TrainBatch,
     step_idx: list[int],
     device: torch.device,
-    loss_of: Callable[[dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]],
+    loss_of: Callable[[MicroBatch], tuple[torch.Tensor, dict[str, Any]]],
     optim: PolicyOptimizer,
     *,
     prefix: str = "",
-    scope: Callable[[dict[str, Any]], contextlib.AbstractContextManager[None]] = lambda _: (
+    scope: Callable[[MicroBatch], contextlib.AbstractContextManager[None]] = lambda _: (
         contextlib.nullcontext()
     ),
 ) -> Metrics:
@@ -402,7 +412,7 @@ def _accumulate_and_step(
     optim.zero_grad()
     per_token = args.calculate_per_token_loss
     # Token counts from the host copy of the masks (the device copies would cost a sync each).
-    tokens_of = {i: int(torch.as_tensor(data["loss_masks"][i]).sum()) for i in step_idx}
+    tokens_of = {i: int(torch.as_tensor(data.loss_masks[i]).sum()) for i in step_idx}
     step_tokens = sum(tokens_of.values()) or 1
     reduced = _DeviceMetrics(device)
     max_tokens = args.max_tokens_per_gpu if args.use_dynamic_batch_size else None

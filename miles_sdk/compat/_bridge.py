@@ -13,19 +13,17 @@ loop plays Miles's part.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+# The core owns the host loop (the Trainer calls sync rollout functions through call_off_loop);
+# this layer only reads it, so the loop never has to import the compatibility layer.
+from miles_sdk._loop import call_off_loop, host_loop
 
 __all__ = ["BackgroundLoop", "call_off_loop", "host_loop", "run_blocking"]
 
 T = TypeVar("T")
-
-_HOST_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
-    "miles_sdk_compat_host_loop", default=None
-)
-
 
 class BackgroundLoop:
     """An event loop running forever on a daemon thread (Miles's ``AsyncLoopThread``)."""
@@ -51,12 +49,6 @@ def background_loop() -> BackgroundLoop:
         if _background is None:
             _background = BackgroundLoop()
         return _background
-
-
-def host_loop() -> asyncio.AbstractEventLoop | None:
-    """The Trainer loop that the current sync rollout function was called from, if any."""
-    loop = _HOST_LOOP.get()
-    return loop if loop is not None and loop.is_running() else None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -86,16 +78,3 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
         # The worker thread's context (rollout context included) travels with the scheduled task.
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
     return background_loop().run(coro)
-
-
-async def call_off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """Await ``fn(*args)`` run on a worker thread, with this loop recorded as the host loop.
-
-    The worker sees a copy of the caller's context (the Trainer's rollout context), so sync Miles
-    code in ``fn`` may block on coroutines through :func:`run_blocking`.
-    """
-    token = _HOST_LOOP.set(asyncio.get_running_loop())
-    try:
-        return await asyncio.to_thread(fn, *args)
-    finally:
-        _HOST_LOOP.reset(token)

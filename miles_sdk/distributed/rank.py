@@ -11,9 +11,10 @@ import attrs
 import torch
 from torch import nn
 
-from miles_sdk.backends.base import LogProbModel, RolloutData
+from miles_sdk.backends.base import LogProbModel
 from miles_sdk.config import Config
 from miles_sdk.distributed.sharding import full_state_dict, shard_causal_lm
+from miles_sdk.stages import TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
 __all__ = ["ModelSource", "RankHooks", "RankSpec", "TrainRank"]
@@ -37,7 +38,7 @@ class ModelSource:
             return {k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()}
 
         return cls(
-            config=getattr(model, "config"),
+            config=model.config,
             state_dict=cpu(model),
             ref_state_dict=cpu(ref_model) if ref_model is not None else None,
         )
@@ -122,7 +123,7 @@ class TrainRank:
     def compute_log_probs(self, data: TrainData, which: LogProbModel) -> list[torch.Tensor]:
         return self.backend.compute_log_probs(data, which=which)
 
-    def train(self, rollout_id: int, data: RolloutData) -> Metrics:
+    def train(self, rollout_id: int, data: TrainBatch) -> Metrics:
         """This rank's share of the optimizer steps; the metrics are reduced over ranks (means of
         means over equal shares; ``*_max`` / ``*_min`` by max / min; the norm is global already)."""
         import torch.distributed as dist

@@ -7,7 +7,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from miles_sdk.algo import compute_advantages_and_returns, normalize_advantages, reverse_discounted_cumsum
+from miles_sdk.algo import (
+    advantage_params,
+    compute_advantages_and_returns,
+    normalize_advantages,
+    reverse_discounted_cumsum,
+)
 from miles_sdk.config import Config
 
 T = torch.tensor
@@ -22,7 +27,7 @@ def _run(
     values: list[torch.Tensor] | None = None,
 ) -> tuple[list[list[float]], list[list[float]]]:
     adv, ret = compute_advantages_and_returns(
-        args, rewards=rewards, log_probs=lps, ref_log_probs=refs, loss_masks=masks, values=values
+        params=advantage_params(args), rewards=rewards, log_probs=lps, ref_log_probs=refs, loss_masks=masks, values=values
     )
     return [a.tolist() for a in adv], [r.tolist() for r in ret]
 
@@ -115,7 +120,7 @@ def test_gae_matches_reference_on_trainable_subsequence(
         for k in lens
     ]
     adv, ret = compute_advantages_and_returns(
-        args,
+        params=advantage_params(args),
         rewards=rewards,
         log_probs=[torch.zeros(k) for k in lens],
         ref_log_probs=None,
@@ -147,8 +152,8 @@ def test_gae_gamma_lambda_one_zero_values_is_return_to_go(lens: list[int], data:
         "ref_log_probs": None,
         "loss_masks": masks,
     }
-    ppo, _ = compute_advantages_and_returns(ppo_args, values=[torch.zeros(k) for k in lens], **kw)  # type: ignore[arg-type]
-    rpp, _ = compute_advantages_and_returns(rpp_args, **kw)  # type: ignore[arg-type]
+    ppo, _ = compute_advantages_and_returns(params=advantage_params(ppo_args), values=[torch.zeros(k) for k in lens], **kw)  # type: ignore[arg-type]
+    rpp, _ = compute_advantages_and_returns(params=advantage_params(rpp_args), **kw)  # type: ignore[arg-type]
     for a, b, r in zip(ppo, rpp, rewards):
         assert a.tolist() == pytest.approx(b.tolist(), abs=1e-6)
         assert a.tolist() == pytest.approx([r] * a.numel(), abs=1e-6)

@@ -11,6 +11,7 @@ import torch
 
 from miles_sdk.backends.optim import PolicyOptimizer
 from miles_sdk.backends.torch_backend import _accumulate_and_step, reduce_over_steps
+from miles_sdk.stages import MicroBatch, TrainBatch
 from miles_sdk.testing import small_config
 
 
@@ -24,14 +25,18 @@ class _NoHostRead(torch.Tensor):
         raise AssertionError("a metric was read back with item() inside the micro-batch loop")
 
 
-def _data(n: int) -> dict[str, Any]:
-    return {
-        "tokens": [[1, 2, 3, 4]] * n,
-        "response_lengths": [2] * n,
-        "loss_masks": [[1, 1]] * n,
-        "rewards": [0.0] * n,
-        "sample_indices": list(range(n)),
-    }
+def _data(n: int) -> TrainBatch:
+    return TrainBatch(
+        tokens=[[1, 2, 3, 4]] * n,
+        response_lengths=[2] * n,
+        loss_masks=[[1, 1]] * n,
+        rewards=[0.0] * n,
+        raw_reward=[0.0] * n,
+        truncated=[0] * n,
+        sample_indices=list(range(n)),
+        advantages=[torch.zeros(2)] * n,
+        returns=[torch.zeros(2)] * n,
+    )
 
 
 def test_extremes_are_maxed_and_minned_over_micro_batches() -> None:
@@ -41,7 +46,7 @@ def test_extremes_are_maxed_and_minned_over_micro_batches() -> None:
     ratio_min = iter([0.9, 0.95, 0.6, 0.8])
     pg_loss = iter([1.0, 2.0, 3.0, 6.0])
 
-    def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss_of(batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         metrics = {
             "ratio_max": torch.tensor(next(ratio_max)).as_subclass(_NoHostRead),
             "ratio_min": torch.tensor(next(ratio_min)).as_subclass(_NoHostRead),
@@ -76,7 +81,7 @@ def test_cuda_one_host_read_per_optimizer_step() -> None:
     weight = torch.nn.Parameter(torch.zeros((), device=cuda))
     optim = PolicyOptimizer(small_config(), [weight], lr=0.0, master_weights=False)
 
-    def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def loss_of(batch: MicroBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         ratio = torch.rand((), device=cuda) + 1.0
         return weight * 1.0, {"ratio_max": ratio, "pg_loss": ratio * 2, "ppo_kl": ratio * 3, "coef": 0.5}
 
