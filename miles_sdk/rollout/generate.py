@@ -21,11 +21,12 @@ the tokens the sample already has (earlier turns, tool output, or a partial roll
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Sequence, Sized
 
 from miles_sdk.config import Config
 from miles_sdk.engines.base import FinishReason, SamplingParams
-from miles_sdk.rollout.context import RolloutContext, get_rollout_context
+from miles_sdk.rollout.context import RolloutContext, TokenizerLike, get_rollout_context
 from miles_sdk.types import Sample, SampleStatus
 
 __all__ = [
@@ -100,7 +101,33 @@ def tokenize_prompt(args: Config, sample: Sample, ctx: RolloutContext) -> list[i
                 f"{where}: tokenizer.apply_chat_template(tokenize=False) returned {type(rendered)}"
             )
         prompt = rendered
-    return list(tok.encode(prompt, add_special_tokens=False))
+    return _encode(tok, prompt)
+
+
+_ENCODED: weakref.WeakKeyDictionary[object, dict[tuple[int, str], tuple[int, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per tokenizer: (vocabulary size with added tokens, prompt text) -> token ids. The samples of a
+group share their prompt, so a GRPO step tokenised each prompt n_samples_per_prompt times (the
+demo: 512 encodes a step for 32 prompts). The size in the key keeps a tokenizer that gains tokens
+(``add_tokens``) from reusing ids it would now produce differently."""
+
+_ENCODED_MAX = 4096
+"""Prompts kept per tokenizer; the cache starts afresh past this (prompts rarely repeat across steps)."""
+
+
+def _encode(tok: TokenizerLike, text: str) -> list[int]:
+    try:
+        cache = _ENCODED.setdefault(tok, {})
+    except TypeError:  # a tokenizer that takes no weak references: no cache
+        return list(tok.encode(text, add_special_tokens=False))
+    size = len(tok) if isinstance(tok, Sized) else -1
+    ids = cache.get((size, text))
+    if ids is None:
+        if len(cache) >= _ENCODED_MAX:
+            cache.clear()
+        ids = cache[size, text] = tuple(tok.encode(text, add_special_tokens=False))
+    return list(ids)  # a fresh list: the caller extends it with the response
 
 
 async def generate_with_engine(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:

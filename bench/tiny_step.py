@@ -1,0 +1,192 @@
+"""The fixed cost of a small step: the demo's tiny policy through the Trainer, split by phase.
+
+    python -m bench.tiny_step --device cuda            # the issue's target: < 50 ms steady on an H200
+    python -m bench.tiny_step --device cpu --profile   # plus cProfile's top functions over the steady steps
+
+The demo's settings (16 prompts x 16 samples, 3-token answers, two optimizer steps per rollout,
+dynamic sampling with over-sampling) on the demo's tiny policy after its format warm-up. Each
+steady step is split into the Trainer's phases (perf/*_time: rollout, train data, log-probs,
+advantages, train, sync), the reward calls inside the rollout, the logging (rollout log, metrics
+file) and the rest (host overhead: metrics, health checks, the Trainer's own Python). Prints a
+table of means and medians over the steady steps; ``--json`` writes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import pstats
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from miles_sdk import Config, Sample, Trainer
+from miles_sdk.demo.run import _INIT_STD, demo_config
+from miles_sdk.demo.task import addition_reward, make_addition_dataset
+from miles_sdk.demo.warmup import format_warmup
+from miles_sdk.rollout import check_reward_nonzero_std
+from miles_sdk.testing import tiny_policy
+
+PHASES = ("rollout", "train_data", "log_prob", "advantages", "train", "sync")
+
+
+def build(device: str, seed: int, output_dir: str) -> tuple[Trainer, dict[str, float]]:
+    """The demo's Trainer on ``device``; the dict collects reward and logging seconds per step."""
+    torch.manual_seed(seed)
+    rows = make_addition_dataset(seed)
+    model, tokenizer = tiny_policy("arithmetic", seed=seed, initializer_range=_INIT_STD)
+    format_warmup(model, tokenizer, [r["input"] for r in rows], seed=seed)
+    torch.nn.Module.to(model, device)
+    extra: dict[str, float] = defaultdict(float)
+
+    async def timed_reward(args: Config, sample: Sample) -> float:
+        t0 = time.perf_counter()
+        try:
+            return await addition_reward(args, sample)
+        finally:
+            extra["reward"] += time.perf_counter() - t0
+
+    config = demo_config(output_dir, 10_000, seed, progress_bar=False).replace(device=device)
+    trainer = Trainer(
+        config,
+        model=model,
+        tokenizer=tokenizer,
+        dataset=rows,
+        reward_model=timed_reward,
+        dynamic_sampling_filter=check_reward_nonzero_std,
+    )
+    _time_method(trainer, "_log_rollout", "log", extra)
+    _time_method(trainer.writer, "write", "log", extra)
+    return trainer, extra
+
+
+def _time_method(obj: Any, name: str, key: str, into: dict[str, float]) -> None:
+    fn: Callable[..., Any] | None = getattr(obj, name, None)
+    if fn is None:
+        return
+    inner = fn
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            into[key] += time.perf_counter() - t0
+
+    setattr(obj, name, timed)
+
+
+def _start_profiles(trainer: Trainer) -> dict[str, cProfile.Profile]:
+    """cProfile on the three threads a step runs on: the caller's (the Trainer's phases), the
+    loop thread (rollout, rewards) and the engine's worker (model steps). A profiler only sees
+    the thread that enabled it, so each is enabled on its own thread."""
+    profiles = {"main": cProfile.Profile(), "loop": cProfile.Profile(), "engine": cProfile.Profile()}
+    _switch(trainer, profiles, on=True)
+    return profiles
+
+
+def _stop_profiles(trainer: Trainer, profiles: dict[str, cProfile.Profile]) -> None:
+    if profiles:
+        _switch(trainer, profiles, on=False)
+
+
+def _switch(trainer: Trainer, profiles: dict[str, cProfile.Profile], *, on: bool) -> None:
+    def flip(name: str) -> Callable[[], None]:
+        return profiles[name].enable if on else profiles[name].disable
+
+    flip("main")()
+    loop = getattr(trainer, "_loop", None)
+    if loop is not None:
+        asyncio.run_coroutine_threadsafe(_call(flip("loop")), loop.loop).result()
+    worker = getattr(trainer.engine, "_worker", None)
+    if worker is not None:
+        worker.submit(flip("engine")).result()
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def run(
+    trainer: Trainer, extra: dict[str, float], steps: int, sync: Callable[[], None]
+) -> list[dict[str, float]]:
+    rows = []
+    for _ in range(steps):
+        extra.clear()
+        sync()
+        t0 = time.perf_counter()
+        metrics = trainer.step()
+        sync()
+        wall = time.perf_counter() - t0
+        row = {p: metrics.get(f"perf/{p}_time", 0.0) for p in PHASES}
+        row["reward (inside rollout)"] = extra.get("reward", 0.0)
+        row["logging"] = extra.get("log", 0.0)
+        row["host overhead (rest)"] = wall - sum(row[p] for p in PHASES) - row["logging"]
+        row["step"] = wall
+        row["groups drawn (count)"] = metrics.get("rollout/groups_drawn", float("nan"))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--warmup", type=int, default=10, help="steps before measuring (graph captures, caches)")
+    ap.add_argument("--steps", type=int, default=30, help="steady steps measured")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--profile", action="store_true", help="cProfile the steady steps; print the top 30")
+    ap.add_argument("--profile-out", default=None, help="with --profile: dump pstats to PATH.<thread>")
+    ap.add_argument("--json", default=None)
+    ns = ap.parse_args(argv)
+    if ns.threads:
+        torch.set_num_threads(ns.threads)
+
+    def sync() -> None:
+        if ns.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer, extra = build(ns.device, ns.seed, out)
+        try:
+            run(trainer, extra, ns.warmup, sync)
+            profiles = _start_profiles(trainer) if ns.profile else {}
+            rows = run(trainer, extra, ns.steps, sync)
+            _stop_profiles(trainer, profiles)
+        finally:
+            trainer.close()
+    name = torch.cuda.get_device_name(ns.device) if ns.device.startswith("cuda") else "cpu"
+    keys = list(rows[0])
+    summary = {
+        k: {"mean": statistics.mean(r[k] for r in rows), "median": statistics.median(r[k] for r in rows)}
+        for k in keys
+    }
+    print(f"tiny-policy step (the demo's settings) on {name}: {ns.steps} steady steps after {ns.warmup}")
+    print("| part | mean ms | median ms |\n|---|---|---|")
+    for k in keys:
+        scale = 1.0 if k.endswith("(count)") else 1e3
+        print(f"| {k} | {summary[k]['mean'] * scale:.1f} | {summary[k]['median'] * scale:.1f} |")
+    for thread, prof in profiles.items():
+        text = io.StringIO()
+        stats = pstats.Stats(prof, stream=text).sort_stats("tottime")
+        stats.print_stats(25)
+        print(f"\n==== cProfile, {thread} thread, {ns.steps} steps ====\n{text.getvalue()}")
+        if ns.profile_out:
+            stats.dump_stats(f"{ns.profile_out}.{thread}")
+    result = {"device": name, "summary": summary, "steps": rows}
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
