@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import inspect
@@ -43,7 +44,7 @@ from miles_sdk.checkpoint import (
 )
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines._serving_guard import GenerationGate
-from miles_sdk.engines.base import InferenceEngine
+from miles_sdk.engines.base import InferenceEngine, SamplingParams
 from miles_sdk.hooks import (
     BackendInitFn,
     BatchedRewardFn,
@@ -322,6 +323,38 @@ class Trainer:
         if log_fn is None or not log_fn(completed, self.args, data, output.metrics):
             self.writer.write(completed, metrics)
         return metrics
+
+    def generate(
+        self,
+        prompts: str | Sequence[int] | Sequence[str | Sequence[int]],
+        sampling_params: SamplingParams | None = None,
+    ) -> list[Sample]:
+        """One response per prompt from the engine, with the weights it samples rollouts from now
+        (for notebooks and tests: what does the policy answer after these steps?).
+
+        A prompt is text, tokenised as the rollout tokenises it (the chat template with
+        ``apply_chat_template``), or token ids. ``sampling_params`` override the rollout's
+        (``{"temperature": 0.0}`` for greedy). The samples carry ``tokens``, ``response``,
+        ``rollout_log_probs``, ``weight_versions`` and ``status``; they are not scored, not
+        drawn from the data source and not trained on.
+        """
+        from miles_sdk.rollout import generate_with_engine, sampling_params_from_args, use_rollout_context
+
+        self._check_open()
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [cast("str | Sequence[int]", prompts)]
+        samples = [
+            Sample(index=i, prompt=p) if isinstance(p, str) else Sample(index=i, tokens=[int(t) for t in p])
+            for i, p in enumerate(cast("Sequence[str | Sequence[int]]", prompts))
+        ]
+        params = SamplingParams(**sampling_params_from_args(self.args))
+        params.update(sampling_params or {})
+
+        async def run() -> list[Sample]:
+            with use_rollout_context(self._rollout_context()):
+                return list(await asyncio.gather(*(generate_with_engine(self.args, s, params) for s in samples)))
+
+        return self._loop.run(run())
 
     # ==== stages ================================================================================
 

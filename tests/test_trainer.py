@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from miles_sdk import Config, Sample, Trainer
+from miles_sdk import Config, Sample, SamplingParams, Trainer
 from miles_sdk.demo.task import addition_reward
 from miles_sdk.testing import run_steps, small_config, tiny_policy
 
@@ -54,25 +54,34 @@ def test_engine_samples_from_trained_weights(tmp_path: Path) -> None:
     trainer = Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward)
     try:
         prompt = tok.encode("1+1=", add_special_tokens=False)
-
-        async def greedy() -> list[float]:
-            out = await trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
-            return out.log_probs
-
-        before = trainer._loop.run(greedy())
+        greedy: SamplingParams = {"temperature": 0.0, "max_new_tokens": 3}
+        before = trainer.generate([prompt], greedy)[0]
         version = trainer.engine.weight_version
         trainer.step()
         assert trainer.engine.weight_version > version
-        after_out = trainer._loop.run(
-            trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
-        )
-        assert after_out.log_probs != pytest.approx(before, abs=1e-6)
+        after = trainer.generate([prompt], greedy)[0]
+        assert after.weight_versions == [trainer.engine.weight_version]
+        assert after.rollout_log_probs != pytest.approx(before.rollout_log_probs, abs=1e-6)
         # The engine's log-probs are the trained model's: recompute them with the backend.
-        data = {"tokens": [prompt + after_out.token_ids], "response_lengths": [len(after_out.token_ids)]}
+        data = {"tokens": [after.tokens], "response_lengths": [after.response_length]}
         recomputed = trainer.backend.compute_log_probs(data, which="actor")  # type: ignore[arg-type]
-        assert recomputed[0].tolist() == pytest.approx(after_out.log_probs, abs=1e-4)
+        assert recomputed[0].tolist() == pytest.approx(after.rollout_log_probs, abs=1e-4)
     finally:
         trainer.close()
+
+
+def test_generate_answers_prompts_with_the_current_weights(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=1)
+    cfg = small_config(output_dir=str(tmp_path))
+    with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=addition_reward) as trainer:
+        greedy: SamplingParams = {"temperature": 0.0, "max_new_tokens": 3}
+        ids = tok.encode("2+2=", add_special_tokens=False)
+        by_text, by_ids = trainer.generate(["2+2=", ids], greedy)
+        assert trainer.generate("2+2=", greedy)[0].tokens == by_text.tokens  # one prompt alone
+        assert by_text.tokens[: len(ids)] == ids and by_text.tokens == by_ids.tokens
+        assert 0 < by_text.response_length <= 3 and by_text.response
+        assert len(by_text.rollout_log_probs or []) == by_text.response_length
+        assert by_text.weight_versions == [trainer.engine.weight_version] and by_text.reward is None
 
 
 async def _flaky_reward(args: Config, sample: Sample) -> float:
@@ -261,7 +270,6 @@ def test_debug_rollout_only_does_not_train(tmp_path: Path) -> None:
 
 
 def test_list_from_generate_goes_to_the_batched_reward_in_one_call(tmp_path: Path) -> None:
-    from miles_sdk import SamplingParams
     from miles_sdk.rollout import generate_with_engine
 
     batch_sizes: list[int] = []
@@ -342,11 +350,8 @@ def test_update_weights_interval_keeps_the_engine_on_older_weights(tmp_path: Pat
     with Trainer(cfg, model=model, tokenizer=tok, dataset=ROWS, reward_model=_alternating_reward) as trainer:
         prompt = tok.encode("1+1=", add_special_tokens=False)
 
-        def greedy_log_probs() -> list[float]:
-            out = trainer._loop.run(
-                trainer.engine.generate(prompt, {"temperature": 0.0, "max_new_tokens": 3})
-            )
-            return out.log_probs
+        def greedy_log_probs() -> list[float] | None:
+            return trainer.generate([prompt], {"temperature": 0.0, "max_new_tokens": 3})[0].rollout_log_probs
 
         before = greedy_log_probs()
         trainer.step()  # rollout 0: trains, but no sync (interval 2)
