@@ -9,6 +9,8 @@ One training rollout, in order:
 2. Each finished group is checked: a group with a sample lacking a reward (FAILED scoring, or
    ABORTED by the engine/generate fn without a reward) is dropped and counted
    (``rollout/reward_failed`` samples, ``rollout/dropped_groups/{reward_failed,unscored_aborted}``).
+   A sample FAILED by an agent (``metadata["agent_error"]``) counts as ``rollout/agent_failed``
+   (``rollout/dropped_groups/agent_failed``), not as a reward failure.
    Otherwise the dynamic filter decides; drops count as ``rollout/dynamic_filter/drop_{reason}``.
 3. Once ``rollout_batch_size`` groups are kept, in-flight requests are aborted and awaited, so no
    request outlives the rollout. With ``partial_rollout`` the unfinished groups go back to the
@@ -95,6 +97,10 @@ def can_leave_out_failed(args: Config, scored: int) -> bool:
         return False
     needed = _LEAVE_OUT_MIN_LEFT.get(args.advantage_estimator)
     return needed is not None and scored >= needed
+
+
+def _agent_failed(sample: Sample) -> bool:
+    return "agent_error" in sample.metadata and "reward_error" not in sample.metadata
 
 
 def _group_key(group: list[Sample]) -> int:
@@ -264,31 +270,44 @@ class _TrainRollout:
         rest = [s for s in group if s.status is not Sample.Status.FAILED]
         if not failed or not can_leave_out_failed(self.args, len(rest)):
             return group
-        self.counts["rollout/reward_failed"] += len(failed)
         self.counts["rollout/groups_kept_without_failed"] += 1
-        error = str(failed[0].metadata.get("reward_error", "unknown error"))
-        if self.first_reward_error is None:
-            self.first_reward_error = f"sample index={failed[0].index}: {error}"
+        kind, error = self._count_failed(failed)
         logger.info(
-            "rollout %d: group %d keeps %d of %d samples, reward failed: %s",
+            "rollout %d: group %d keeps %d of %d samples, %s: %s",
             self.rollout_id,
             _group_key(group),
             len(rest),
             len(group),
+            kind.replace("_", " "),
             error,
         )
         return rest
 
+    def _count_failed(self, failed: list[Sample]) -> tuple[str, str]:
+        """Count FAILED samples as ``rollout/agent_failed`` (the generate function's agent raised or
+        timed out: ``metadata["agent_error"]``) or ``rollout/reward_failed``; the first one's kind
+        and error. An agent failure is not reported as a failing reward."""
+        for s in failed:
+            self.counts["rollout/agent_failed" if _agent_failed(s) else "rollout/reward_failed"] += 1
+        first = failed[0]
+        kind = "agent_failed" if _agent_failed(first) else "reward_failed"
+        key = "agent_error" if kind == "agent_failed" else "reward_error"
+        error = str(first.metadata.get(key, "unknown error"))
+        if self.first_reward_error is None:
+            self.first_reward_error = f"sample index={first.index}: {kind.replace('_', ' ')}: {error}"
+        return kind, error
+
     async def _accept(self, group: list[Sample]) -> bool:
         failed = [s for s in group if s.status is Sample.Status.FAILED]
         if failed:
-            self.counts["rollout/reward_failed"] += len(failed)
-            self.counts["rollout/dropped_groups/reward_failed"] += 1
-            error = str(failed[0].metadata.get("reward_error", "unknown error"))
-            if self.first_reward_error is None:
-                self.first_reward_error = f"sample index={failed[0].index}: {error}"
+            kind, error = self._count_failed(failed)
+            self.counts[f"rollout/dropped_groups/{kind}"] += 1
             logger.warning(
-                "rollout %d: dropped group %d, reward failed: %s", self.rollout_id, _group_key(group), error
+                "rollout %d: dropped group %d, %s: %s",
+                self.rollout_id,
+                _group_key(group),
+                kind.replace("_", " "),
+                error,
             )
             return False
         if any(s.reward is None for s in group):
@@ -323,11 +342,13 @@ class _TrainRollout:
         return refill
 
     def _check_progress(self, kept: list[list[Sample]]) -> None:
-        failed_groups = self.counts["rollout/dropped_groups/reward_failed"]
+        failed_groups = (
+            self.counts["rollout/dropped_groups/reward_failed"] + self.counts["rollout/dropped_groups/agent_failed"]
+        )
         if not kept and failed_groups >= self.args.rollout_batch_size:
             raise RolloutError(
                 f"rollout {self.rollout_id}: the first {failed_groups} finished groups all failed reward "
-                f"scoring; first error: {self.first_reward_error}"
+                f"scoring or their agent; first error: {self.first_reward_error}"
             )
         # Miles loops forever when the dynamic filter drops everything (e.g. a reward that is 0 for
         # every sample with check_reward_nonzero_std); stop once that is evidently the case.
