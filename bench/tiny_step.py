@@ -38,12 +38,15 @@ from miles_sdk.testing import tiny_policy
 PHASES = ("rollout", "train_data", "log_prob", "advantages", "train", "sync")
 
 
-def build(device: str, seed: int, output_dir: str) -> tuple[Trainer, dict[str, float]]:
+def build(
+    device: str, seed: int, output_dir: str, *, warm_format: bool = True, **overrides: Any
+) -> tuple[Trainer, dict[str, float]]:
     """The demo's Trainer on ``device``; the dict collects reward and logging seconds per step."""
     torch.manual_seed(seed)
     rows = make_addition_dataset(seed)
     model, tokenizer = tiny_policy("arithmetic", seed=seed, initializer_range=_INIT_STD)
-    format_warmup(model, tokenizer, [r["input"] for r in rows], seed=seed)
+    if warm_format:
+        format_warmup(model, tokenizer, [r["input"] for r in rows], seed=seed)
     torch.nn.Module.to(model, device)
     extra: dict[str, float] = defaultdict(float)
 
@@ -54,7 +57,7 @@ def build(device: str, seed: int, output_dir: str) -> tuple[Trainer, dict[str, f
         finally:
             extra["reward"] += time.perf_counter() - t0
 
-    config = demo_config(output_dir, 10_000, seed, progress_bar=False).replace(device=device)
+    config = demo_config(output_dir, 10_000, seed, progress_bar=False).replace(device=device, **overrides)
     trainer = Trainer(
         config,
         model=model,
@@ -144,6 +147,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--profile", action="store_true", help="cProfile the steady steps; print the top 30")
+    ap.add_argument("--no-format-warmup", action="store_true", help="skip the demo's warm-up (smoke runs)")
+    ap.add_argument(
+        "--compile-model", choices=["auto", "on", "off"], default=None, help="default: the Config's"
+    )
+    ap.add_argument(
+        "--pack-sequences", choices=["auto", "on", "off"], default=None, help="default: the Config's"
+    )
     ap.add_argument("--profile-out", default=None, help="with --profile: dump pstats to PATH.<thread>")
     ap.add_argument("--json", default=None)
     ns = ap.parse_args(argv)
@@ -155,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     with tempfile.TemporaryDirectory() as out:
-        trainer, extra = build(ns.device, ns.seed, out)
+        overrides = {
+            k: v for k, v in (("compile_model", ns.compile_model), ("pack_sequences", ns.pack_sequences)) if v
+        }
+        trainer, extra = build(ns.device, ns.seed, out, warm_format=not ns.no_format_warmup, **overrides)
         try:
             run(trainer, extra, ns.warmup, sync)
             profiles = _start_profiles(trainer) if ns.profile else {}
@@ -169,7 +182,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         k: {"mean": statistics.mean(r[k] for r in rows), "median": statistics.median(r[k] for r in rows)}
         for k in keys
     }
-    print(f"tiny-policy step (the demo's settings) on {name}: {ns.steps} steady steps after {ns.warmup}")
+    print(
+        f"tiny-policy step (the demo's settings) on {name}: {ns.steps} steady steps after {ns.warmup}; "
+        f"compile_model {ns.compile_model or 'default'}, pack_sequences {ns.pack_sequences or 'default'}"
+    )
     print("| part | mean ms | median ms |\n|---|---|---|")
     for k in keys:
         scale = 1.0 if k.endswith("(count)") else 1e3
