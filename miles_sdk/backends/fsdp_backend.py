@@ -43,7 +43,9 @@ class FSDPBackend:
         hooks: RankHooks,
     ) -> None:
         if args.advantage_estimator == "ppo":
-            raise ConfigError("train_backend='fsdp' does not train a critic yet; use train_backend='torch' for ppo")
+            raise ConfigError(
+                "train_backend='fsdp' does not train a critic yet; use train_backend='torch' for ppo"
+            )
         self.args = args
         self.plan = plan
         self._model = model
@@ -59,7 +61,7 @@ class FSDPBackend:
 
     def compute_log_probs(self, data: TrainData, *, which: LogProbModel) -> list[torch.Tensor]:
         n = len(data["tokens"])
-        shares = [list(range(n))[r::self.world_size] for r in range(self.world_size)]
+        shares = [list(range(n))[r :: self.world_size] for r in range(self.world_size)]
         results = self.ranks.call("compute_log_probs", [(_select(data, idx), which) for idx in shares])
         out: list[torch.Tensor | None] = [None] * n
         for idx, log_probs in zip(shares, results, strict=True):
@@ -71,28 +73,39 @@ class FSDPBackend:
         return None
 
     def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
-        shares = self._train_shares(len(batch))
-        metrics = self.ranks.call("train", [(rollout_id, batch.select(idx)) for idx in shares])[0]
+        steps = self._optimizer_steps(len(batch))
+        shares = [[i for step in steps for i in step[r :: self.world_size]] for r in range(self.world_size)]
+        step_tokens = self._step_tokens(batch, steps)
+        per_rank = [(rollout_id, batch.select(idx), step_tokens) for idx in shares]
+        metrics = self.ranks.call("train", per_rank)[0]
         self._pull_weights()
         return dict(metrics)
 
-    def _train_shares(self, n: int) -> list[list[int]]:
-        """Rank r's samples: the r-th of every W samples of each optimizer step, in step order, so
-        each rank's own step boundaries fall where the global ones do."""
+    def _optimizer_steps(self, n: int) -> list[list[int]]:
+        """The samples of each optimizer step. Rank r trains the r-th of every W samples of each
+        step, in step order, so each rank's own step boundaries fall where the global ones do."""
         args, world = self.args, self.world_size
-        steps = args.num_steps_per_rollout
-        global_batch = n // steps if steps else min(args.effective_global_batch_size, n)
-        shares: list[list[int]] = [[] for _ in range(world)]
-        for start in range(0, n, global_batch):
-            step = list(range(start, min(start + global_batch, n)))
+        num_steps = args.num_steps_per_rollout
+        global_batch = n // num_steps if num_steps else min(args.effective_global_batch_size, n)
+        steps = [list(range(start, min(start + global_batch, n))) for start in range(0, n, global_batch)]
+        for step in steps:
             if len(step) % world:
                 raise ValueError(
                     f"an optimizer step of {len(step)} samples cannot be split over {world} training ranks; "
                     "keep rollout trimming on (the default) or choose batch sizes divisible by the ranks"
                 )
-            for r in range(world):
-                shares[r].extend(step[r::world])
-        return shares
+        return steps
+
+    def _step_tokens(self, batch: TrainBatch, steps: list[list[int]]) -> list[float] | None:
+        """With calculate_per_token_loss: each step's loss tokens over all ranks, per rank. The
+        ranks' shares hold different token counts and FSDP averages their gradients, so each rank
+        divides its token sum by this mean instead of its own count: the update is every token's
+        loss over the global token count, as in one process. (Sample means need nothing: every
+        rank holds the same number of samples.)"""
+        if not self.args.calculate_per_token_loss:
+            return None
+        tokens = [sum(int(torch.as_tensor(batch.loss_masks[i]).sum()) for i in step) for step in steps]
+        return [max(t, 1) / self.world_size for t in tokens]
 
     def _pull_weights(self) -> None:
         """The engine's weight sync: rank 0's full weights into the driver's module."""
@@ -136,7 +149,9 @@ class FSDPBackend:
         if state.get("format") == _SHARDED:
             shards = state["shards"]
             if shards.path is None:
-                raise ValueError("a sharded FSDP state must come from load_checkpoint (its shards folder is unknown)")
+                raise ValueError(
+                    "a sharded FSDP state must come from load_checkpoint (its shards folder is unknown)"
+                )
             self.ranks.call("load_shards", [(str(shards.path), state["training"])] * self.world_size)
         else:
             self.ranks.call("load_state_dict", [(state,)] * self.world_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollo
 from miles_sdk.backends.offload import OffloadedOptimizer
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
+from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
     BeforeTrainStepHookFn,
@@ -35,7 +36,6 @@ from miles_sdk.hooks import (
     PGLossReducer,
     TISFn,
 )
-from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.stages import MicroBatch, TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
@@ -234,7 +234,12 @@ class TorchBackend:
 
     # ---- training ------------------------------------------------------------------------------
 
-    def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
+    def train(
+        self, rollout_id: int, batch: TrainBatch, *, step_tokens: Sequence[float] | None = None
+    ) -> Metrics:
+        """``step_tokens`` (data-parallel FSDP ranks with calculate_per_token_loss): per optimizer
+        step, its loss tokens over all ranks divided by the number of ranks, the per-token
+        denominator in place of this process's own count (see fsdp_backend.py)."""
         n = len(batch)
         steps = self.args.num_steps_per_rollout
         global_batch = n // steps if steps else min(self.args.effective_global_batch_size, n)
@@ -242,12 +247,15 @@ class TorchBackend:
         per_step: list[Metrics] = []
         # Trimming makes n a multiple of the global batch; with --disable-rollout-trim-samples the
         # remainder forms a last, smaller step rather than being dropped.
-        for step_start in range(0, n, global_batch):
+        for step, step_start in enumerate(range(0, n, global_batch)):
             step_idx = list(range(step_start, min(step_start + global_batch, n)))
-            per_step.append(self._optimizer_step(rollout_id, batch, step_idx))
+            tokens = step_tokens[step] if step_tokens is not None else None
+            per_step.append(self._optimizer_step(rollout_id, batch, step_idx, tokens))
         return {f"train/{k}": v for k, v in reduce_over_steps(per_step).items()}
 
-    def _optimizer_step(self, rollout_id: int, data: TrainBatch, step_idx: list[int]) -> Metrics:
+    def _optimizer_step(
+        self, rollout_id: int, data: TrainBatch, step_idx: list[int], step_tokens: float | None = None
+    ) -> Metrics:
         if self.before_train_step_hook is not None:
             self.before_train_step_hook(
                 self.args, rollout_id, self.step_id, self._model, self.optimizer, self.scheduler
@@ -264,6 +272,7 @@ class TorchBackend:
                 critic.optim,
                 prefix="critic_",
                 scope=critic.train_scope,
+                step_tokens=step_tokens,
             )
         lr = float(self.optimizer.param_groups[0]["lr"])  # the rate this step trains with
         if rollout_id >= self.args.num_critic_only_steps:
@@ -275,6 +284,7 @@ class TorchBackend:
                 self._micro_batch_loss,
                 self.optim,
                 scope=self._train_scope,
+                step_tokens=step_tokens,
             )
             if "skipped_nonfinite_grad" not in actor:  # a skipped update does not advance the schedule
                 self.scheduler.step()
@@ -401,10 +411,12 @@ def _accumulate_and_step(
     scope: Callable[[MicroBatch], contextlib.AbstractContextManager[None]] = lambda _: (
         contextlib.nullcontext()
     ),
+    step_tokens: float | None = None,
 ) -> Metrics:
     """One optimizer step over ``step_idx``: micro-batch losses are weighted so the accumulated
     gradient is that of the mean over the global batch (per sample, or per token with
-    ``calculate_per_token_loss``), then clipped.
+    ``calculate_per_token_loss``; ``step_tokens`` replaces this process's token count as the
+    denominator on data-parallel ranks), then clipped.
 
     Metrics stay on the device over the micro-batches (weighted sums; running max / min for
     ``*_max`` / ``*_min``) and are read back with the gradient norm in one transfer: on CUDA each
@@ -413,7 +425,8 @@ def _accumulate_and_step(
     per_token = args.calculate_per_token_loss
     # Token counts from the host copy of the masks (the device copies would cost a sync each).
     tokens_of = {i: int(torch.as_tensor(data.loss_masks[i]).sum()) for i in step_idx}
-    step_tokens = sum(tokens_of.values()) or 1
+    if step_tokens is None:
+        step_tokens = sum(tokens_of.values()) or 1
     reduced = _DeviceMetrics(device)
     max_tokens = args.max_tokens_per_gpu if args.use_dynamic_batch_size else None
     for mb in micro_batches(data, step_idx, micro_batch_size=args.micro_batch_size, max_tokens=max_tokens):

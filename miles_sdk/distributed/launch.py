@@ -7,6 +7,7 @@ import importlib
 import logging
 import multiprocessing as mp
 import socket
+import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -171,16 +172,34 @@ class _Processes:
                 code = self._procs[rank].exitcode
                 raise RankError(f"training rank {rank} died during {what} (exit code {code})") from error
             if status == "error":
+                dead = [r for r in self._exited(wait_s=1.0) if r != rank]
+                if dead:
+                    # A peer's collective fails the moment a rank is killed: name the cause.
+                    codes = ", ".join(f"rank {r} exit code {self._procs[r].exitcode}" for r in dead)
+                    raise RankError(
+                        f"training rank {dead[0]} died during {what} ({codes}); rank {rank} then failed:\n{value}"
+                    )
                 raise RankError(f"training rank {rank} failed during {what}:\n{value}")
             results.append(value)
         return results
+
+    def _exited(self, wait_s: float) -> list[int]:
+        """The ranks whose process has ended, waiting up to ``wait_s`` for one to show."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [r for r, proc in enumerate(self._procs) if proc.exitcode is not None]
+            if dead or time.monotonic() >= deadline:
+                return dead
+            time.sleep(0.05)
 
     def call(self, method: str, per_rank: Sequence[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
         for rank, conn in enumerate(self._conns):
             try:
                 conn.send((method, per_rank[rank], kwargs))
             except (BrokenPipeError, OSError) as error:
-                raise RankError(f"training rank {rank} is gone (exit code {self._procs[rank].exitcode})") from error
+                raise RankError(
+                    f"training rank {rank} is gone (exit code {self._procs[rank].exitcode})"
+                ) from error
         return self._gather(method)
 
     def pids(self) -> list[int]:
@@ -234,9 +253,7 @@ class _RayActors:
             actor_cls.options(
                 num_cpus=1,
                 num_gpus=1 if gpu else 0,
-                scheduling_strategy=strategy(
-                    placement_group=self._group, placement_group_bundle_index=rank
-                ),
+                scheduling_strategy=strategy(placement_group=self._group, placement_group_bundle_index=rank),
             ).remote()
             for rank in range(plan.world_size)
         ]
@@ -244,13 +261,15 @@ class _RayActors:
         port = ray.get(self._actors[0].free_port.remote())
         self._call_all(
             "setup",
-            [(args, RankSpec(r, plan.world_size, plan.device_type, address, port), source, hooks)
-             for r in range(plan.world_size)],
+            [
+                (args, RankSpec(r, plan.world_size, plan.device_type, address, port), source, hooks)
+                for r in range(plan.world_size)
+            ],
         )
 
     def _call_all(self, method: str, per_rank: Sequence[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
         ray = self._ray
-        refs = [getattr(a, "call").remote(method, args, kwargs) for a, args in zip(self._actors, per_rank)]
+        refs = [a.call.remote(method, args, kwargs) for a, args in zip(self._actors, per_rank)]
         results = []
         for rank, ref in enumerate(refs):
             try:
@@ -271,8 +290,8 @@ class _RayActors:
         ray = self._ray
         try:
             ray.get([a.call.remote("close", (), {}) for a in self._actors], timeout=30)
-        except Exception:  # noqa: BLE001 - a dead rank is still removed below
-            pass
+        except Exception as error:  # noqa: BLE001 - a dead rank is still removed below
+            logger.info("training ranks did not close cleanly (%s); killing their actors", error)
         for actor in self._actors:
             ray.kill(actor)
         importlib.import_module("ray.util.placement_group").remove_placement_group(self._group)
@@ -304,4 +323,3 @@ class _RankActor:
             return None
         assert self.rank is not None, "setup first"
         return getattr(self.rank, method)(*args, **kwargs)
-

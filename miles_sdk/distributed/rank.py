@@ -123,26 +123,35 @@ class TrainRank:
     def compute_log_probs(self, data: TrainData, which: LogProbModel) -> list[torch.Tensor]:
         return self.backend.compute_log_probs(data, which=which)
 
-    def train(self, rollout_id: int, data: TrainBatch) -> Metrics:
-        """This rank's share of the optimizer steps; the metrics are reduced over ranks (means of
-        means over equal shares; ``*_max`` / ``*_min`` by max / min; the norm is global already)."""
+    def train(self, rollout_id: int, data: TrainBatch, step_tokens: list[float] | None = None) -> Metrics:
+        """This rank's share of the optimizer steps, and the metrics reduced over ranks. A mean
+        is weighted on each rank by its micro-batches' share of the global step divided by the
+        ranks (samples: every rank holds as many; tokens: ``step_tokens``), so the mean over ranks
+        is the global step's. ``*_max`` / ``*_min`` reduce by max / min; the grad norm is global
+        already."""
         import torch.distributed as dist
 
-        local = self.backend.train(rollout_id, data)
+        from miles_sdk.backends.torch_backend import _extreme
+
+        local = self.backend.train(rollout_id, data, step_tokens=step_tokens)
         keys = sorted(local)
+        everyone: list[list[str] | None] = [None] * self.spec.world_size
+        dist.all_gather_object(everyone, keys)
+        if any(other != keys for other in everyone):
+            # Reducing lists of different lengths would hang or mix metrics up.
+            raise RuntimeError(f"training ranks returned different metric keys: {everyone}")
+        kinds = [_extreme(k) for k in keys]
         values = torch.tensor([local[k] for k in keys], dtype=torch.float64)
-        maxed = torch.where(_is_min(keys), -values, values)
+        signs = torch.tensor([-1.0 if kind == "min" else 1.0 for kind in kinds], dtype=torch.float64)
+        extremes = values * signs  # max of -x is -min x
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        dist.all_reduce(maxed, op=dist.ReduceOp.MAX)
-        mean = values / self.spec.world_size
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
         out: Metrics = {}
-        for i, key in enumerate(keys):
-            if key.endswith("_max"):
-                out[key] = float(maxed[i])
-            elif key.endswith("_min"):
-                out[key] = float(-maxed[i])
+        for i, (key, kind) in enumerate(zip(keys, kinds, strict=True)):
+            if kind is None:
+                out[key] = float(values[i]) / self.spec.world_size
             else:
-                out[key] = float(mean[i])
+                out[key] = float(extremes[i] * signs[i])
         return out
 
     def full_weights(self, *, to_cpu: bool = True) -> dict[str, torch.Tensor] | None:
@@ -241,8 +250,3 @@ class TrainRank:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _is_min(keys: list[str]) -> torch.Tensor:
-    return torch.tensor([k.endswith("_min") for k in keys], dtype=torch.bool)
-

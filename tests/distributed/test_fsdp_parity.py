@@ -71,3 +71,35 @@ def test_a_dead_rank_fails_the_step_naming_it() -> None:
         os.kill(trainer.backend.ranks.pids()[1], signal.SIGKILL)  # type: ignore[attr-defined]
         with pytest.raises(RankError, match="training rank 1"):
             trainer.step()
+
+
+# Stop tokens drawn often by the random tiny policy: responses of 1 to 12 tokens, so the two ranks'
+# shares of a step hold different token counts.
+UNEVEN = {"rollout_max_response_len": 12, "rollout_stop_token_ids": list(range(100, 140))}
+PER_TOKEN_COMPARED = (
+    "train/grad_norm",
+    "train/pg_loss",
+    "train/entropy_loss",
+    "train/pg_clipfrac",
+    "train/ppo_kl",
+)
+
+
+def test_per_token_loss_over_two_ranks_matches_one_process() -> None:
+    """calculate_per_token_loss: every token's loss over the global token count, whichever rank
+    holds it (the ranks divided by their own counts before, weighting a short share's tokens up)."""
+    per_token = {"calculate_per_token_loss": True, "global_batch_size": 4, **UNEVEN}  # 2 optimizer steps
+    one = _run(steps=2, **per_token)
+    two = _run(
+        steps=2,
+        train_backend="fsdp",
+        actor_num_gpus_per_node=2,
+        distributed_launcher="processes",
+        **per_token,
+    )
+    first_step = [len(s.tokens) for s in one.samples[0][:4]]
+    assert sum(first_step[0::2]) != sum(first_step[1::2]), "the ranks' shares must differ in tokens"
+    for step, (ma, mb) in enumerate(zip(one.metrics, two.metrics, strict=True)):
+        for key in PER_TOKEN_COMPARED:
+            assert mb[key] == pytest.approx(ma[key], rel=1e-4), f"step {step}: {key}"
+    assert abs(one.metrics[0]["train/pg_loss"]) > 1e-4, "uneven lengths give a per-token pg_loss away from 0"
