@@ -179,6 +179,13 @@ def parse_chat_request(body: Mapping[str, Any], *, default_model: str) -> ChatRe
         if isinstance(body.get(key), bool):
             params[key] = body[key]  # type: ignore[literal-required]
     max_tokens = _number(body, "max_completion_tokens", int, 1) or _number(body, "max_tokens", int, 1)
+    if _number(body, "top_logprobs", int, 0):
+        # The engines return the sampled token's log-prob only; empty lists would look like an answer.
+        raise ChatRequestError(
+            f"top_logprobs={body['top_logprobs']} is not supported: the engine returns only each sampled "
+            "token's log-prob (logprobs=true); send top_logprobs=0 or leave it out",
+            code="unsupported_parameter",
+        )
     options = body.get("stream_options")
     return ChatRequest(
         messages=messages,
