@@ -216,11 +216,10 @@ class OffloadedOptimizer(PolicyOptimizer):
                 master.copy_(p)
 
     def state_dict(self) -> dict[str, Any]:
-        # PolicyOptimizer's layout, so a checkpoint loads with or without the offload.
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "masters": [m.detach().clone() for m in self.host_masters],
-        }
+        # PolicyOptimizer's layout, so a checkpoint loads with or without the offload. The masters
+        # are already on the host: handed out without a copy (30 GB for 7B); checkpoints write them
+        # out at once, as they do the optimizer state, which torch does not copy either.
+        return {"optimizer": self.optimizer.state_dict(), "masters": [m.detach() for m in self.host_masters]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
