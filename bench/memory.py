@@ -429,6 +429,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{settings.gradient_checkpointing}, on {result['device']}"
     )
     print("\n".join(table(comp, meas)))
+    if result.get("phases") and str(ns.device).startswith("cuda"):
+        print("\n| phase (last step) | allocated at start GiB | peak GiB | at end GiB | peak reserved GiB |")
+        print("|---|---|---|---|---|")
+        for phase, p in result["phases"].items():
+            print(
+                f"| {phase} | {p['start'] / GiB:.2f} | {p['peak'] / GiB:.2f} | {p['end'] / GiB:.2f} "
+                f"| {p['reserved'] / GiB:.2f} |"
+            )
     if "step_s" in result:
         print(f"step times: {', '.join(f'{t:.2f} s' for t in result['step_s'])}")
     if ns.json:
