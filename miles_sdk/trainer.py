@@ -28,7 +28,7 @@ import torch
 from miles_sdk import algo
 from miles_sdk._hookset import HookSet, check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread, call_off_loop
-from miles_sdk._policy import build_policy, load_policy_tokenizer
+from miles_sdk._policy import Policy, build_policy, load_policy_tokenizer
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
 from miles_sdk.backends._memory import oom_report, owner_bytes
 from miles_sdk.backends.base import TrainBackend
@@ -201,7 +201,7 @@ class Trainer:
             self.last_samples: list[Sample] = []
             """The samples trained on in the latest step (for notebooks and tests)."""
             if config.save is not None:
-                check_save_dir(config.save, _checkpoint_size_estimate(self.policy.model, config))
+                check_save_dir(config.save, _checkpoint_size_estimate(self.policy, config))
             if config.load is not None:
                 self._resume(config.load)
             if not self.writer.started:  # not resumed: this run gets its own metrics.jsonl
@@ -880,15 +880,18 @@ _LAZY_LABEL_CHECK_ROWS = 1000
 """Rows of a lazy (large) prompt dataset whose labels are checked before training."""
 
 
-def _checkpoint_size_estimate(model: torch.nn.Module, args: Config) -> int:
+def _checkpoint_size_estimate(policy: Policy, args: Config) -> int:
     """About what one checkpoint takes on disk: the parameters and buffers, plus Adam's two fp32
-    moments (and an fp32 master copy for lower-precision parameters) unless no_save_optim."""
-    tensors = [*model.parameters(), *model.buffers()]
+    moments (and an fp32 master copy for lower-precision parameters) unless no_save_optim. With
+    LoRA only the adapter is saved (and stepped)."""
+    model = policy.model
+    saved = [p for p in model.parameters() if policy.lora is None or p.requires_grad]
+    tensors: list[torch.Tensor] = [*saved, *(model.buffers() if policy.lora is None else ())]
     weights = sum(t.numel() * t.element_size() for t in tensors)
     if args.no_save_optim:
         return weights
-    params = sum(p.numel() for p in model.parameters())
-    master = sum(p.numel() * 4 for p in model.parameters() if p.element_size() < 4)
+    params = sum(p.numel() for p in saved)
+    master = sum(p.numel() * 4 for p in saved if p.element_size() < 4)
     return weights + 2 * 4 * params + master
 
 

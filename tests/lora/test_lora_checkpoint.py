@@ -121,3 +121,21 @@ def test_training_starts_from_lora_adapter_path(tmp_path: Path) -> None:
         _trainer(_config(tmp_path, lora_rank=8, lora_adapter_path=str(hf / "adapter"))).close()
     with pytest.raises(ConfigError, match="no adapter_config.json"):
         _trainer(_config(tmp_path, lora_adapter_path=str(hf))).close()
+
+
+def test_save_dir_check_counts_the_adapter_not_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--save checks the free space for one checkpoint at construction. With LoRA a checkpoint is
+    the adapter (and its Adam moments): the old estimate counted the whole model and its moments,
+    and refused a disk that holds the LoRA checkpoints many times over."""
+    import shutil
+
+    model, _ = tiny_policy("unit", seed=3, hidden_size=64, intermediate_size=128)
+    full_model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(
+        "miles_sdk.checkpoint.shutil.disk_usage",
+        lambda _: usage._replace(free=full_model_bytes),  # less than the model + its Adam moments
+    )
+    with _trainer(_config(tmp_path, save=str(tmp_path / "ckpt"))) as t:
+        t.step()
+        t.save(tmp_path / "ckpt")
