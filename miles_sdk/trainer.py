@@ -175,6 +175,7 @@ class Trainer:
         )
         self.tokenizer = self.policy.tokenizer  # (without a tokenizer build_policy said what to pass)
         self._loop = LoopThread()
+        self._offload_rollout_warned = False
         self._serving: RolloutServing | None = None
         self._owned_engine: InferenceEngine | None = None
         # Served /generate requests wait while a train step holds the shared module.
@@ -235,6 +236,8 @@ class Trainer:
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
             rollout = self._rollout(rollout_id)  # 1-2
+        if args.offload_rollout:
+            self._release_engine_memory()  # Miles's loop: "offload rollout" right after generating
         samples = algo.flatten_and_trim(args, rollout.groups)
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | rollout.metrics  # the rollout's own counts (drops, failures) win
@@ -357,6 +360,20 @@ class Trainer:
         return self._loop.run(run())
 
     # ==== stages ================================================================================
+
+    def _release_engine_memory(self) -> None:
+        """--offload-rollout: the engine frees its KV cache, weight copies and CUDA graphs while
+        the trainer works (SGLang's release_memory_occupation); its next request builds them again."""
+        release = getattr(self.engine, "release_memory_occupation", None)
+        if callable(release):
+            release()
+        elif not self._offload_rollout_warned:
+            self._offload_rollout_warned = True
+            logger.warning(
+                "offload_rollout: engine %s cannot release its memory (no release_memory_occupation); "
+                "it keeps it during training",
+                type(self.engine).__name__,
+            )
 
     def _rollout(self, rollout_id: int) -> Rollout:
         from miles_sdk.rollout import load_rollout_data, save_rollout_data
@@ -915,7 +932,6 @@ def _warn_placement_flags(args: Config) -> None:
         for name, value in (
             ("colocate", args.colocate),
             ("offload_train", args.offload_train),
-            ("offload_rollout", args.offload_rollout),
             # the embedded engine honours it: rollout_num_gpus replicas (distributed/replicas.py)
             ("rollout_num_gpus", args.rollout_num_gpus if args.rollout_engine != "embedded" else None),
             ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),

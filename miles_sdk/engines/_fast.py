@@ -146,6 +146,7 @@ class FastRunner:
         self._graphs_on = device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self._layers: list[_Layer] = []
         self._live_ptrs: list[int] = []
+        self._released = False
         self._bind_weights()
         n_layers = len(self._layers)
         # All layers in one tensor (a GRPO group's prompt KV is copied in one op per K and V), plus
@@ -243,6 +244,8 @@ class FastRunner:
         """
         # A chunk in flight sampled from the old weights; unpipelined, it would run after this.
         self._drain()
+        if self._released:
+            return  # the fused copies are made from the current weights on resume
         inner = self._model.model
         live = [inner.embed_tokens.weight, inner.norm.weight, self._model.lm_head.weight]
         for layer in inner.layers:
@@ -313,6 +316,11 @@ class FastRunner:
         same tokens: the noise is keyed by seed and step). Returns False if the larger cache does
         not fit in memory; the current one is kept."""
         need = min(length, self.max_context)
+        if self._released:
+            self._capacity = max(self._capacity, need)  # built at this size on resume
+            if need > len(self._cos):
+                self._build_rope_tables(self._model.model)
+            return True
         if need <= self._capacity:
             return True
         grown = min(self.max_context, max(need, 2 * self._capacity))
@@ -336,6 +344,7 @@ class FastRunner:
     # -- slots ---------------------------------------------------------------------------------
 
     def admit(self, slot: int, prompt: list[int], params: RowParams) -> None:
+        self._resume_memory()
         if slot in self._params:
             raise RuntimeError(f"FastRunner: slot {slot} is already in use")
         if not 0 <= slot < self._max_batch:
@@ -367,6 +376,40 @@ class FastRunner:
         for slot in list(self._params):
             self.release(slot)
         self._drain()
+
+    # -- memory release (offload_rollout) ------------------------------------------------------
+
+    @property
+    def released(self) -> bool:
+        """True between :meth:`release_memory` and the next admission."""
+        return self._released
+
+    def release_memory(self) -> None:
+        """Free the KV cache, the fused weight copies and the CUDA graphs (SGLang's
+        ``release_memory_occupation``, Miles's ``--offload-rollout``): training gets their memory.
+        Every slot is released; the next admission builds them again from
+        the current weights, and graphs are captured again as shapes come up."""
+        self.reset()
+        self._graphs = {}
+        self._prefill_graphs = None
+        self._pool = None
+        self._layers = []
+        empty = torch.empty(0, dtype=self._dtype, device=self._device)
+        self._k_all, self._v_all, self._k, self._v = empty, empty, [], []
+        self._synced = False
+        self._released = True
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()  # graph pools and the cache go back to the device, not only to torch
+
+    def _resume_memory(self) -> None:
+        if not self._released:
+            return
+        self._bind_weights()  # fused copies of the weights as they are now
+        self._k_all, self._v_all = self._new_cache(self._capacity)
+        self._k = list(self._k_all.unbind(0))
+        self._v = list(self._v_all.unbind(0))
+        self._plan_graphs()
+        self._released = False
 
     # -- stepping ------------------------------------------------------------------------------
 

@@ -158,6 +158,22 @@ class EmbeddedEngine:
             self._runner.weights_updated()
         self._version = self._version + 1 if version is None else version
 
+    def release_memory_occupation(self) -> None:
+        """SGLang's name: free the fast path's KV cache, fused weight copies and CUDA graphs until
+        the next request (``offload_rollout``: the Trainer calls it after each rollout, so training
+        has that memory). The next request rebuilds them from the weights of that moment and
+        captures graphs again. A no-op on the generic path, which keeps no cache between requests.
+        Refused while a request is running."""
+        live = [r for r in [*self._waiting, *self._active.values()] if not (r.cancelled or r.future.done())]
+        if live:
+            raise RuntimeError(
+                f"EmbeddedEngine.release_memory_occupation: {len(live)} requests are still running"
+            )
+        release = getattr(self._runner, "release_memory", None)
+        if callable(release):
+            with self._lock:
+                release()
+
     def get_weights_by_name(self, name: str, truncate_size: int = 100) -> list[Any]:
         """SGLang's ``get_weights_by_name``: the first rows of a parameter of the module the engine
         samples from (its copy, when it keeps one). The Trainer's sync check compares them."""
