@@ -48,5 +48,17 @@ def init_ray(args: Config, what: str) -> bool:
     if args.ray_address is None and not os.environ.get("RAY_ADDRESS"):
         # A new local cluster: one logical CPU per actor at least (CPU actors share the cores).
         kwargs["num_cpus"] = max(os.cpu_count() or 1, actors_needed(args))
-    ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True, **kwargs)
+    try:
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True, **kwargs)
+    except ConnectionError as error:
+        if "num_cpus" in kwargs:
+            raise
+        # Seen with Ray 2.60: a cluster from `ray start` checks a token that ray.init(address=...)
+        # does not send unless RAY_AUTH_MODE=token is set.
+        raise ConnectionError(
+            f"{what}: could not join the Ray cluster at {args.ray_address or os.environ.get('RAY_ADDRESS')} "
+            f"({error}). If the cluster was started with `ray start` (token authentication), set "
+            "RAY_AUTH_MODE=token here, with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN; "
+            "see docs/scale-out.md"
+        ) from error
     return True

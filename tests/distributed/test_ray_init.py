@@ -1,0 +1,61 @@
+"""init_ray: the Ray cluster that ranks and replicas run on (a stub ``ray`` module: no cluster starts)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from miles_sdk.distributed.ray_init import actors_needed, init_ray
+from miles_sdk.testing.run import small_config
+
+SCALE_OUT = {"train_backend": "fsdp", "actor_num_gpus_per_node": 2, "rollout_num_gpus": 2}
+
+
+class _StubRay(types.ModuleType):
+    def __init__(self, error: Exception | None = None) -> None:
+        super().__init__("ray")
+        self.calls: list[dict[str, Any]] = []
+        self.error = error
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **kwargs: Any) -> None:
+        self.calls.append(kwargs)
+        if self.error is not None:
+            raise self.error
+
+
+def test_a_local_cluster_has_a_cpu_for_every_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 ranks + 2 replicas on a 2-core machine: Ray must count 4 CPUs, or the ranks' placement
+    group waits forever behind the replicas (it did before init_ray)."""
+    ray = _StubRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    args = small_config(**SCALE_OUT)
+    assert actors_needed(args) == 4
+    assert init_ray(args, "test") is True
+    assert ray.calls[0]["num_cpus"] == 4 and ray.calls[0]["address"] is None
+
+
+def test_a_joined_cluster_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = _StubRay()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    assert init_ray(small_config(ray_address="10.0.0.1:6379", **SCALE_OUT), "test") is True
+    assert "num_cpus" not in ray.calls[0] and ray.calls[0]["address"] == "10.0.0.1:6379"
+
+
+def test_a_cluster_that_refuses_the_driver_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", _StubRay(ConnectionError("Failed to connect to Ray cluster")))
+    with pytest.raises(ConnectionError, match=r"10\.0\.0\.1:6379.*RAY_AUTH_MODE=token"):
+        init_ray(small_config(ray_address="10.0.0.1:6379", **SCALE_OUT), "train_backend='fsdp'")
+
+
+def test_one_rank_and_one_engine_need_no_actor() -> None:
+    assert actors_needed(small_config()) == 0
+    assert actors_needed(small_config(rollout_num_gpus=3)) == 3
+    assert actors_needed(small_config(train_backend="fsdp", actor_num_gpus_per_node=4)) == 4
