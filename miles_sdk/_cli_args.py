@@ -14,6 +14,7 @@ import inspect
 import itertools
 import json
 import re
+import sys
 import types
 import typing
 from collections.abc import Sequence
@@ -21,14 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from miles_sdk._errors import ConfigError
+
 if TYPE_CHECKING:
+    # Types only: the parser gets the Config class from its caller, so this module never imports
+    # config.py at run time (config.py imports this one, in Config.from_args).
     from miles_sdk.config import Config
 
 
 class _ErrorRaisingParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
-        from miles_sdk.config import ConfigError
-
         raise ConfigError(message)
 
 
@@ -47,14 +50,16 @@ def _json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"expected JSON, got {text!r} ({exc})") from exc
 
 
-@functools.cache
-def field_docstrings() -> dict[str, str]:
-    """Each Config field's attribute docstring (the string literal under it in config.py); attrs
+def field_docstrings(config_cls: type) -> dict[str, str]:
+    """Each field's attribute docstring (the string literal under it in the class's source); attrs
     keeps none at run time, and the CLI help and docs/config.md both need them."""
-    from miles_sdk import config as config_module
+    return dict(_field_docstrings(config_cls.__module__, config_cls.__name__))
 
-    source = inspect.getsource(config_module)
-    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
+
+@functools.cache
+def _field_docstrings(module_name: str, name: str) -> dict[str, str]:
+    source = inspect.getsource(sys.modules[module_name])
+    cls = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == name)
     docs: dict[str, str] = {}
     for node, after in itertools.pairwise(cls.body):
         if (
@@ -75,10 +80,12 @@ def _argparse_safe(text: str | None) -> str | None:
     return None if text is None else text.replace("%", "%%")
 
 
-def _add_field(parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp: Any) -> None:
+def _add_field(
+    parser: argparse.ArgumentParser, field: attrs.Attribute[Any], tp: Any, docs: dict[str, str]
+) -> None:
     name = field.name
     flag = field.metadata.get("flag", "--" + name.replace("_", "-"))
-    help_text = _argparse_safe(field_docstrings().get(name))
+    help_text = _argparse_safe(docs.get(name))
     base = _strip_optional(tp)
     origin = typing.get_origin(base)
     if base is bool:
@@ -116,10 +123,11 @@ def build_parser(cls: type[Config]) -> argparse.ArgumentParser:
     # No flag of ours looks like a number, so argparse takes a token matching this as a value.
     parser._negative_number_matcher = _NEGATIVE_NUMBER
     hints = cls.field_types()
+    docs = field_docstrings(cls)
     for field in attrs.fields(cls):
         if field.name == "extra":
             continue
-        _add_field(parser, field, hints[field.name])
+        _add_field(parser, field, hints[field.name], docs)
     return parser
 
 
@@ -137,8 +145,6 @@ def _unknown_to_extra(unknown: list[str]) -> dict[str, Any]:
 
 
 def parse_config_args(cls: type[Config], argv: Sequence[str] | None, *, allow_unknown: bool) -> Config:
-    from miles_sdk.config import ConfigError
-
     parser = build_parser(cls)
     namespace, unknown = parser.parse_known_args(list(argv) if argv is not None else None)
     if unknown and not allow_unknown:

@@ -18,7 +18,7 @@ from miles_sdk.hooks import ModelProviderFn
 if TYPE_CHECKING:
     from miles_sdk.lora import LoraPolicy
 
-__all__ = ["Policy", "build_policy", "disable_dropout", "load_policy_tokenizer", "resolve_device"]
+__all__ = ["Policy", "build_policy", "build_reference", "disable_dropout", "load_policy_tokenizer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,26 @@ def _dtype(args: Config, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
 
 
+def build_reference(args: Config, policy: nn.Module) -> nn.Module:
+    """The frozen reference model (the one place it is built): ``ref_load`` when set, else a copy
+    of ``policy`` as it is now (the initial policy, before any step); on the policy's device, with
+    dropout off, in eval mode and without gradients."""
+    device = next(policy.parameters()).device
+    if args.ref_load is not None:
+        from transformers import AutoModelForCausalLM
+
+        ref: nn.Module = AutoModelForCausalLM.from_pretrained(
+            resolve_pretrained(args.ref_load, setting="ref_load"), dtype=_dtype(args, device)
+        )
+        ref.to(device)
+    else:
+        ref = copy.deepcopy(policy)
+    disable_dropout(ref, role="reference")
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
 @attrs.define
 class Policy:
     model: nn.Module
@@ -114,19 +134,7 @@ class Policy:
 
     def load_reference(self, args: Config) -> nn.Module:
         """The frozen reference model: ``ref_load`` when set, else a copy of the initial policy."""
-        if args.ref_load is not None:
-            from transformers import AutoModelForCausalLM
-
-            ref: nn.Module = AutoModelForCausalLM.from_pretrained(
-                resolve_pretrained(args.ref_load, setting="ref_load"), dtype=_dtype(args, self.device)
-            )
-            ref.to(self.device)
-        else:
-            ref = copy.deepcopy(self.model)
-        disable_dropout(ref, role="reference")
-        ref.eval()
-        ref.requires_grad_(False)
-        return ref
+        return build_reference(args, self.model)
 
     def save_hf(self, directory: str) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)

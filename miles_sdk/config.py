@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeAlias
 
 import attrs
 
+from miles_sdk._errors import ConfigError
+
 __all__ = ["HOOK_PATH_FIELDS", "AdvantageEstimator", "Config", "ConfigError", "KLLossType", "LossType"]
 
 AdvantageEstimator: TypeAlias = Literal[
@@ -26,10 +28,6 @@ KLLossType: TypeAlias = Literal["k1", "k2", "k3", "low_var_kl"]
 LossType: TypeAlias = Literal["policy_loss", "sft_loss", "custom_loss", "value_loss"]
 ISLevel: TypeAlias = Literal["token", "sequence", "geometric"]
 ISMode: TypeAlias = Literal["truncate", "clip", "mask"]
-
-
-class ConfigError(ValueError):
-    """A bad or contradictory setting. The message names the setting(s) involved."""
 
 
 BUILTIN_RM_TYPES = (
@@ -503,10 +501,7 @@ class Config:
     offload_train: bool = False
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     offload_rollout: bool = False
-    """After each rollout the engine frees its KV cache, fused weight copies and CUDA graphs for
-    training, and builds them again at its next request (Miles's --offload-rollout; SGLang's
-    release_memory_occupation). Costs the graph captures again each rollout; the embedded engine's
-    fast path releases, other engines are warned about."""
+    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_nodes: int = 1
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_gpus_per_node: int = 1

@@ -35,7 +35,7 @@ def _sections_and_docstrings() -> tuple[dict[str, str], dict[str, str]]:
             and not line.startswith("     ")
         ):
             section_of.setdefault(stripped.split(":", 1)[0], current)
-    docs = field_docstrings()
+    docs = field_docstrings(Config)
     return section_of, docs
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
+import textwrap
 
 import attrs
 
@@ -52,8 +54,31 @@ def test_trainer_takes_every_hook_by_keyword() -> None:
     assert list(params)[:2] == ["self", "config"]
 
 
+def test_trainer_hands_every_hook_keyword_to_resolve_hooks() -> None:
+    """Trainer.__init__ names its hook keywords in one dict (not through locals()): none left out,
+    each key its own keyword."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(Trainer.__init__)))
+    given = next(
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == "given"
+    )
+    assert isinstance(given.value, ast.Dict)
+    pairs = {
+        k.value: v.id
+        for k, v in zip(given.value.keys, given.value.values, strict=True)
+        if isinstance(k, ast.Constant) and isinstance(v, ast.Name)
+    }
+    hooks = set(HookSet.__annotations__) - {"reward_fn", "batched_reward_fn"} | {
+        "reward_model",
+        "batched_reward_model",
+    }
+    assert set(pairs) == hooks and len(pairs) == len(given.value.keys)
+    assert all(key == value for key, value in pairs.items())
+
+
 def test_trainer_methods() -> None:
-    for name in ("fit", "step", "evaluate", "save", "load", "close"):
+    for name in ("fit", "step", "evaluate", "generate", "save", "load", "close"):
         assert callable(getattr(Trainer, name)), name
 
 

@@ -40,7 +40,7 @@ def test_train_help_names_every_config_flag(capsys: pytest.CaptureFixture[str]) 
 def test_any_percent_in_a_field_docstring_is_escaped(monkeypatch: pytest.MonkeyPatch) -> None:
     """The class of bug, not the instance: whatever a future docstring says, --help renders it."""
     docs = {"lr": "100% of %(default)s and %d %s % (x)"}
-    monkeypatch.setattr(_cli_args, "field_docstrings", lambda: docs)
+    monkeypatch.setattr(_cli_args, "field_docstrings", lambda cls: docs)
     text = " ".join(_cli_args.build_parser(Config).format_help().split())
     assert "100% of %(default)s and %d %s % (x)" in text
 

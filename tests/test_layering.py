@@ -4,6 +4,7 @@ loads). Each check runs in a fresh interpreter: the pytest plugin installs the c
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -57,3 +58,26 @@ def test_a_step_with_a_sync_rollout_function_does_not_import_the_compat_layer() 
     loaded = _modules_after(SYNC_ROLLOUT_STEP)
     assert "miles_sdk.trainer" in loaded
     assert [m for m in loaded if m.startswith("miles_sdk.compat")] == []
+
+
+def _runtime_imports(tree: ast.AST) -> set[str]:
+    """Modules a file imports at run time (anywhere but under ``if TYPE_CHECKING:``)."""
+    found: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        found |= _runtime_imports(node)
+    return found
+
+
+def test_the_cli_parser_does_not_import_the_config_module() -> None:
+    """config.py imports _cli_args (Config.from_args); the way back is types only, no circle."""
+    from miles_sdk import _cli_args
+
+    with open(_cli_args.__file__, encoding="utf-8") as f:
+        imported = _runtime_imports(ast.parse(f.read()))
+    assert "miles_sdk.config" not in imported

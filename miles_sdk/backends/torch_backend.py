@@ -8,7 +8,6 @@ are never materialised, except for a custom ``LossFn``, whose Miles signature ta
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from miles_sdk._policy import disable_dropout
+from miles_sdk._policy import build_reference, disable_dropout
 from miles_sdk.algo import compute_loss, log_probs_and_entropy, loss_params
 from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
 from miles_sdk.backends._compile import compiled_layers
@@ -28,7 +27,6 @@ from miles_sdk.backends.lr_schedule import LRSchedule, optimizer_steps_per_rollo
 from miles_sdk.backends.offload import OffloadedOptimizer
 from miles_sdk.backends.optim import PolicyOptimizer, wants_master_weights
 from miles_sdk.config import Config
-from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.hooks import (
     BeforeLogProbHookFn,
     BeforeTrainStepHookFn,
@@ -36,6 +34,7 @@ from miles_sdk.hooks import (
     PGLossReducer,
     TISFn,
 )
+from miles_sdk.lora.base import TrainableAdapter
 from miles_sdk.stages import MicroBatch, TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
@@ -68,7 +67,8 @@ class TorchBackend:
         # Also here for models that did not come through build_policy (a no-op when they did).
         disable_dropout(model)
         if ref_model is None and args.needs_reference_model:
-            self.ref_model = model if adapter is not None else _frozen_copy(model)
+            # Built here only without the Trainer (which passes its Policy.load_reference).
+            self.ref_model = model if adapter is not None else build_reference(args, model)
         if self.ref_model is not None:
             disable_dropout(self.ref_model, role="reference")
         self.loss_fn = loss_fn
@@ -371,13 +371,6 @@ class TorchBackend:
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
         self.step_id = int(state["step_id"])
-
-
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    ref = copy.deepcopy(model)
-    ref.eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _decoder(model: nn.Module) -> nn.Module:
