@@ -109,6 +109,8 @@ class Settings:
     engine_slots: int = 128
     lora_rank: int = 0
     """> 0: LoRA on all linear layers; only the adapter has masters, moments and gradients."""
+    offload_rollout: bool = False
+    """The engine frees its KV cache, fused copies and graphs while the trainer works."""
 
 
 def computed(shape: Shape, work: Workload, s: Settings) -> dict[str, float]:
@@ -227,6 +229,7 @@ def make_trainer(shape: Shape, work: Workload, s: Settings, device: torch.device
         log_probs_chunk_size=s.log_probs_chunk_size,
         gradient_checkpointing=s.gradient_checkpointing,
         optimizer_cpu_offload=s.optimizer_cpu_offload,
+        offload_rollout=s.offload_rollout,
         **config,
     )
     return Trainer(
@@ -378,6 +381,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--response-len", type=int, default=None)
     ap.add_argument("--optimizer-cpu-offload", action="store_true")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--offload-rollout", action="store_true", help="engine memory released during training")
     ap.add_argument("--log-probs-chunk-size", type=int, default=4096)
     ap.add_argument("--json", default=None, help="write the numbers to this file")
     return ap.parse_args(argv)
@@ -402,6 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = Settings(
         optimizer_cpu_offload=ns.optimizer_cpu_offload,
         gradient_checkpointing=ns.gradient_checkpointing,
+        offload_rollout=ns.offload_rollout,
         log_probs_chunk_size=ns.log_probs_chunk_size,
         engine_slots=work.sequences,
     )
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"memory of a GRPO step: {ns.model} ({shape.params() / 1e9:.2f}B params), {work.prompts}x{work.samples}, "
         f"prompt {work.prompt_len} + response {work.response_len}, micro-batch {work.micro_batch_size}, "
         f"optimizer_cpu_offload {settings.optimizer_cpu_offload}, gradient_checkpointing "
-        f"{settings.gradient_checkpointing}, on {result['device']}"
+        f"{settings.gradient_checkpointing}, offload_rollout {settings.offload_rollout}, on {result['device']}"
     )
     print("\n".join(table(comp, meas)))
     if result.get("phases") and str(ns.device).startswith("cuda"):

@@ -49,7 +49,9 @@ def time_optimizer(trainer: Any) -> list[float]:
     optim = trainer.backend.optim
     step: Callable[[float], None] = optim.step
 
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
 
     def timed(grad_norm: float) -> None:
         sync()
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=2, help="steps run; the ones after the first are steady")
     ap.add_argument("--no-offload", action="store_true", help="optimizer state and masters on the device")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--offload-rollout", action="store_true", help="engine memory released during training")
     ap.add_argument("--micro-batch-size", type=int, default=W2.micro_batch_size)
     ap.add_argument(
         "--compile-model", choices=["auto", "on", "off"], default="off", help="off: no compile wait"
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings(
         optimizer_cpu_offload=not ns.no_offload and not lora,  # LoRA's optimizer state is tiny
         gradient_checkpointing=ns.gradient_checkpointing,
+        offload_rollout=ns.offload_rollout,
         engine_slots=work.sequences,
         lora_rank=ns.lora_rank,
     )
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         f"W2 step: {ns.model} ({shape.params() / 1e9:.2f}B), {work.prompts}x{work.samples}, prompt "
         f"{work.prompt_len} + response {work.response_len}, micro-batch {work.micro_batch_size}, "
         f"optimizer_cpu_offload {settings.optimizer_cpu_offload}, gradient_checkpointing "
-        f"{settings.gradient_checkpointing}, lora_rank {ns.lora_rank}, compile {ns.compile_model}, on "
+        f"{settings.gradient_checkpointing}, offload_rollout {settings.offload_rollout}, lora_rank {ns.lora_rank}, compile {ns.compile_model}, on "
         f"{name}; build {build_s:.1f} s"
     )
     metrics: list[dict[str, float]] = []
