@@ -266,7 +266,12 @@ def start_engine_replicas(
     use_ray = args.distributed_launcher == "ray" or (
         args.distributed_launcher == "auto" and (args.ray_address is not None or _ray_installed())
     )
-    weights_dir = Path(tempfile.mkdtemp(prefix="miles_sdk_replicas_"))
+    # The replicas' first weights (and a restarted replica's) are read from here: under
+    # weight_sync_dir when set, so replicas on other nodes read them from the shared file system.
+    shared = args.weight_sync_dir
+    if shared is not None:
+        Path(shared).mkdir(parents=True, exist_ok=True)
+    weights_dir = Path(tempfile.mkdtemp(prefix="miles_sdk_replicas_", dir=shared))
     save_for_sync(model, weights_dir / "initial")
     on_cuda = device.type == "cuda"
     fp32 = next(model.parameters()).dtype == torch.float32
@@ -288,6 +293,14 @@ def start_engine_replicas(
     )
     launcher = ReplicaLauncher(template, use_ray, on_cuda, _replica_devices(args, device, count))
     owns_ray = use_ray and init_ray(args, "rollout_num_gpus replicas with distributed_launcher='ray'")
+    if use_ray and shared is None and _ray_nodes() > 1:
+        logger.warning(
+            "rollout_num_gpus=%d replicas on a %d-node Ray cluster read their weights from %s on this "
+            "node: set --weight-sync-dir to a directory every node can read",
+            count,
+            _ray_nodes(),
+            weights_dir,
+        )
     logger.info(
         "rollout_num_gpus=%d: %d engine replicas as %s on %s",
         args.rollout_num_gpus,
@@ -317,6 +330,12 @@ def _replica_devices(args: Config, device: torch.device, count: int) -> tuple[st
             available,
         )
     return tuple(f"cuda:{(first + i) % max(available, 1)}" for i in range(count))
+
+
+def _ray_nodes() -> int:
+    import importlib
+
+    return sum(1 for node in importlib.import_module("ray").nodes() if node.get("Alive"))
 
 
 def _ray_installed() -> bool:

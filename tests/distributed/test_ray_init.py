@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import types
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -59,3 +60,23 @@ def test_one_rank_and_one_engine_need_no_actor() -> None:
     assert actors_needed(small_config()) == 0
     assert actors_needed(small_config(rollout_num_gpus=3)) == 3
     assert actors_needed(small_config(train_backend="fsdp", actor_num_gpus_per_node=4)) == 4
+
+
+def test_replica_weights_live_under_weight_sync_dir(tmp_path: Path) -> None:
+    """Replicas on other nodes load their first weights from the shared --weight-sync-dir (they were
+    written to a temporary directory on the driver's node, which no other node can read)."""
+    import asyncio
+
+    import torch
+
+    from miles_sdk.distributed.replicas import start_engine_replicas
+    from miles_sdk.testing.tiny import tiny_policy
+
+    model, tok = tiny_policy("unit", seed=0)
+    shared = tmp_path / "shared"
+    args = small_config(rollout_num_gpus=2, distributed_launcher="processes", weight_sync_dir=str(shared))
+    replicas = start_engine_replicas(args, model, tok, torch.device("cpu"))  # not started: no process
+    weights = replicas._weights[0]
+    assert Path(weights).parent.parent == shared and (Path(weights) / "config.json").is_file()
+    asyncio.run(replicas.close())
+    assert shared.is_dir() and not Path(weights).exists()
