@@ -155,6 +155,18 @@ def computed(shape: Shape, work: Workload, s: Settings) -> dict[str, float]:
     return out
 
 
+def suggested_max_tokens(
+    comp: dict[str, float], work: Workload, device_bytes: float, headroom: float = 0.1
+) -> int:
+    """``--max-tokens-per-gpu`` that fills what the resident owners leave of ``device_bytes``
+    (less ``headroom`` for fragmentation and graph pools) with train activations, at the computed
+    activation bytes per token; 0 when nothing is left."""
+    per_token = comp["activations (train, one micro-batch)"] / (work.micro_batch_size * work.seq_len)
+    resident = sum(v for k, v in comp.items() if not k.startswith(("host", "activations")))
+    free = device_bytes * (1 - headroom) - resident
+    return max(int(free / per_token), 0)
+
+
 def word_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     ids = {f"t{i}": i for i in range(vocab)}
     tok = Tokenizer(models.WordLevel(vocab=ids, unk_token="t0"))
@@ -383,6 +395,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--offload-rollout", action="store_true", help="engine memory released during training")
     ap.add_argument("--log-probs-chunk-size", type=int, default=4096)
+    ap.add_argument(
+        "--device-gib", type=float, default=None, help="card size for the token budget (default: the card's)"
+    )
     ap.add_argument("--json", default=None, help="write the numbers to this file")
     return ap.parse_args(argv)
 
@@ -434,6 +449,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{settings.gradient_checkpointing}, offload_rollout {settings.offload_rollout}, on {result['device']}"
     )
     print("\n".join(table(comp, meas)))
+    device_bytes = ns.device_gib * GiB if ns.device_gib else None
+    if device_bytes is None and str(ns.device).startswith("cuda") and torch.cuda.is_available():
+        device_bytes = float(torch.cuda.mem_get_info(torch.device(ns.device))[1])
+    if device_bytes:
+        tokens = suggested_max_tokens(comp, work, device_bytes)
+        result["suggested_max_tokens_per_gpu"] = tokens
+        print(
+            f"\nsuggested --use-dynamic-batch-size --max-tokens-per-gpu {tokens} (fills {device_bytes / GiB:.0f} GiB "
+            "less 10% with activations after the resident owners; computed, not measured)"
+        )
     if result.get("phases") and str(ns.device).startswith("cuda"):
         print("\n| phase (last step) | allocated at start GiB | peak GiB | at end GiB | peak reserved GiB |")
         print("|---|---|---|---|---|")

@@ -51,3 +51,11 @@ def test_w2_step_runs_tiny_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture[
     result = json.loads(out.read_text())
     assert result["offload"] is True and len(result["step_s"]) == 2
     assert "| of which optimizer step |" in capsys.readouterr().out
+
+
+def test_token_budget_is_sized_from_the_card() -> None:
+    from bench.memory import W2, Settings, computed, suggested_max_tokens
+
+    comp = computed(SHAPES["7b"], W2, Settings(optimizer_cpu_offload=True, engine_slots=64))
+    assert suggested_max_tokens(comp, W2, 139.8 * 2**30) > W2.micro_batch_size * W2.seq_len
+    assert suggested_max_tokens(comp, W2, 40 * 2**30) == 0  # the resident owners alone do not fit
