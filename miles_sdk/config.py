@@ -501,7 +501,10 @@ class Config:
     offload_train: bool = False
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     offload_rollout: bool = False
-    """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
+    """After each rollout the engine frees its KV cache, fused weight copies and CUDA graphs for
+    training, and builds them again at its next request (Miles's --offload-rollout; SGLang's
+    release_memory_occupation). Costs the graph captures again each rollout; the embedded engine's
+    fast path releases, other engines are warned about."""
     actor_num_nodes: int = 1
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_gpus_per_node: int = 1

@@ -28,7 +28,7 @@ import torch
 from miles_sdk import algo
 from miles_sdk._hookset import check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread, call_off_loop
-from miles_sdk._policy import build_policy, load_policy_tokenizer
+from miles_sdk._policy import Policy, build_policy, load_policy_tokenizer
 from miles_sdk._sync import WeightSync, logprob_gap_threshold, warn_on_logprob_gap
 from miles_sdk.backends._memory import oom_report, owner_bytes
 from miles_sdk.backends.base import TrainBackend
@@ -193,6 +193,7 @@ class Trainer:
         )
         self.tokenizer = self.policy.tokenizer  # (without a tokenizer build_policy said what to pass)
         self._loop = LoopThread()
+        self._offload_rollout_warned = False
         self._serving: RolloutServing | None = None
         self._owned_engine: InferenceEngine | None = None
         # Served /generate requests wait while a train step holds the shared module.
@@ -219,7 +220,7 @@ class Trainer:
             self.last_samples: list[Sample] = []
             """The samples trained on in the latest step (for notebooks and tests)."""
             if config.save is not None:
-                check_save_dir(config.save, _checkpoint_size_estimate(self.policy.model, config))
+                check_save_dir(config.save, _checkpoint_size_estimate(self.policy, config))
             if config.load is not None:
                 self._resume(config.load)
             if not self.writer.started:  # not resumed: this run gets its own metrics.jsonl
@@ -253,6 +254,8 @@ class Trainer:
         on_policy = self._rollout_is_on_policy(rollout_id)
         with timer("rollout"):
             rollout = self._rollout(rollout_id)  # 1-2
+        if args.offload_rollout:
+            self._release_engine_memory()  # Miles's loop: "offload rollout" right after generating
         samples = algo.flatten_and_trim(args, rollout.groups)
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | rollout.metrics  # the rollout's own counts (drops, failures) win
@@ -375,6 +378,20 @@ class Trainer:
         return self._loop.run(run())
 
     # ==== stages ================================================================================
+
+    def _release_engine_memory(self) -> None:
+        """--offload-rollout: the engine frees its KV cache, weight copies and CUDA graphs while
+        the trainer works (SGLang's release_memory_occupation); its next request builds them again."""
+        release = getattr(self.engine, "release_memory_occupation", None)
+        if callable(release):
+            release()
+        elif not self._offload_rollout_warned:
+            self._offload_rollout_warned = True
+            logger.warning(
+                "offload_rollout: engine %s cannot release its memory (no release_memory_occupation); "
+                "it keeps it during training",
+                type(self.engine).__name__,
+            )
 
     def _rollout(self, rollout_id: int) -> Rollout:
         from miles_sdk.rollout import load_rollout_data, save_rollout_data
@@ -898,15 +915,18 @@ _LAZY_LABEL_CHECK_ROWS = 1000
 """Rows of a lazy (large) prompt dataset whose labels are checked before training."""
 
 
-def _checkpoint_size_estimate(model: torch.nn.Module, args: Config) -> int:
+def _checkpoint_size_estimate(policy: Policy, args: Config) -> int:
     """About what one checkpoint takes on disk: the parameters and buffers, plus Adam's two fp32
-    moments (and an fp32 master copy for lower-precision parameters) unless no_save_optim."""
-    tensors = [*model.parameters(), *model.buffers()]
+    moments (and an fp32 master copy for lower-precision parameters) unless no_save_optim. With
+    LoRA only the adapter is saved (and stepped)."""
+    model = policy.model
+    saved = [p for p in model.parameters() if policy.lora is None or p.requires_grad]
+    tensors: list[torch.Tensor] = [*saved, *(model.buffers() if policy.lora is None else ())]
     weights = sum(t.numel() * t.element_size() for t in tensors)
     if args.no_save_optim:
         return weights
-    params = sum(p.numel() for p in model.parameters())
-    master = sum(p.numel() * 4 for p in model.parameters() if p.element_size() < 4)
+    params = sum(p.numel() for p in saved)
+    master = sum(p.numel() * 4 for p in saved if p.element_size() < 4)
     return weights + 2 * 4 * params + master
 
 
@@ -930,7 +950,6 @@ def _warn_placement_flags(args: Config) -> None:
         for name, value in (
             ("colocate", args.colocate),
             ("offload_train", args.offload_train),
-            ("offload_rollout", args.offload_rollout),
             # the embedded engine honours it: rollout_num_gpus replicas (distributed/replicas.py)
             ("rollout_num_gpus", args.rollout_num_gpus if args.rollout_engine != "embedded" else None),
             ("rollout_num_gpus_per_engine", args.rollout_num_gpus_per_engine != 1),
