@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -46,8 +47,17 @@ class _ValueModel(nn.Module):
 class Critic:
     """Value estimates over response tokens, and clipped value-loss optimizer steps."""
 
-    def __init__(self, args: Config, policy: nn.Module, *, pack: bool | None = None) -> None:
-        """``pack``: the policy backend's pack_sequences decision (decided here when None)."""
+    def __init__(
+        self,
+        args: Config,
+        policy: nn.Module,
+        *,
+        pack: bool | None = None,
+        shard: Callable[[nn.Module], None] | None = None,
+    ) -> None:
+        """``pack``: the policy backend's pack_sequences decision (decided here when None).
+        ``shard``: called on the value model (body and head) before its optimizer is built: an
+        FSDP rank shards it in place there."""
         get_decoder = getattr(policy, "get_decoder", None)
         if not callable(get_decoder):
             raise TypeError(
@@ -63,6 +73,8 @@ class Critic:
         self.value_params = loss_params(args.replace(loss_type="value_loss"))
         self.device = next(policy.parameters()).device
         self.model = _ValueModel(body, hidden_size).to(self.device)
+        if shard is not None:
+            shard(self.model)
         self.optim = PolicyOptimizer(
             args,
             list(self.model.parameters()),

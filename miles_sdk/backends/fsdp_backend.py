@@ -4,9 +4,10 @@ The driver keeps the policy module that the engine samples from; the ranks hold 
 training copy. Each optimizer step's global batch is split into equal shares, one per rank (FSDP
 averages the gradients, so the update is the global batch's mean, as with one process), and after
 ``train`` rank 0's full weights are copied into the driver's module: the engine's weight sync
-(and what ``save_hf`` exports). Checkpoints are sharded with torch.distributed.checkpoint, each rank
-writing its own shard, and resume on any world size; full-state checkpoints of earlier versions
-still load.
+(and what ``save_hf`` exports). ppo's critic is sharded on the ranks like the policy (its values
+come back per sample like the log-probs). Checkpoints are sharded with torch.distributed.checkpoint,
+each rank writing its own shard, and resume on any world size; full-state checkpoints of earlier
+versions still load.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from miles_sdk.backends.base import LogProbModel
-from miles_sdk.config import Config, ConfigError
+from miles_sdk.config import Config
 from miles_sdk.distributed.launch import RankGroup, start_ranks
 from miles_sdk.distributed.rank import ModelSource, RankHooks
 from miles_sdk.distributed.world import WorldPlan
@@ -42,10 +43,6 @@ class FSDPBackend:
         ref_model: nn.Module | None,
         hooks: RankHooks,
     ) -> None:
-        if args.advantage_estimator == "ppo":
-            raise ConfigError(
-                "train_backend='fsdp' does not train a critic yet; use train_backend='torch' for ppo"
-            )
         self.args = args
         self.plan = plan
         self._model = model
@@ -60,17 +57,24 @@ class FSDPBackend:
         return self.ranks.world_size
 
     def compute_log_probs(self, data: TrainData, *, which: LogProbModel) -> list[torch.Tensor]:
+        return self._per_sample("compute_log_probs", data, which)
+
+    def _per_sample(self, method: str, data: TrainData, *extra: Any) -> list[torch.Tensor]:
+        """A forward pass split over the ranks (rank r takes every W-th sample from r), its
+        per-sample results put back in order."""
         n = len(data["tokens"])
         shares = [list(range(n))[r :: self.world_size] for r in range(self.world_size)]
-        results = self.ranks.call("compute_log_probs", [(_select(data, idx), which) for idx in shares])
+        results = self.ranks.call(method, [(_select(data, idx), *extra) for idx in shares])
         out: list[torch.Tensor | None] = [None] * n
-        for idx, log_probs in zip(shares, results, strict=True):
-            for i, lp in zip(idx, log_probs, strict=True):
-                out[i] = lp
+        for idx, share in zip(shares, results, strict=True):
+            for i, tensor in zip(idx, share, strict=True):
+                out[i] = tensor
         return [t for t in out if t is not None]
 
     def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
-        return None
+        if self.args.advantage_estimator != "ppo":
+            return None
+        return self._per_sample("compute_values", data)
 
     def train(self, rollout_id: int, batch: TrainBatch) -> Metrics:
         steps = self._optimizer_steps(len(batch))
@@ -129,7 +133,7 @@ class FSDPBackend:
         assert rest is not None
 
         def write(folder: Path) -> None:
-            self.ranks.call("save_shards", [(str(folder), rest["with_optimizer"])] * self.world_size)
+            self.ranks.call("save_shards", [(str(folder), rest["optimizers"])] * self.world_size)
 
         return {
             "format": _SHARDED,

@@ -56,9 +56,12 @@ class TorchBackend:
         before_log_prob_hook: BeforeLogProbHookFn | None = None,
         before_train_step_hook: BeforeTrainStepHookFn | None = None,
         adapter: TrainableAdapter | None = None,
+        critic: Critic | None = None,
     ) -> None:
         """``adapter``: with LoRA, the trained adapter (the model's base is frozen): the reference
-        is then this model with its adapter off, and checkpoints hold the adapter alone."""
+        is then this model with its adapter off, and checkpoints hold the adapter alone.
+        ``critic``: ppo's critic when the caller builds it (FSDP ranks shard theirs); by default
+        it is built here from the policy."""
         self.args = args
         self.adapter = adapter
         self._model = model
@@ -92,7 +95,9 @@ class TorchBackend:
             and self.ref_model is not None
             and packing_enabled(args.pack_sequences, _decoder(self.ref_model), self.device)
         )
-        self.critic = Critic(args, model, pack=self._pack) if args.advantage_estimator == "ppo" else None
+        if critic is None and args.advantage_estimator == "ppo":
+            critic = Critic(args, model, pack=self._pack)
+        self.critic = critic
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         # Gradient checkpointing: around the compiled layers when they are compiled (so the

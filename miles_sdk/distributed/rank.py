@@ -4,6 +4,7 @@ actor; the driver sends each rank its share of every batch and gets back tensors
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -13,7 +14,7 @@ from torch import nn
 
 from miles_sdk.backends.base import LogProbModel
 from miles_sdk.config import Config
-from miles_sdk.distributed.sharding import full_state_dict, shard_causal_lm
+from miles_sdk.distributed.sharding import full_state_dict, shard_causal_lm, shard_value_model
 from miles_sdk.stages import TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
@@ -78,6 +79,7 @@ class TrainRank:
         import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
 
+        from miles_sdk.backends.critic import Critic
         from miles_sdk.backends.torch_backend import TorchBackend
 
         self.spec = spec
@@ -109,6 +111,17 @@ class TrainRank:
             ref = shard_causal_lm(ref_lm, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload)
             ref.eval()
         self.model = model
+        critic = None
+        if args.advantage_estimator == "ppo":
+            # Like the torch backend's, the critic starts from the policy's weights (a copy of its
+            # body, never the policy's own parameters), sharded like the policy.
+            critic = Critic(
+                local_args,
+                source.build(source.state_dict).to(self.device),
+                shard=functools.partial(
+                    shard_value_model, mesh=mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload
+                ),
+            )
         self.backend = TorchBackend(
             local_args,
             model,
@@ -118,10 +131,14 @@ class TrainRank:
             pg_loss_reducer=hooks.pg_loss_reducer,
             before_log_prob_hook=hooks.before_log_prob_hook,
             before_train_step_hook=hooks.before_train_step_hook,
+            critic=critic,
         )
 
     def compute_log_probs(self, data: TrainData, which: LogProbModel) -> list[torch.Tensor]:
         return self.backend.compute_log_probs(data, which=which)
+
+    def compute_values(self, data: TrainData) -> list[torch.Tensor] | None:
+        return self.backend.compute_values(data)
 
     def train(self, rollout_id: int, data: TrainBatch, step_tokens: list[float] | None = None) -> Metrics:
         """This rank's share of the optimizer steps, and the metrics reduced over ranks. A mean
@@ -160,59 +177,73 @@ class TrainRank:
         state = full_state_dict(self.model, to_cpu=to_cpu)
         return state if self.spec.rank == 0 else None
 
+    def _parts(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
+        """What a checkpoint holds, by key prefix: the policy, and ppo's critic."""
+        parts: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {"": (self.model, self.backend.optimizer)}
+        critic = self.backend.critic
+        if critic is not None:
+            parts["critic_"] = (critic.model, critic.optim.optimizer)
+        return parts
+
     def training_state(self) -> dict[str, Any] | None:
-        """What is the same on every rank (step, scheduler), on rank 0, and whether the optimizer
-        state goes into the shards: an optimizer that has not stepped has none, and
-        get_state_dict would make one with a zero-lr step (Adam's step count 1, which changes the
-        next update), so it is left out."""
-        with_optim = not self.backend.args.no_save_optim and bool(self.backend.optimizer.state)
+        """What is the same on every rank (step, scheduler), on rank 0, and which optimizer states
+        go into the shards: an optimizer that has not stepped has none, and get_state_dict would
+        make one with a zero-lr step (Adam's step count 1, which changes the next update), so it
+        is left out."""
+        save_optim = not self.backend.args.no_save_optim
         state = {
             "step_id": self.backend.step_id,
             "scheduler": self.backend.scheduler.state_dict(),
-            "with_optimizer": with_optim,
+            "optimizers": {
+                prefix: save_optim and bool(optim.state) for prefix, (_, optim) in self._parts().items()
+            },
         }
         return state if self.spec.rank == 0 else None
 
-    def save_shards(self, folder: str, with_optimizer: bool) -> None:
-        """Write this rank's shard of the model (and optimizer) state into ``folder`` with
-        torch.distributed.checkpoint: one file per rank and ``.metadata``, which any world size
-        can load (DCP reshards on load)."""
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+    def save_shards(self, folder: str, optimizers: dict[str, bool]) -> None:
+        """Write this rank's shard of the model, critic and optimizer states (those named in
+        ``optimizers``) into ``folder`` with torch.distributed.checkpoint: one file per rank and
+        ``.metadata``, which any world size can load (DCP reshards on load)."""
         from torch.distributed.checkpoint.state_dict_saver import save
 
-        shards: dict[str, Any]
-        if with_optimizer:
-            model_state, optim_state = get_state_dict(self.model, self.backend.optimizer)
-            shards = {"model": model_state, "optimizer": optim_state}
-        else:
-            shards = {"model": get_model_state_dict(self.model)}
-        save(shards, checkpoint_id=folder)
+        save(self._shard_state(optimizers), checkpoint_id=folder)
+
+    def _shard_state(self, optimizers: dict[str, bool]) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+        shards: dict[str, Any] = {}
+        for prefix, (module, optim) in self._parts().items():
+            if optimizers.get(prefix, False):
+                shards[prefix + "model"], shards[prefix + "optimizer"] = get_state_dict(module, optim)
+            else:
+                shards[prefix + "model"] = get_model_state_dict(module)
+        return shards
 
     def load_shards(self, folder: str, rest: dict[str, Any]) -> None:
         """Read the shards that :meth:`save_shards` wrote (on any world size), and ``rest``
         (:meth:`training_state`)."""
-        from torch.distributed.checkpoint.state_dict import (
-            get_model_state_dict,
-            get_state_dict,
-            set_model_state_dict,
-            set_state_dict,
-        )
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
         from torch.distributed.checkpoint.state_dict_loader import load
 
-        if rest["with_optimizer"]:
-            model_state, optim_state = get_state_dict(self.model, self.backend.optimizer)
-            shards: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
-            load(shards, checkpoint_id=folder)
-            set_state_dict(
-                self.model,
-                self.backend.optimizer,
-                model_state_dict=shards["model"],
-                optim_state_dict=shards["optimizer"],
+        optimizers: dict[str, bool] = rest["optimizers"]
+        missing = set(self._parts()) - set(optimizers)
+        if missing:
+            raise ValueError(
+                "the checkpoint holds no critic (saved without advantage_estimator='ppo'); "
+                "a ppo run cannot resume from it"
             )
-        else:
-            shards = {"model": get_model_state_dict(self.model)}
-            load(shards, checkpoint_id=folder)
-            set_model_state_dict(self.model, shards["model"])
+        shards = self._shard_state(optimizers)  # the layout to read into, resharded by DCP
+        load(shards, checkpoint_id=folder)
+        for prefix, (module, optim) in self._parts().items():
+            if optimizers[prefix]:
+                set_state_dict(
+                    module,
+                    optim,
+                    model_state_dict=shards[prefix + "model"],
+                    optim_state_dict=shards[prefix + "optimizer"],
+                )
+            else:
+                set_model_state_dict(module, shards[prefix + "model"])
         self.backend.scheduler.load_state_dict(rest["scheduler"])
         self.backend.step_id = int(rest["step_id"])
 
@@ -221,6 +252,8 @@ class TrainRank:
         the format before sharded checkpoints, still loaded by :meth:`load_state_dict`."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+        if self.backend.critic is not None:
+            raise NotImplementedError("the full-state checkpoint format has no critic: use the sharded one")
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state: dict[str, Any] = {
             "model": full_state_dict(self.model),

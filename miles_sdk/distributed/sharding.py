@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["ShardedCausalLM", "full_state_dict", "shard_causal_lm"]
+__all__ = ["ShardedCausalLM", "full_state_dict", "shard_causal_lm", "shard_value_model"]
 
 
 class ShardedCausalLM(nn.Module):
@@ -77,6 +77,31 @@ def shard_causal_lm(
         fully_shard(layer, mesh=mesh, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
     return model
+
+
+def shard_value_model(
+    model: nn.Module,
+    mesh: Any,
+    *,
+    param_dtype: torch.dtype | None,
+    cpu_offload: bool,
+) -> None:
+    """Shard ppo's value model (a decoder ``body`` and a ``value_head``) in place like the policy:
+    one FSDP group per decoder layer; the root (embeddings, final norm, head) is gathered by the
+    value model's own forward."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    layers = getattr(model.body, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(
+            f"train_backend='fsdp' shards the critic's decoder `layers` ModuleList; "
+            f"{type(model.body).__name__} has none"
+        )
+    for layer in layers:
+        fully_shard(layer, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
 
 
 def full_state_dict(model: nn.Module, *, to_cpu: bool = True) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ def test_sharded_checkpoint_resumes_on_one_and_two_ranks(tmp_path: Path) -> None
     state = load_checkpoint(save, 1)
     backend_state = state["backend"]
     assert "model" not in backend_state, "the model is in the shards, not in state.pt"
-    assert backend_state["world_size"] == 2 and backend_state["training"]["with_optimizer"]
+    assert backend_state["world_size"] == 2 and backend_state["training"]["optimizers"] == {"": True}
     assert backend_state["shards"] == CheckpointFiles("shards", path=folder / "shards")
 
     # save_hf: the full weights, gathered on rank 0, as a transformers folder.
