@@ -81,60 +81,7 @@ HOOK_PATH_FIELDS: dict[str, str] = {
 class Config:
     """All settings of a run. Field names are Miles's argument names (dashes become underscores)."""
 
-    # ---- model and checkpoints -----------------------------------------------------------------
-    hf_checkpoint: str | None = None
-    """The policy's model + tokenizer, loaded with from_pretrained: a local HF model folder, or a hub id
-    such as Qwen/Qwen2.5-0.5B (found in the hub cache, or downloaded; HF_HUB_OFFLINE=1 keeps to the cache)."""
-    ref_load: str | None = None
-    """Reference model folder or hub id (as hf_checkpoint); defaults to hf_checkpoint (or a frozen copy of the policy)."""
-    load: str | None = None
-    """Checkpoint directory to resume from (its latest step)."""
-    save: str | None = None
-    """Checkpoint directory to write to."""
-    save_interval: int | None = None
-    """Save a checkpoint every this many rollout steps (and after the last)."""
-    save_keep_last: int | None = None
-    """Keep only the newest this many checkpoints in save (older ones are deleted after a new one is
-    complete); None keeps all. Not a Miles flag (Miles keeps every checkpoint)."""
-    save_retain_interval: int | None = None
-    """Also keep every checkpoint whose rollout id is a multiple of this (Megatron's, hence Miles's,
-    --save-retain-interval); set alone, the newest checkpoint is kept besides them."""
-    ckpt_step: int | None = None
-    """Resume --load from this rollout id instead of the latest (Megatron's --ckpt-step); an error
-    when that checkpoint is missing or broken, where the latest falls back or starts fresh."""
-    save_hf: str | None = None
-    """Also export the policy as an HF directory; ``{rollout_id}`` in the path is filled in."""
-    no_save_optim: bool = False
-    """Leave the optimizer state out of checkpoints."""
-    seed: int = 1234
-    """Seed for torch/python RNGs of the trainer."""
-    device: str = "auto"
-    """Torch device for policy and engine: "cpu", "cuda", "cuda:1" or "auto" (cuda when present)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Parameter dtype. auto: bf16 parameters with fp32 master weights in the optimizer on CUDA, float32 on CPU."""
-    train_backend: Literal["torch", "fsdp", "megatron"] = "torch"
-    """Training backend. torch: one process, the policy trained in place. fsdp: FSDP2-sharded
-    training ranks, actor_num_nodes * actor_num_gpus_per_node of them (CPU ranks over gloo without
-    GPUs), started in this process for one rank, else as Ray actors (or local processes without
-    Ray); see docs/scale-out.md. megatron is parsed and rejected with a clear error."""
-    fsdp_cpu_offload: bool = False
-    """fsdp: keep the sharded parameters, gradients and optimizer state in host memory
-    (FSDP2's CPUOffloadPolicy); the optimizer steps on the CPU."""
-    optimizer_cpu_offload: bool = False
-    """torch backend: keep the fp32 master weights and the AdamW state in host memory and step
-    there (Miles's --optimizer-cpu-offload); the device keeps the weights and fp32 gradient
-    accumulators, and the copies overlap the host step. For a policy whose optimizer does not fit
-    (7B: 91 GB of masters and moments); costs host time per step. fsdp: use fsdp_cpu_offload."""
-    ray_address: str | None = None
-    """fsdp with several ranks: the Ray cluster to join (as RAY_ADDRESS); unset starts a local one."""
-    distributed_launcher: Literal["auto", "ray", "processes"] = "auto"
-    """fsdp with several ranks: how they start. auto: Ray actors when ray is installed, else local
-    processes (one node); ray: Ray actors (a local cluster, or ray_address); processes: spawned
-    local processes driven over pipes (no Ray)."""
-    rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"
-    """Inference engine: in-process torch, sglang's offline Engine, or an sglang-compatible server."""
-
-    # ---- data ----------------------------------------------------------------------------------
+    # ---- data: prompts, their keys and templates, epochs (data/) ---------------------------------
     prompt_data: str | None = None
     """Training prompts: .jsonl or .parquet, optionally ``path@[start:end]``."""
     input_key: str = "input"
@@ -170,7 +117,7 @@ class Config:
     rollout_seed: int = 42
     """Seed of data shuffling and of deterministic sampling seeds."""
 
-    # ---- rollout -------------------------------------------------------------------------------
+    # ---- rollout: batch, group size, sampling, over-sampling, partial rollouts (rollout/) --------
     rollout_batch_size: int = 8
     """Prompt groups per rollout step."""
     n_samples_per_prompt: int = 1
@@ -200,56 +147,40 @@ class Config:
     """Extra stop token ids besides EOS."""
     rollout_skip_special_tokens: bool = False
     """Drop special tokens from the decoded response text."""
-    sglang_server_concurrency: int = 512
-    """Most samples generated at once (per engine)."""
-    sglang_enable_deterministic_inference: bool = False
-    """Deterministic mode: sample i of each group is seeded with rollout_seed + i."""
-    sglang_router_ip: str | None = None
-    """Host of the SGLang(-compatible) server or router; filled in when this SDK serves one."""
-    sglang_router_port: int | None = None
-    """Port of the SGLang(-compatible) server or router."""
     partial_rollout: bool = False
     """Unfinished groups go back to the buffer and resume from their tokens next step."""
     mask_offpolicy_in_partial_rollout: bool = False
     """Zero the loss mask of resumed tokens that older weights generated."""
-    update_weights_interval: int = 1
-    """Sync weights to the engine every this many rollout steps."""
-    use_miles_router: bool = False
-    """Route engine requests through the router (least-active choice, health checks, middlewares)."""
-    serve_http: bool = False
-    """Serve an SGLang-compatible HTTP API around the engine and point sglang_router_ip/port at it,
-    so unchanged Miles generate functions that POST to /generate work."""
-    sglang_api_key: str | None = None
-    """Token for the control endpoints (aborts, workers, weight updates) of the HTTP API this SDK
-    serves, and sent as Authorization: Bearer to a remote SGLang server (its --api-key). None: a
-    random token per run, handed to in-process hooks. Required to serve on a non-loopback address."""
-    serve_max_body_bytes: int | None = None
-    """Largest request body the served HTTP API accepts. None: room for a prompt of
-    rollout_max_context_len tokens (32 bytes per token, 128k tokens when unset) plus 1 MiB."""
-    serve_max_concurrent_requests: int = 4096
-    """Requests the served HTTP API handles at once; more are answered 503 (clients retry)."""
-    weight_sync_dir: str | None = None
-    """Directory the trainer writes its weights to for an engine in another process
-    (rollout_engine=http: /update_weights_from_disk); it must be readable by the server. None: a
-    temporary directory, removed at close."""
-    check_weight_sync: bool = False
-    """After every weight sync, check that the engine reports the new version and the trainer's
-    weights (the first rows of a few tensors); a mismatch raises. On in tests (the pytest plugin)."""
-    logprob_gap_warn_threshold: float | None = None
-    """On steps that are on-policy by construction, warn when train_rollout_logprob_abs_diff is above
-    this. None: 0.05 when training or generation runs in bf16/fp16 (a bf16 logit carries about
-    0.4 percent rounding), 0.005 in fp32. 0 turns the warning off."""
-    rollout_num_gpus: int | None = None
-    """Embedded engine: 2 or more runs that many engine replicas (rollout_num_gpus /
-    rollout_num_gpus_per_engine), each in its own process (a CPU process without GPUs; a Ray actor
-    when Ray is used) behind the router; unset or 1: one engine in this process. See
-    docs/scale-out.md, "Engine replicas"."""
-    rollout_num_gpus_per_engine: int = 1
-    """Devices per engine replica; the embedded engine needs 1 (no tensor parallelism)."""
-    max_engine_batch_size: int = 64
-    """Embedded engine: most sequences decoded in one batch."""
+    rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
+    """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
 
-    # ---- eval ----------------------------------------------------------------------------------
+    # ---- rollout: agents and multi-turn generation (agents/, docs/agents.md) ---------------------
+    custom_agent_function_path: str | None = None
+    """Hook path for `AgentFn` (`pkg.module.attr`): the agent that `miles_sdk.agents.generate_with_agent`
+    (Miles's `miles.rollout.generate_hub.agentic_tool_call.generate`) runs for each sample. Set alone
+    (no generate or rollout function given), it selects generate_with_agent; Miles needs both flags."""
+    use_session_server: bool = False
+    """Miles's flag for its session server. Accepted for launch scripts; the agent endpoint runs in-process
+    on loopback whenever an agent generate function is used, so it changes nothing."""
+    max_seq_len: int | None = None
+    """Agent sessions: most tokens (prompt + completion, tool output included) per turn and per trained
+    sample; longer samples are truncated (TRUNCATED). None: rollout_max_context_len."""
+    agent_timeout: float | None = 3600.0
+    """Seconds an agent function may run for one sample; past it the sample is FAILED with the reason."""
+    agent_sample_mode: Literal["trajectory", "turn"] = "trajectory"
+    """Samples from an agent session: one per linear trajectory (turns merged, tool output masked) or one
+    per model call."""
+    generate_max_turns: int = 16
+    """Most model turns of Miles's `generate_hub.multi_turn.generate`."""
+    generate_tool_specs_path: str | None = None
+    """Path (`pkg.module.attr`) of the OpenAI tool specs list for `generate_hub.multi_turn.generate`."""
+    generate_tool_call_parser: str | None = None
+    """Tool-call format for `generate_hub.multi_turn.generate`; `qwen25`, `qwen`, `hermes` (all the
+    `<tool_call>` JSON format) or None (the same)."""
+    generate_execute_tool_function_path: str | None = None
+    """Path of `async (name, arguments) -> str` running one tool, for `generate_hub.multi_turn.generate`."""
+
+    # ---- eval: the rollout with evaluation=True (rollout/eval.py, data/eval.py) ------------------
     eval_interval: int | None = None
     """Run the eval function every this many rollout steps."""
     eval_prompt_data: list[str] | None = None
@@ -277,7 +208,48 @@ class Config:
     skip_eval_before_train: bool = False
     """Skip the eval before the first training step."""
 
-    # ---- reward --------------------------------------------------------------------------------
+    # ---- engine: inference engine, served API, weight sync (engines/, router/, _sync.py) ---------
+    rollout_engine: Literal["embedded", "sglang", "http"] = "embedded"
+    """Inference engine: in-process torch, sglang's offline Engine, or an sglang-compatible server."""
+    sglang_server_concurrency: int = 512
+    """Most samples generated at once (per engine)."""
+    sglang_enable_deterministic_inference: bool = False
+    """Deterministic mode: sample i of each group is seeded with rollout_seed + i."""
+    sglang_router_ip: str | None = None
+    """Host of the SGLang(-compatible) server or router; filled in when this SDK serves one."""
+    sglang_router_port: int | None = None
+    """Port of the SGLang(-compatible) server or router."""
+    update_weights_interval: int = 1
+    """Sync weights to the engine every this many rollout steps."""
+    use_miles_router: bool = False
+    """Route engine requests through the router (least-active choice, health checks, middlewares)."""
+    serve_http: bool = False
+    """Serve an SGLang-compatible HTTP API around the engine and point sglang_router_ip/port at it,
+    so unchanged Miles generate functions that POST to /generate work."""
+    sglang_api_key: str | None = None
+    """Token for the control endpoints (aborts, workers, weight updates) of the HTTP API this SDK
+    serves, and sent as Authorization: Bearer to a remote SGLang server (its --api-key). None: a
+    random token per run, handed to in-process hooks. Required to serve on a non-loopback address."""
+    serve_max_body_bytes: int | None = None
+    """Largest request body the served HTTP API accepts. None: room for a prompt of
+    rollout_max_context_len tokens (32 bytes per token, 128k tokens when unset) plus 1 MiB."""
+    serve_max_concurrent_requests: int = 4096
+    """Requests the served HTTP API handles at once; more are answered 503 (clients retry)."""
+    weight_sync_dir: str | None = None
+    """Directory the trainer writes its weights to for an engine in another process
+    (rollout_engine=http: /update_weights_from_disk); it must be readable by the server. None: a
+    temporary directory, removed at close."""
+    check_weight_sync: bool = False
+    """After every weight sync, check that the engine reports the new version and the trainer's
+    weights (the first rows of a few tensors); a mismatch raises. On in tests (the pytest plugin)."""
+    logprob_gap_warn_threshold: float | None = None
+    """On steps that are on-policy by construction, warn when train_rollout_logprob_abs_diff is above
+    this. None: 0.05 when training or generation runs in bf16/fp16 (a bf16 logit carries about
+    0.4 percent rounding), 0.005 in fp32. 0 turns the warning off."""
+    max_engine_batch_size: int = 64
+    """Embedded engine: most sequences decoded in one batch."""
+
+    # ---- reward: rm types, remote rewards, failures, post-processing (rewards/) ------------------
     rm_type: str | None = None
     """Built-in reward: math, deepscaler, dapo, f1, gpqa, ifbench, remote_rm, random,
     deterministic_random, optionally prefixed with ``boxed_``."""
@@ -321,7 +293,7 @@ class Config:
     )
     """Divide by the group std (grpo/gspo); --disable-grpo-std-normalization turns it off (Dr.GRPO)."""
 
-    # ---- training math -------------------------------------------------------------------------
+    # ---- algorithm: advantages, losses, KL, TIS/MIS, OPD (algo/) ---------------------------------
     advantage_estimator: AdvantageEstimator = "grpo"
     """grpo, gspo, reinforce_plus_plus, reinforce_plus_plus_baseline or ppo (docs/algorithms.md)."""
     gamma: float = 1.0
@@ -401,12 +373,17 @@ class Config:
     """A token ratio below this zeroes its whole sequence."""
     tis_batch_normalize: bool = False
     """Rescale the IS weights to mean 1 over the batch."""
+
+    # ---- optimizer and train backend: learning rate, batches, memory (backends/) -----------------
+    optimizer_cpu_offload: bool = False
+    """torch backend: keep the fp32 master weights and the AdamW state in host memory and step
+    there (Miles's --optimizer-cpu-offload); the device keeps the weights and fp32 gradient
+    accumulators, and the copies overlap the host step. For a policy whose optimizer does not fit
+    (7B: 91 GB of masters and moments); costs host time per step. fsdp: use fsdp_cpu_offload."""
     qkv_format: Literal["thd", "bshd"] = "thd"
     """Miles's attention input layout (packed thd or padded bshd), read by TIS hooks such as mis.py's compute_mis_weights_with_cp. The SDK runs without context parallelism, where both give the same weights."""
     log_probs_chunk_size: int = 1024
     """Tokens per chunk when computing log-probs/entropy over the vocabulary."""
-
-    # ---- optimisation --------------------------------------------------------------------------
     lr: float = 1e-6
     """Learning rate of the policy (AdamW)."""
     critic_lr: float | None = None
@@ -459,12 +436,23 @@ class Config:
     and whose packed test forward of two short sequences matches the padded one, else padding
     (logged); on: pack (an error naming the model if it cannot); off: right-pad.
     A micro-batch whose sequences are all one length runs padded: there is nothing to remove."""
-    rollout_trim_samples: bool = attrs.field(default=True, metadata=_flag("--disable-rollout-trim-samples"))
-    """Trim samples to a multiple of global_batch_size; --disable-rollout-trim-samples keeps all."""
     num_critic_only_steps: int = 0
     """First rollouts that train only the PPO critic."""
 
-    # ---- LoRA (docs/lora.md; Miles's flags, through peft) ----------------------------------------
+    # ---- model: policy, reference, dtype, device, seed (_policy.py) ------------------------------
+    hf_checkpoint: str | None = None
+    """The policy's model + tokenizer, loaded with from_pretrained: a local HF model folder, or a hub id
+    such as Qwen/Qwen2.5-0.5B (found in the hub cache, or downloaded; HF_HUB_OFFLINE=1 keeps to the cache)."""
+    ref_load: str | None = None
+    """Reference model folder or hub id (as hf_checkpoint); defaults to hf_checkpoint (or a frozen copy of the policy)."""
+    seed: int = 1234
+    """Seed for torch/python RNGs of the trainer."""
+    device: str = "auto"
+    """Torch device for policy and engine: "cpu", "cuda", "cuda:1" or "auto" (cuda when present)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Parameter dtype. auto: bf16 parameters with fp32 master weights in the optimizer on CUDA, float32 on CPU."""
+
+    # ---- model: LoRA (lora/, docs/lora.md; Miles's flags, through peft) --------------------------
     lora_rank: int = 0
     """LoRA rank; 0 trains every parameter. With a rank the policy is wrapped by peft: only the
     adapter weights train (the optimizer holds nothing else), the engine samples from base +
@@ -485,17 +473,28 @@ class Config:
     """A peft adapter folder (adapter_config.json + adapter_model.safetensors) to start from; its
     rank, alpha and target modules must equal lora_rank, lora_alpha and target_modules."""
 
-    # ---- debug ---------------------------------------------------------------------------------
-    debug_rollout_only: bool = False
-    """Generate and score, never train (check a rollout setup)."""
-    debug_train_only: bool = False
-    """Train on load_debug_rollout_data, no generation."""
-    save_debug_rollout_data: str | None = None
-    """Path template with ``{rollout_id}``: each rollout's samples are written there."""
-    load_debug_rollout_data: str | None = None
-    """Path template with ``{rollout_id}``: train on saved rollouts instead of generating."""
-
-    # ---- placement -----------------------------------------------------------------------------
+    # ---- placement: train backend, ranks, GPUs, Ray (distributed/) -------------------------------
+    train_backend: Literal["torch", "fsdp", "megatron"] = "torch"
+    """Training backend. torch: one process, the policy trained in place. fsdp: FSDP2-sharded
+    training ranks, actor_num_nodes * actor_num_gpus_per_node of them (CPU ranks over gloo without
+    GPUs), started in this process for one rank, else as Ray actors (or local processes without
+    Ray); see docs/scale-out.md. megatron is parsed and rejected with a clear error."""
+    fsdp_cpu_offload: bool = False
+    """fsdp: keep the sharded parameters, gradients and optimizer state in host memory
+    (FSDP2's CPUOffloadPolicy); the optimizer steps on the CPU."""
+    ray_address: str | None = None
+    """fsdp with several ranks: the Ray cluster to join (as RAY_ADDRESS); unset starts a local one."""
+    distributed_launcher: Literal["auto", "ray", "processes"] = "auto"
+    """fsdp with several ranks: how they start. auto: Ray actors when ray is installed, else local
+    processes (one node); ray: Ray actors (a local cluster, or ray_address); processes: spawned
+    local processes driven over pipes (no Ray)."""
+    rollout_num_gpus: int | None = None
+    """Embedded engine: 2 or more runs that many engine replicas (rollout_num_gpus /
+    rollout_num_gpus_per_engine), each in its own process (a CPU process without GPUs; a Ray actor
+    when Ray is used) behind the router; unset or 1: one engine in this process. See
+    docs/scale-out.md, "Engine replicas"."""
+    rollout_num_gpus_per_engine: int = 1
+    """Devices per engine replica; the embedded engine needs 1 (no tensor parallelism)."""
     colocate: bool = False
     """Miles placement flag; the in-process Trainer is always colocated."""
     offload_train: bool = False
@@ -510,7 +509,28 @@ class Config:
     actor_num_gpus_per_node: int = 1
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
 
-    # ---- logging -------------------------------------------------------------------------------
+    # ---- checkpoint: save, load, resume (checkpoint.py) ------------------------------------------
+    load: str | None = None
+    """Checkpoint directory to resume from (its latest step)."""
+    save: str | None = None
+    """Checkpoint directory to write to."""
+    save_interval: int | None = None
+    """Save a checkpoint every this many rollout steps (and after the last)."""
+    save_keep_last: int | None = None
+    """Keep only the newest this many checkpoints in save (older ones are deleted after a new one is
+    complete); None keeps all. Not a Miles flag (Miles keeps every checkpoint)."""
+    save_retain_interval: int | None = None
+    """Also keep every checkpoint whose rollout id is a multiple of this (Megatron's, hence Miles's,
+    --save-retain-interval); set alone, the newest checkpoint is kept besides them."""
+    ckpt_step: int | None = None
+    """Resume --load from this rollout id instead of the latest (Megatron's --ckpt-step); an error
+    when that checkpoint is missing or broken, where the latest falls back or starts fresh."""
+    save_hf: str | None = None
+    """Also export the policy as an HF directory; ``{rollout_id}`` in the path is filled in."""
+    no_save_optim: bool = False
+    """Leave the optimizer state out of checkpoints."""
+
+    # ---- logging (logging/) ----------------------------------------------------------------------
     output_dir: str | None = None
     """Where metrics.jsonl, plots and TensorBoard files go."""
     use_tensorboard: bool = False
@@ -526,7 +546,17 @@ class Config:
     progress_bar: bool = True
     """Show a progress bar during fit() (--no-progress-bar hides it)."""
 
-    # ---- hook paths (Miles's hook table) ------------------------------------------------------
+    # ---- debug: rollout-only / train-only runs, saved rollouts -----------------------------------
+    debug_rollout_only: bool = False
+    """Generate and score, never train (check a rollout setup)."""
+    debug_train_only: bool = False
+    """Train on load_debug_rollout_data, no generation."""
+    save_debug_rollout_data: str | None = None
+    """Path template with ``{rollout_id}``: each rollout's samples are written there."""
+    load_debug_rollout_data: str | None = None
+    """Path template with ``{rollout_id}``: train on saved rollouts instead of generating."""
+
+    # ---- hook paths (Miles's hook table, docs/hooks.md) ------------------------------------------
     rollout_function_path: str | None = None
     """Hook path for `RolloutFn` (`pkg.module.attr`); see docs/hooks.md."""
     custom_generate_function_path: str | None = None
@@ -574,36 +604,10 @@ class Config:
     custom_model_provider_path: str | None = None
     """Hook path for `ModelProviderFn` (`pkg.module.attr`); see docs/hooks.md."""
 
-    # ---- agents (docs/agents.md) ----------------------------------------------------------------
-    custom_agent_function_path: str | None = None
-    """Hook path for `AgentFn` (`pkg.module.attr`): the agent that `miles_sdk.agents.generate_with_agent`
-    (Miles's `miles.rollout.generate_hub.agentic_tool_call.generate`) runs for each sample. Set alone
-    (no generate or rollout function given), it selects generate_with_agent; Miles needs both flags."""
-    use_session_server: bool = False
-    """Miles's flag for its session server. Accepted for launch scripts; the agent endpoint runs in-process
-    on loopback whenever an agent generate function is used, so it changes nothing."""
-    max_seq_len: int | None = None
-    """Agent sessions: most tokens (prompt + completion, tool output included) per turn and per trained
-    sample; longer samples are truncated (TRUNCATED). None: rollout_max_context_len."""
-    agent_timeout: float | None = 3600.0
-    """Seconds an agent function may run for one sample; past it the sample is FAILED with the reason."""
-    agent_sample_mode: Literal["trajectory", "turn"] = "trajectory"
-    """Samples from an agent session: one per linear trajectory (turns merged, tool output masked) or one
-    per model call."""
-    generate_max_turns: int = 16
-    """Most model turns of Miles's `generate_hub.multi_turn.generate`."""
-    generate_tool_specs_path: str | None = None
-    """Path (`pkg.module.attr`) of the OpenAI tool specs list for `generate_hub.multi_turn.generate`."""
-    generate_tool_call_parser: str | None = None
-    """Tool-call format for `generate_hub.multi_turn.generate`; `qwen25`, `qwen`, `hermes` (all the
-    `<tool_call>` JSON format) or None (the same)."""
-    generate_execute_tool_function_path: str | None = None
-    """Path of `async (name, arguments) -> str` running one tool, for `generate_hub.multi_turn.generate`."""
-
+    # ---- config file and flags this SDK does not interpret ---------------------------------------
     custom_config_path: str | None = None
     """YAML file whose keys override these settings (Miles's --custom-config-path, e.g. mis.yaml);
     keys that are not settings are kept in ``extra`` for hooks."""
-
     extra: dict[str, Any] = attrs.field(factory=dict)
     """Flags this SDK does not interpret (e.g. Megatron parallelism), kept so hooks can read them
     as ``args.<name>``."""

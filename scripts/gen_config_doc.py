@@ -62,7 +62,7 @@ def render() -> str:
         if section != current:
             lines += [
                 "",
-                f"## {section.capitalize()}",
+                f"## {section[:1].upper() + section[1:]}",
                 "",
                 "| flag | `Config` field | type | default | meaning |",
                 "|---|---|---|---|---|",
