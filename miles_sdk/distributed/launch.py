@@ -277,8 +277,30 @@ class _RayActors:
             except ray.exceptions.RayActorError as error:
                 raise RankError(f"training rank {rank} died during {method}: {error}") from error
             except ray.exceptions.RayTaskError as error:
+                dead = self._dead_peers(refs, rank, wait_s=1.0)
+                if dead:
+                    # A peer's collective fails the moment a rank is killed: name the cause.
+                    raise RankError(
+                        f"training rank {dead[0]} died during {method} (ranks {dead} are gone); "
+                        f"rank {rank} then failed:\n{error}"
+                    ) from error
                 raise RankError(f"training rank {rank} failed during {method}:\n{error}") from error
         return results
+
+    def _dead_peers(self, refs: list[Any], failed: int, wait_s: float) -> list[int]:
+        """The other ranks whose actor has died, among those that answer within ``wait_s``."""
+        ray = self._ray
+        others = {ref: r for r, ref in enumerate(refs) if r != failed}
+        ready, _ = ray.wait(list(others), num_returns=len(others), timeout=wait_s)
+        dead = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.append(others[ref])
+            except Exception:  # noqa: BLE001, S112 - a peer that failed itself is not the cause
+                continue
+        return sorted(dead)
 
     def call(self, method: str, per_rank: Sequence[tuple[Any, ...]], **kwargs: Any) -> list[Any]:
         return self._call_all(method, per_rank, **kwargs)
