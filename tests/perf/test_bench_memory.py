@@ -59,3 +59,32 @@ def test_token_budget_is_sized_from_the_card() -> None:
     comp = computed(SHAPES["7b"], W2, Settings(optimizer_cpu_offload=True, engine_slots=64))
     assert suggested_max_tokens(comp, W2, 139.8 * 2**30) > W2.micro_batch_size * W2.seq_len
     assert suggested_max_tokens(comp, W2, 40 * 2**30) == 0  # the resident owners alone do not fit
+
+
+def test_activation_bytes_match_what_autograd_saves() -> None:
+    import torch
+
+    from bench.memory import Settings, Shape, Workload, build_model, computed
+
+    shape = Shape(hidden=128, intermediate=512, layers=2, heads=4, kv_heads=2, vocab=256, tied=True)
+    model = build_model(shape, torch.device("cpu"))
+    model.train()
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        key = t.untyped_storage().data_ptr()
+        if key not in seen and key not in weights:
+            seen.add(key)
+            saved += t.untyped_storage().nbytes()
+        return t
+
+    tokens = 2 * 64
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.model(input_ids=torch.randint(0, 250, (2, 64)))
+    work = Workload(prompts=1, samples=2, prompt_len=32, response_len=32, micro_batch_size=2)
+    expected = computed(shape, work, Settings())["activations (train, one micro-batch)"]
+    assert tokens == work.micro_batch_size * work.seq_len
+    assert abs(saved - expected) <= 0.15 * expected, (saved, expected)
