@@ -399,6 +399,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--offload-rollout", action="store_true", help="engine memory released during training")
     ap.add_argument("--log-probs-chunk-size", type=int, default=4096)
     ap.add_argument(
+        "--compile-model", choices=["auto", "on", "off"], default="auto", help="the Config's default"
+    )
+    ap.add_argument(
         "--device-gib", type=float, default=None, help="card size for the token budget (default: the card's)"
     )
     ap.add_argument("--json", default=None, help="write the numbers to this file")
@@ -438,7 +441,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = torch.device(ns.device)
         if device.type == "cuda":
             result["device"] = torch.cuda.get_device_name(device)
-        trainer = make_trainer(shape, work, settings, device)
+        trainer = make_trainer(shape, work, settings, device, compile_model=ns.compile_model)
         try:
             out = measure(trainer, ns.steps)
         finally:
