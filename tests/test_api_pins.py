@@ -8,9 +8,12 @@ import inspect
 import textwrap
 
 import attrs
+import pytest
 
-from miles_sdk import Config, Sample, Trainer
+import miles_sdk
+from miles_sdk import Config, MicroBatch, PolicyOutputs, Rollout, Sample, TrainBatch, Trainer, algo
 from miles_sdk._hookset import HookSet
+from miles_sdk.backends.base import TrainBackend
 
 SAMPLE_FIELDS = {
     "group_index",
@@ -106,3 +109,61 @@ def test_config_keeps_miles_names() -> None:
         "prompt_data",
     ):
         assert miles_name in names, miles_name
+
+
+TRAIN_BATCH_FIELDS = {
+    "tokens",
+    "response_lengths",
+    "rewards",
+    "raw_reward",
+    "truncated",
+    "sample_indices",
+    "loss_masks",
+    "advantages",
+    "returns",
+    "log_probs",
+    "ref_log_probs",
+    "values",
+    "round_number",
+    "rollout_log_probs",
+    "rollout_routed_experts",
+    "metadata",
+    "multimodal_train_inputs",
+    "teacher_log_probs",
+    "opd_reverse_kl",
+    "extra",
+}
+
+
+def test_stage_values_are_frozen_and_public() -> None:
+    empty = {f.name: [] for f in attrs.fields(TrainBatch) if f.default is attrs.NOTHING}
+    micro = {f.name: [] for f in attrs.fields(MicroBatch) if f.default is attrs.NOTHING}
+    for value in (Rollout([]), PolicyOutputs(None), TrainBatch(**empty), MicroBatch(**micro)):
+        assert type(value).__name__ in miles_sdk.__all__
+        name = attrs.fields(type(value))[0].name
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(value, name, [])
+    assert {f.name for f in attrs.fields(TrainBatch)} == TRAIN_BATCH_FIELDS
+    assert {f.name for f in attrs.fields(PolicyOutputs)} == {"log_probs", "ref_log_probs", "values"}
+    assert {f.name for f in attrs.fields(Rollout)} == {"groups", "metrics"}
+
+
+def test_stage_boundaries_take_typed_values_and_parameters() -> None:
+    assert list(inspect.signature(TrainBackend.train).parameters) == ["self", "rollout_id", "batch"]
+    adv = inspect.signature(algo.compute_advantages_and_returns).parameters
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in adv.values())
+    assert set(adv) == {"params", "rewards", "log_probs", "ref_log_probs", "loss_masks", "values"}
+    loss = inspect.signature(algo.compute_loss).parameters
+    assert list(loss) == [
+        "batch",
+        "log_probs",
+        "entropy",
+        "values",
+        "params",
+        "tis_fn",
+        "pg_loss_reducer",
+        "hook_args",
+    ]
+    # The Config reaches the math only through these mappings (hook_args is for Miles-signature hooks).
+    assert algo.loss_params(Config(eps_clip=0.3)).eps_clip_high == 0.3
+    assert algo.advantage_params(Config(gamma=0.5)).gamma == 0.5
