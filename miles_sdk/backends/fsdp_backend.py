@@ -158,11 +158,25 @@ class FSDPBackend:
                 )
             self.ranks.call("load_shards", [(str(shards.path), state["training"])] * self.world_size)
         else:
+            _check_full_state(state)
             self.ranks.call("load_state_dict", [(state,)] * self.world_size)
         self._pull_weights()
 
     def close(self) -> None:
         self.ranks.close()
+
+
+def _check_full_state(state: dict[str, Any]) -> None:
+    """A full-state checkpoint must be this backend's earlier format: the torch backend's has the
+    same ``model`` but its own optimizer layout (by parameter index, maybe with fp32 masters)."""
+    optimizer = state.get("optimizer")
+    torch_layout = isinstance(optimizer, dict) and "param_groups" not in optimizer
+    if "model" not in state or torch_layout or "critic" in state:
+        raise ValueError(
+            "this checkpoint was not written by train_backend='fsdp' (it looks like the torch backend's: "
+            f"keys {sorted(state)}); resume it with train_backend='torch', or start the fsdp run from its "
+            "weights (save_hf, then hf_checkpoint)"
+        )
 
 
 def _select(data: Any, idx: list[int]) -> dict[str, Any]:

@@ -132,3 +132,13 @@ def test_a_failing_writer_leaves_no_partial_folder(tmp_path: Path) -> None:
         save_checkpoint(tmp_path, 2, {"i": 2, "shards": CheckpointFiles("shards", write=dies)})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "rollout_1"]
     assert load_checkpoint(tmp_path)["i"] == 1
+
+
+def test_a_torch_backend_checkpoint_is_refused_by_name(tmp_path: Path) -> None:
+    """The torch backend's optimizer state has another layout: loading it into FSDP ranks failed
+    deep inside torch.distributed.checkpoint."""
+    save = tmp_path / "ckpt"
+    with _trainer(_config(save=str(save), save_interval=1)) as trainer:
+        trainer.step()
+    with pytest.raises(ValueError, match="not written by train_backend='fsdp'.*train_backend='torch'"):
+        _trainer(_config(train_backend="fsdp", load=str(save)))
