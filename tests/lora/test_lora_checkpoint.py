@@ -139,3 +139,21 @@ def test_save_dir_check_counts_the_adapter_not_the_base(tmp_path: Path, monkeypa
     with _trainer(_config(tmp_path, save=str(tmp_path / "ckpt"))) as t:
         t.step()
         t.save(tmp_path / "ckpt")
+
+
+def test_miles_flags_on_a_checkpoint_folder(tmp_path: Path) -> None:
+    """The command-line path: --hf-checkpoint loads the base, the LoRA flags wrap it."""
+    from miles_sdk.testing import save_tiny_policy
+
+    folder = save_tiny_policy(tmp_path / "base", "unit", seed=3)
+    config = Config.from_args(
+        [
+            *("--hf-checkpoint", str(folder), "--lora-rank", "4", "--lora-alpha", "8"),
+            *("--target-modules", "linear_qkv,linear_proj", "--label-key", "label", "--device", "cpu"),
+            *("--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "4"),
+        ]
+    )
+    with Trainer(config, dataset=ROWS, reward_model=alternating_reward) as t:
+        t.step()
+        names = set(_lora(t).trainable_parameters())
+    assert {n.split(".")[-4] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj"}
