@@ -40,6 +40,13 @@ def plan_world(args: Config, device_type: str) -> WorldPlan:
             f"global_batch_size ({gbs}) is not divisible by the {world_size} training ranks "
             "(actor_num_nodes * actor_num_gpus_per_node): each rank trains an equal share of every step"
         )
+    if args.fsdp_cpu_offload and device_type != "cuda":
+        # FSDP2 pins the offloaded shards in page-locked memory, which needs an accelerator; CPU
+        # ranks hold everything in host memory already.
+        raise ConfigError(
+            f"fsdp_cpu_offload (--fsdp-cpu-offload) moves GPU ranks' shards to host memory; these "
+            f"ranks run on {device_type!r}, whose state is in host memory already: unset it"
+        )
     launcher: Launcher
     if world_size == 1:
         launcher = "in_process"

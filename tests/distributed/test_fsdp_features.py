@@ -76,3 +76,14 @@ def test_ranks_switch_dropout_off() -> None:
                 assert not (isinstance(sub, nn.Dropout) and sub.p > 0), (role, name)
     finally:
         rank.close()
+
+
+def test_cpu_offload_on_cpu_ranks_is_a_config_error() -> None:
+    """FSDP2's CPUOffloadPolicy pins memory, which needs an accelerator: on CPU ranks it failed
+    inside fully_shard ("Cannot access accelerator device")."""
+    from miles_sdk.config import ConfigError
+
+    model, tok = tiny_policy("unit", seed=0)
+    config = _config(train_backend="fsdp", fsdp_cpu_offload=True)
+    with pytest.raises(ConfigError, match=r"fsdp_cpu_offload \(--fsdp-cpu-offload\).*'cpu'"):
+        Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET)
