@@ -109,7 +109,10 @@ class LoraPolicy:
             if isinstance(module, LoraLinear):
                 target = engine_model.get_submodule(name)
                 weight = getattr(target, "weight", None)
-                if not isinstance(weight, torch.Tensor) or weight.shape != module.get_base_layer().weight.shape:
+                if (
+                    not isinstance(weight, torch.Tensor)
+                    or weight.shape != module.get_base_layer().weight.shape
+                ):
                     raise RuntimeError(f"LoRA: the engine's copy of {name} does not match the adapted layer")
                 self._pairs.append((module, weight))
 
@@ -286,9 +289,7 @@ def _merged_copy(peft_model: nn.Module) -> nn.Module:
     and peft's merge_and_unload folds the adapter into those copies and removes the LoRA layers."""
     from peft.tuners.lora import LoraLayer
 
-    adapted = {
-        id(m.get_base_layer().weight) for m in peft_model.modules() if isinstance(m, LoraLayer)
-    }
+    adapted = {id(m.get_base_layer().weight) for m in peft_model.modules() if isinstance(m, LoraLayer)}
     shared = [*peft_model.parameters(), *peft_model.buffers()]
     memo: dict[int, Any] = {id(t): t for t in shared if id(t) not in adapted and not t.requires_grad}
     engine: nn.Module = _method(copy.deepcopy(peft_model, memo), "merge_and_unload")()

@@ -123,7 +123,9 @@ def test_training_starts_from_lora_adapter_path(tmp_path: Path) -> None:
         _trainer(_config(tmp_path, lora_adapter_path=str(hf))).close()
 
 
-def test_save_dir_check_counts_the_adapter_not_the_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_save_dir_check_counts_the_adapter_not_the_base(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--save checks the free space for one checkpoint at construction. With LoRA a checkpoint is
     the adapter (and its Adam moments): the old estimate counted the whole model and its moments,
     and refused a disk that holds the LoRA checkpoints many times over."""

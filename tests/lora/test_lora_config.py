@@ -12,7 +12,16 @@ from miles_sdk.testing import small_config, tiny_policy
 
 def test_miles_flags_and_defaults() -> None:
     c = Config.from_args(
-        ["--lora-rank", "8", "--lora-alpha", "32", "--lora-dropout", "0.05", "--target-modules", "q_proj,v_proj"]
+        [
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "32",
+            "--lora-dropout",
+            "0.05",
+            "--target-modules",
+            "q_proj,v_proj",
+        ]
     )
     assert (c.lora_rank, c.lora_alpha, c.lora_dropout, c.target_modules) == (8, 32, 0.05, "q_proj,v_proj")
     d = Config()

@@ -29,5 +29,7 @@ def test_replicas_sample_from_base_plus_adapter() -> None:
     with Trainer(config, model=model, tokenizer=tok, dataset=ROWS, reward_model=alternating_reward) as t:
         gaps = [t.step()[GAP] for _ in range(3)]
         assert t.policy.lora is not None
-        assert any(p.abs().max() > 1e-3 for n, p in t.policy.lora.trainable_parameters().items() if "lora_B" in n)
+        assert any(
+            p.abs().max() > 1e-3 for n, p in t.policy.lora.trainable_parameters().items() if "lora_B" in n
+        )
     assert max(gaps) < 1e-5, gaps

@@ -28,7 +28,9 @@ def _lora_config(**overrides: Any) -> Any:
 
 def _trainer(dtype: torch.dtype = torch.float32, **overrides: Any) -> Trainer:
     model, tok = tiny_policy("unit", seed=3, dtype=dtype)
-    return Trainer(_lora_config(**overrides), model=model, tokenizer=tok, dataset=ROWS, reward_model=alternating_reward)
+    return Trainer(
+        _lora_config(**overrides), model=model, tokenizer=tok, dataset=ROWS, reward_model=alternating_reward
+    )
 
 
 def _lora(trainer: Trainer) -> LoraPolicy:
@@ -75,11 +77,16 @@ def test_engine_log_probs_match_the_trainers_after_the_adapter_trained() -> None
         ids = torch.tensor([[5, 6, 7, 8, 9]])
         with torch.no_grad():
             torch.testing.assert_close(
-                lora.engine_model(input_ids=ids).logits, t.policy.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5
+                lora.engine_model(input_ids=ids).logits,
+                t.policy.model(input_ids=ids).logits,
+                rtol=1e-5,
+                atol=1e-5,
             )
 
 
-def test_without_the_merge_the_engine_would_sample_from_stale_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_merge_the_engine_would_sample_from_stale_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The control for the test above: with the merge skipped, the gap is large."""
     with _trainer(sglang_enable_deterministic_inference=True) as t:
         monkeypatch.setattr(_lora(t), "merge_into_engine", lambda: None)
@@ -98,7 +105,7 @@ def test_the_engine_model_shares_the_untouched_weights() -> None:
 
 
 def test_the_reference_is_the_base_with_the_adapter_off() -> None:
-    base, tok = tiny_policy("unit", seed=3)
+    base, _ = tiny_policy("unit", seed=3)
     with _trainer(use_kl_loss=True, kl_loss_coef=0.1) as t:
         assert t.backend.ref_model is t.policy.model  # no second copy of the weights
         for _ in range(2):
