@@ -472,6 +472,10 @@ class Config:
     lora_adapter_path: str | None = None
     """A peft adapter folder (adapter_config.json + adapter_model.safetensors) to start from; its
     rank, alpha and target modules must equal lora_rank, lora_alpha and target_modules."""
+    lora_base_cpu_backup: bool = False
+    """Miles's colocated-SGLang option (a host copy of the base so that only the adapter is synced).
+    Accepted for Miles scripts; nothing to do here: a sync never sends the base, whose tensors the
+    in-process engine shares with the trainer (docs/lora.md)."""
 
     # ---- placement: train backend, ranks, GPUs, Ray (distributed/) -------------------------------
     train_backend: Literal["torch", "fsdp", "megatron"] = "torch"
@@ -483,7 +487,8 @@ class Config:
     """fsdp: keep the sharded parameters, gradients and optimizer state in host memory
     (FSDP2's CPUOffloadPolicy); the optimizer steps on the CPU."""
     ray_address: str | None = None
-    """fsdp with several ranks: the Ray cluster to join (as RAY_ADDRESS); unset starts a local one."""
+    """The Ray cluster that FSDP ranks and engine replicas join ("host:port", or "auto" for one
+    started on this node with `ray start`); unset: RAY_ADDRESS, else a new local cluster."""
     distributed_launcher: Literal["auto", "ray", "processes"] = "auto"
     """fsdp with several ranks: how they start. auto: Ray actors when ray is installed, else local
     processes (one node); ray: Ray actors (a local cluster, or ray_address); processes: spawned

@@ -35,6 +35,17 @@ def test_miles_flags_and_defaults() -> None:
     )
 
 
+def test_miles_script_flags_parse() -> None:
+    """The LoRA flags Miles's example scripts pass (examples/*/run_*.py), --lora-base-cpu-backup too."""
+    c = Config.from_args(
+        [
+            *("--lora-rank", "16", "--lora-alpha", "32", "--lora-dropout", "0.0"),
+            *("--target-modules", "all-linear", "--lora-base-cpu-backup"),
+        ]
+    )
+    assert c.lora_base_cpu_backup and c.lora_rank == 16
+
+
 def test_target_modules_is_required_with_a_rank() -> None:
     with pytest.raises(ConfigError, match="--target-modules"):
         Config(lora_rank=8)
