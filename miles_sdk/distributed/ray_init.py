@@ -4,7 +4,8 @@ Every rank and every replica actor asks Ray for one CPU (and one GPU on a GPU ru
 started with Ray's defaults has as many CPUs as the machine has cores, so on a small machine the
 replicas (started first) could take all of them and the ranks' placement group would wait forever.
 A local cluster started here therefore counts at least one logical CPU per actor; a joined cluster
-is what it is, and a placement that does not come in time is an error naming what was asked for.
+(``ray_address``, or RAY_ADDRESS; ``auto`` finds one started on this node with ``ray start``) is
+what it is, and a placement that does not come in time is an error naming what was asked for.
 """
 
 from __future__ import annotations
@@ -44,21 +45,26 @@ def init_ray(args: Config, what: str) -> bool:
     ray = ray_module(what)
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {}
-    if args.ray_address is None and not os.environ.get("RAY_ADDRESS"):
-        # A new local cluster: one logical CPU per actor at least (CPU actors share the cores).
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, actors_needed(args))
+    address = args.ray_address or os.environ.get("RAY_ADDRESS")
+    if address is None:
+        # "local": a new cluster, as ray_address=None promises. Ray's own default would join what
+        # /tmp/ray/ray_current_cluster names: a `ray start` cluster, or the stale entry of a dead one.
+        # One logical CPU per actor at least (CPU actors share the cores).
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, actors_needed(args)),
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+        return True
     try:
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True, **kwargs)
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
     except ConnectionError as error:
-        if "num_cpus" in kwargs:
-            raise
         # Seen with Ray 2.60: a cluster from `ray start` checks a token that ray.init(address=...)
         # does not send unless RAY_AUTH_MODE=token is set.
         raise ConnectionError(
-            f"{what}: could not join the Ray cluster at {args.ray_address or os.environ.get('RAY_ADDRESS')} "
-            f"({error}). If the cluster was started with `ray start` (token authentication), set "
-            "RAY_AUTH_MODE=token here, with the head's token in ~/.ray/auth_token or RAY_AUTH_TOKEN; "
-            "see docs/scale-out.md"
+            f"{what}: could not join the Ray cluster at {address} ({error}). If the cluster was started "
+            "with `ray start` (token authentication), set RAY_AUTH_MODE=token here, with the head's "
+            "token in ~/.ray/auth_token or RAY_AUTH_TOKEN; see docs/scale-out.md"
         ) from error
     return True

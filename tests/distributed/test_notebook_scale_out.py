@@ -72,7 +72,7 @@ assert settled(before) == before, (before, footprint())
 """
 
 USER_CLUSTER = """
-ray.init(num_cpus=4, include_dashboard=False)
+ray.init(address="local", num_cpus=4, include_dashboard=False)
 with_ray = footprint()
 second, _ = one_step()
 assert ray.is_initialized(), "a cluster the notebook started stays up"

@@ -40,14 +40,19 @@ def test_a_local_cluster_has_a_cpu_for_every_actor(monkeypatch: pytest.MonkeyPat
     args = small_config(**SCALE_OUT)
     assert actors_needed(args) == 4
     assert init_ray(args, "test") is True
-    assert ray.calls[0]["num_cpus"] == 4 and ray.calls[0]["address"] is None
+    # "local": Ray's default (None) joins whatever /tmp/ray/ray_current_cluster names, even a dead
+    # cluster's stale entry, and refuses num_cpus when it joins.
+    assert ray.calls[0]["num_cpus"] == 4 and ray.calls[0]["address"] == "local"
 
 
 def test_a_joined_cluster_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     ray = _StubRay()
     monkeypatch.setitem(sys.modules, "ray", ray)
     assert init_ray(small_config(ray_address="10.0.0.1:6379", **SCALE_OUT), "test") is True
-    assert "num_cpus" not in ray.calls[0] and ray.calls[0]["address"] == "10.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    assert init_ray(small_config(**SCALE_OUT), "test") is True
+    assert [c["address"] for c in ray.calls] == ["10.0.0.1:6379", "auto"]
+    assert not any("num_cpus" in c for c in ray.calls)
 
 
 def test_a_cluster_that_refuses_the_driver_says_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
