@@ -474,8 +474,8 @@ class Config:
     rank, alpha and target modules must equal lora_rank, lora_alpha and target_modules."""
     lora_base_cpu_backup: bool = False
     """Miles's colocated-SGLang option (a host copy of the base so that only the adapter is synced).
-    Accepted for Miles scripts; nothing to do here: a sync never sends the base, whose tensors the
-    in-process engine shares with the trainer (docs/lora.md)."""
+    Accepted for Miles scripts and changes nothing: the in-process engine shares the base's
+    tensors with the trainer, and engines in other processes get the merged model (docs/lora.md)."""
 
     # ---- placement: train backend, ranks, GPUs, Ray (distributed/) -------------------------------
     train_backend: Literal["torch", "fsdp", "megatron"] = "torch"
