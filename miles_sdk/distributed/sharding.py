@@ -87,8 +87,8 @@ def shard_value_model(
     cpu_offload: bool,
 ) -> None:
     """Shard ppo's value model (a decoder ``body`` and a ``value_head``) in place like the policy:
-    one FSDP group per decoder layer; the root (embeddings, final norm, head) is gathered by the
-    value model's own forward."""
+    one FSDP group per decoder layer, one for the head; the root (embeddings, final norm) is
+    gathered by the value model's own forward."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -101,6 +101,11 @@ def shard_value_model(
         )
     for layer in layers:
         fully_shard(layer, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    # The head reads fp32 hidden states (the critic's values are fp32, as in the torch backend):
+    # its own group keeps its parameters fp32 in the forward instead of the body's param_dtype.
+    fp32 = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+    head = model.get_submodule("value_head")
+    fully_shard(head, mesh=mesh, mp_policy=fp32, offload_policy=offload)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
 
 

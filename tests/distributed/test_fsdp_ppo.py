@@ -66,3 +66,33 @@ def test_ppo_on_two_ranks_matches_one_process_and_resumes_on_one(tmp_path: Path)
         resumed = trainer.step()
     for key in COMPARED:
         assert resumed[key] == pytest.approx(two.metrics[1][key], rel=1e-4, abs=1e-7), key
+
+
+def test_the_sharded_critic_runs_under_bf16_compute() -> None:
+    """On GPUs the ranks compute in bf16 (MixedPrecisionPolicy): the value head, which reads fp32
+    hidden states, keeps fp32 parameters (it raised 'mat1 and mat2 must have the same dtype')."""
+    import functools
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from miles_sdk.backends.critic import Critic
+    from miles_sdk.distributed.launch import _free_port
+    from miles_sdk.distributed.sharding import shard_value_model
+
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(_free_port())
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        policy, _ = tiny_policy("unit", seed=0)
+        shard = functools.partial(shard_value_model, mesh=mesh, param_dtype=torch.bfloat16, cpu_offload=False)
+        critic = Critic(_config(), policy, shard=shard)
+        values = critic.values([[1, 2, 3, 4], [5, 6, 7]], [2, 1])
+        assert [v.dtype for v in values] == [torch.float32, torch.float32]
+        torch.autograd.backward(sum(v.sum() for v in values))
+        assert critic.model.value_head.weight.grad is not None
+    finally:
+        dist.destroy_process_group()
