@@ -258,6 +258,9 @@ async def score_samples(
                 return
         _accept(args, sample, source, value)
 
+    if len(pending) == 1:  # the default rollout scores each sample as it finishes: no task for one
+        await score_one(pending[0])
+        return
     await asyncio.gather(*(score_one(s) for s in pending))
 
 
