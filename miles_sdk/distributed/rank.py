@@ -15,6 +15,7 @@ from torch import nn
 from miles_sdk.backends.base import LogProbModel
 from miles_sdk.config import Config
 from miles_sdk.distributed.sharding import full_state_dict, shard_causal_lm, shard_value_model
+from miles_sdk.distributed.world import process_group_backend
 from miles_sdk.stages import TrainBatch
 from miles_sdk.types import Metrics, TrainData
 
@@ -93,7 +94,7 @@ class TrainRank:
             self.device = torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group(
-                "nccl" if spec.device_type == "cuda" else "gloo",
+                process_group_backend(spec.device_type),
                 rank=spec.rank,
                 world_size=spec.world_size,
             )

@@ -8,7 +8,7 @@ import attrs
 
 from miles_sdk.config import Config, ConfigError
 
-__all__ = ["Launcher", "WorldPlan", "plan_world"]
+__all__ = ["Launcher", "WorldPlan", "plan_world", "process_group_backend"]
 
 Launcher = Literal["in_process", "processes", "ray"]
 
@@ -27,7 +27,14 @@ class WorldPlan:
 
     @property
     def dist_backend(self) -> str:
-        return "nccl" if self.device_type == "cuda" else "gloo"
+        return process_group_backend(self.device_type)
+
+
+def process_group_backend(device_type: str) -> str:
+    """NCCL for GPU tensors, and gloo beside it on GPU ranks for collectives over host tensors:
+    the metrics reduced after a step, and the gradient norm of CPU-offloaded shards
+    (fsdp_cpu_offload), which NCCL refuses ("No backend type associated with device type cpu")."""
+    return "cuda:nccl,cpu:gloo" if device_type == "cuda" else "gloo"
 
 
 def plan_world(args: Config, device_type: str) -> WorldPlan:
