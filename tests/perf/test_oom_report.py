@@ -152,3 +152,35 @@ def test_flags_follow_the_settings() -> None:
     flags = helpful_flags("train_forward_backward", dynamic)
     assert any("--max-tokens-per-gpu (now 4096) lower" in f for f in flags)
     assert not any("--gradient-checkpointing" in f for f in flags)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a real allocator OOM needs CUDA")
+def test_a_real_cuda_oom_in_train_is_reported_with_the_allocator_rows(
+    make_trainer: Callable[..., Trainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(small_config(device="cuda"))
+    original = trainer.backend._micro_batch_loss  # type: ignore[attr-defined]
+
+    def too_big(batch: Any) -> Any:
+        torch.empty(1 << 50, dtype=torch.uint8, device="cuda")  # 1 PiB: the allocator refuses
+        return original(batch)
+
+    monkeypatch.setattr(trainer.backend, "_micro_batch_loss", too_big)
+    with pytest.raises(StepOutOfMemoryError) as info:
+        trainer.step()
+    err = info.value
+    assert err.phase == "train_forward_backward"
+    assert err.table.allocated is not None and err.table.total is not None
+    assert "allocated (PyTorch)" in str(err) and "weights (policy)" in str(err)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a real allocator OOM needs CUDA")
+def test_a_real_cuda_oom_in_generate_is_reported(make_trainer: Callable[..., Trainer]) -> None:
+    async def too_big(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:
+        torch.empty(1 << 50, dtype=torch.uint8, device="cuda")
+        return sample
+
+    trainer = make_trainer(small_config(device="cuda"), generate_fn=too_big)
+    with pytest.raises(StepOutOfMemoryError) as info:
+        trainer.step()
+    assert info.value.phase == "rollout" and info.value.table.peak is not None
