@@ -129,3 +129,24 @@ def test_trainer_offload_rollout_warns_for_an_engine_that_cannot_release(
     run_steps({"engine": ScriptedEngine([5, 6])}, steps=2, config=small_config(offload_rollout=True))
     warned = [r for r in caplog.records if "offload_rollout" in r.getMessage()]
     assert len(warned) == 1 and "ScriptedEngine" in warned[0].getMessage()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and device memory")
+def test_release_frees_device_memory_and_graphs_come_back_on_cuda() -> None:
+    tok = tiny_tokenizer()
+    model = _model(len(tok)).to("cuda", torch.bfloat16)
+    kept = EmbeddedEngine(model, tok, own_weights=True, max_seq_len=64)
+    freed = EmbeddedEngine(model, tok, own_weights=True, max_seq_len=64)
+    runner = freed._runner
+    assert isinstance(runner, FastRunner)
+    assert _tokens(_generate(freed, 0)) == _tokens(_generate(kept, 0))
+    cache_bytes = runner._k_all.untyped_storage().nbytes() * 2
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    freed.release_memory_occupation()
+    assert before - torch.cuda.memory_allocated() >= cache_bytes
+    captures = runner.stats["graph_captures"]
+    assert _tokens(_generate(freed, 3)) == _tokens(_generate(kept, 3))
+    assert runner.stats["graph_captures"] > captures  # captured again on the rebuilt cache
+    kept.close()
+    freed.close()
