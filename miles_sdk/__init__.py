@@ -4,7 +4,7 @@ Implement the hook Protocols (``RewardModel``, ``GenerateFn``, ``DataSource``, `
 plain functions or classes, pass them to a :class:`Trainer`, and call ``fit()``.
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine, SamplingParams
@@ -37,6 +37,7 @@ from miles_sdk.hooks import (
     RolloutSampleFilterFn,
     RouterMiddleware,
     TISFn,
+    TrainBatchPostprocessFn,
 )
 from miles_sdk.loading import HookLoadError, HookSignatureError, load_hook
 from miles_sdk.stages import MicroBatch, PolicyOutputs, Rollout, StageDataError, TrainBatch
@@ -49,7 +50,7 @@ from miles_sdk.types import (
     TrainData,
 )
 
-if TYPE_CHECKING:
+if _TYPE_CHECKING:
     from miles_sdk.trainer import Trainer
 
 __version__ = "0.1.0"
@@ -63,6 +64,10 @@ def __getattr__(name: str) -> object:
 
         return Trainer
     raise AttributeError(f"module 'miles_sdk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "Trainer"})
 
 
 __all__ = [
@@ -112,6 +117,7 @@ __all__ = [
     "StageDataError",
     "TISFn",
     "TrainBatch",
+    "TrainBatchPostprocessFn",
     "TrainData",
     "Trainer",
     "load_hook",

@@ -34,6 +34,7 @@ from miles_sdk.hooks import (
     RolloutSampleFilterFn,
     RouterMiddleware,
     TISFn,
+    TrainBatchPostprocessFn,
 )
 from miles_sdk.loading import accepts_positional, check_hook_signature, load_hook
 
@@ -55,7 +56,7 @@ class HookSet:
     buffer_filter: BufferFilterFn | None = None
     rollout_sample_filter: RolloutSampleFilterFn | None = None
     rollout_all_samples_process: RolloutAllSamplesProcessFn | None = None
-    rollout_data_postprocess: RolloutDataPostprocessFn | None = None
+    rollout_data_postprocess: RolloutDataPostprocessFn | TrainBatchPostprocessFn | None = None
     loss_fn: LossFn | None = None
     tis_fn: TISFn | None = None
     pg_loss_reducer: PGLossReducer | None = None

@@ -31,6 +31,7 @@ from miles_sdk.types import (
 if TYPE_CHECKING:
     from miles_sdk.config import Config
     from miles_sdk.engines.base import SamplingParams
+    from miles_sdk.stages import TrainBatch
 
 __all__ = [
     "AgentFn",
@@ -66,6 +67,7 @@ __all__ = [
     "RouterResponse",
     "TISFn",
     "TISResult",
+    "TrainBatchPostprocessFn",
 ]
 
 # =============================================================================================
@@ -261,6 +263,17 @@ class RolloutDataPostprocessFn(Protocol):
     """
 
     def __call__(self, args: Config, rollout_data: dict[str, Any], /) -> None: ...
+
+
+class TrainBatchPostprocessFn(Protocol):
+    """The typed form of ``rollout_data_postprocess`` (same keyword, flag and place in the loop).
+
+    It gets the frozen :class:`~miles_sdk.stages.TrainBatch` and returns the batch to train on
+    (``attrs.evolve(batch, advantages=...)``). The Trainer tells it from Miles's dict form by the
+    annotation of its second parameter: ``TrainBatch``.
+    """
+
+    def __call__(self, args: Config, batch: TrainBatch, /) -> TrainBatch: ...
 
 
 # =============================================================================================

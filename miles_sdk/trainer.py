@@ -19,6 +19,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import typing
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
@@ -71,6 +72,7 @@ from miles_sdk.hooks import (
     RolloutSampleFilterFn,
     RouterMiddleware,
     TISFn,
+    TrainBatchPostprocessFn,
 )
 from miles_sdk.logging import MetricsWriter, PhaseTimer, eval_metrics, rollout_metrics
 from miles_sdk.logging.health import LearningSignalMonitor
@@ -122,7 +124,7 @@ class Trainer:
         buffer_filter: BufferFilterFn = None,  # type: ignore[assignment]
         rollout_sample_filter: RolloutSampleFilterFn = None,  # type: ignore[assignment]
         rollout_all_samples_process: RolloutAllSamplesProcessFn = None,  # type: ignore[assignment]
-        rollout_data_postprocess: RolloutDataPostprocessFn = None,  # type: ignore[assignment]
+        rollout_data_postprocess: RolloutDataPostprocessFn | TrainBatchPostprocessFn = None,  # type: ignore[assignment]
         loss_fn: LossFn = None,  # type: ignore[assignment]
         tis_fn: TISFn = None,  # type: ignore[assignment]
         pg_loss_reducer: PGLossReducer = None,  # type: ignore[assignment]
@@ -508,16 +510,25 @@ class Trainer:
         )
 
     def _postprocess(self, batch: TrainBatch) -> TrainBatch:
-        """``rollout_data_postprocess``: Miles's hook edits the rollout-data dict in place; what it
-        leaves there (new keys included) is what trains."""
+        """``rollout_data_postprocess``: a typed hook (``TrainBatchPostprocessFn``) returns the batch
+        to train on; Miles's hook edits the rollout-data dict in place, and what it leaves there
+        (new keys included) is what trains."""
         hook = self.hooks.rollout_data_postprocess
         if hook is None:
             return batch
-        view = batch.as_dict()
-        hook(self.args, view)
         where = "rollout_data_postprocess " + describe_hook(
             hook, flag="--rollout-data-postprocess-path", path=self.args.rollout_data_postprocess_path
         )
+        if _takes_train_batch(hook):
+            out = cast(TrainBatchPostprocessFn, hook)(self.args, batch)
+            if not isinstance(out, TrainBatch):
+                raise HookResultError(
+                    f"{where} takes a TrainBatch, so it returns the batch to train on "
+                    f"(attrs.evolve(batch, ...)); it returned {type(out).__name__}"
+                )
+            return out
+        view = batch.as_dict()
+        cast(RolloutDataPostprocessFn, hook)(self.args, view)
         return TrainBatch.from_dict(view, where=where)
 
     def _sync_weights(self, rollout_id: int) -> None:
@@ -960,6 +971,31 @@ def _warn_placement_flags(args: Config) -> None:
     ]
     if ignored:
         logger.warning("in-process Trainer: %s have no effect (one process, one device)", ", ".join(ignored))
+
+
+def _takes_train_batch(fn: object) -> bool:
+    """Whether a rollout_data_postprocess hook is the typed form: its second positional parameter
+    is annotated ``TrainBatch`` (Miles's form takes the rollout-data dict)."""
+    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    if not callable(target):
+        return False
+    try:
+        params = [
+            p
+            for p in inspect.signature(target).parameters.values()
+            if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return False
+    if len(params) < 2:
+        return False
+    try:
+        hint: object = typing.get_type_hints(target).get(params[1].name)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: read the text
+        hint = params[1].annotation
+    if isinstance(hint, str):
+        return hint.rsplit(".", 1)[-1] == "TrainBatch"
+    return hint is TrainBatch
 
 
 def _is_async_callable(fn: Any) -> bool:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from miles_sdk import Config, Sample, Trainer
+from miles_sdk.rollout.shapes import HookResultError
 from miles_sdk.stages import MicroBatch, PolicyOutputs, StageDataError, TrainBatch
 from miles_sdk.testing import small_config, tiny_policy
 from miles_sdk.types import Metrics, TrainData
@@ -129,5 +130,38 @@ def test_rollout_data_postprocess_that_drops_a_key_is_named() -> None:
     with (
         _trainer(rollout_data_postprocess=drop) as t,
         pytest.raises(StageDataError, match="drop.*'advantages'"),
+    ):
+        t.step()
+
+
+def _zero_advantages(args: Config, batch: TrainBatch) -> TrainBatch:
+    """The typed form: gets the frozen batch, returns the one to train on."""
+    return attrs.evolve(batch, advantages=[torch.zeros_like(a) for a in batch.advantages])
+
+
+def test_a_typed_postprocess_gets_the_train_batch_and_its_result_trains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received: list[TrainBatch] = []
+    with _trainer(rollout_data_postprocess=_zero_advantages) as t:
+        real = t.backend.train
+
+        def spy(rollout_id: int, batch: TrainBatch) -> Metrics:
+            received.append(batch)
+            return real(rollout_id, batch)
+
+        monkeypatch.setattr(t.backend, "train", spy)
+        metrics = t.step()
+    assert all(bool((a == 0).all()) for a in received[0].advantages)
+    assert metrics["train/pg_loss"] == 0.0
+
+
+def test_a_typed_postprocess_that_returns_nothing_is_named() -> None:
+    def forgets_to_return(args: Config, batch: TrainBatch) -> None:
+        pass
+
+    with (
+        _trainer(rollout_data_postprocess=forgets_to_return) as t,
+        pytest.raises(HookResultError, match="forgets_to_return.*returned NoneType"),
     ):
         t.step()

@@ -93,3 +93,24 @@ compute_loss(micro, [], None, params=Config())  # type: ignore[arg-type]  # para
 compute_advantages_and_returns(Config(), rewards=[], log_probs=None, ref_log_probs=None, loss_masks=[])  # type: ignore[call-arg, arg-type]
 LossParams(eps_clip="0.2")  # type: ignore[arg-type]
 AdvantageParams(estimator="a2c")  # type: ignore[arg-type]
+
+
+# ---- rollout_data_postprocess: Miles's dict form or the typed form ------------------------------
+
+
+def miles_postprocess(args: Config, rollout_data: dict[str, Any]) -> None:
+    rollout_data["advantages"] = [a * 2 for a in rollout_data["advantages"]]
+
+
+def typed_postprocess(args: Config, batch: TrainBatch) -> TrainBatch:
+    return attrs.evolve(batch, advantages=[a * 2 for a in batch.advantages])
+
+
+def forgets_to_return(args: Config, batch: TrainBatch) -> None:
+    pass
+
+
+def trainers() -> None:
+    Trainer(Config(), rollout_data_postprocess=miles_postprocess)
+    Trainer(Config(), rollout_data_postprocess=typed_postprocess)
+    Trainer(Config(), rollout_data_postprocess=forgets_to_return)  # type: ignore[arg-type]
