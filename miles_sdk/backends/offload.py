@@ -48,7 +48,7 @@ class OffloadedOptimizer(PolicyOptimizer):
         self._cuda = self.device.type == "cuda"
         # Plain host memory: the copies go through the pinned staging buffers, so pinning 30 GB
         # of masters (7B) would only lock memory and slow the start.
-        masters = [p.detach().to("cpu", torch.float32, copy=True) for p in params]
+        masters = [p.detach().to("cpu", torch.float32, copy=True).contiguous() for p in params]
         self.host_masters = masters
         self.masters = masters
         self.grad_buffers: list[torch.Tensor | None] = [None] * len(params)
@@ -144,7 +144,10 @@ class OffloadedOptimizer(PolicyOptimizer):
         """Two (fp32 gradient, parameter-dtype weight) pinned buffer pairs, each the largest chunk."""
         if self._staging is None:
             largest = max(sum(self.params[i].numel() for i in chunk) for chunk in self._chunks)
-            dtype = self.params[0].dtype
+            # The weights go up in their own dtype; a model mixing dtypes gets fp32 (no rounding
+            # of an fp32 parameter through a bf16 buffer).
+            dtypes = {p.dtype for p in self.params}
+            dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
             self._staging = [
                 (
                     torch.empty(largest, dtype=torch.float32, pin_memory=True),
