@@ -226,6 +226,9 @@ class OffloadedOptimizer(PolicyOptimizer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:
+            # A PolicyOptimizer's checkpoint carries its unfused setting: the host step stays fused.
+            group["fused"], group["foreach"] = True, None
         with torch.no_grad():
             if "masters" in state:
                 for master, saved in zip(self.host_masters, state["masters"], strict=True):

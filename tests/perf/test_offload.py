@@ -23,7 +23,9 @@ def _model(dtype: torch.dtype, device: str = "cpu") -> nn.Module:
     return model.to(device=device, dtype=dtype)
 
 
-def _train(model: nn.Module, optim: PolicyOptimizer, steps: int, clip: float, device: str = "cpu") -> list[float]:
+def _train(
+    model: nn.Module, optim: PolicyOptimizer, steps: int, clip: float, device: str = "cpu"
+) -> list[float]:
     """``steps`` optimizer steps of two accumulated micro-batches each; the gradient norms."""
     gen = torch.Generator().manual_seed(1)
     norms = []
@@ -54,7 +56,9 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> None:
 def test_offloaded_step_equals_the_device_step(dtype: torch.dtype, clip: float) -> None:
     args = _args()
     ref_model, off_model = _model(dtype), _model(dtype)
-    ref = PolicyOptimizer(args, list(ref_model.parameters()), lr=args.lr, master_weights=dtype != torch.float32)
+    ref = PolicyOptimizer(
+        args, list(ref_model.parameters()), lr=args.lr, master_weights=dtype != torch.float32
+    )
     # A budget of 600 elements: several chunks, the embedding and the head chunks of their own.
     off = OffloadedOptimizer(args, list(off_model.parameters()), lr=args.lr, chunk_bytes=600 * 4)
     assert len(off._chunks) > 2
@@ -104,6 +108,9 @@ def test_checkpoints_move_between_offloaded_and_device_optimizers() -> None:
     # And back.
     again = OffloadedOptimizer(args, list(_model(torch.bfloat16).parameters()), lr=args.lr)
     again.load_state_dict(copy.deepcopy(dev.state_dict()))
+    assert (
+        again.optimizer.param_groups[0]["fused"] is True
+    )  # the device optimizer's setting is not taken over
     for m_dev, m_again in zip(dev.masters, again.host_masters, strict=True):
         assert torch.equal(m_dev.cpu(), m_again)
 
