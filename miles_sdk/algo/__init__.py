@@ -17,8 +17,16 @@ from miles_sdk.algo.advantages import (
 from miles_sdk.algo.convert import TrimError, convert_samples_to_train_data, flatten_and_trim
 from miles_sdk.algo.entropy import log_probs_and_entropy, log_probs_and_entropy_from_logits
 from miles_sdk.algo.kl import compute_approx_kl
-from miles_sdk.algo.loss import compute_loss, needs_tis, old_log_probs_are_current, old_log_probs_source
-from miles_sdk.algo.params import AdvantageParams, LossParams, advantage_params, loss_params
+from miles_sdk.algo.loss import compute_loss
+from miles_sdk.algo.params import (
+    AdvantageParams,
+    LossParams,
+    advantage_params,
+    loss_params,
+    needs_tis,
+    old_log_probs_are_current,
+    old_log_probs_source,
+)
 from miles_sdk.algo.policy_loss import (
     compute_policy_loss,
     compute_sft_loss,

@@ -15,7 +15,7 @@ logits and :func:`~miles_sdk.algo.reducers.get_mean_of_sample_mean`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,30 +36,7 @@ from miles_sdk.stages import MicroBatch
 if TYPE_CHECKING:
     from miles_sdk.config import Config
 
-__all__ = ["compute_loss", "needs_tis", "old_log_probs_are_current", "old_log_probs_source"]
-
-
-def old_log_probs_source(args: Config) -> Literal["log_probs", "rollout_log_probs"]:
-    """Which batch key holds the old policy's log-probs: the engine's with ``use_rollout_logprobs``
-    (the backend then skips recomputing them), else the trainer's recomputed ones."""
-    return "rollout_log_probs" if args.use_rollout_logprobs else "log_probs"
-
-
-def old_log_probs_are_current(args: Config, n_samples: int) -> bool:
-    """Whether the old log-probs can be left out of the rollout data (``log_probs`` None) because
-    the train pass's own, detached, are exactly them: one optimizer step over all ``n_samples``
-    (every micro-batch's gradient is taken at the rollout's weights), the trainer's log-probs as
-    the old ones (not use_rollout_logprobs), and no KL-shaped reward needing them earlier."""
-    if not args.skip_on_policy_old_log_probs or args.use_rollout_logprobs or args.kl_coef != 0:
-        return False
-    steps = args.num_steps_per_rollout
-    return steps == 1 if steps else args.effective_global_batch_size >= n_samples
-
-
-def needs_tis(args: Config) -> bool:
-    """Whether the mismatch correction (TIS/MIS hook) runs: ``use_tis``, ``use_rs`` or
-    ``get_mismatch_metrics``. The backend must then provide ``rollout_log_probs``."""
-    return bool(args.use_tis or args.use_rs or args.get_mismatch_metrics)
+__all__ = ["compute_loss"]
 
 
 def _tensors(values: Sequence[torch.Tensor] | None, key: str, *, like: torch.Tensor | None = None) -> list[torch.Tensor]:
