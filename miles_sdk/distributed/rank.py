@@ -5,7 +5,6 @@ actor; the driver sends each rank its share of every batch and gets back tensors
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any
 
 import attrs
@@ -84,8 +83,6 @@ class TrainRank:
         from miles_sdk.backends.torch_backend import TorchBackend
 
         self.spec = spec
-        os.environ.setdefault("MASTER_ADDR", spec.master_addr)
-        os.environ["MASTER_PORT"] = str(spec.master_port)
         if spec.device_type == "cuda":
             local = spec.rank % max(torch.cuda.device_count(), 1)
             torch.cuda.set_device(local)
@@ -93,8 +90,12 @@ class TrainRank:
         else:
             self.device = torch.device("cpu")
         if not dist.is_initialized():
+            # The address in the call, not MASTER_ADDR / MASTER_PORT: a cluster job's own values
+            # (torchrun, SLURM) in the environment would point the ranks elsewhere and hang.
+            host = f"[{spec.master_addr}]" if ":" in spec.master_addr else spec.master_addr
             dist.init_process_group(
                 process_group_backend(spec.device_type),
+                init_method=f"tcp://{host}:{spec.master_port}",
                 rank=spec.rank,
                 world_size=spec.world_size,
             )

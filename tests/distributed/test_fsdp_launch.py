@@ -72,3 +72,30 @@ def test_ray_actors_name_the_dead_rank_not_the_peer_that_reported_first() -> Non
     with pytest.raises(RankError, match=r"training rank 1 died during train") as caught:
         group._call_all("train", [(), ()])
     assert "rank 0 then failed" in str(caught.value)
+
+
+_BUILD_A_RANK = """
+from miles_sdk import Trainer
+from miles_sdk.testing.run import small_config
+from miles_sdk.testing.tiny import tiny_policy
+
+async def reward(args, sample):
+    return 0.0
+
+model, tok = tiny_policy("unit", seed=0)
+Trainer(small_config(train_backend="fsdp"), model=model, tokenizer=tok, reward_model=reward,
+        dataset=[{"input": "1+1=", "label": "2"}]).close()
+"""
+
+
+def test_a_cluster_jobs_master_addr_does_not_misdirect_the_ranks() -> None:
+    """MASTER_ADDR / MASTER_PORT set by a cluster job (torchrun, SLURM) pointed the ranks' rendezvous
+    at another host: building the Trainer hung."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"MASTER_ADDR": "10.255.255.1", "MASTER_PORT": "1"}
+    command = [sys.executable, "-c", _BUILD_A_RANK]
+    done = subprocess.run(command, check=False, env=env, timeout=90, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
