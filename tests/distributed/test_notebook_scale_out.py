@@ -11,6 +11,7 @@ on a cluster the notebook started itself with ``ray.init``, which it must leave 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -108,8 +109,9 @@ print("scale-out closed cleanly", first["train/grad_norm"])
 def test_scale_out_trainers_close_without_leaks(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     pytest.importorskip("psutil")
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, OWN_CLUSTER, USER_CLUSTER)]
+    v4: Any = nbformat.v4  # untyped
+    nb = v4.new_notebook()
+    nb.cells = [v4.new_code_cell(src) for src in (SETUP, OWN_CLUSTER, USER_CLUSTER)]
     NotebookClient(
         nb, timeout=400, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
