@@ -18,7 +18,15 @@ from miles_sdk.distributed.launch import RankError
 from miles_sdk.testing.run import StepsResult, run_steps, small_config
 from miles_sdk.testing.tiny import tiny_policy
 
-COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "train/ratio_max", "rollout/raw_reward")
+COMPARED = (
+    "train/grad_norm",
+    "train/pg_loss",
+    "train/entropy_loss",
+    "train/pg_clipfrac",
+    "train/ppo_kl",
+    "train/ratio_max",
+    "rollout/raw_reward",
+)
 
 
 async def spread_reward(args: Config, sample: Sample) -> float:
@@ -27,7 +35,10 @@ async def spread_reward(args: Config, sample: Sample) -> float:
 
 
 def _config(**overrides: Any) -> Config:
-    return small_config(rollout_batch_size=4, n_samples_per_prompt=2, lr=1e-3, rollout_seed=7, **overrides)
+    # Two optimizer steps per rollout (global batch 4 of 8 samples): the second is off-policy, so
+    # the ratio, clip fraction and ppo_kl the ranks reduce are not trivially 1, 0 and 0.
+    settings: dict[str, Any] = {"rollout_batch_size": 4, "n_samples_per_prompt": 2, "global_batch_size": 4}
+    return small_config(**(settings | {"lr": 1e-3, "rollout_seed": 7} | overrides))
 
 
 def _run(steps: int = 3, **overrides: Any) -> StepsResult:
@@ -41,6 +52,7 @@ def _assert_same_run(a: StepsResult, b: StepsResult) -> None:
             if key in ma:
                 assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), f"step {step}: {key}"
     assert a.metrics[0]["train/grad_norm"] > 0.01, "the comparison needs a real gradient"
+    assert max(m["train/ppo_kl"] for m in a.metrics) != 0.0, "the comparison needs an off-policy step"
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +100,7 @@ PER_TOKEN_COMPARED = (
 def test_per_token_loss_over_two_ranks_matches_one_process() -> None:
     """calculate_per_token_loss: every token's loss over the global token count, whichever rank
     holds it (the ranks divided by their own counts before, weighting a short share's tokens up)."""
-    per_token = {"calculate_per_token_loss": True, "global_batch_size": 4, **UNEVEN}  # 2 optimizer steps
+    per_token = {"calculate_per_token_loss": True, **UNEVEN}
     one = _run(steps=2, **per_token)
     two = _run(
         steps=2,
