@@ -94,13 +94,22 @@ PER_TOKEN_COMPARED = (
     "train/entropy_loss",
     "train/pg_clipfrac",
     "train/ppo_kl",
+    "train/kl_loss",
+    "train/tis",
 )
 
 
 def test_per_token_loss_over_two_ranks_matches_one_process() -> None:
     """calculate_per_token_loss: every token's loss over the global token count, whichever rank
     holds it (the ranks divided by their own counts before, weighting a short share's tokens up)."""
-    per_token = {"calculate_per_token_loss": True, **UNEVEN}
+    # With the reference model's KL loss and TIS, whose terms are reduced per token too.
+    per_token = {
+        "calculate_per_token_loss": True,
+        "use_kl_loss": True,
+        "kl_loss_coef": 0.1,
+        "use_tis": True,
+        **UNEVEN,
+    }
     one = _run(steps=2, **per_token)
     two = _run(
         steps=2,
