@@ -41,7 +41,9 @@ class _ValueModel(nn.Module):
         """V per token of each sequence."""
         device = self.value_head.weight.device
         hidden = decoder_rows(self.body, tokens, device, pack=pack)
-        return hidden.map(lambda h: self.value_head(h.float()).squeeze(-1))
+        # A copy, not the squeeze's view: FSDP2 (train_backend="fsdp") warns on a module returning
+        # a view, since an in-place op on it would skip its pre-backward hook. [tokens] floats only.
+        return hidden.map(lambda h: self.value_head(h.float()).squeeze(-1).clone())
 
 
 class Critic:
