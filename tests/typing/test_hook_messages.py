@@ -71,7 +71,13 @@ def mypy_output(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixtur
         header = "from miles_sdk import Config, Sample, SamplingParams, Trainer\n\n\n"
         (where / f"{module}.py").write_text(header + source + "\n")
         names[label] = module
-    cache = Path(request.config.cache.mkdir("miles_sdk_install_typing_mypy"))
+    # pytest's cache keeps mypy's warm between runs; with -p no:cacheprovider it is absent.
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = (
+        Path(pytest_cache.mkdir("miles_sdk_install_typing_mypy"))
+        if pytest_cache is not None
+        else tmp_path_factory.mktemp("mypy_cache")
+    )
     # miles_sdk is found as an installed, typed package (py.typed) on the interpreter's path, as
     # after `pip install`; no mypy config of this repository applies (cwd is outside it).
     env = {k: v for k, v in os.environ.items() if k not in {"MYPYPATH"}} | {"PYTHONPATH": str(REPO)}
