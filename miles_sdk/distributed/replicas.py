@@ -293,6 +293,13 @@ def start_engine_replicas(
     )
     launcher = ReplicaLauncher(template, use_ray, on_cuda, _replica_devices(args, device, count))
     owns_ray = use_ray and init_ray(args, "rollout_num_gpus replicas with distributed_launcher='ray'")
+    if use_ray and on_cuda and args.colocate:
+        logger.warning(
+            "colocate (--colocate) is not honoured by Ray replicas: each asks Ray for a whole GPU, so "
+            "the %d replicas need GPUs of their own beside the training ranks'; to share GPUs on one "
+            "node use --distributed-launcher processes",
+            count,
+        )
     if use_ray and shared is None and _ray_nodes() > 1:
         logger.warning(
             "rollout_num_gpus=%d replicas on a %d-node Ray cluster read their weights from %s on this "

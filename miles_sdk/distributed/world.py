@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import attrs
@@ -11,6 +12,8 @@ from miles_sdk.config import Config, ConfigError
 __all__ = ["Launcher", "WorldPlan", "plan_world", "process_group_backend"]
 
 Launcher = Literal["in_process", "processes", "ray"]
+
+logger = logging.getLogger(__name__)
 
 
 @attrs.frozen
@@ -53,6 +56,12 @@ def plan_world(args: Config, device_type: str) -> WorldPlan:
         raise ConfigError(
             f"fsdp_cpu_offload (--fsdp-cpu-offload) moves GPU ranks' shards to host memory; these "
             f"ranks run on {device_type!r}, whose state is in host memory already: unset it"
+        )
+    if args.offload_train:
+        logger.warning(
+            "offload_train (--offload-train) has no effect with train_backend='fsdp': the ranks keep "
+            "their state on their devices for the whole run (--fsdp-cpu-offload keeps the sharded "
+            "state in host memory instead)"
         )
     launcher: Launcher
     if world_size == 1:

@@ -85,3 +85,35 @@ def test_replica_weights_live_under_weight_sync_dir(tmp_path: Path) -> None:
     assert Path(weights).parent.parent == shared and (Path(weights) / "config.json").is_file()
     asyncio.run(replicas.close())
     assert shared.is_dir() and not Path(weights).exists()
+
+
+def test_offload_train_under_fsdp_is_said_to_do_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """--offload-train was silently ignored with train_backend='fsdp' (the in-process warning about
+    placement flags is skipped for fsdp)."""
+    from miles_sdk.distributed.world import plan_world
+
+    plan_world(small_config(train_backend="fsdp", offload_train=True), "cpu")
+    assert "offload_train (--offload-train) has no effect with train_backend='fsdp'" in caplog.text
+
+
+def test_colocate_with_ray_replicas_on_gpus_is_said_not_to_share(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ray replicas ask for whole GPUs whatever --colocate says; the run says so at start (before,
+    the ranks' placement waited for GPUs the replicas held, with no word about colocate)."""
+    import asyncio
+
+    import torch
+
+    from miles_sdk.distributed.replicas import start_engine_replicas
+    from miles_sdk.testing.tiny import tiny_policy
+
+    ray = _StubRay()
+    ray.nodes = lambda: [{"Alive": True}]  # type: ignore[attr-defined]
+    ray.shutdown = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    model, tok = tiny_policy("unit", seed=0)
+    args = small_config(rollout_num_gpus=2, distributed_launcher="ray", colocate=True)
+    replicas = start_engine_replicas(args, model, tok, torch.device("cuda"))  # nothing starts: stub Ray
+    asyncio.run(replicas.close())
+    assert "colocate (--colocate) is not honoured by Ray replicas" in caplog.text
