@@ -122,6 +122,7 @@ class _TrainRollout:
         self.counts: Counter[str] = Counter()
         self.busy: dict[str, float] = {"perf/generate_time_sum": 0.0, "perf/reward_time_sum": 0.0}
         self.first_reward_error: str | None = None
+        self.unfiltered_sum, self.unfiltered_n = 0.0, 0  # over every scored group (_count_unfiltered)
         # The latest groups the dynamic filter dropped: what fills the batch at over_sampling_max_groups.
         self.filtered: collections.deque[list[Sample]] = collections.deque(maxlen=args.rollout_batch_size)
 
@@ -313,11 +314,23 @@ class _TrainRollout:
         if any(s.reward is None for s in group):
             self.counts["rollout/dropped_groups/unscored_aborted"] += 1
             return False
+        self._count_unfiltered(group)
         verdict = await call_dynamic_filter(self.ctx.dynamic_sampling_filter, self.args, group)
         if not verdict.keep:
             self.counts[f"rollout/dynamic_filter/drop_{verdict.reason or 'unspecified'}"] += 1
             self.filtered.append(group)
         return verdict.keep
+
+    def _count_unfiltered(self, group: list[Sample]) -> None:
+        """Sum the rewards of every scored group, before the dynamic filter picks some: their mean
+        is what the policy scores on the prompts it drew (the kept groups' mean is biased by the
+        filter: with check_reward_nonzero_std a kept group always holds a right answer)."""
+        try:
+            values = [s.get_reward_value(self.args.reward_key) for s in group]
+        except ValueError:  # dict rewards without reward_key: scalars only after post-process
+            return
+        self.unfiltered_sum += sum(values)
+        self.unfiltered_n += len(values)
 
     def _capped(self, kept: list[list[Sample]]) -> bool:
         """Whether over_sampling_max_groups stops the drawing: the cap is reached, a group is kept
@@ -424,4 +437,6 @@ class _TrainRollout:
             self.counts["rollout/samples_finished"], 1
         )
         metrics.setdefault("rollout/aborted_groups", 0.0)
+        if self.unfiltered_n:
+            metrics["rollout/reward_mean_unfiltered"] = self.unfiltered_sum / self.unfiltered_n
         return metrics

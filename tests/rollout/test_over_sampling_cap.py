@@ -71,3 +71,12 @@ async def test_the_cap_never_ends_a_rollout_without_a_kept_group() -> None:
 def test_a_cap_below_the_batch_is_refused() -> None:
     with pytest.raises(ConfigError, match="over_sampling_max_groups"):
         make_config(rollout_batch_size=4, over_sampling_max_groups=3)
+
+
+async def test_the_unfiltered_reward_mean_counts_the_dropped_groups() -> None:
+    """rollout/reward_mean covers the kept groups, which check_reward_nonzero_std picks (each holds
+    a right and a wrong answer); rollout/reward_mean_unfiltered is over every scored group."""
+    args = make_config(rollout_batch_size=2, over_sampling_max_groups=6, sglang_enable_deterministic_inference=True)
+    out = await rollout(args, ListSource(PROMPTS, n=2), ScriptedEngine(mostly_solved, tokenizer=TOK))
+    # 6 groups drawn: mixed0 (one right of two) and five all-right groups
+    assert out.metrics["rollout/reward_mean_unfiltered"] == pytest.approx((1 + 5 * 2) / 12)
