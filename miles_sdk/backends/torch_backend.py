@@ -57,15 +57,18 @@ class TorchBackend:
         before_train_step_hook: BeforeTrainStepHookFn | None = None,
         adapter: TrainableAdapter | None = None,
         critic: Critic | None = None,
+        device: torch.device | None = None,
     ) -> None:
         """``adapter``: with LoRA, the trained adapter (the model's base is frozen): the reference
         is then this model with its adapter off, and checkpoints hold the adapter alone.
         ``critic``: ppo's critic when the caller builds it (FSDP ranks shard theirs); by default
-        it is built here from the policy."""
+        it is built here from the policy. ``device``: where the passes compute; by default the
+        parameters' device (an FSDP rank with CPU offload keeps its parameters in host memory
+        but computes on its GPU, so it passes that)."""
         self.args = args
         self.adapter = adapter
         self._model = model
-        self.device = next(model.parameters()).device
+        self.device = device if device is not None else next(model.parameters()).device
         self.ref_model = ref_model
         # Also here for models that did not come through build_policy (a no-op when they did).
         disable_dropout(model)

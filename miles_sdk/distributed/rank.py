@@ -134,6 +134,7 @@ class TrainRank:
             before_log_prob_hook=hooks.before_log_prob_hook,
             before_train_step_hook=hooks.before_train_step_hook,
             critic=critic,
+            device=self.device,
         )
 
     def compute_log_probs(self, data: TrainData, which: LogProbModel) -> list[torch.Tensor]:

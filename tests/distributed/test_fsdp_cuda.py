@@ -24,17 +24,17 @@ async def spread_reward(args: Config, sample: Sample) -> float:
 
 
 def _config(**overrides: Any) -> Config:
-    return small_config(
-        rollout_batch_size=4,
-        n_samples_per_prompt=2,
-        global_batch_size=4,
-        lr=1e-3,
-        rollout_seed=7,
-        device="cuda",
-        train_backend="fsdp",
-        sglang_enable_deterministic_inference=True,
-        **overrides,
-    )
+    settings: dict[str, Any] = {
+        "rollout_batch_size": 4,
+        "n_samples_per_prompt": 2,
+        "global_batch_size": 4,
+        "lr": 1e-3,
+        "rollout_seed": 7,
+        "device": "cuda",
+        "train_backend": "fsdp",
+        "sglang_enable_deterministic_inference": True,
+    }
+    return small_config(**(settings | overrides))
 
 
 def _steps(config: Config, steps: int) -> list[dict[str, float]]:
