@@ -228,11 +228,24 @@ def _cannot_pack(decoder: nn.Module) -> str | None:
 _PROBE_TOKENS = [[1, 2, 3, 4], [5, 6, 7]]
 
 
-def _packed_forward_differs(decoder: nn.Module, device: torch.device) -> str | None:
+def _compute_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s forward computes: its parameters' device, except for an FSDP-sharded
+    module, whose shards may sit in host memory (CPU offload) while it computes on its mesh's device."""
+    param = next(module.parameters())
+    mesh = getattr(param, "device_mesh", None)  # a DTensor shard
+    return (
+        torch.device(mesh.device_type, torch.cuda.current_device())
+        if mesh is not None and mesh.device_type == "cuda"
+        else param.device
+    )
+
+
+def _packed_forward_differs(decoder: nn.Module) -> str | None:
     """Why a packed forward of two short sequences differs from the padded one, or None.
 
     The class checks cannot see a model whose forward drops the packed layout's kwargs (its
     attention would then span both sequences): one tiny forward each way, eval mode, no grad."""
+    device = _compute_device(decoder)
     vocab = int(getattr(decoder.config, "vocab_size", 8))
     tokens = [[t % vocab for t in seq] for seq in _PROBE_TOKENS]
     was_training = decoder.training
@@ -257,7 +270,7 @@ def packing_enabled(mode: Literal["auto", "on", "off"], decoder: nn.Module, devi
     that cannot pack pads under auto, with one log line, and is an error under on)."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
-    reason = _cannot_pack(decoder) or _packed_forward_differs(decoder, device)
+    reason = _cannot_pack(decoder) or _packed_forward_differs(decoder)
     if reason is None:
         return True
     name = type(decoder).__name__
