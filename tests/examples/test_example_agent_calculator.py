@@ -63,5 +63,5 @@ def test_warmup_trains_on_exactly_the_tokens_a_session_records() -> None:
 
 
 def test_one_training_step_runs(tmp_path: object) -> None:
-    history = run.train(1, str(tmp_path), warmup_steps=2, rollout_batch_size=1, preset="unit")
+    history = run.train(1, str(tmp_path), warmup_steps=2, rollout_batch_size=1, preset="unit", dynamic_sampling=False)
     assert len(history) == 1 and "rollout/reward_mean" in history[0]
