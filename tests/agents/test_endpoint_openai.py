@@ -162,7 +162,13 @@ async def test_a_cancelled_request_is_not_recorded(endpoint: AgentEndpoint) -> N
             extra_body={"ignore_eos": True},
         )
     )
-    await asyncio.sleep(0.3)
+    # Cancel while the turn is being generated (the session's lock is held then): a fixed sleep
+    # raced the generation on a loaded machine, which sometimes finished first.
+    for _ in range(1000):
+        if session.lock.locked():
+            break
+        await asyncio.sleep(0.005)
+    assert session.lock.locked(), "the request never started generating"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
