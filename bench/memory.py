@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,9 +27,9 @@ import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from miles_sdk import Config, Sample, SamplingParams, Trainer
+from bench.w1_step import RandomPromptSource, exact_length, random_reward
+from miles_sdk import Config, Trainer
 from miles_sdk.backends._memory import owner_bytes
-from miles_sdk.rollout import generate_with_engine
 
 GiB = float(2**30)
 
@@ -191,43 +190,6 @@ def build_model(shape: Shape, device: torch.device) -> Qwen2ForCausalLM:
     return model
 
 
-class RandomPrompts:
-    """Groups of ``samples`` samples sharing a random prompt of ``length`` tokens."""
-
-    def __init__(self, samples: int, length: int, vocab: int) -> None:
-        self.samples, self.length, self.vocab = samples, length, vocab
-        self.rng = random.Random(0)
-        self.index = 0
-
-    def get_samples(self, num_samples: int) -> list[list[Sample]]:
-        groups = []
-        for g in range(num_samples):
-            prompt = [self.rng.randrange(self.vocab - 2) for _ in range(self.length)]
-            group = []
-            for _ in range(self.samples):
-                group.append(
-                    Sample(group_index=g, index=self.index, prompt="", tokens=list(prompt), label="x")
-                )
-                self.index += 1
-            groups.append(group)
-        return groups
-
-    def add_samples(self, samples: list[list[Sample]]) -> None: ...
-
-    def save(self, rollout_id: int) -> None: ...
-
-    def load(self, rollout_id: int | None = None) -> None: ...
-
-
-async def exact_length(args: Config, sample: Sample, sampling_params: SamplingParams) -> Sample:
-    sampling_params["ignore_eos"] = True  # every response is exactly rollout_max_response_len tokens
-    return await generate_with_engine(args, sample, sampling_params)
-
-
-async def random_reward(args: Config, sample: Sample) -> float:
-    return float(sum(sample.response_tokens[:4]) % 2)
-
-
 def make_trainer(shape: Shape, work: Workload, s: Settings, device: torch.device, **config: Any) -> Trainer:
     model = build_model(shape, device)
     cfg = Config(
@@ -251,7 +213,7 @@ def make_trainer(shape: Shape, work: Workload, s: Settings, device: torch.device
         cfg,
         model=model,
         tokenizer=word_tokenizer(shape.vocab),
-        data_source=RandomPrompts(work.samples, work.prompt_len, shape.vocab),
+        data_source=RandomPromptSource(work.samples, work.prompt_len, shape.vocab),
         generate_fn=exact_length,
         reward_model=random_reward,
     )

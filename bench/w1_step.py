@@ -25,17 +25,17 @@ PARAMS = 494e6
 
 
 class RandomPromptSource:
-    """Groups of SAMPLES samples sharing a random 128-token prompt."""
+    """Groups of ``n`` samples sharing a random prompt of ``length`` tokens (W1: 128)."""
 
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, length: int = PROMPT_LEN, vocab: int = VOCAB) -> None:
+        self.n, self.length, self.vocab = n, length, vocab
         self.rng = random.Random(0)
         self.index = 0
 
     def get_samples(self, num_samples: int) -> list[list[Sample]]:
         groups = []
         for g in range(num_samples):
-            prompt = [self.rng.randrange(VOCAB - 2) for _ in range(PROMPT_LEN)]
+            prompt = [self.rng.randrange(self.vocab - 2) for _ in range(self.length)]
             group = []
             for _ in range(self.n):
                 group.append(
