@@ -129,13 +129,13 @@ def _checkpointed(
     recompute must not try the compiler again (torch 2.11 did, inside the backward).
 
     A forward that raises (the compiler's failure above all) is not let through ``checkpoint``:
-    it is held, ``checkpoint`` returns normally, and the error is raised from here. torch up to
-    2.11 leaves a checkpoint's saved-tensor hooks pushed when its function raises, until the
+    it is held, ``checkpoint`` returns normally, and the error is raised from here. torch 2.11
+    (and older) leaves a checkpoint's saved-tensor hooks pushed when its function raises, until the
     exception's traceback is freed (it holds checkpoint's suspended generator); a log handler
     that keeps the warning's record (pytest's does), a debugger or an error reporter keeps it
     alive, and the eager re-run of the forward then saved all its tensors into the failed
     layer's checkpoint: the backward's recompute raised CheckpointError (47 tensors saved vs 38
-    recomputed on the unit model). torch 2.13 closes the generator itself."""
+    recomputed on the unit model). Fixed upstream by pytorch/pytorch#184018 (torch 2.13 has it)."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
         return (compiled if enabled() else eager)(*args, **kwargs)
