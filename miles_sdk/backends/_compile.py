@@ -135,7 +135,7 @@ def _checkpointed(
     that keeps the warning's record (pytest's does), a debugger or an error reporter keeps it
     alive, and the eager re-run of the forward then saved all its tensors into the failed
     layer's checkpoint: the backward's recompute raised CheckpointError (47 tensors saved vs 38
-    recomputed on the unit model). Fixed upstream by pytorch/pytorch#184018 (torch 2.13 has it)."""
+    recomputed on the unit model). torch 2.13 closes the checkpoint when its function raises."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
         return (compiled if enabled() else eager)(*args, **kwargs)
