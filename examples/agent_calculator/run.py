@@ -137,6 +137,7 @@ def train(
     dynamic_sampling: bool = True,
     temperature: float = 1.0,
     steps_per_rollout: int = 1,
+    n_samples_per_prompt: int = 8,
 ) -> list[Metrics]:
     from examples._common import RunOptions
 
@@ -153,7 +154,7 @@ def train(
         opts,
         custom_agent_function_path="examples.agent_calculator.agent.calculator_agent",
         rollout_batch_size=rollout_batch_size,
-        n_samples_per_prompt=8,
+        n_samples_per_prompt=n_samples_per_prompt,
         rollout_max_response_len=60,
         rollout_temperature=temperature,
         rollout_shuffle=True,
@@ -166,7 +167,7 @@ def train(
         # One optimizer step per rollout: two (the demo's setting) broke the tool-call format on the
         # first rollout (measured: reward 0.05 -> 0.002).
         num_steps_per_rollout=steps_per_rollout,
-        micro_batch_size=rollout_batch_size * 8 // steps_per_rollout,
+        micro_batch_size=rollout_batch_size * n_samples_per_prompt // steps_per_rollout,
         max_seq_len=400,
         agent_timeout=300.0,
     )
