@@ -4,7 +4,9 @@ sampling from the weights being trained.
 - :meth:`WeightSync.sync`: an engine that reads the trainer's module (the embedded one) is told
   the new version; an engine whose replicas hold their own weights (``rollout_engine="http"``, a
   router over URLs) gets them through a ``save_pretrained`` directory and SGLang's
-  ``/update_weights_from_disk``.
+  ``/update_weights_from_disk``, or, with ``weight_sync_method="distributed"`` and engine replicas
+  that can join one, through a torch.distributed group the trainer broadcasts from in buckets
+  (:class:`~miles_sdk.engines.weight_group.WeightGroupSender`).
 - With ``check_weight_sync`` (on in tests: the pytest plugin sets ``MILES_SDK_CHECK_WEIGHT_SYNC=1``)
   every sync is followed by a check: each replica reports the new version and the first rows of a
   few tensors equal to the trainer's (within a bf16 cast); a mismatch raises.
@@ -27,6 +29,7 @@ import torch
 from miles_sdk._loop import LoopThread
 from miles_sdk.config import Config
 from miles_sdk.engines.base import InferenceEngine, RemoteWeightsEngine, ReplicaWeights, WeightReporter
+from miles_sdk.engines.weight_group import WeightGroupSender, WeightGroupTarget
 from miles_sdk.engines.weight_sync import (
     FINGERPRINT_ROWS,
     WeightSyncError,
@@ -74,6 +77,8 @@ class WeightSync:
         self._tmp: str | None = None
         self._names: list[str] | None = None
         self._unchecked_logged = False
+        self._disk_fallback_logged = False
+        self._sender: WeightGroupSender | None = None
 
     @property
     def remote(self) -> bool:
@@ -85,7 +90,10 @@ class WeightSync:
         version = self.engine.weight_version + 1 if version is None else version
         if self.before_sync is not None:
             self.before_sync()
-        if self.remote:
+        target = self._group_target() if self.remote else None
+        if target is not None:
+            self.loop.run(self._send_through_group(target, version))
+        elif self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
             path = save_for_sync(self.model, self._directory() / "weights")
             self.loop.run(self.engine.load_weights_from_disk(str(path), version))
@@ -115,8 +123,38 @@ class WeightSync:
                 )
             compare_fingerprint(expected, report.values, where=where)
 
+    def _group_target(self) -> WeightGroupTarget | None:
+        if self.args.weight_sync_method != "distributed":
+            return None
+        if isinstance(self.engine, WeightGroupTarget):
+            return self.engine
+        if not self._disk_fallback_logged:
+            logger.warning(
+                "weight_sync_method='distributed': %s cannot join a weight update group (only "
+                "rollout_num_gpus engine replicas can); syncing through the disk",
+                type(self.engine).__name__,
+            )
+            self._disk_fallback_logged = True
+        return None
+
+    async def _send_through_group(self, target: WeightGroupTarget, version: int) -> None:
+        if self._sender is None:
+            on_gpu = any(p.is_cuda for p in self.model.parameters())
+            self._sender = WeightGroupSender(
+                backend="nccl" if on_gpu else "gloo", bucket_bytes=self.args.update_weight_buffer_size
+            )
+        try:
+            await self._sender.send(target, self.model, version)
+        except WeightSyncError as e:
+            # Once more with a new group: a replica lost mid-sync is replaced and rejoins.
+            logger.warning("%s; reopening the group and sending again", e)
+            await self._sender.send(target, self.model, version)
+
     def close(self) -> None:
         """Remove the temporary weight directory, if one was made."""
+        if self._sender is not None:
+            self._sender.close()
+            self._sender = None
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

@@ -239,6 +239,15 @@ class Config:
     """Directory the trainer writes its weights to for an engine in another process
     (rollout_engine=http: /update_weights_from_disk); it must be readable by the server. None: a
     temporary directory, removed at close."""
+    weight_sync_method: Literal["disk", "distributed"] = "disk"
+    """How trained weights reach engine replicas in other processes (rollout_num_gpus replicas):
+    "disk" writes a save_pretrained directory each replica loads (/update_weights_from_disk);
+    "distributed" broadcasts them from the trainer through a torch.distributed group
+    (/init_weights_update_group, /update_weights_from_distributed; NCCL on GPUs, gloo on CPU),
+    as Miles does when not colocated. Engines that cannot join a group (rollout_engine=http)
+    use disk, with a warning."""
+    update_weight_buffer_size: int = 512 * 1024**2
+    """Miles flag: bytes of weights per broadcast bucket (weight_sync_method="distributed")."""
     check_weight_sync: bool = False
     """After every weight sync, check that the engine reports the new version and the trainer's
     weights (the first rows of a few tensors); a mismatch raises. On in tests (the pytest plugin)."""
@@ -848,6 +857,7 @@ def _validate(c: Config) -> None:
     need(0.0 < c.rollout_top_p <= 1.0, f"rollout_top_p must be in (0, 1], got {c.rollout_top_p}")
     need(c.rollout_temperature >= 0.0, "rollout_temperature must be >= 0")
     need(c.update_weights_interval >= 1, "update_weights_interval must be >= 1")
+    need(c.update_weight_buffer_size >= 1, "update_weight_buffer_size must be >= 1 (bytes)")
     need(c.lr_decay_iters is None or c.lr_decay_iters >= 1, "lr_decay_iters must be >= 1")
     need(c.sglang_server_concurrency >= 1, "sglang_server_concurrency must be >= 1")
     need(c.serve_max_body_bytes is None or c.serve_max_body_bytes >= 1024, "serve_max_body_bytes must be >= 1024")

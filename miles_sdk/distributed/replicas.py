@@ -7,7 +7,9 @@ that spreads requests by load (and its middlewares' choices).
 
 - Weights: the Trainer's sync writes a ``save_pretrained`` directory; :meth:`load_weights_from_disk`
   fans ``/update_weights_from_disk`` out to every replica, and :meth:`report_weights` returns one
-  fingerprint per replica for ``check_weight_sync``.
+  fingerprint per replica for ``check_weight_sync``. With ``weight_sync_method="distributed"``
+  the replicas join a torch.distributed group with the trainer instead (:meth:`group_members`,
+  :meth:`post_each`; miles_sdk.engines.weight_group) and the weights are broadcast.
 - Sampling: a request's tokens depend only on its ``sampling_seed`` and the weights, so with
   ``sglang_enable_deterministic_inference`` (sample i of a group seeded ``rollout_seed + i``) the
   replica that serves a request does not change its sample. Requests without a seed get the
@@ -26,8 +28,9 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -44,6 +47,7 @@ from miles_sdk.engines._serving_guard import new_token
 from miles_sdk.engines.base import ReplicaWeights
 from miles_sdk.engines.weight_sync import save_for_sync
 from miles_sdk.rollout.context import TokenizerLike
+from miles_sdk.router._workers import WorkerDown
 from miles_sdk.router.router import Router, RouterError
 
 __all__ = ["EngineReplicas", "ReplicaLauncher", "replica_count", "start_engine_replicas"]
@@ -187,6 +191,40 @@ class EngineReplicas(Router):
                 continue
             self._weights = (model_path, version)
             return
+
+    async def group_members(self) -> list[str]:
+        """For a weight sync through a torch.distributed group: replace lost replicas (they start
+        from the last weights on disk and get the full broadcast), then every replica's URL in
+        slot order (replica i is rank i + 1; the trainer is rank 0)."""
+        await self.restart_lost()
+        urls = [s.url for s in self._slots if s is not None]
+        if len(urls) != self.count:
+            raise RouterError(f"EngineReplicas: {len(urls)} of {self.count} replicas are running")
+        return urls
+
+    async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """POST ``bodies[i]`` to replica i, all at once (a collective: every replica must take
+        part); raise naming each replica that failed."""
+        urls = [s.url for s in self._slots if s is not None]
+        if len(urls) != len(bodies):
+            raise RouterError(f"EngineReplicas: {len(bodies)} requests for {len(urls)} running replicas")
+        workers = {w.name: w for w in self._workers}
+
+        async def one(url: str, body: Mapping[str, Any]) -> str | None:
+            worker = workers.get(url)
+            if worker is None:
+                return f"{url}: not in rotation"
+            try:
+                status, reply = await worker.call("POST", path, body)
+            except WorkerDown as e:
+                return f"{url}: {e}"
+            if status != 200 or not (isinstance(reply, Mapping) and reply.get("success", True)):
+                return f"{url}: HTTP {status}: {str(reply)[:300]}"
+            return None
+
+        failed = [f for f in await asyncio.gather(*map(one, urls, bodies)) if f is not None]
+        if failed:
+            raise RouterError(f"EngineReplicas: {path} failed on " + "; ".join(failed))
 
     async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
         reports = await super().report_weights(names, truncate_size)

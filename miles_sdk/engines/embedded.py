@@ -190,6 +190,28 @@ class EmbeddedEngine:
         with self._lock:
             load_into_module(self._source, model_path)
 
+    @property
+    def weights_device(self) -> torch.device:
+        """Where the engine's source weights live (a weight-update group receives them there)."""
+        return next(self._source.parameters()).device
+
+    def load_named_weights(self, tensors: Sequence[tuple[str, torch.Tensor]]) -> None:
+        """Copy ``(name, tensor)`` pairs into the engine's source module by parameter name (cast
+        to its dtype and device): SGLang's ``/update_weights_from_distributed`` on a server that
+        owns its model; :meth:`update_weights` then publishes them. Raises KeyError naming a name
+        or shape the module does not have (before copying anything)."""
+        with self._lock:
+            targets = dict(self._source.state_dict(keep_vars=True))
+            for name, tensor in tensors:
+                dst = targets.get(name)
+                if dst is None:
+                    raise KeyError(f"{name!r} is not a parameter of {type(self._source).__name__}")
+                if tuple(dst.shape) != tuple(tensor.shape):
+                    raise KeyError(f"{name!r} has shape {tuple(tensor.shape)}, the engine's is {tuple(dst.shape)}")
+            with torch.no_grad():
+                for name, tensor in tensors:
+                    targets[name].copy_(tensor.to(device=targets[name].device, dtype=targets[name].dtype))
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume sampling exactly: the next default request seed, the
         weight version and, when the engine keeps its own copy of the weights, that copy. With

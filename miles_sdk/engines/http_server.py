@@ -13,8 +13,11 @@ Endpoints (SGLang's names and shapes): ``POST /generate`` (``input_ids`` or ``te
 or a batch of lists), ``POST /abort_request`` (abort all), ``GET /health``, ``GET /health_generate``,
 ``GET /get_model_info``, ``GET /get_server_info``, ``GET /get_weight_version``,
 ``GET|POST /get_weights_by_name``, ``/flush_cache``, ``POST /update_weight_version``,
-``POST /update_weights_from_disk``. The engine interface can only abort everything, so an abort
-naming one ``rid`` is refused rather than silently widened.
+``POST /update_weights_from_disk``, ``POST /init_weights_update_group``,
+``/update_weights_from_distributed``, ``/destroy_weights_update_group`` (weights broadcast from
+the trainer through a torch.distributed group: miles_sdk.engines.weight_group). The engine
+interface can only abort everything, so an abort naming one ``rid`` is refused rather than
+silently widened.
 
 Safety (docs/reliability.md, "The served HTTP API"): control endpoints (aborts, weight updates,
 cache flushes) need ``Authorization: Bearer <token>`` (a random per-run token unless ``api_key``
@@ -49,6 +52,7 @@ from miles_sdk.engines._serving_guard import (
 )
 from miles_sdk.engines._validate import check_input_ids, parse_sampling_params
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine
+from miles_sdk.engines.weight_group import DEFAULT_GROUP, WeightGroupReceiver
 from miles_sdk.rollout.context import TokenizerLike
 
 __all__ = [
@@ -147,6 +151,8 @@ class EngineService:
     load_weights_from_disk: WeightLoader | None = None
     max_context_len: int | None = None
     vocab_size: int | None = None
+    weight_groups: WeightGroupReceiver = attrs.field(factory=WeightGroupReceiver)
+    """The weight-update groups this server joined (``/init_weights_update_group``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.vocab_size is None and self.tokenizer is not None:
@@ -270,6 +276,38 @@ class EngineService:
             return {"success": False, "message": f"loading {path} failed: {e}", "num_paused_requests": 0}
         self.update_weight_version({"new_version": payload.get("weight_version")})
         return {"success": True, "message": f"loaded {path}", "num_paused_requests": 0}
+
+    async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/init_weights_update_group {"master_address", "master_port", "rank_offset",
+        "world_size", "group_name"?, "backend"?}``: join the trainer's weight-update group (the
+        reply comes once every rank joined)."""
+        try:
+            device = getattr(self.engine, "weights_device", None)
+            await asyncio.to_thread(self.weight_groups.init, payload, device)
+        except Exception as e:  # noqa: BLE001 - a rendezvous failure is reported, the server lives on
+            return {"success": False, "message": f"init_weights_update_group failed: {type(e).__name__}: {e}"}
+        return {"success": True, "message": f"joined {payload.get('group_name', DEFAULT_GROUP)!r}"}
+
+    async def destroy_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/destroy_weights_update_group {"group_name"?}``: leave the group."""
+        left = self.weight_groups.destroy(payload)
+        return {"success": left, "message": "left the group" if left else "not in that group"}
+
+    async def update_weights_from_distributed(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/update_weights_from_distributed {"names", "dtypes", "shapes", "group_name"?,
+        "flush_cache"?, "weight_version"?}``: receive the listed tensors from the group's rank 0,
+        load them into the engine by name, publish ``weight_version`` when given."""
+        loader = getattr(self.engine, "load_named_weights", None)
+        if loader is None:
+            raise ApiError(400, f"this server's engine ({type(self.engine).__name__}) cannot load weights by name")
+        try:
+            tensors = await asyncio.to_thread(self.weight_groups.receive, payload)
+            await asyncio.to_thread(loader, tensors)
+        except (LookupError, ValueError, RuntimeError) as e:
+            return {"success": False, "message": f"update_weights_from_distributed failed: {e}"}
+        if payload.get("weight_version") is not None:
+            self.update_weight_version({"new_version": payload.get("weight_version")})
+        return {"success": True, "message": f"loaded {len(tensors)} tensors"}
 
     async def get_weights_by_name(self, payload: Mapping[str, Any]) -> list[Any]:
         """``/get_weights_by_name {"name", "truncate_size"?}``: the first rows of a parameter as
@@ -401,6 +439,15 @@ def build_app(
     async def weights(_: web.Request, body: Mapping[str, Any]) -> object:
         return await service.get_weights_by_name(body)
 
+    async def init_group(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.init_weights_update_group(body)
+
+    async def destroy_group(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.destroy_weights_update_group(body)
+
+    async def from_group(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.update_weights_from_distributed(body)
+
     app = web.Application(client_max_size=limits.max_body_bytes)
     app.router.add_post("/generate", route(generate))
     app.router.add_post("/abort_request", route(abort, control=True))
@@ -415,6 +462,9 @@ def build_app(
     app.router.add_route("*", "/flush_cache", route(flush, control=True))
     app.router.add_post("/update_weight_version", route(set_version, control=True))
     app.router.add_post("/update_weights_from_disk", route(from_disk, control=True))
+    app.router.add_post("/init_weights_update_group", route(init_group, control=True))
+    app.router.add_post("/destroy_weights_update_group", route(destroy_group, control=True))
+    app.router.add_post("/update_weights_from_distributed", route(from_group, control=True))
     return app
 
 

@@ -1,0 +1,275 @@
+"""Weight sync through a torch.distributed group (SGLang's ``/init_weights_update_group`` and
+``/update_weights_from_distributed``): the trainer is rank 0 and broadcasts every parameter to the
+engine replicas, bucket by bucket, instead of writing them to disk for each replica to read.
+
+- Trainer side: :class:`WeightGroupSender` opens the group (a TCPStore on the trainer, one rank per
+  replica), then per bucket of at most ``update_weight_buffer_size`` bytes POSTs the bucket's
+  names, dtypes and shapes to every replica while it broadcasts the tensors in that order.
+- Server side: :class:`WeightGroupReceiver` joins the group on ``/init_weights_update_group`` and,
+  on ``/update_weights_from_distributed``, receives the listed tensors and hands them to the engine.
+
+The group is a standalone process group (its own TCPStore), not the default one: a trainer that
+already runs FSDP ranks, or a replica process, keeps its own default group untouched. Backend: NCCL
+between GPUs, gloo on the CPU (the tests use gloo).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Protocol, cast, runtime_checkable
+
+import attrs
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import TCPStore
+
+from miles_sdk.engines.weight_sync import WeightSyncError
+
+__all__ = [
+    "DEFAULT_GROUP",
+    "WeightGroupReceiver",
+    "WeightGroupSender",
+    "WeightGroupTarget",
+    "buckets",
+    "open_group",
+]
+
+DEFAULT_GROUP = "weight_update_group"
+"""SGLang's default ``group_name``."""
+
+GROUP_TIMEOUT = timedelta(seconds=300)
+"""How long a rendezvous or one broadcast may wait for the other ranks."""
+
+
+@runtime_checkable
+class WeightGroupTarget(Protocol):
+    """Engine replicas that can join a weight-update group (:class:`EngineReplicas`)."""
+
+    async def group_members(self) -> list[str]:
+        """Replace lost replicas, then name every replica, in rank order (rank = index + 1)."""
+        ...
+
+    async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """POST ``bodies[i]`` to ``path`` on member i, all at once; raise naming the members that
+        failed (an HTTP error or ``success: false``)."""
+        ...
+
+
+class GroupBackend(Protocol):
+    """What this module uses of a c10d backend (ProcessGroupGloo, ProcessGroupNCCL)."""
+
+    def broadcast(self, tensors: list[torch.Tensor], opts: dist.BroadcastOptions) -> dist.Work: ...
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def open_group(
+    backend: str, address: str, port: int, rank: int, world_size: int, *, store: TCPStore | None = None
+) -> GroupBackend:
+    """Join a standalone process group (blocks until all ``world_size`` ranks joined)."""
+    if store is None:
+        store = TCPStore(address, port, world_size, is_master=False, timeout=GROUP_TIMEOUT)
+    # torch's stubs give c10d backends no broadcast (they have one at runtime): hence the casts.
+    if backend == "gloo":
+        return cast(GroupBackend, dist.ProcessGroupGloo(store, rank, world_size, GROUP_TIMEOUT))
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = GROUP_TIMEOUT
+        return cast(GroupBackend, dist.ProcessGroupNCCL(store, rank, world_size, options))
+    raise ValueError(f"weight update group: backend {backend!r} is not 'nccl' or 'gloo'")
+
+
+def _broadcast(group: GroupBackend, tensor: torch.Tensor) -> None:
+    options = dist.BroadcastOptions()
+    options.rootRank = 0
+    group.broadcast([tensor], options).wait()
+
+
+def buckets(params: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive parameters grouped so that a bucket holds at most ``max_bytes`` (a larger tensor
+    travels alone)."""
+    out: list[list[tuple[str, torch.Tensor]]] = []
+    size = 0
+    for name, tensor in params:
+        nbytes = tensor.numel() * tensor.element_size()
+        if not out or size + nbytes > max_bytes:
+            out.append([])
+            size = 0
+        out[-1].append((name, tensor))
+        size += nbytes
+    return out
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def parse_dtype(name: object) -> torch.dtype:
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {name!r}")
+    return dtype
+
+
+class WeightGroupSender:
+    """Rank 0 of a weight-update group: opens it with the replicas and broadcasts weights."""
+
+    def __init__(self, *, backend: str, bucket_bytes: int, address: str = "127.0.0.1", group_name: str = DEFAULT_GROUP):
+        self.backend = backend
+        self.bucket_bytes = bucket_bytes
+        self.address = address
+        self.group_name = group_name
+        self.members: tuple[str, ...] = ()
+        self._group: GroupBackend | None = None
+        self._store: TCPStore | None = None
+
+    async def send(self, target: WeightGroupTarget, model: torch.nn.Module, version: int) -> None:
+        """Broadcast ``model``'s parameters to every replica of ``target`` as ``version``; the group
+        is (re)opened first when the replicas changed (one was replaced after a fault)."""
+        members = tuple(await target.group_members())
+        if self._group is None or members != self.members:
+            await self._open(target, members)
+        params = [(n, p.detach()) for n, p in model.named_parameters()]
+        device = "cuda" if self.backend == "nccl" else "cpu"  # the driver's current GPU under NCCL
+        for i, bucket in enumerate(buckets(params, self.bucket_bytes)):
+            body = {
+                "names": [n for n, _ in bucket],
+                "dtypes": [dtype_name(t.dtype) for _, t in bucket],
+                "shapes": [list(t.shape) for _, t in bucket],
+                "group_name": self.group_name,
+                "flush_cache": True,
+                "weight_version": str(version),
+            }
+            tensors = [t.to(device).contiguous() for _, t in bucket]
+            group = self._group
+            assert group is not None
+            posted = asyncio.ensure_future(target.post_each("/update_weights_from_distributed", [body] * len(members)))
+            sent = asyncio.ensure_future(asyncio.to_thread(_broadcast_all, group, tensors))
+            try:
+                await asyncio.gather(posted, sent)
+            except BaseException as e:
+                for task in (posted, sent):
+                    task.cancel()
+                self.close()  # a failed collective leaves the group unusable: reopen next time
+                raise WeightSyncError(
+                    f"weight sync through the group {self.group_name!r} ({self.backend}) failed on bucket {i} "
+                    f"({bucket[0][0]}..., {len(bucket)} tensors) with replicas {list(members)}: {e}"
+                ) from e
+
+    async def _open(self, target: WeightGroupTarget, members: tuple[str, ...]) -> None:
+        if self._group is not None:
+            try:
+                await target.post_each("/destroy_weights_update_group", [{"group_name": self.group_name}] * len(members))
+            except Exception:  # noqa: BLE001 - a replica that lost its group needs none destroyed
+                pass
+            self.close()
+        port = free_port(self.address)
+        world = len(members) + 1
+        store = TCPStore(self.address, port, world, is_master=True, timeout=GROUP_TIMEOUT, wait_for_workers=False)
+        # Member i is rank i + 1 (one rank per replica: no tensor parallelism in a replica).
+        bodies = [
+            {
+                "master_address": self.address,
+                "master_port": port,
+                "rank_offset": i + 1,
+                "world_size": world,
+                "group_name": self.group_name,
+                "backend": self.backend,
+            }
+            for i in range(len(members))
+        ]
+        joined = asyncio.ensure_future(asyncio.to_thread(open_group, self.backend, self.address, port, 0, world, store=store))
+        try:
+            await asyncio.gather(target.post_each("/init_weights_update_group", bodies), joined)
+        except BaseException as e:
+            joined.cancel()
+            raise WeightSyncError(
+                f"weight sync: opening the weight update group {self.group_name!r} ({self.backend}, "
+                f"{self.address}:{port}, world size {world}) with replicas {list(members)} failed: {e}"
+            ) from e
+        self._store, self._group, self.members = store, joined.result(), members
+
+    def close(self) -> None:
+        self._group, self._store, self.members = None, None, ()
+
+
+def _broadcast_all(group: GroupBackend, tensors: Sequence[torch.Tensor]) -> None:
+    for tensor in tensors:
+        _broadcast(group, tensor)
+
+
+@attrs.define
+class _Joined:
+    group: GroupBackend
+    backend: str
+    rank: int
+    device: torch.device
+
+
+class WeightGroupReceiver:
+    """A server's side of weight-update groups: join one, receive broadcast weights from it."""
+
+    def __init__(self) -> None:
+        self._groups: dict[str, _Joined] = {}
+        self._lock = threading.Lock()
+
+    def init(self, payload: Mapping[str, Any], device: torch.device | None = None, rank_in_engine: int = 0) -> None:
+        """``/init_weights_update_group``: join as rank ``rank_offset + rank_in_engine`` (blocks
+        until every rank joined; run it in a thread). ``device``: where the engine's weights are
+        (NCCL binds the group to that GPU; received tensors land there)."""
+        try:
+            address = str(payload["master_address"])
+            port = int(payload["master_port"])
+            rank = int(payload["rank_offset"]) + rank_in_engine
+            world = int(payload["world_size"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"init_weights_update_group needs master_address, master_port, rank_offset, world_size: {e!r}"
+            ) from None
+        name = str(payload.get("group_name", DEFAULT_GROUP))
+        backend = str(payload.get("backend", "nccl"))
+        if backend == "nccl":
+            device = device if device is not None and device.type == "cuda" else torch.device("cuda")
+            torch.cuda.set_device(device)  # NCCL's communicator binds the current GPU
+        else:
+            device = torch.device("cpu")  # gloo broadcasts CPU tensors
+        group = open_group(backend, address, port, rank, world)
+        with self._lock:
+            self._groups[name] = _Joined(group, backend, rank, device)
+
+    def destroy(self, payload: Mapping[str, Any]) -> bool:
+        """``/destroy_weights_update_group``: leave the group; False when not in it."""
+        with self._lock:
+            return self._groups.pop(str(payload.get("group_name", DEFAULT_GROUP)), None) is not None
+
+    def receive(self, payload: Mapping[str, Any]) -> list[tuple[str, torch.Tensor]]:
+        """``/update_weights_from_distributed``: the tensors named in ``payload``, received in order
+        from rank 0 (blocks; run it in a thread)."""
+        name = str(payload.get("group_name", DEFAULT_GROUP))
+        with self._lock:
+            joined = self._groups.get(name)
+        if joined is None:
+            raise LookupError(
+                f"update_weights_from_distributed: this server is in no weight update group {name!r}; "
+                "call /init_weights_update_group first"
+            )
+        names, dtypes, shapes = payload.get("names"), payload.get("dtypes"), payload.get("shapes")
+        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)) or not (
+            len(names) == len(dtypes) == len(shapes)
+        ):
+            raise ValueError("update_weights_from_distributed needs 'names', 'dtypes', 'shapes': lists of one length")
+        device = joined.device
+        out: list[tuple[str, torch.Tensor]] = []
+        for n, d, s in zip(names, dtypes, shapes, strict=True):
+            tensor = torch.empty([int(x) for x in s], dtype=parse_dtype(d), device=device)
+            _broadcast(joined.group, tensor)
+            out.append((str(n), tensor))
+        return out
