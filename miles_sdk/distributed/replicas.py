@@ -204,7 +204,7 @@ class EngineReplicas(Router):
 
     async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
         """POST ``bodies[i]`` to replica i, all at once (a collective: every replica must take
-        part); raise naming each replica that failed."""
+        part); raise naming the replica that failed, as soon as one does."""
         urls = [s.url for s in self._slots if s is not None]
         if len(urls) != len(bodies):
             raise RouterError(f"EngineReplicas: {len(bodies)} requests for {len(urls)} running replicas")
@@ -222,7 +222,18 @@ class EngineReplicas(Router):
                 return f"{url}: HTTP {status}: {str(reply)[:300]}"
             return None
 
-        failed = [f for f in await asyncio.gather(*map(one, urls, bodies)) if f is not None]
+        # The first failure ends the wait: the others may be blocked in a collective that can no
+        # longer complete (a peer is gone), and their requests are cancelled.
+        tasks = [asyncio.ensure_future(one(u, b)) for u, b in zip(urls, bodies, strict=True)]
+        failed: list[str] = []
+        pending: set[asyncio.Future[str | None]] = set(tasks)
+        try:
+            while pending and not failed:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed.extend(f for t in done if (f := t.result()) is not None)
+        finally:
+            for t in pending:
+                t.cancel()
         if failed:
             raise RouterError(f"EngineReplicas: {path} failed on " + "; ".join(failed))
 

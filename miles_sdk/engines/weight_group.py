@@ -42,7 +42,9 @@ DEFAULT_GROUP = "weight_update_group"
 """SGLang's default ``group_name``."""
 
 GROUP_TIMEOUT = timedelta(seconds=300)
-"""How long a rendezvous or one broadcast may wait for the other ranks."""
+"""How long a rendezvous or one broadcast may wait for the other ranks. A replica that was receiving
+when a peer died keeps that thread blocked until then (its server still answers; stopping it
+takes the replica's 10 s stop timeout, then a kill)."""
 
 
 @runtime_checkable
@@ -155,14 +157,19 @@ class WeightGroupSender:
             sent = asyncio.ensure_future(asyncio.to_thread(_broadcast_all, group, tensors))
             try:
                 await asyncio.gather(posted, sent)
-            except BaseException as e:
-                for task in (posted, sent):
-                    task.cancel()
+            except Exception as e:
+                detail = await _replicas_side(posted, e)
+                sent.cancel()
                 self.close()  # a failed collective leaves the group unusable: reopen next time
                 raise WeightSyncError(
                     f"weight sync through the group {self.group_name!r} ({self.backend}) failed on bucket {i} "
-                    f"({bucket[0][0]}..., {len(bucket)} tensors) with replicas {list(members)}: {e}"
+                    f"({bucket[0][0]}..., {len(bucket)} tensors) with replicas {list(members)}: {detail}"
                 ) from e
+            except BaseException:
+                posted.cancel()
+                sent.cancel()
+                self.close()
+                raise
 
     async def _open(self, target: WeightGroupTarget, members: tuple[str, ...]) -> None:
         if self._group is not None:
@@ -199,6 +206,21 @@ class WeightGroupSender:
 
     def close(self) -> None:
         self._group, self._store, self.members = None, None, ()
+
+
+async def _replicas_side(posted: asyncio.Future[None], error: Exception) -> str:
+    """What failed, replicas' answers first: they name the replica (a broken collective only says
+    that some peer went away). Waits a few seconds for them when the collective failed first."""
+    if not posted.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(posted), timeout=10)
+        except Exception:  # noqa: BLE001 - read below
+            pass
+    if posted.done() and not posted.cancelled() and posted.exception() is not None:
+        replicas = posted.exception()
+        return str(error) if replicas is error else f"{replicas} (the broadcast: {error})"
+    posted.cancel()
+    return str(error)
 
 
 def _broadcast_all(group: GroupBackend, tensors: Sequence[torch.Tensor]) -> None:

@@ -4,7 +4,8 @@ torch.distributed group (gloo on the CPU), SGLang's /init_weights_update_group a
 
 - Two replicas synced through the group sample and train exactly as one in-process engine, and
   check_weight_sync (on under pytest) finds the trainer's fingerprints on both at every step.
-- A replica killed between steps is replaced and rejoins a new group.
+- A replica killed between steps is replaced and rejoins a new group; one killed during the
+  broadcast too (the sync fails naming it, and is sent again once through a new group).
 - A failure names the replica, the endpoint and the parameter.
 """
 
@@ -166,3 +167,29 @@ async def test_a_failed_group_sync_names_the_replica_and_the_parameter() -> None
     finally:
         await server.close()
         engine.close()
+
+
+def test_a_replica_lost_during_the_broadcast_is_replaced_and_the_sync_retried(caplog: pytest.LogCaptureFixture) -> None:
+    with _trainer(_config(rollout_num_gpus=2, check_weight_sync=True, **GROUP)) as trainer:
+        replicas = trainer.engine
+        assert isinstance(replicas, EngineReplicas)
+        trainer.step()
+        post_each = replicas.post_each
+        killed: list[int] = []
+
+        async def kill_then_post(path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
+            if path == "/update_weights_from_distributed" and not killed:
+                pid = replicas.pids()[1]
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                while replicas._slots[1] is not None and replicas._slots[1].handle.alive():
+                    time.sleep(0.01)
+            await post_each(path, bodies)
+
+        replicas.post_each = kill_then_post  # type: ignore[method-assign]
+        trainer.step()  # its sync loses replica 1 mid-broadcast, replaces it and sends again
+        assert killed and replicas.restarts == 1 and killed[0] not in replicas.pids()
+        retried = [r.getMessage() for r in caplog.records if "reopening the group" in r.getMessage()]
+        assert len(retried) == 1 and "/update_weights_from_distributed failed on" in retried[0]
+        trainer.step()
