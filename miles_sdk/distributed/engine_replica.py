@@ -268,7 +268,7 @@ class _RayReplica:
         ray = self._ray
         try:
             port, self._pid = ray.get(self._ref, timeout=timeout)
-        except Exception as error:  # noqa: BLE001 - any Ray failure is this replica's
+        except Exception as error:  # any Ray failure is this replica's
             self.stop()
             raise ReplicaError(f"engine {self.name} failed to start: {error}") from error
         return f"http://{self._host}:{int(port)}"

@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from miles_sdk.data.dataset import DEFAULT_LABEL_COLUMN
 from miles_sdk.rewards.dapo import minerva_normalize
 from miles_sdk.rewards.ifbench import IFBenchError, ifbench_instructions
 from miles_sdk.rewards.labels import unusable_label
@@ -33,7 +34,6 @@ from miles_sdk.rewards.registry import (
     resolve_rm_type,
     rm_type_of,
 )
-from miles_sdk.data.dataset import DEFAULT_LABEL_COLUMN
 from miles_sdk.types import Sample
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from miles_sdk.rewards._extract import strip_think
-from miles_sdk.rewards.gpqa import extract_choice_letter, gpqa_reward
 from miles_sdk.rewards.gpqa import _normalize_text as _sdk_normalize_text
+from miles_sdk.rewards.gpqa import extract_choice_letter, gpqa_reward
 
 __all__ = ["DEFAULT_VALID_LETTERS", "compute_gpqa_reward"]
 
