@@ -14,6 +14,9 @@ Per training GPU, train_backend="fsdp" over N ranks (the layout of miles_sdk/dis
   x layers) plus one layer recomputed in full (34 B x tokens x hidden, Korthikanti et al. 2022 with
   flash attention, so no sequence-squared term); the LM head runs in chunks and is left out.
 The tokens of a micro-batch are TOKENS (micro_batch_size x sequence length, e.g. 4 x 2048).
+A rank's start-up peak (miles_sdk/distributed/rank.py: built on the meta device, then only its
+shards materialised, rank 0 broadcasting the weights one tensor at a time): its fp32 parameter
+shards (4 B per parameter / N) plus the largest full tensor in flight, the fp32 embedding matrix.
 """
 
 from __future__ import annotations
@@ -76,14 +79,14 @@ def training_gib(shape: Shape, ranks: int, tokens: int = TOKENS) -> float:
 
 def table() -> str:
     head = (
-        "| model | parameters | training GPU, N=1 | N=2 | N=8 | rank start-up peak (today) "
+        "| model | parameters | training GPU, N=1 | N=2 | N=8 | rank start-up peak, N=8 "
         "| engine replica: bf16 weights + KV per 1k tokens | measured |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for s in SHAPES:
         per_rank = " | ".join(f"{training_gib(s, n):.1f} GiB" for n in RANKS)
-        startup = 4 * s.params / GIB
+        startup = (4 * s.params / RANKS[-1] + 4 * s.vocab * s.hidden) / GIB
         engine = f"{2 * s.params / GIB:.1f} GiB + {1000 * s.kv_bytes_per_token() / GIB:.2f} GiB"
         rows.append(f"| {s.name} | {s.params / 1e9:.2f} B | {per_rank} | {startup:.1f} GiB | {engine} | no |")
     return head + "\n".join(rows) + "\n"

@@ -56,10 +56,13 @@ class Critic:
         *,
         pack: bool | None = None,
         shard: Callable[[nn.Module], None] | None = None,
+        device: torch.device | None = None,
     ) -> None:
         """``pack``: the policy backend's pack_sequences decision (decided here when None).
         ``shard``: called on the value model (body and head) before its optimizer is built: an
-        FSDP rank shards it in place there."""
+        FSDP rank shards it in place there. ``device``: where the critic runs (default: the
+        policy's); given when ``policy`` is on the meta device (an FSDP rank that builds empty and
+        materialises its shards in ``shard``), where the value model is left to ``shard`` to place."""
         get_decoder = getattr(policy, "get_decoder", None)
         if not callable(get_decoder):
             raise TypeError(
@@ -73,8 +76,15 @@ class Critic:
             raise TypeError("ppo critic: the policy's config has no hidden_size")
         self.args = args
         self.value_params = loss_params(args.replace(loss_type="value_loss"))
-        self.device = next(policy.parameters()).device
-        self.model = _ValueModel(body, hidden_size).to(self.device)
+        self.device = device if device is not None else next(policy.parameters()).device
+        self.model = _ValueModel(body, hidden_size)
+        if any(p.is_meta for p in body.parameters()):
+            if shard is None:
+                raise ValueError(
+                    "ppo critic: a policy on the meta device needs a `shard` that materialises it"
+                )
+        else:
+            self.model.to(self.device)
         if shard is not None:
             shard(self.model)
         self.optim = PolicyOptimizer(

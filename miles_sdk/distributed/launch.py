@@ -151,12 +151,13 @@ class _Processes:
         self.world_size = plan.world_size
         ctx = mp.get_context("spawn")
         port = _free_port()
-        payload = _cloudpickle().dumps((source, hooks))
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         for rank in range(plan.world_size):
             parent, child = ctx.Pipe()
             spec = RankSpec(rank, plan.world_size, plan.device_type, "127.0.0.1", port)
+            # Only rank 0 is sent the weights; the others receive their shards from it.
+            payload = _cloudpickle().dumps((source.for_rank(rank), hooks))
             proc = ctx.Process(target=_serve, args=(child, args, spec, payload), name=f"miles-sdk-rank{rank}")
             proc.start()
             self._conns.append(parent)
@@ -262,7 +263,12 @@ class _RayActors:
         self._call_all(
             "setup",
             [
-                (args, RankSpec(r, plan.world_size, plan.device_type, address, port), source, hooks)
+                (
+                    args,
+                    RankSpec(r, plan.world_size, plan.device_type, address, port),
+                    source.for_rank(r),
+                    hooks,
+                )
                 for r in range(plan.world_size)
             ],
         )

@@ -4,7 +4,9 @@ actor; the driver sends each rank its share of every batch and gets back tensors
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -45,11 +47,97 @@ class ModelSource:
         )
 
     def build(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """The full model with ``state`` loaded (fp32, on the CPU)."""
         from transformers import AutoModelForCausalLM
 
         model: nn.Module = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         model.load_state_dict(state)
         return model
+
+    def build_on_meta(self) -> nn.Module:
+        """The model with its parameters on the meta device (no storage) and its buffers computed
+        on the CPU: a rank shards this and then materialises only its shards."""
+        from transformers import AutoModelForCausalLM
+
+        with _parameters_on_meta():
+            model: nn.Module = AutoModelForCausalLM.from_config(self.config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        return model
+
+    def for_rank(self, rank: int) -> ModelSource:
+        """What rank ``rank`` is sent: rank 0 the weights, the others none (they receive their
+        shards from rank 0 by broadcast), so no process but rank 0's gets a copy of the model."""
+        if rank == 0:
+            return self
+        return attrs.evolve(self, state_dict={}, ref_state_dict=None if self.ref_state_dict is None else {})
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Parameters registered inside are moved to the meta device as they are registered (before a
+    layer's own init runs, so nothing is initialised on the host). Buffers stay real: the
+    non-persistent ones (rotary ``inv_freq``) are computed in ``__init__`` and are in no state dict,
+    so meta buffers could not be filled in later."""
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not param.is_meta:
+            param = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    setattr(nn.Module, "register_parameter", register)  # noqa: B010 - a class attribute, restored below
+    try:
+        yield
+    finally:
+        setattr(nn.Module, "register_parameter", original)  # noqa: B010
+
+
+def _decoder_state(lm: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder's entries of the LM's ``state``, named as in ppo's value model (``body.*``)."""
+    decoder = lm.get_decoder()  # type: ignore[operator]
+    prefix = next(name for name, module in lm.named_modules() if module is decoder) + "."
+    return {"body." + k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's shard on this rank (a plain tensor is its own)."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def real_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of a partly meta module that have storage, by name."""
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    return {name: t.detach().clone() for name, t in tensors if not t.is_meta}
+
+
+def materialise(
+    module: nn.Module,
+    local: dict[str, torch.Tensor],
+    full: dict[str, torch.Tensor],
+    *,
+    rank: int,
+    device: torch.device,
+    cpu_offload: bool,
+) -> None:
+    """Give a module sharded on the meta device storage for its shards on ``device`` (the CPU for
+    parameters under FSDP CPU offload) and fill it: ``local`` holds what each rank built for itself
+    before sharding (its real buffers and parameters, the same on every rank), ``full`` the weights,
+    read on rank 0 only and broadcast shard by shard to the others. A rank's peak is its shards plus
+    the one tensor being broadcast, never the whole model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    module.to_empty(device=torch.device("cpu") if cpu_offload else device)
+    buffers = {name for name, _ in module.named_buffers()}
+    for name, value in local.items():
+        if name in buffers:
+            # Buffers are not sharded: every rank restores its own, on the compute device
+            # (setattr keeps the buffer's persistence).
+            owner, _, leaf = name.rpartition(".")
+            setattr(module.get_submodule(owner), leaf, value.to(device))
+    params = {k: v for k, v in local.items() if k not in buffers}
+    state: dict[str, Any] = {**params, **full} if rank == 0 else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(module, state, options=options)
 
 
 @attrs.frozen
@@ -104,26 +192,39 @@ class TrainRank:
         # Every rank trains an equal share of each global batch; FSDP averages the gradients.
         local_args = args.replace(global_batch_size=args.effective_global_batch_size // spec.world_size)
         param_dtype = torch.bfloat16 if spec.device_type == "cuda" and args.dtype != "float32" else None
-        lm = source.build(source.state_dict).to(self.device)
+        # Each rank builds the model on the meta device, shards it, and then gets storage for its
+        # shards only; rank 0 alone holds the weights and broadcasts them (one tensor at a time).
+        fill = functools.partial(
+            materialise, rank=spec.rank, device=self.device, cpu_offload=args.fsdp_cpu_offload
+        )
+        lm = source.build_on_meta()
+        real = real_tensors(lm)
         model = shard_causal_lm(lm, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload)
+        fill(lm, real, source.state_dict)
         ref = None
         if source.ref_state_dict is not None:
-            ref_lm = source.build(source.ref_state_dict).to(self.device)
+            ref_lm = source.build_on_meta()
             ref_lm.requires_grad_(False)
             ref = shard_causal_lm(ref_lm, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload)
+            fill(ref_lm, real_tensors(ref_lm), source.ref_state_dict)
             ref.eval()
         self.model = model
         critic = None
         if args.advantage_estimator == "ppo":
             # Like the torch backend's, the critic starts from the policy's weights (a copy of its
             # body, never the policy's own parameters), sharded like the policy.
-            critic = Critic(
-                local_args,
-                source.build(source.state_dict).to(self.device),
-                shard=functools.partial(
-                    shard_value_model, mesh=mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload
-                ),
-            )
+            # Built empty too: its body's weights are the policy's decoder's, renamed, from rank 0.
+            critic_lm = source.build_on_meta()
+            body_state = _decoder_state(critic_lm, source.state_dict)
+
+            def shard_critic(value_model: nn.Module) -> None:
+                real = real_tensors(value_model)  # the body's buffers, the value head's zero init
+                shard_value_model(
+                    value_model, mesh, param_dtype=param_dtype, cpu_offload=args.fsdp_cpu_offload
+                )
+                fill(value_model, real, body_state)
+
+            critic = Critic(local_args, critic_lm, shard=shard_critic, device=self.device)
         self.backend = TorchBackend(
             local_args,
             model,
@@ -179,6 +280,19 @@ class TrainRank:
         boundary, on the rank's device when the driver shares its process."""
         state = full_state_dict(self.model, to_cpu=to_cpu)
         return state if self.spec.rank == 0 else None
+
+    def shard_report(self) -> dict[str, Any]:
+        """What this rank holds of the policy: its parameters' bytes (its shards), the tensors
+        still on the meta device (none once started), and whether the LM head is still tied to
+        the input embeddings when the model ties them."""
+        lm = self.model.lm
+        params = list(lm.parameters())
+        return {
+            "param_bytes": sum(_local(p).numel() * p.element_size() for p in params),
+            "meta": [n for n, t in [*lm.named_parameters(), *lm.named_buffers()] if t.is_meta],
+            "tied": lm.get_output_embeddings().weight is lm.get_input_embeddings().weight,
+            "buffers": {n: b.detach().cpu() for n, b in lm.named_buffers()},
+        }
 
     def _parts(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
         """What a checkpoint holds, by key prefix: the policy, and ppo's critic."""
