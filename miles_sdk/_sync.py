@@ -6,7 +6,9 @@ sampling from the weights being trained.
   router over URLs) gets them through a ``save_pretrained`` directory and SGLang's
   ``/update_weights_from_disk``, or, with ``weight_sync_method="distributed"`` and engine replicas
   that can join one, through a torch.distributed group the trainer broadcasts from in buckets
-  (:class:`~miles_sdk.engines.weight_group.WeightGroupSender`).
+  (:class:`~miles_sdk.engines.weight_group.WeightGroupSender`), or, with
+  ``weight_sync_method="tensor"`` (or ``colocate``) and replicas on the trainer's device, as
+  handles to the trainer's memory (:class:`~miles_sdk.engines.weight_tensor.TensorSender`).
 - With ``check_weight_sync`` (on in tests: the pytest plugin sets ``MILES_SDK_CHECK_WEIGHT_SYNC=1``)
   every sync is followed by a check: each replica reports the new version and the first rows of a
   few tensors equal to the trainer's (within a bf16 cast); a mismatch raises.
@@ -39,6 +41,7 @@ from miles_sdk.engines.weight_sync import (
     save_for_sync,
     weights_by_name,
 )
+from miles_sdk.engines.weight_tensor import TensorSender, TensorTarget, colocated
 from miles_sdk.types import Metrics
 
 __all__ = ["CHECK_ENV", "WeightSync", "logprob_gap_threshold", "warn_on_logprob_gap"]
@@ -79,6 +82,8 @@ class WeightSync:
         self._unchecked_logged = False
         self._disk_fallback_logged = False
         self._sender: WeightGroupSender | None = None
+        self._tensors: TensorSender | None = None
+        self._tensor_skip_logged = False
 
     @property
     def remote(self) -> bool:
@@ -90,8 +95,11 @@ class WeightSync:
         version = self.engine.weight_version + 1 if version is None else version
         if self.before_sync is not None:
             self.before_sync()
-        target = self._group_target() if self.remote else None
-        if target is not None:
+        tensors = self._tensor_target() if self.remote else None
+        target = self._group_target() if self.remote and tensors is None else None
+        if tensors is not None:
+            self.loop.run(self._send_as_tensors(tensors, version))
+        elif target is not None:
             self.loop.run(self._send_through_group(target, version))
         elif self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
@@ -122,6 +130,58 @@ class WeightSync:
                     f"synced version {version}: the update did not reach it"
                 )
             compare_fingerprint(expected, report.values, where=where)
+
+    def _tensor_target(self) -> TensorTarget | None:
+        """Replicas that take handles to the trainer's memory: ``weight_sync_method="tensor"``, or
+        ``colocate`` (with the default "disk") when every replica is on the trainer's device."""
+        method = self.args.weight_sync_method
+        if method != "tensor" and not (self.args.colocate and method == "disk"):
+            return None
+        engine = self.engine
+        if not isinstance(engine, TensorTarget):
+            if method == "tensor" and not self._disk_fallback_logged:
+                logger.warning(
+                    "weight_sync_method='tensor': %s cannot map the trainer's memory (only rollout_num_gpus "
+                    "engine replicas can); syncing through the disk",
+                    type(engine).__name__,
+                )
+                self._disk_fallback_logged = True
+            return None
+        device = next(self.model.parameters()).device
+        elsewhere = colocated(engine, device)
+        if elsewhere and method == "tensor":
+            raise WeightSyncError(
+                f"weight_sync_method='tensor' (--weight-sync-method tensor): {', '.join(elsewhere)} not on the "
+                f"trainer's device {device}; tensor handles (CUDA IPC, shared memory) reach only replicas on that "
+                "device. Use --weight-sync-method distributed, or disk"
+            )
+        if elsewhere:
+            if not self._tensor_skip_logged:
+                logger.info(
+                    "colocate: %s not on the trainer's device %s; syncing weights through %s",
+                    ", ".join(elsewhere),
+                    device,
+                    method,
+                )
+                self._tensor_skip_logged = True
+            return None
+        if self._tensors is None:
+            logger.info(
+                "weight sync: tensor handles (%s) to the replicas on %s",
+                "CUDA IPC" if device.type == "cuda" else "shared memory",
+                device,
+            )
+            self._tensors = TensorSender(bucket_bytes=self.args.update_weight_buffer_size)
+        return engine
+
+    async def _send_as_tensors(self, target: TensorTarget, version: int) -> None:
+        assert self._tensors is not None
+        try:
+            await self._tensors.send(target, self.model, version)
+        except WeightSyncError as e:
+            # Once more: a replica lost mid-sync is replaced (it starts from the disk copy) first.
+            logger.warning("%s; sending again", e)
+            await self._tensors.send(target, self.model, version)
 
     def _group_target(self) -> WeightGroupTarget | None:
         if self.args.weight_sync_method != "distributed":

@@ -239,15 +239,19 @@ class Config:
     """Directory the trainer writes its weights to for an engine in another process
     (rollout_engine=http: /update_weights_from_disk); it must be readable by the server. None: a
     temporary directory, removed at close."""
-    weight_sync_method: Literal["disk", "distributed"] = "disk"
+    weight_sync_method: Literal["disk", "distributed", "tensor"] = "disk"
     """How trained weights reach engine replicas in other processes (rollout_num_gpus replicas):
     "disk" writes a save_pretrained directory each replica loads (/update_weights_from_disk);
     "distributed" broadcasts them from the trainer through a torch.distributed group
     (/init_weights_update_group, /update_weights_from_distributed; NCCL on GPUs, gloo on CPU),
-    as Miles does when not colocated. Engines that cannot join a group (rollout_engine=http)
-    use disk, with a warning."""
+    as Miles does when not colocated; "tensor" hands replicas on the trainer's own device
+    handles to its memory (/update_weights_from_tensor: CUDA IPC, or shared memory on the CPU),
+    as Miles does when colocated, and is what colocate picks over "disk" when every replica is
+    on that device. Engines that cannot join a group or map the trainer's memory
+    (rollout_engine=http) use disk, with a warning."""
     update_weight_buffer_size: int = 512 * 1024**2
-    """Miles flag: bytes of weights per broadcast bucket (weight_sync_method="distributed")."""
+    """Miles flag: bytes of weights per broadcast bucket (weight_sync_method="distributed") or per
+    shared staging buffer ("tensor")."""
     check_weight_sync: bool = False
     """After every weight sync, check that the engine reports the new version and the trainer's
     weights (the first rows of a few tensors); a mismatch raises. On in tests (the pytest plugin)."""

@@ -110,6 +110,11 @@ class ReplicaHandle(Protocol):
     @property
     def pid(self) -> int | None: ...
 
+    @property
+    def node_local(self) -> bool:
+        """Whether the replica runs on the driver's node (it can map the driver's shared memory)."""
+        ...
+
     def alive(self) -> bool:
         """False once the replica's process is known to be gone (health checks catch the rest)."""
         ...
@@ -158,6 +163,10 @@ class _ProcessReplica:
     @property
     def pid(self) -> int | None:
         return self._proc.pid
+
+    @property
+    def node_local(self) -> bool:
+        return True
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         if not self._conn.poll(timeout):
@@ -263,6 +272,10 @@ class _RayReplica:
     @property
     def pid(self) -> int | None:
         return self._pid
+
+    @property
+    def node_local(self) -> bool:
+        return self._local
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> str:
         ray = self._ray

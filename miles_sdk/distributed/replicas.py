@@ -9,7 +9,9 @@ that spreads requests by load (and its middlewares' choices).
   fans ``/update_weights_from_disk`` out to every replica, and :meth:`report_weights` returns one
   fingerprint per replica for ``check_weight_sync``. With ``weight_sync_method="distributed"``
   the replicas join a torch.distributed group with the trainer instead (:meth:`group_members`,
-  :meth:`post_each`; miles_sdk.engines.weight_group) and the weights are broadcast.
+  :meth:`post_each`; miles_sdk.engines.weight_group) and the weights are broadcast; with
+  ``weight_sync_method="tensor"`` (or ``colocate``) replicas on the trainer's device
+  (:meth:`replica_devices`) map handles to its memory (miles_sdk.engines.weight_tensor).
 - Sampling: a request's tokens depend only on its ``sampling_seed`` and the weights, so with
   ``sglang_enable_deterministic_inference`` (sample i of a group seeded ``rollout_seed + i``) the
   replica that serves a request does not change its sample. Requests without a seed get the
@@ -80,6 +82,13 @@ class ReplicaLauncher:
     devices: tuple[str, ...]
     """Replica i's device (local processes; a Ray actor gets its GPU from Ray)."""
 
+    def device_of(self, slot: int) -> str | None:
+        """Replica ``slot``'s device as the driver names it; None for a Ray GPU replica (Ray picks
+        the GPU and sets its CUDA_VISIBLE_DEVICES)."""
+        if self.use_ray:
+            return None if self.gpu else "cpu"
+        return self.devices[slot % len(self.devices)]
+
     def launch(self, slot: int, uid: int, weights_path: str, version: int) -> ReplicaHandle:
         spec = attrs.evolve(
             self.template,
@@ -88,7 +97,7 @@ class ReplicaLauncher:
             weight_version=version,
             # Distinct per replica and per restart: unseeded requests never repeat another's draws.
             seed=self.template.seed + (uid << 32),
-            device="cuda" if self.use_ray and self.gpu else self.devices[slot % len(self.devices)],
+            device=self.device_of(slot) or "cuda",
         )
         if self.use_ray:
             return start_ray_replica(spec, gpu=self.gpu)
@@ -205,26 +214,26 @@ class EngineReplicas(Router):
     async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
         """POST ``bodies[i]`` to replica i, all at once (a collective: every replica must take
         part); raise naming the replica that failed, as soon as one does."""
-        urls = [s.url for s in self._slots if s is not None]
-        if len(urls) != len(bodies):
-            raise RouterError(f"EngineReplicas: {len(bodies)} requests for {len(urls)} running replicas")
+        running = [(f"replica-{i} {s.url}", s.url) for i, s in enumerate(self._slots) if s is not None]
+        if len(running) != len(bodies):
+            raise RouterError(f"EngineReplicas: {len(bodies)} requests for {len(running)} running replicas")
         workers = {w.name: w for w in self._workers}
 
-        async def one(url: str, body: Mapping[str, Any]) -> str | None:
+        async def one(label: str, url: str, body: Mapping[str, Any]) -> str | None:
             worker = workers.get(url)
             if worker is None:
-                return f"{url}: not in rotation"
+                return f"{label}: not in rotation"
             try:
                 status, reply = await worker.call("POST", path, body)
             except WorkerDown as e:
-                return f"{url}: {e}"
+                return f"{label}: {e}"
             if status != 200 or not (isinstance(reply, Mapping) and reply.get("success", True)):
-                return f"{url}: HTTP {status}: {str(reply)[:300]}"
+                return f"{label}: HTTP {status}: {str(reply)[:300]}"
             return None
 
         # The first failure ends the wait: the others may be blocked in a collective that can no
         # longer complete (a peer is gone), and their requests are cancelled.
-        tasks = [asyncio.ensure_future(one(u, b)) for u, b in zip(urls, bodies, strict=True)]
+        tasks = [asyncio.ensure_future(one(label, u, b)) for (label, u), b in zip(running, bodies, strict=True)]
         failed: list[str] = []
         pending: set[asyncio.Future[str | None]] = set(tasks)
         try:
@@ -236,6 +245,16 @@ class EngineReplicas(Router):
                 t.cancel()
         if failed:
             raise RouterError(f"EngineReplicas: {path} failed on " + "; ".join(failed))
+
+    def replica_devices(self) -> list[tuple[str, str | None]]:
+        """Each replica's name and device (``"cpu"``, ``"cuda:k"``) when it runs on this node (it
+        can then map the driver's memory: ``weight_sync_method="tensor"``), None when the driver
+        cannot tell (a replica on another node, or a GPU that Ray picked)."""
+        out: list[tuple[str, str | None]] = []
+        for i, s in enumerate(self._slots):
+            local = s is None or s.handle.node_local  # a slot being restarted starts as it did
+            out.append((f"replica-{i}", self.launcher.device_of(i) if local else None))
+        return out
 
     async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
         reports = await super().report_weights(names, truncate_size)

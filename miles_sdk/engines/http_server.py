@@ -15,7 +15,9 @@ or a batch of lists), ``POST /abort_request`` (abort all), ``GET /health``, ``GE
 ``GET|POST /get_weights_by_name``, ``/flush_cache``, ``POST /update_weight_version``,
 ``POST /update_weights_from_disk``, ``POST /init_weights_update_group``,
 ``/update_weights_from_distributed``, ``/destroy_weights_update_group`` (weights broadcast from
-the trainer through a torch.distributed group: miles_sdk.engines.weight_group). The engine
+the trainer through a torch.distributed group: miles_sdk.engines.weight_group),
+``POST /update_weights_from_tensor`` (handles to the trainer's memory on the same device:
+miles_sdk.engines.weight_tensor). The engine
 interface can only abort everything, so an abort naming one ``rid`` is refused rather than
 silently widened.
 
@@ -53,6 +55,7 @@ from miles_sdk.engines._serving_guard import (
 from miles_sdk.engines._validate import check_input_ids, parse_sampling_params
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine
 from miles_sdk.engines.weight_group import DEFAULT_GROUP, WeightGroupReceiver
+from miles_sdk.engines.weight_tensor import TensorHandleError, load_serialized_tensors
 from miles_sdk.rollout.context import TokenizerLike
 
 __all__ = [
@@ -309,6 +312,32 @@ class EngineService:
             self.update_weight_version({"new_version": payload.get("weight_version")})
         return {"success": True, "message": f"loaded {len(tensors)} tensors"}
 
+    async def update_weights_from_tensor(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/update_weights_from_tensor {"serialized_named_tensors", "load_format"?, "flush_cache"?,
+        "weight_version"?}``: open the handles to the trainer's memory (one entry: this engine has
+        no tensor parallelism), copy the tensors into the engine by name, drop the handles, then
+        publish ``weight_version`` when given."""
+        loader = getattr(self.engine, "load_named_weights", None)
+        if loader is None:
+            raise ApiError(400, f"this server's engine ({type(self.engine).__name__}) cannot load weights by name")
+        entries = payload.get("serialized_named_tensors")
+        if not (isinstance(entries, list) and len(entries) == 1 and isinstance(entries[0], str)):
+            raise ApiError(
+                400,
+                "update_weights_from_tensor needs 'serialized_named_tensors': a list of one string "
+                "(one per tensor-parallel rank; this engine has one)",
+            )
+        load_format = payload.get("load_format")
+        if load_format not in (None, "direct"):
+            raise ApiError(400, f"update_weights_from_tensor: load_format {load_format!r} is not supported (null or 'direct')")
+        try:
+            count = await asyncio.to_thread(load_serialized_tensors, entries[0], loader)
+        except (TensorHandleError, KeyError, ValueError, RuntimeError, OSError) as e:
+            return {"success": False, "message": f"update_weights_from_tensor failed: {e}"}
+        if payload.get("weight_version") is not None:
+            self.update_weight_version({"new_version": payload.get("weight_version")})
+        return {"success": True, "message": f"loaded {count} tensors"}
+
     async def get_weights_by_name(self, payload: Mapping[str, Any]) -> list[Any]:
         """``/get_weights_by_name {"name", "truncate_size"?}``: the first rows of a parameter as
         the engine holds it (SGLang's debugging endpoint; the trainer's sync check reads it)."""
@@ -448,6 +477,9 @@ def build_app(
     async def from_group(_: web.Request, body: Mapping[str, Any]) -> object:
         return await service.update_weights_from_distributed(body)
 
+    async def from_tensor(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.update_weights_from_tensor(body)
+
     app = web.Application(client_max_size=limits.max_body_bytes)
     app.router.add_post("/generate", route(generate))
     app.router.add_post("/abort_request", route(abort, control=True))
@@ -465,6 +497,7 @@ def build_app(
     app.router.add_post("/init_weights_update_group", route(init_group, control=True))
     app.router.add_post("/destroy_weights_update_group", route(destroy_group, control=True))
     app.router.add_post("/update_weights_from_distributed", route(from_group, control=True))
+    app.router.add_post("/update_weights_from_tensor", route(from_tensor, control=True))
     return app
 
 
