@@ -139,6 +139,27 @@ def run(
     return rows
 
 
+def _torch_profile(
+    trainer: Trainer, extra: dict[str, float], steps: int, sync: Callable[[], None], device: str
+) -> None:
+    """torch.profiler over ``steps`` steps (all threads): kernel launches per step and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        run(trainer, extra, steps, sync)
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch"))
+    syncs = sum(e.count for e in events if "Synchronize" in e.key or e.key == "cudaMemcpyAsync")
+    print(f"\n==== torch.profiler, {steps} steps: {launches / steps:.0f} kernel launches and "
+          f"{syncs / steps:.0f} memcpy/synchronize calls per step ====")
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=30, max_name_column_width=60))
+    print(events.table(sort_by="cpu_time_total", row_limit=30, max_name_column_width=60))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -155,6 +176,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--pack-sequences", choices=["auto", "on", "off"], default=None, help="default: the Config's"
     )
     ap.add_argument("--profile-out", default=None, help="with --profile: dump pstats to PATH.<thread>")
+    ap.add_argument(
+        "--torch-profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the steady steps, torch.profiler over N more steps: the top ops by device and host time",
+    )
     ap.add_argument("--json", default=None)
     ns = ap.parse_args(argv)
     if ns.threads:
@@ -174,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             profiles = _start_profiles(trainer) if ns.profile else {}
             rows = run(trainer, extra, ns.steps, sync)
             _stop_profiles(trainer, profiles)
+            if ns.torch_profile:
+                _torch_profile(trainer, extra, ns.torch_profile, sync, ns.device)
         finally:
             trainer.close()
     name = torch.cuda.get_device_name(ns.device) if ns.device.startswith("cuda") else "cpu"

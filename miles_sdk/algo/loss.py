@@ -28,7 +28,7 @@ from miles_sdk.algo.policy_loss import (
     gspo_sequence_kl,
     policy_ratio_metrics,
 )
-from miles_sdk.algo.reducers import get_mean_of_sample_mean, miles_scale
+from miles_sdk.algo.reducers import get_mean_of_sample_mean, miles_scale, sample_sums
 from miles_sdk.algo.tis import mis_function, vanilla_tis_function
 from miles_sdk.hooks import LossReducer, PGLossReducer, TISFn
 from miles_sdk.stages import MicroBatch
@@ -45,9 +45,9 @@ def _tensors(values: Sequence[torch.Tensor] | None, key: str, *, like: torch.Ten
     out: list[torch.Tensor] = []
     for v in values:
         t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
-        if like is not None:
+        if like is not None and t.device != like.device:
             t = t.to(device=like.device)
-        out.append(t.detach())
+        out.append(t.detach() if t.requires_grad else t)
     return out
 
 
@@ -170,7 +170,7 @@ def _policy_loss(
             response_lengths,
             pg_masks,
             p.calculate_per_token_loss,
-            denominators=[m.sum() for m in masks],
+            denominators=sample_sums(masks, response_lengths),
         )
         n_tokens = sum(response_lengths)
         for key, value in tis_metrics.items():

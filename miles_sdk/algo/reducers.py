@@ -24,6 +24,7 @@ from typing import Literal
 
 import torch
 
+from miles_sdk.algo._device import host_to_device
 from miles_sdk.hooks import LossReducer, PGLossReducer
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "get_sum_of_sample_mean",
     "masked_token_weights",
     "miles_scale",
+    "sample_sums",
 ]
 
 
@@ -48,42 +50,64 @@ def _check_layout(response_lengths: Sequence[int], loss_masks: Sequence[torch.Te
             )
 
 
+def _segment_ids(response_lengths: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Sample index of each flat response token."""
+    lengths = torch.tensor(list(response_lengths), dtype=torch.long)
+    return host_to_device(torch.repeat_interleave(torch.arange(len(lengths)), lengths), device)
+
+
+def sample_sums(values: Sequence[torch.Tensor], response_lengths: Sequence[int]) -> torch.Tensor:
+    """Each sample's sum of ``values`` (float64, one entry per sample), in a fixed number of
+    kernels whatever the number of samples."""
+    if not values:
+        return torch.zeros(0, dtype=torch.float64)
+    flat = torch.cat([v if v.dim() == 1 else v.reshape(-1) for v in values]).to(torch.float64)
+    out = torch.zeros(len(values), dtype=torch.float64, device=flat.device)
+    return out.index_add_(0, _segment_ids(response_lengths, flat.device), flat)
+
+
 def masked_token_weights(
     response_lengths: Sequence[int],
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
-    denominators: Sequence[float | torch.Tensor] | None = None,
+    denominators: Sequence[float | torch.Tensor] | torch.Tensor | None = None,
     reduction: Literal["mean", "sum"] = "mean",
 ) -> torch.Tensor:
     """Per-token weights ``w`` such that the default reduction of ``x`` is ``sum(w * x)``.
 
     Sample mode: ``w = mask_i / max(den_i, 1) / n_samples`` with ``den_i = sum(mask_i)`` unless
-    ``denominators`` overrides it. Per-token mode: ``w = mask / max(sum(den), 1)``.
+    ``denominators`` overrides it. Per-token mode: ``w = mask / max(sum(den), 1)``. Computed for
+    all samples at once: per sample, a micro-batch of 64 launched hundreds of small kernels.
     """
     _check_layout(response_lengths, loss_masks)
     if not loss_masks:
         return torch.zeros(0)
-    masks = [m.to(torch.float64) for m in loss_masks]
+    masks = torch.cat([m if m.dim() == 1 else m.reshape(-1) for m in loss_masks]).to(torch.float64)
+    device = masks.device
     if denominators is None:
-        dens = [m.sum() for m in masks]
+        dens = sample_sums(loss_masks, response_lengths)
+    elif isinstance(denominators, torch.Tensor):
+        dens = denominators.to(device=device, dtype=torch.float64).reshape(-1)
     else:
-        if len(denominators) != len(masks):
-            raise ValueError(f"reducer: {len(denominators)} denominators for {len(masks)} samples")
-        dens = [torch.as_tensor(d, dtype=torch.float64, device=masks[0].device) for d in denominators]
+        dens = torch.stack([torch.as_tensor(d, dtype=torch.float64).to(device).reshape(()) for d in denominators])
+    if dens.numel() != len(loss_masks):
+        raise ValueError(f"reducer: {dens.numel()} denominators for {len(loss_masks)} samples")
     if calculate_per_token_loss:
-        total = torch.clamp_min(torch.stack(dens).sum(), 1.0) if reduction == "mean" else 1.0
-        weights = [m / total for m in masks]
-    else:
-        n = len(masks) if reduction == "mean" else 1
-        weights = [m / (torch.clamp_min(d, 1.0) * n) for m, d in zip(masks, dens, strict=True)]
-    return torch.cat(weights)
+        if reduction == "mean":
+            return masks / torch.clamp_min(dens.sum(), 1.0)
+        return masks
+    n = len(loss_masks) if reduction == "mean" else 1
+    per_sample = torch.clamp_min(dens, 1.0) * n
+    return masks / per_sample[_segment_ids(response_lengths, device)]
 
 
 def miles_scale(loss_masks: Sequence[torch.Tensor], calculate_per_token_loss: bool = False) -> float:
     """What a Miles-convention (``reduction="sum"``) result is divided by to become this SDK's
     micro-batch mean: the number of samples, or of trainable tokens with per-token loss."""
     if calculate_per_token_loss:
-        return max(float(sum(float(m.sum()) for m in loss_masks)), 1.0)
+        if not loss_masks:
+            return 1.0
+        return max(float(torch.cat([m if m.dim() == 1 else m.reshape(-1) for m in loss_masks]).sum()), 1.0)  # one host read
     return float(max(len(loss_masks), 1))
 
 
@@ -112,7 +136,7 @@ def get_sum_of_sample_mean(
     response_lengths: Sequence[int],
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
-    denominators: Sequence[float | torch.Tensor] | None = None,
+    denominators: Sequence[float | torch.Tensor] | torch.Tensor | None = None,
     reduction: Literal["mean", "sum"] = "sum",
 ) -> LossReducer:
     """Miles's ``sum_of_sample_mean`` reducer, as a callable on flat per-token tensors: it returns
@@ -140,7 +164,7 @@ def get_mean_of_sample_mean(
     response_lengths: Sequence[int],
     loss_masks: Sequence[torch.Tensor],
     calculate_per_token_loss: bool = False,
-    denominators: Sequence[float | torch.Tensor] | None = None,
+    denominators: Sequence[float | torch.Tensor] | torch.Tensor | None = None,
 ) -> LossReducer:
     """The SDK's default loss reduction: the *mean* over the micro-batch's samples of each sample's
     masked token mean (per-token: the token sum divided by the trainable-token count).

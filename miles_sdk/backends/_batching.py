@@ -8,12 +8,14 @@ from typing import Any, NamedTuple
 
 import torch
 
+from miles_sdk.algo._device import host_to_device
 from miles_sdk.stages import MicroBatch, TrainBatch
 
 __all__ = [
     "PackedTokens",
     "SequenceRows",
     "chunks",
+    "host_to_device",
     "chunks_of",
     "micro_batch",
     "micro_batches",
@@ -24,14 +26,12 @@ __all__ = [
 ]
 
 def pad_tokens(tokens: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists: ``(input_ids [B, T], attention_mask [B, T])``."""
+    """Right-pad token lists: ``(input_ids [B, T], attention_mask [B, T])``, built on the host
+    and moved in one copy each."""
     width = max(len(t) for t in tokens)
-    input_ids = torch.zeros(len(tokens), width, dtype=torch.long, device=device)
-    attention_mask = torch.zeros(len(tokens), width, dtype=torch.long, device=device)
-    for i, seq in enumerate(tokens):
-        input_ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[i, : len(seq)] = 1
-    return input_ids, attention_mask
+    input_ids = torch.tensor([seq + [0] * (width - len(seq)) for seq in tokens], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in tokens], dtype=torch.long)
+    return host_to_device(input_ids, device), host_to_device(attention_mask, device)
 
 
 class PackedTokens(NamedTuple):
@@ -54,9 +54,9 @@ def pack_tokens(tokens: list[list[int]], device: torch.device) -> PackedTokens:
     flat = [t for seq in tokens for t in seq]
     positions = [p for n in lengths for p in range(n)]
     return PackedTokens(
-        input_ids=torch.tensor([flat], dtype=torch.long, device=device),
-        position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-        cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=device),
+        input_ids=host_to_device(torch.tensor([flat], dtype=torch.long), device),
+        position_ids=host_to_device(torch.tensor([positions], dtype=torch.long), device),
+        cu_seqlens=host_to_device(torch.tensor(bounds, dtype=torch.int32), device),
         max_length=max(lengths),
         starts=bounds[:-1],
     )
@@ -90,6 +90,22 @@ class SequenceRows(NamedTuple):
         """Per sequence, the rows that predict its response: position t predicts token t+1, so
         the response tokens [L-R, L) are scored at [L-R-1, L-1)."""
         return [self.rows(i, n - r - 1, n - 1) for i, (n, r) in enumerate(zip(lengths, response_lengths))]
+
+    def all_scoring_rows(self, lengths: list[int], response_lengths: list[int]) -> torch.Tensor:
+        """:meth:`scoring_rows` concatenated, in one gather: its backward is one scatter, where
+        per-sequence slices each zero-filled a gradient of the whole batch (two kernels per
+        sequence, quadratic in the micro-batch)."""
+        index = [
+            self.starts[i] + t
+            for i, (n, r) in enumerate(zip(lengths, response_lengths, strict=True))
+            for t in range(n - r - 1, n - 1)
+        ]
+        return self.flat.index_select(0, host_to_device(torch.tensor(index, dtype=torch.long), self.flat.device))
+
+    def all_rows(self, lengths: list[int]) -> torch.Tensor:
+        """Every sequence's rows ``[0, len)``, concatenated in one gather (no padding rows)."""
+        index = [self.starts[i] + t for i, n in enumerate(lengths) for t in range(n)]
+        return self.flat.index_select(0, host_to_device(torch.tensor(index, dtype=torch.long), self.flat.device))
 
 
 def chunks(n: int, size: int) -> Iterator[list[int]]:
@@ -133,15 +149,17 @@ def to_device_rows(rows: list[Any], dtype: torch.dtype, device: torch.device) ->
     A blocking host-to-device copy from pageable memory synchronises the stream: per sample and
     per key that was a host stall each; here all rows go through one pinned buffer, copied with
     ``non_blocking`` (the host allocator keeps the buffer until the copy is done)."""
-    flat = [torch.as_tensor(r, dtype=dtype).reshape(-1) for r in rows]
-    if not flat:
+    if not rows:
         return []
-    host = torch.cat(flat)
-    if device.type == "cuda":
-        moved = host.pin_memory().to(device, non_blocking=True)
+    if all(isinstance(r, list) for r in rows):
+        # One tensor from the joined lists: a tensor per row cost a few host ops each.
+        sizes = [len(r) for r in rows]
+        host = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=dtype)
     else:
-        moved = host.to(device)
-    return list(torch.split(moved, [t.numel() for t in flat]))
+        flat = [torch.as_tensor(r, dtype=dtype).reshape(-1) for r in rows]
+        sizes = [t.numel() for t in flat]
+        host = torch.cat(flat)
+    return list(torch.split(host_to_device(host, device), sizes))
 
 
 def micro_batch(data: TrainBatch, idx: list[int], device: torch.device) -> MicroBatch:

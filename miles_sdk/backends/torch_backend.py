@@ -17,7 +17,14 @@ from torch import nn
 
 from miles_sdk._policy import build_reference, disable_dropout
 from miles_sdk.algo import compute_loss, log_probs_and_entropy, loss_params
-from miles_sdk.backends._batching import SequenceRows, chunks, micro_batch, micro_batches, token_budget_chunks
+from miles_sdk.backends._batching import (
+    SequenceRows,
+    chunks,
+    host_to_device,
+    micro_batch,
+    micro_batches,
+    token_budget_chunks,
+)
 from miles_sdk.backends._compile import compiled_layers
 from miles_sdk.backends._memory import oom_phase
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
@@ -172,13 +179,13 @@ class TorchBackend:
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         hidden = self._forward_hidden(model, tokens)
-        rows = hidden.scoring_rows([len(seq) for seq in tokens], response_lengths)
+        rows = hidden.all_scoring_rows([len(seq) for seq in tokens], response_lengths)
         targets = [t for seq, r in zip(tokens, response_lengths) for t in seq[len(seq) - r :]]
         weight = _lm_head(model).weight
         logp, entropy = log_probs_and_entropy(
-            torch.cat(rows),
+            rows,
             weight,
-            torch.tensor(targets, dtype=torch.long, device=self.device),
+            host_to_device(torch.tensor(targets, dtype=torch.long), self.device),
             temperature=self._temperature(),
             chunk_size=self.args.log_probs_chunk_size,
             with_entropy=with_entropy,
@@ -211,13 +218,13 @@ class TorchBackend:
         try:
             for idx in self._forward_batches(data):
                 with torch.no_grad(), self._model_scope(which, model):
+                    lengths = [data["response_lengths"][i] for i in idx]
                     logp, _ = self._response_log_probs(
-                        model,
-                        [data["tokens"][i] for i in idx],
-                        [data["response_lengths"][i] for i in idx],
-                        with_entropy=False,
+                        model, [data["tokens"][i] for i in idx], lengths, with_entropy=False
                     )
-                out.extend(t.float().cpu() for t in logp)
+                # One device-to-host copy per batch: per sample, each was a stream synchronisation.
+                flat = torch.cat(logp).float().cpu() if logp else torch.zeros(0)
+                out.extend(torch.split(flat, lengths))
         finally:
             model.train(was_training)
         return out
@@ -348,7 +355,7 @@ class TorchBackend:
         """Miles's packed layout: [1, sum(total_lengths), V] float32 logits."""
         tokens = batch.token_lists
         hidden = self._forward_hidden(self._model, tokens)
-        rows = torch.cat([hidden.rows(i, 0, len(seq)) for i, seq in enumerate(tokens)])
+        rows = hidden.all_rows([len(seq) for seq in tokens])
         logits: torch.Tensor = _lm_head(self._model)(rows).float() / self._temperature()
         return logits.unsqueeze(0)
 
@@ -425,7 +432,7 @@ def _accumulate_and_step(
     optim.zero_grad()
     per_token = args.calculate_per_token_loss
     # Token counts from the host copy of the masks (the device copies would cost a sync each).
-    tokens_of = {i: int(torch.as_tensor(data.loss_masks[i]).sum()) for i in step_idx}
+    tokens_of = {i: _mask_sum(data.loss_masks[i]) for i in step_idx}
     if step_tokens is None:
         step_tokens = sum(tokens_of.values()) or 1
     reduced = _DeviceMetrics(device)
@@ -447,6 +454,11 @@ def _accumulate_and_step(
         # A non-finite gradient would poison the weights: the step was skipped; report it.
         sums[prefix + "skipped_nonfinite_grad"] = 1.0
     return sums
+
+
+def _mask_sum(mask: Any) -> int:
+    """Trainable tokens of a host mask (a list, as the rollout stores it, is summed in Python)."""
+    return int(sum(mask)) if isinstance(mask, list) else int(torch.as_tensor(mask).sum())
 
 
 def _extreme(key: str) -> str | None:
