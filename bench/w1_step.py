@@ -107,6 +107,9 @@ def main() -> None:
         default="torch",
         help="fsdp: the FSDP2 backend with one rank in this process (its step beside the torch backend's)",
     )
+    ap.add_argument(
+        "--gradient-checkpointing", action="store_true", help="recompute the layers in backward (less memory)"
+    )
     ap.add_argument("--json", default=None, help="write the summary numbers to this file")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
@@ -148,6 +151,7 @@ def main() -> None:
         pack_sequences=ns.pack_sequences,
         skip_on_policy_old_log_probs=not ns.recompute_old_log_probs,
         train_backend=ns.train_backend,
+        gradient_checkpointing=ns.gradient_checkpointing,
     )
     trainer = Trainer(
         config,
@@ -160,7 +164,7 @@ def main() -> None:
     print(
         f"W1 step: micro-batch {ns.micro_batch_size}, torch head {ns.torch_head}, "
         f"compile_model {ns.compile_model}, pack_sequences {ns.pack_sequences}, "
-        f"train_backend {ns.train_backend}"
+        f"train_backend {ns.train_backend}, gradient_checkpointing {ns.gradient_checkpointing}"
     )
     rows = []
     if device.type == "cuda":
@@ -195,7 +199,8 @@ def main() -> None:
     print()
     print("| phase | seconds | rate |")
     print("|---|---|---|")
-    print(f"| full GRPO step (steady) | {step_s:.2f} | |")
+    step_median = statistics.median(r["perf/step_time"] for r in steady)
+    print(f"| full GRPO step (steady) | {step_s:.2f} | median {step_median:.3f} s |")
     print(
         f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |"
     )
@@ -212,6 +217,7 @@ def main() -> None:
     if ns.json:
         summary = {
             "step_s": step_s,
+            "step_median_s": step_median,
             "first_step_s": rows[0]["perf/step_time"],
             "rollout_s": rollout_s,
             "new_tok_s": new_tokens / rollout_s,

@@ -43,6 +43,34 @@ def matmul_peak(device: torch.device) -> float:
     return 20 * 2 * 8192**3 / (time.perf_counter() - t0)
 
 
+def copy_bandwidth(device: torch.device) -> float:
+    """Device copy bandwidth, bytes read + written per second (1 GiB, 20 repeats); nan off CUDA.
+    The same measure as bench.w1's decode roofline."""
+    if device.type != "cuda":
+        return float("nan")
+    src = torch.empty(1 << 29, device=device, dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 20 * 2 * src.numel() * 2 / (time.perf_counter() - t0)
+
+
+def decode_roofline(shape: Any, work: Any, bandwidth: float) -> float:
+    """New tokens/s if every decode step only streamed its bytes at ``bandwidth``: the weights
+    (bf16; an untied input embedding is only gathered, so it is not counted) plus the KV cache of
+    the whole batch at the mean context (prompt + response / 2)."""
+    embedding = 0 if shape.tied else shape.vocab * shape.hidden
+    weight_bytes = 2 * (shape.params() - embedding)
+    kv_per_token = shape.layers * 2 * shape.kv_dim * 2
+    context = work.prompt_len + work.response_len / 2
+    step_bytes = weight_bytes + work.sequences * context * kv_per_token
+    return float(work.sequences * bandwidth / step_bytes)
+
+
 def time_optimizer(trainer: Any) -> list[float]:
     """Wrap the policy optimizer's step to time it (synchronised); returns the list it fills."""
     times: list[float] = []
@@ -143,6 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |"
     )
+    bandwidth = copy_bandwidth(device)
+    roofline = decode_roofline(shape, work, bandwidth)
+    print(
+        f"| engine vs its decode roofline | | {new_tokens / rollout_s / roofline:.0%} of {roofline / 1e3:.1f}k new "
+        f"tok/s at {bandwidth / 1e12:.2f} TB/s (the rollout time includes prefill and rewards) |"
+    )
     print(f"| old log-probs | {mean('perf/log_prob_time'):.2f} | |")
     print(f"| train (fwd + bwd + optimizer) | {train_s:.2f} | MFU {flops / train_s / peak_flops:.1%} |")
     print(
@@ -158,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient_checkpointing": settings.gradient_checkpointing, "step_s": mem["step_s"],
             "rollout_s": rollout_s, "train_s": train_s, "optimizer_s": opt_s,
             "train_mfu": flops / train_s / peak_flops, "memory": mem["owners"], "phases": mem["phases"],
-            "device": name,
+            "device": name, "decode_roofline_tok_s": roofline, "copy_bandwidth": bandwidth,
         }  # fmt: skip
         with open(ns.json, "w") as f:
             json.dump(summary, f, indent=1)
