@@ -145,11 +145,10 @@ class HFRunner:
         slots = list(self._pending)
         prompts = [self._pending.pop(s) for s in slots]
         width = max(len(p) for p in prompts)
-        ids = torch.zeros(len(slots), width, dtype=torch.long, device=self._device)
-        mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt) :] = 1
+        # Left-padded on the host, then one copy each: a copy per row cost a few ops each.
+        ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long)
+        ids, mask = ids.to(self._device), mask.to(self._device)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         cache = DynamicCache()
         logits = self._forward(ids, mask, pos, cache)
