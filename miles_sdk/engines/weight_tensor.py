@@ -150,7 +150,14 @@ def _stage(bucket: Sequence[tuple[str, torch.Tensor]]) -> _Staged:
         path = os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{os.getpid()}_{uuid.uuid4().hex}")
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, total)
+            # Reserve the pages now: a full /dev/shm fails here, not with SIGBUS at the first write.
+            os.posix_fallocate(fd, 0, total)
+        except OSError as e:
+            os.unlink(path)
+            raise TensorHandleError(
+                f"cannot stage {total / 2**20:.0f} MiB of weights in {segment_dir()} ({e}); lower "
+                "--update-weight-buffer-size or free shared memory"
+            ) from e
         finally:
             os.close(fd)
         try:

@@ -267,3 +267,14 @@ def test_replicas_off_the_trainers_device_are_named() -> None:
 
     off = colocated(Target("http://x", ""), torch.device("cpu"))
     assert off == ["replica-1 (cuda:1)", "replica-2 (device unknown to the driver)"]
+
+
+def test_a_full_shared_memory_is_named_before_any_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(weight_tensor.TensorHandleError) as info:
+        weight_tensor._stage([("w", torch.ones(4, 4))])
+    assert segment_dir() in str(info.value) and "--update-weight-buffer-size" in str(info.value)
+    assert not _our_segments()
