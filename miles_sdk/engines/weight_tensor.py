@@ -27,6 +27,7 @@ node): :func:`colocated` says which replicas are not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import io
@@ -221,7 +222,7 @@ class TensorSender:
         params = [(n, p.detach()) for n, p in model.named_parameters()]
         groups = buckets(params, self.bucket_bytes)
         for i, bucket in enumerate(groups):
-            staged = _stage(bucket)
+            staged = await _stage_off_loop(bucket)
             try:
                 segments = {}
                 if staged.path is not None and staged.buffer is not None:
@@ -243,6 +244,22 @@ class TensorSender:
                 ) from e
             finally:
                 staged.release()
+
+
+async def _stage_off_loop(bucket: Sequence[tuple[str, torch.Tensor]]) -> _Staged:
+    """:func:`_stage` in a thread (it copies up to a bucket); a caller cancelled meanwhile still
+    gets the buffer released when the copy ends."""
+    task = asyncio.ensure_future(asyncio.to_thread(_stage, bucket))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def release(done: asyncio.Future[_Staged]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                done.result().release()
+
+        task.add_done_callback(release)
+        raise
 
 
 def _remove_stale_segments() -> None:

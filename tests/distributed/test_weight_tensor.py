@@ -19,6 +19,7 @@ import base64
 import os
 import pickle
 import signal
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -278,3 +279,26 @@ def test_a_full_shared_memory_is_named_before_any_write(monkeypatch: pytest.Monk
         weight_tensor._stage([("w", torch.ones(4, 4))])
     assert segment_dir() in str(info.value) and "--update-weight-buffer-size" in str(info.value)
     assert not _our_segments()
+
+
+async def test_a_sync_cancelled_while_a_bucket_is_staged_leaves_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = weight_tensor._stage
+    staged: list[str] = []
+
+    def slow(bucket: Sequence[tuple[str, torch.Tensor]]) -> Any:
+        time.sleep(0.3)
+        result = stage(bucket)
+        staged.append(str(result.path))
+        return result
+
+    monkeypatch.setattr(weight_tensor, "_stage", slow)
+    task = asyncio.ensure_future(weight_tensor._stage_off_loop([("w", torch.ones(4, 4))]))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):  # the copy ends in its thread, then the buffer is released
+        if staged and not _our_segments():
+            break
+        await asyncio.sleep(0.02)
+    assert staged and not Path(staged[0]).exists()
