@@ -302,3 +302,16 @@ async def test_a_sync_cancelled_while_a_bucket_is_staged_leaves_no_file(monkeypa
             break
         await asyncio.sleep(0.02)
     assert staged and not Path(staged[0]).exists()
+
+
+def test_ray_replicas_on_this_node_map_the_trainers_memory() -> None:
+    """Ray actors are not the driver's children: they open the staging files by name."""
+    ray = pytest.importorskip("ray")
+    config = _config(rollout_num_gpus=2, check_weight_sync=True, weight_sync_method="tensor")
+    with _trainer(config.replace(distributed_launcher="ray")) as trainer:
+        replicas = trainer.engine
+        assert isinstance(replicas, EngineReplicas) and replicas.launcher.use_ray
+        trainer.step()  # check_weight_sync: both replicas report the trainer's weights
+        assert trainer._weight_sync._tensors is not None and trainer._weight_sync._tmp is None
+        assert [d for _, d in replicas.replica_devices()] == ["cpu", "cpu"]
+    assert not ray.is_initialized() and not _our_segments()
