@@ -294,12 +294,17 @@ def _pid_alive(pid: int) -> bool:
 def open_segment(path: str, nbytes: int) -> torch.UntypedStorage:
     """Map the trainer's staging file ``path`` (read, copy-on-write: the trainer's copy is never
     written). Only files of this module's naming in :func:`segment_dir` are opened."""
-    if os.path.dirname(path) != segment_dir() or not os.path.basename(path).startswith(SEGMENT_PREFIX):
+    if (
+        os.path.dirname(path) != segment_dir()
+        or not os.path.basename(path).startswith(SEGMENT_PREFIX)
+        or os.path.islink(path)
+    ):
         raise TensorHandleError(f"{path!r} is not a weight staging file ({segment_dir()}/{SEGMENT_PREFIX}*)")
     if not os.path.exists(path):
         raise TensorHandleError(
             f"{path}: the trainer's staging file is gone (it frees a bucket once every replica answered or failed)"
         )
+    # torch refuses to map past the end of the file (no SIGBUS from a short file).
     return cast(torch.UntypedStorage, torch.UntypedStorage.from_file(path, False, int(nbytes)))
 
 

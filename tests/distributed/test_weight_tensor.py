@@ -250,15 +250,25 @@ async def test_a_payload_naming_anything_but_a_tensor_is_refused() -> None:
 
 
 class _PathPickle:
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, path: str, nbytes: int) -> None:
+        self.path, self.nbytes = path, nbytes
 
     def __reduce__(self) -> tuple[Any, tuple[str, int]]:
-        return weight_tensor.open_segment, (self.path, 8)
+        return weight_tensor.open_segment, (self.path, self.nbytes)
 
 
-def _payload_for(path: str) -> str:
-    return base64.b64encode(pickle.dumps([("x", _PathPickle(path))])).decode()
+def _payload_for(path: str, nbytes: int = 8) -> str:
+    return base64.b64encode(pickle.dumps([("x", _PathPickle(path, nbytes))])).decode()
+
+
+def test_a_link_named_like_a_staging_file_is_not_followed() -> None:
+    link = os.path.join(segment_dir(), f"{SEGMENT_PREFIX}{os.getpid()}_link")
+    os.symlink(os.path.abspath(__file__), link)
+    try:
+        with pytest.raises(weight_tensor.TensorHandleError, match="not a weight staging file"):
+            weight_tensor.deserialize_named_tensors(_payload_for(link))
+    finally:
+        os.unlink(link)
 
 
 def test_replicas_off_the_trainers_device_are_named() -> None:
