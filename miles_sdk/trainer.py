@@ -46,6 +46,7 @@ from miles_sdk.checkpoint import (
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines._serving_guard import GenerationGate
 from miles_sdk.engines.base import InferenceEngine, SamplingParams
+from miles_sdk.engines.memory import MemoryReleasingEngine
 from miles_sdk.hooks import (
     BackendInitFn,
     BatchedRewardFn,
@@ -196,6 +197,7 @@ class Trainer:
         self.tokenizer = self.policy.tokenizer  # (without a tokenizer build_policy said what to pass)
         self._loop = LoopThread()
         self._offload_rollout_warned = False
+        self._engine_released: MemoryReleasingEngine | None = None  # its replicas released their memory
         self._serving: RolloutServing | None = None
         self._owned_engine: InferenceEngine | None = None
         # Served /generate requests wait while a train step holds the shared module.
@@ -254,6 +256,7 @@ class Trainer:
         self._check_open()
         args, rollout_id = self.args, self.rollout_id
         on_policy = self._rollout_is_on_policy(rollout_id)
+        self._resume_engine_memory()  # a step that failed after the release left the replicas released
         with timer("rollout"):
             rollout = self._rollout(rollout_id)  # 1-2
         if args.offload_rollout:
@@ -279,6 +282,7 @@ class Trainer:
                     metrics |= self.backend.train(rollout_id, batch)  # 7
                 with timer("sync"):
                     self._sync_weights(rollout_id)  # 8
+        self._resume_engine_memory()  # replicas take their memory back (--offload-rollout)
         metrics |= timer.metrics() | _throughput(samples, timer.times)
         warn_on_logprob_gap(
             metrics,
@@ -383,10 +387,15 @@ class Trainer:
 
     def _release_engine_memory(self) -> None:
         """--offload-rollout: the engine frees its KV cache, weight copies and CUDA graphs while
-        the trainer works (SGLang's release_memory_occupation); its next request builds them again."""
-        release = getattr(self.engine, "release_memory_occupation", None)
-        if callable(release):
-            release()
+        the trainer works (SGLang's release_memory_occupation); its next request builds them again.
+        Engine replicas and SGLang servers are each asked (miles_sdk.engines.memory), and resumed
+        by :meth:`_resume_engine_memory`; an error names the replica."""
+        engine = self._memory_engine()
+        if isinstance(engine, MemoryReleasingEngine):
+            self._loop.run(engine.release_memory_occupation())
+            self._engine_released = engine
+        elif engine is not None:
+            engine.release_memory_occupation()
         elif not self._offload_rollout_warned:
             self._offload_rollout_warned = True
             logger.warning(
@@ -394,6 +403,21 @@ class Trainer:
                 "it keeps it during training",
                 type(self.engine).__name__,
             )
+
+    def _resume_engine_memory(self) -> None:
+        """Replicas released by :meth:`_release_engine_memory` take their memory back (after the
+        weight sync, as Miles's loop onloads; the in-process engine rebuilds at its next request)."""
+        released, self._engine_released = self._engine_released, None
+        if released is not None:
+            self._loop.run(released.resume_memory_occupation())
+
+    def _memory_engine(self) -> Any:
+        """What --offload-rollout releases: the engine, or the one our router or server wraps."""
+        http = self._serving.http_engine if self._serving is not None else None
+        for engine in (self.engine, self._owned_engine, http):
+            if engine is not None and callable(getattr(engine, "release_memory_occupation", None)):
+                return engine
+        return None
 
     def _rollout(self, rollout_id: int) -> Rollout:
         from miles_sdk.rollout import load_rollout_data, save_rollout_data

@@ -57,8 +57,9 @@ class ReplicaSpec:
     """CPU replicas: intra-op threads (None: torch's default)."""
 
 
-def build_replica_engine(spec: ReplicaSpec) -> Any:
-    """The replica's EmbeddedEngine over the model in ``spec.weights_path``."""
+def build_replica_engine(spec: ReplicaSpec) -> tuple[Any, Any]:
+    """The replica's EmbeddedEngine over the model in ``spec.weights_path``, and that model (the
+    engine samples from it: no copy)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -73,7 +74,7 @@ def build_replica_engine(spec: ReplicaSpec) -> Any:
         model, spec.tokenizer, max_batch_size=spec.max_batch_size, seed=spec.seed, max_seq_len=spec.max_seq_len
     )
     engine.update_weights(spec.weight_version)
-    return engine
+    return engine, model
 
 
 async def serve_replica(spec: ReplicaSpec, on_ready: Callable[[int], None], wait_stop: Callable[[], None]) -> None:
@@ -81,7 +82,7 @@ async def serve_replica(spec: ReplicaSpec, on_ready: Callable[[int], None], wait
     ``wait_stop`` (run in a thread) returns."""
     from miles_sdk.engines.http_server import start_server
 
-    engine = build_replica_engine(spec)
+    engine, model = build_replica_engine(spec)
     server = await start_server(
         engine,
         spec.tokenizer,
@@ -89,6 +90,7 @@ async def serve_replica(spec: ReplicaSpec, on_ready: Callable[[int], None], wait
         0,
         api_key=spec.api_key,
         max_context_len=spec.max_context_len,
+        weights_module=model,  # /release_memory_occupation may move it to host memory
     )
     try:
         on_ready(server.port)
@@ -297,7 +299,7 @@ class _RayReplica:
     def stop(self) -> None:
         try:
             self._ray.get(self._actor.stop.remote(), timeout=30)
-        except Exception:  # noqa: BLE001 - a dead actor is killed below all the same
+        except Exception:  # noqa: BLE001, S110 - a dead actor is killed below all the same
             pass
         self._ray.kill(self._actor)
 

@@ -49,7 +49,7 @@ from miles_sdk.engines._serving_guard import new_token
 from miles_sdk.engines.base import ReplicaWeights
 from miles_sdk.engines.weight_sync import save_for_sync
 from miles_sdk.rollout.context import TokenizerLike
-from miles_sdk.router._workers import WorkerDown
+from miles_sdk.router._workers import Worker, WorkerDown
 from miles_sdk.router.router import Router, RouterError
 
 __all__ = ["EngineReplicas", "ReplicaLauncher", "replica_count", "start_engine_replicas"]
@@ -243,6 +243,44 @@ class EngineReplicas(Router):
         finally:
             for t in pending:
                 t.cancel()
+        if failed:
+            raise RouterError(f"EngineReplicas: {path} failed on " + "; ".join(failed))
+
+    # -- memory (offload_rollout) -------------------------------------------------------------------
+
+    async def release_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
+        """Every running replica frees the memory of ``tags`` (SGLang's ``/release_memory_occupation``;
+        default: all of it, the weights into a host copy) until :meth:`resume_memory_occupation`, its
+        next request or its next weight update. A replica that answers with an error fails the call,
+        named (as Miles's ``--offload-rollout`` does); one that is gone is skipped (it is replaced,
+        with its memory, before the next weight update)."""
+        await self._each_replica("/release_memory_occupation", {"tags": None if tags is None else list(tags)})
+
+    async def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
+        """Every running replica takes back what it released (``/resume_memory_occupation``)."""
+        await self._each_replica("/resume_memory_occupation", {"tags": None if tags is None else list(tags)})
+
+    async def _each_replica(self, path: str, body: Mapping[str, Any]) -> None:
+        """POST ``body`` to every replica in rotation, together; raise naming each that failed."""
+        workers = {w.name: w for w in self._workers}
+        targets: list[tuple[str, Worker]] = []
+        for i, s in enumerate(self._slots):
+            worker = workers.get(s.url) if s is not None else None
+            if s is None or worker is None or not s.handle.alive():
+                logger.info("EngineReplicas: %s skips replica-%d (not running; replaced before the next sync)", path, i)
+                continue
+            targets.append((f"replica-{i} {s.url}", worker))
+
+        async def one(label: str, worker: Worker) -> str | None:
+            try:
+                status, reply = await worker.call("POST", path, body)
+            except WorkerDown as e:
+                return f"{label}: {e}"
+            if status != 200 or not (isinstance(reply, Mapping) and reply.get("success", True)):
+                return f"{label}: HTTP {status}: {str(reply)[:300]}"
+            return None
+
+        failed = [f for f in await asyncio.gather(*(one(label, w) for label, w in targets)) if f is not None]
         if failed:
             raise RouterError(f"EngineReplicas: {path} failed on " + "; ".join(failed))
 

@@ -19,6 +19,7 @@ import aiohttp
 
 from miles_sdk.engines._serving_guard import auth_headers
 from miles_sdk.engines.base import EngineOutput, FinishReason, ReplicaWeights, SamplingParams
+from miles_sdk.engines.memory import parse_tags
 from miles_sdk.engines.weight_sync import flatten_values
 
 __all__ = [
@@ -200,6 +201,8 @@ class HttpEngine:
         self._active = dict.fromkeys(self.urls, 0)
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._released_tags: list[str] = []
+        """Memory tags released on the servers and not resumed yet."""
 
     # -- InferenceEngine ---------------------------------------------------------------------------
 
@@ -258,6 +261,41 @@ class HttpEngine:
             await self.push_weight_version(new_version)
         except HttpEngineError as e:
             logger.warning("HttpEngine: could not send weight version %d: %s", new_version, e)
+
+    async def release_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
+        """Every server frees the memory of ``tags`` (SGLang's ``/release_memory_occupation``;
+        Miles's ``--offload-rollout``) until :meth:`resume_memory_occupation`. Default
+        ``["kv_cache", "cuda_graph"]``: an SGLang server started without
+        ``--enable-weights-cpu-backup`` loses released weights until the next weight update
+        fills them, and a step may sample before one (``update_weights_interval``); name
+        ``"weights"`` only when a full update follows. A server that answers with an error fails
+        the call, named."""
+        chosen = ["kv_cache", "cuda_graph"] if tags is None else parse_tags(list(tags), where="HttpEngine")
+        # Recorded first: after a partial failure the servers that released are resumed too.
+        self._released_tags = [*self._released_tags, *(t for t in chosen if t not in self._released_tags)]
+        await self._post_each("/release_memory_occupation", {"tags": list(chosen)})
+
+    async def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
+        """Every server takes back what :meth:`release_memory_occupation` released (``tags``:
+        only those); nothing is sent when nothing was released."""
+        chosen = list(self._released_tags) if tags is None else list(parse_tags(list(tags), where="HttpEngine"))
+        if not chosen:
+            return
+        await self._post_each("/resume_memory_occupation", {"tags": chosen})
+        self._released_tags = [t for t in self._released_tags if t not in chosen]
+
+    async def _post_each(self, path: str, body: Mapping[str, Any]) -> None:
+        failed: list[str] = []
+        for url in self.urls:
+            try:
+                _, reply = await self._post_with_retries(path, body, only=url)
+            except HttpEngineError as e:
+                failed.append(str(e))
+                continue
+            if isinstance(reply, Mapping) and reply.get("success") is False:
+                failed.append(f"{url}{path}: {reply.get('message')}")
+        if failed:
+            raise HttpEngineError("; ".join(failed))
 
     # -- RemoteWeightsEngine, WeightReporter -----------------------------------------------------
 

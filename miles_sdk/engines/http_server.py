@@ -17,7 +17,9 @@ or a batch of lists), ``POST /abort_request`` (abort all), ``GET /health``, ``GE
 ``/update_weights_from_distributed``, ``/destroy_weights_update_group`` (weights broadcast from
 the trainer through a torch.distributed group: miles_sdk.engines.weight_group),
 ``POST /update_weights_from_tensor`` (handles to the trainer's memory on the same device:
-miles_sdk.engines.weight_tensor). The engine
+miles_sdk.engines.weight_tensor), ``POST /release_memory_occupation`` and
+``/resume_memory_occupation`` (``{"tags"}``: Miles's ``--offload-rollout``;
+miles_sdk.engines.memory; ``/get_server_info`` reports what is released). The engine
 interface can only abort everything, so an abort naming one ``rid`` is refused rather than
 silently widened.
 
@@ -39,6 +41,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Self
 
 import attrs
+import torch
 from aiohttp import web
 
 from miles_sdk.engines._serving_guard import (
@@ -54,6 +57,7 @@ from miles_sdk.engines._serving_guard import (
 )
 from miles_sdk.engines._validate import check_input_ids, parse_sampling_params
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine
+from miles_sdk.engines.memory import MEMORY_TAGS, WeightsBackup, parse_tags
 from miles_sdk.engines.weight_group import DEFAULT_GROUP, WeightGroupReceiver
 from miles_sdk.engines.weight_tensor import TensorHandleError, load_serialized_tensors
 from miles_sdk.rollout.context import TokenizerLike
@@ -156,6 +160,19 @@ class EngineService:
     vocab_size: int | None = None
     weight_groups: WeightGroupReceiver = attrs.field(factory=WeightGroupReceiver)
     """The weight-update groups this server joined (``/init_weights_update_group``)."""
+    weights_module: torch.nn.Module | None = None
+    """The module the engine samples from, when this server owns it (an engine replica): the
+    ``weights`` tag of ``/release_memory_occupation`` moves its parameters to host memory. None:
+    the weights are never released (an in-process engine reads the trainer's own module)."""
+    running_requests: int = attrs.field(default=0, init=False)
+    """/generate requests in the engine now (``/get_server_info``)."""
+    memory: MemoryState = attrs.field(init=False)
+    """What ``/release_memory_occupation`` released and how often (``/get_server_info``)."""
+
+    @memory.default
+    def _memory_default(self) -> MemoryState:
+        backup = WeightsBackup(self.weights_module) if self.weights_module is not None else None
+        return MemoryState(backup=backup)
 
     def __attrs_post_init__(self) -> None:
         if self.vocab_size is None and self.tokenizer is not None:
@@ -175,17 +192,22 @@ class EngineService:
         """One /generate request -> its reply."""
         if payload.get("stream"):
             raise ApiError(400, "stream=true is not supported by this server")
+        if self.memory.released:  # a request after a release without a resume takes it all back
+            await self._take_back(self.memory.released, explicit=False)
         params = parse_sampling_params(payload.get("sampling_params"), vocab_size=self.vocab_size)
         ids = payload.get("input_ids")
         if ids is None:
             ids = await self._tokenize(payload.get("text"))
         ids = check_input_ids(ids, vocab_size=self.vocab_size)
         self._check_context(len(ids))
+        self.running_requests += 1
         try:
             out = await self.engine.generate(ids, params)
         except (ValueError, TypeError) as e:
             # The engine's own request parsing (e.g. a budget past its cache): the request's fault.
             raise ApiError(400, f"the engine refused the request: {e}") from e
+        finally:
+            self.running_requests -= 1
         if out.text is None and self.tokenizer is not None:
             # SGLang's default is to skip special tokens in the returned text.
             text = self.tokenizer.decode(
@@ -237,6 +259,74 @@ class EngineService:
             "weight_version": str(self.engine.weight_version),
         }
 
+    def server_info(self) -> dict[str, Any]:
+        """``/get_server_info``: the model info, ``running_requests`` and ``memory_occupation``
+        (what is released now, how many releases and resumes this server took, the weights'
+        device and their bytes there)."""
+        backup = self.memory.backup
+        return self.model_info() | {
+            "running_requests": self.running_requests,
+            "memory_occupation": {
+                "released": [t for t in MEMORY_TAGS if t in self.memory.released],
+                "release_count": self.memory.releases,
+                "resume_count": self.memory.resumes,
+                "weights_device": None if backup is None else str(backup.device),
+                "weights_device_bytes": None if backup is None else backup.device_bytes(),
+            }
+        }
+
+    async def release_memory_occupation(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/release_memory_occupation {"tags"?}`` (SGLang's; Miles's ``--offload-rollout``):
+        free the memory of ``tags`` (null: all) until the resume or the next request. Refused
+        (``success: false``) while requests run. ``kept`` says which tags this server holds on to
+        and why (weights in host memory already, or a module it does not own)."""
+        try:
+            tags = parse_tags(payload.get("tags"), where="release_memory_occupation")
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        kept: dict[str, str] = {}
+        async with self.memory.lock:
+            release = getattr(self.engine, "release_memory_occupation", None)
+            if not callable(release):
+                kept |= dict.fromkeys(tags, f"{type(self.engine).__name__} cannot release its memory")
+            else:
+                try:
+                    release()  # on the loop: it checks the engine's queue, which the loop owns
+                except RuntimeError as e:
+                    return {"success": False, "message": f"release_memory_occupation: {e}"}
+                backup = self.memory.backup
+                if "weights" in tags and backup is None:
+                    kept["weights"] = "this server does not own the module its engine samples from"
+                elif "weights" in tags and backup is not None and not backup.releasable():
+                    kept["weights"] = "already in host memory"
+                elif "weights" in tags and backup is not None:
+                    await asyncio.to_thread(backup.release)
+            released = [t for t in tags if t not in kept]
+            self.memory.released.update(released)
+            self.memory.releases += 1
+        return {"success": True, "message": f"released {released or 'nothing'}", "released": released, "kept": kept}
+
+    async def resume_memory_occupation(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """``/resume_memory_occupation {"tags"?}``: take back what ``tags`` (null: all) released.
+        The weights are copied back now; the KV cache and CUDA graphs are rebuilt at the next
+        request, from the weights of that moment."""
+        try:
+            tags = parse_tags(payload.get("tags"), where="resume_memory_occupation")
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        resumed = await self._take_back(set(tags), explicit=True)
+        return {"success": True, "message": f"resumed {resumed or 'nothing'}", "resumed": resumed}
+
+    async def _take_back(self, tags: set[str], *, explicit: bool) -> list[str]:
+        async with self.memory.lock:
+            resumed = [t for t in MEMORY_TAGS if t in tags and t in self.memory.released]
+            if "weights" in resumed and self.memory.backup is not None:
+                await asyncio.to_thread(self.memory.backup.resume)
+            self.memory.released.difference_update(resumed)
+            if explicit:
+                self.memory.resumes += 1
+            return resumed
+
     async def flush_cache(self) -> dict[str, Any]:
         """``/flush_cache``: the engine interface keeps no prefix cache, so there is nothing to drop."""
         return {"success": True}
@@ -268,6 +358,7 @@ class EngineService:
                 f"this server's engine ({type(self.engine).__name__}) cannot load weights; pass "
                 "load_weights_from_disk= to start_server",
             )
+        await self._weights_back()
         try:
             if asyncio.iscoroutinefunction(loader):
                 await loader(path)
@@ -303,6 +394,7 @@ class EngineService:
         loader = getattr(self.engine, "load_named_weights", None)
         if loader is None:
             raise ApiError(400, f"this server's engine ({type(self.engine).__name__}) cannot load weights by name")
+        await self._weights_back()
         try:
             tensors = await asyncio.to_thread(self.weight_groups.receive, payload)
             await asyncio.to_thread(loader, tensors)
@@ -330,6 +422,7 @@ class EngineService:
         load_format = payload.get("load_format")
         if load_format not in (None, "direct"):
             raise ApiError(400, f"update_weights_from_tensor: load_format {load_format!r} is not supported (null or 'direct')")
+        await self._weights_back()
         try:
             count = await asyncio.to_thread(load_serialized_tensors, entries[0], loader)
         except (TensorHandleError, KeyError, ValueError, RuntimeError, OSError) as e:
@@ -337,6 +430,12 @@ class EngineService:
         if payload.get("weight_version") is not None:
             self.update_weight_version({"new_version": payload.get("weight_version")})
         return {"success": True, "message": f"loaded {count} tensors"}
+
+    async def _weights_back(self) -> None:
+        """Before a weight update: released weights come back to their device first, so the
+        update writes there (SGLang's order: resume the weights, then update them)."""
+        if "weights" in self.memory.released:
+            await self._take_back({"weights"}, explicit=False)
 
     async def get_weights_by_name(self, payload: Mapping[str, Any]) -> list[Any]:
         """``/get_weights_by_name {"name", "truncate_size"?}``: the first rows of a parameter as
@@ -351,6 +450,21 @@ class EngineService:
             return list(reader(name, size))
         except KeyError as e:
             raise ApiError(400, f"get_weights_by_name: {e}") from e
+
+
+@attrs.define
+class MemoryState:
+    """A server's ``/release_memory_occupation`` state."""
+
+    backup: WeightsBackup | None = None
+    """Moves the weights to host memory and back (None: the server does not own them)."""
+    released: set[str] = attrs.field(factory=set)
+    """Tags released and not taken back yet."""
+    releases: int = 0
+    resumes: int = 0
+    """Explicit ``/resume_memory_occupation`` calls (a request or weight update after a release
+    also takes the memory back, without counting here)."""
+    lock: asyncio.Lock = attrs.field(factory=asyncio.Lock)
 
 
 Endpoint = Callable[[web.Request, Mapping[str, Any]], Awaitable[object]]
@@ -453,6 +567,15 @@ def build_app(
     async def info(_: web.Request, __: Mapping[str, Any]) -> object:
         return service.model_info()
 
+    async def server_info(_: web.Request, __: Mapping[str, Any]) -> object:
+        return service.server_info()
+
+    async def release(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.release_memory_occupation(body)
+
+    async def resume(_: web.Request, body: Mapping[str, Any]) -> object:
+        return await service.resume_memory_occupation(body)
+
     async def version(_: web.Request, __: Mapping[str, Any]) -> object:
         return {"weight_version": str(service.engine.weight_version)}
 
@@ -487,8 +610,8 @@ def build_app(
     # server that answers can generate.
     for path in ("/health", "/health_generate"):
         app.router.add_get(path, route(ok))
-    for path in ("/get_model_info", "/get_server_info"):
-        app.router.add_get(path, route(info))
+    app.router.add_get("/get_model_info", route(info))
+    app.router.add_get("/get_server_info", route(server_info))
     app.router.add_get("/get_weight_version", route(version))
     app.router.add_route("*", "/get_weights_by_name", route(weights))
     app.router.add_route("*", "/flush_cache", route(flush, control=True))
@@ -498,6 +621,8 @@ def build_app(
     app.router.add_post("/destroy_weights_update_group", route(destroy_group, control=True))
     app.router.add_post("/update_weights_from_distributed", route(from_group, control=True))
     app.router.add_post("/update_weights_from_tensor", route(from_tensor, control=True))
+    app.router.add_route("*", "/release_memory_occupation", route(release, control=True))
+    app.router.add_route("*", "/resume_memory_occupation", route(resume, control=True))
     return app
 
 
@@ -559,16 +684,22 @@ async def start_server(
     gate: GenerationGate | None = None,
     max_context_len: int | None = None,
     vocab_size: int | None = None,
+    weights_module: torch.nn.Module | None = None,
 ) -> ServerHandle:
     """Serve SGLang's HTTP API over ``engine`` in the running event loop.
 
     ``tokenizer`` enables ``text`` prompts and decodes replies when the engine returns no text.
     ``load_weights_from_disk(path)`` backs ``/update_weights_from_disk`` (default: the engine's
     own ``load_weights_from_disk``). ``api_key`` guards the control endpoints (default: a random
-    token, in ``handle.api_key``; required to bind a non-loopback ``host``).
+    token, in ``handle.api_key``; required to bind a non-loopback ``host``). ``weights_module``:
+    the module ``engine`` samples from, when the server owns it; ``/release_memory_occupation``
+    then moves its weights to host memory (``weights`` tag).
     """
     check_bind(host, api_key, what="start_server")
-    service = EngineService(engine, tokenizer, model_path, load_weights_from_disk, max_context_len, vocab_size)
+    service = EngineService(
+        engine, tokenizer, model_path, load_weights_from_disk, max_context_len, vocab_size,
+        weights_module=weights_module,
+    )  # fmt: skip
     token = api_key or new_token()
     app = build_app(service, api_key=token, limits=limits, gate=gate)
     return await serve_app(app, host, port, api_key=token)
