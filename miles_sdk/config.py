@@ -514,14 +514,20 @@ class Config:
     rollout_num_gpus_per_engine: int = 1
     """Devices per engine replica; the embedded engine needs 1 (no tensor parallelism)."""
     colocate: bool = False
-    """Miles placement flag; the in-process Trainer is always colocated."""
+    """Engines and training share devices (Miles's --colocate): rollout_num_gpus replicas go on the
+    training GPUs, take weight syncs as tensor handles when on the trainer's device, and release
+    their memory during training (offload_rollout's default). The in-process Trainer is always
+    colocated."""
     offload_train: bool = False
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
-    offload_rollout: bool = False
+    offload_rollout: bool | None = None
     """After each rollout the engine frees its KV cache, fused weight copies and CUDA graphs for
-    training, and builds them again at its next request (Miles's --offload-rollout; SGLang's
-    release_memory_occupation). Costs the graph captures again each rollout; the embedded engine's
-    fast path releases, other engines are warned about."""
+    training (engine replicas: their weights too, into a host copy), and takes them back after the
+    weight sync or at its next request (Miles's --offload-rollout; SGLang's
+    /release_memory_occupation). Unset: on for rollout_num_gpus replicas with colocate (Miles's
+    --colocate default), else off; --no-offload-rollout turns it off. Costs the graph captures
+    again each rollout; the embedded engine, its replicas and rollout_engine='http' servers
+    release (a replica that cannot is an error naming it), other engines are warned about."""
     actor_num_nodes: int = 1
     """Miles placement flag; accepted, and warned about, in the in-process Trainer."""
     actor_num_gpus_per_node: int = 1

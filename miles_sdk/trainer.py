@@ -259,7 +259,7 @@ class Trainer:
         self._resume_engine_memory()  # a step that failed after the release left the replicas released
         with timer("rollout"):
             rollout = self._rollout(rollout_id)  # 1-2
-        if args.offload_rollout:
+        if self._offloads_rollout():
             self._release_engine_memory()  # Miles's loop: "offload rollout" right after generating
         samples = algo.flatten_and_trim(args, rollout.groups)
         self.last_samples = samples
@@ -403,6 +403,14 @@ class Trainer:
                 "it keeps it during training",
                 type(self.engine).__name__,
             )
+
+    def _offloads_rollout(self) -> bool:
+        """offload_rollout, or unset: on for engine replicas with colocate (Miles's default)."""
+        if self.args.offload_rollout is not None:
+            return self.args.offload_rollout
+        from miles_sdk.distributed.replicas import EngineReplicas
+
+        return self.args.colocate and isinstance(self._owned_engine, EngineReplicas)
 
     def _resume_engine_memory(self) -> None:
         """Replicas released by :meth:`_release_engine_memory` take their memory back (after the
@@ -983,7 +991,8 @@ def _warn_placement_flags(args: Config) -> None:
     ignored = [
         name
         for name, value in (
-            ("colocate", args.colocate),
+            # with rollout_num_gpus replicas it places them and sets offload_rollout's default
+            ("colocate", args.colocate and (args.rollout_num_gpus or 1) <= 1),
             ("offload_train", args.offload_train),
             # the embedded engine honours it: rollout_num_gpus replicas (distributed/replicas.py)
             ("rollout_num_gpus", args.rollout_num_gpus if args.rollout_engine != "embedded" else None),

@@ -74,9 +74,12 @@ def _run(config: Config, steps: int, during_train: list[list[dict[str, Any]]] | 
 
 
 def test_replicas_release_after_each_rollout_and_sample_like_one_engine() -> None:
+    """With --colocate, offload_rollout defaults to on for replicas (Miles's default)."""
+    assert Config.from_args(["--colocate"]).offload_rollout is None
+    assert Config.from_args(["--colocate", "--no-offload-rollout"]).offload_rollout is False
     one_metrics, one_samples, _ = _run(_config(), steps=2)
     during: list[list[dict[str, Any]]] = []
-    metrics, samples, after = _run(_config(rollout_num_gpus=2, offload_rollout=True), steps=2, during_train=during)
+    metrics, samples, after = _run(_config(rollout_num_gpus=2, colocate=True), steps=2, during_train=during)
     # While the trainer trains, both replicas have released their KV cache and graphs (their
     # weights are in host memory already: CPU replicas keep them).
     assert during and all(
@@ -94,7 +97,7 @@ def test_replicas_release_after_each_rollout_and_sample_like_one_engine() -> Non
 
 def test_a_replica_that_cannot_release_is_named() -> None:
     model, tok = tiny_policy("unit", seed=0)
-    config = _config(rollout_num_gpus=2, offload_rollout=True)
+    config = _config(rollout_num_gpus=2, colocate=True, offload_rollout=False)  # releases by hand here
     with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET) as trainer:
         replicas = trainer.engine
         assert isinstance(replicas, EngineReplicas)
@@ -122,6 +125,8 @@ def test_a_replica_that_cannot_release_is_named() -> None:
         assert _server_info(replicas.urls()[0] or "")["memory_occupation"]["released"] == ["kv_cache", "cuda_graph"]
         trainer._loop.run(replicas.resume_memory_occupation())
         assert len(trainer.step()) > 0
+        # --no-offload-rollout with --colocate: the step released nothing (replica-1 refused the one above).
+        assert [_server_info(u or "")["memory_occupation"]["release_count"] for u in replicas.urls()] == [1, 0]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
