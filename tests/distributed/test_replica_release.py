@@ -95,6 +95,25 @@ def test_replicas_release_after_each_rollout_and_sample_like_one_engine() -> Non
     assert min(m["train/grad_norm"] for m in one_metrics) > 0.01, "the comparison needs a real gradient"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_colocated_gpu_replicas_free_their_weights_while_the_trainer_trains() -> None:
+    """Two replicas on cuda:0 with the trainer (--colocate): during training each holds no weight
+    on the device, and the run samples and trains as with --no-offload-rollout."""
+    gpu = {"device": "cuda", "rollout_num_gpus": 2, "colocate": True}
+    kept_metrics, kept_samples, _ = _run(_config(**gpu, offload_rollout=False), steps=2)
+    during: list[list[dict[str, Any]]] = []
+    metrics, samples, after = _run(_config(**gpu), steps=2, during_train=during)
+    assert during and all(
+        [(r["released"], r["weights_device_bytes"]) for r in step] == [(["kv_cache", "cuda_graph", "weights"], 0)] * 2
+        for step in during
+    ), during
+    assert all(r["weights_device"].startswith("cuda") and r["weights_device_bytes"] > 0 for r in after[-1])
+    assert samples == kept_samples
+    for a, b in zip(kept_metrics, metrics, strict=True):
+        for key in COMPARED:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
 def test_a_replica_that_cannot_release_is_named() -> None:
     model, tok = tiny_policy("unit", seed=0)
     config = _config(rollout_num_gpus=2, colocate=True, offload_rollout=False)  # releases by hand here
