@@ -19,7 +19,7 @@ import aiohttp
 
 from miles_sdk.engines._serving_guard import auth_headers
 from miles_sdk.engines.base import EngineOutput, FinishReason, ReplicaWeights, SamplingParams
-from miles_sdk.engines.memory import parse_tags
+from miles_sdk.engines.memory import MEMORY_TAGS, parse_tags
 from miles_sdk.engines.weight_sync import flatten_values
 
 __all__ = [
@@ -276,9 +276,10 @@ class HttpEngine:
         await self._post_each("/release_memory_occupation", {"tags": list(chosen)})
 
     async def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
-        """Every server takes back what :meth:`release_memory_occupation` released (``tags``:
-        only those); nothing is sent when nothing was released."""
-        chosen = list(self._released_tags) if tags is None else list(parse_tags(list(tags), where="HttpEngine"))
+        """Every server takes back what :meth:`release_memory_occupation` released (of ``tags``,
+        when given); nothing is sent when nothing was released."""
+        named = MEMORY_TAGS if tags is None else parse_tags(list(tags), where="HttpEngine")
+        chosen = [t for t in named if t in self._released_tags]
         if not chosen:
             return
         await self._post_each("/resume_memory_occupation", {"tags": chosen})

@@ -57,7 +57,7 @@ from miles_sdk.engines._serving_guard import (
 )
 from miles_sdk.engines._validate import check_input_ids, parse_sampling_params
 from miles_sdk.engines.base import EngineOutput, FinishReason, InferenceEngine
-from miles_sdk.engines.memory import MEMORY_TAGS, WeightsBackup, parse_tags
+from miles_sdk.engines.memory import MEMORY_TAGS, MemoryReleasingEngine, WeightsBackup, parse_tags
 from miles_sdk.engines.weight_group import DEFAULT_GROUP, WeightGroupReceiver
 from miles_sdk.engines.weight_tensor import TensorHandleError, load_serialized_tensors
 from miles_sdk.rollout.context import TokenizerLike
@@ -279,7 +279,8 @@ class EngineService:
         """``/release_memory_occupation {"tags"?}`` (SGLang's; Miles's ``--offload-rollout``):
         free the memory of ``tags`` (null: all) until the resume or the next request. Refused
         (``success: false``) while requests run. ``kept`` says which tags this server holds on to
-        and why (weights in host memory already, or a module it does not own)."""
+        and why (weights in host memory already, or a module it does not own). An engine over
+        other servers (engine replicas, an HttpEngine) is asked to release on each of them."""
         try:
             tags = parse_tags(payload.get("tags"), where="release_memory_occupation")
         except ValueError as e:
@@ -287,7 +288,12 @@ class EngineService:
         kept: dict[str, str] = {}
         async with self.memory.lock:
             release = getattr(self.engine, "release_memory_occupation", None)
-            if not callable(release):
+            if isinstance(self.engine, MemoryReleasingEngine):
+                try:  # its own default set when the request names none
+                    await self.engine.release_memory_occupation(None if payload.get("tags") is None else tags)
+                except RuntimeError as e:
+                    return {"success": False, "message": f"release_memory_occupation: {e}"}
+            elif not callable(release):
                 kept |= dict.fromkeys(tags, f"{type(self.engine).__name__} cannot release its memory")
             else:
                 try:
@@ -320,6 +326,8 @@ class EngineService:
     async def _take_back(self, tags: set[str], *, explicit: bool) -> list[str]:
         async with self.memory.lock:
             resumed = [t for t in MEMORY_TAGS if t in tags and t in self.memory.released]
+            if resumed and isinstance(self.engine, MemoryReleasingEngine):
+                await self.engine.resume_memory_occupation(resumed)
             if "weights" in resumed and self.memory.backup is not None:
                 await asyncio.to_thread(self.memory.backup.resume)
             self.memory.released.difference_update(resumed)

@@ -207,6 +207,8 @@ def test_a_served_engine_releases_its_cache_and_weights_and_samples_the_same(dev
 async def test_the_http_engine_releases_and_resumes_every_server_and_names_one_that_fails() -> None:
     """rollout_engine='http': HttpEngine posts SGLang's endpoints to each server (the KV cache and
     graphs by default); a server that refuses is named, and the others are still resumed."""
+    import aiohttp
+
     from miles_sdk.engines.http_client import HttpEngine, HttpEngineError
     from miles_sdk.testing import ScriptedEngine
 
@@ -221,8 +223,6 @@ async def test_the_http_engine_releases_and_resumes_every_server_and_names_one_t
     client = HttpEngine([good.url, busy.url], max_retries=0)
 
     async def info_of(url: str) -> dict[str, Any]:
-        import aiohttp
-
         async with aiohttp.ClientSession() as http, http.get(url + "/get_server_info") as resp:
             info: dict[str, Any] = await resp.json()
         return info
@@ -238,6 +238,21 @@ async def test_the_http_engine_releases_and_resumes_every_server_and_names_one_t
         assert info["released"] == [] and info["resume_count"] == 1
         await client.resume_memory_occupation()  # nothing released: nothing sent
         assert (await info_of(good.url))["memory_occupation"]["resume_count"] == 1
+        # Our server in front of the client (the Trainer's served API with rollout_engine='http')
+        # passes both calls on; the client's default set applies when no tags are named.
+        inner = HttpEngine([good.url], max_retries=0)
+        front = await start_server(inner, tok)
+        try:
+            async with aiohttp.ClientSession(headers=front.auth_headers) as http:
+                for path in ("/release_memory_occupation", "/resume_memory_occupation"):
+                    async with http.post(front.url + path, json={}) as resp:
+                        assert resp.status == 200 and (await resp.json())["success"], await resp.text()
+                    state = (await info_of(good.url))["memory_occupation"]
+                    assert state["released"] == (["kv_cache", "cuda_graph"] if "release" in path else [])
+            assert (state["release_count"], state["resume_count"]) == (2, 2)
+        finally:
+            await front.close()
+            await inner.close()
     finally:
         await client.close()
         await good.close()
