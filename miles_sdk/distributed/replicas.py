@@ -252,8 +252,8 @@ class EngineReplicas(Router):
         """Every running replica frees the memory of ``tags`` (SGLang's ``/release_memory_occupation``;
         default: all of it, the weights into a host copy) until :meth:`resume_memory_occupation`, its
         next request or its next weight update. A replica that answers with an error fails the call,
-        named (as Miles's ``--offload-rollout`` does); one that is gone is skipped (it is replaced,
-        with its memory, before the next weight update)."""
+        named (as Miles's ``--offload-rollout`` does); one out of rotation (dead, or failing its
+        health checks) is skipped: it is replaced before the next weight update."""
         await self._each_replica("/release_memory_occupation", {"tags": None if tags is None else list(tags)})
 
     async def resume_memory_occupation(self, tags: Sequence[str] | None = None) -> None:
@@ -266,8 +266,10 @@ class EngineReplicas(Router):
         targets: list[tuple[str, Worker]] = []
         for i, s in enumerate(self._slots):
             worker = workers.get(s.url) if s is not None else None
-            if s is None or worker is None or not s.handle.alive():
-                logger.info("EngineReplicas: %s skips replica-%d (not running; replaced before the next sync)", path, i)
+            if s is None or worker is None or not worker.healthy or not s.handle.alive():
+                # Gone or hung (out of rotation): asking could wait forever; it is replaced
+                # before the next sync, and the new process starts with nothing to release.
+                logger.info("EngineReplicas: %s skips replica-%d (out of rotation)", path, i)
                 continue
             targets.append((f"replica-{i} {s.url}", worker))
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -114,7 +116,7 @@ def test_colocated_gpu_replicas_free_their_weights_while_the_trainer_trains() ->
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
 
 
-def test_a_replica_that_cannot_release_is_named() -> None:
+def test_a_replica_that_cannot_release_is_named_and_a_hung_one_is_skipped() -> None:
     model, tok = tiny_policy("unit", seed=0)
     config = _config(rollout_num_gpus=2, colocate=True, offload_rollout=False)  # releases by hand here
     with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET) as trainer:
@@ -146,6 +148,16 @@ def test_a_replica_that_cannot_release_is_named() -> None:
         assert len(trainer.step()) > 0
         # --no-offload-rollout with --colocate: the step released nothing (replica-1 refused the one above).
         assert [_server_info(u or "")["memory_occupation"]["release_count"] for u in replicas.urls()] == [1, 0]
+        # A hung replica (out of rotation) is not waited for: it is replaced before the next sync.
+        pid = replicas.pids()[1]
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            replicas.mark_down(busy, "stopped by the test")
+            trainer._loop.run(asyncio.wait_for(replicas.release_memory_occupation(), timeout=30))
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert _server_info(replicas.urls()[0] or "")["memory_occupation"]["release_count"] == 2
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
