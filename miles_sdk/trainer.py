@@ -260,7 +260,8 @@ class Trainer:
         with timer("rollout"):
             rollout = self._rollout(rollout_id)  # 1-2
         if self._offloads_rollout():
-            self._release_engine_memory()  # Miles's loop: "offload rollout" right after generating
+            with timer("offload_rollout"):
+                self._release_engine_memory()  # Miles's loop: "offload rollout" right after generating
         samples = algo.flatten_and_trim(args, rollout.groups)
         self.last_samples = samples
         metrics = rollout_metrics(args, samples) | rollout.metrics  # the rollout's own counts (drops, failures) win
@@ -282,7 +283,7 @@ class Trainer:
                     metrics |= self.backend.train(rollout_id, batch)  # 7
                 with timer("sync"):
                     self._sync_weights(rollout_id)  # 8
-        self._resume_engine_memory()  # replicas take their memory back (--offload-rollout)
+        self._resume_engine_memory(timer)  # replicas take their memory back (--offload-rollout)
         metrics |= timer.metrics() | _throughput(samples, timer.times)
         warn_on_logprob_gap(
             metrics,
@@ -412,12 +413,13 @@ class Trainer:
 
         return self.args.colocate and isinstance(self._owned_engine, EngineReplicas)
 
-    def _resume_engine_memory(self) -> None:
+    def _resume_engine_memory(self, timer: PhaseTimer | None = None) -> None:
         """Replicas released by :meth:`_release_engine_memory` take their memory back (after the
         weight sync, as Miles's loop onloads; the in-process engine rebuilds at its next request)."""
         released, self._engine_released = self._engine_released, None
         if released is not None:
-            self._loop.run(released.resume_memory_occupation())
+            with timer("onload_rollout") if timer is not None else contextlib.nullcontext():
+                self._loop.run(released.resume_memory_occupation())
 
     def _memory_engine(self) -> Any:
         """What --offload-rollout releases: the engine, or the one our router or server wraps."""

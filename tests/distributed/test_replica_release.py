@@ -91,6 +91,8 @@ def test_replicas_release_after_each_rollout_and_sample_like_one_engine() -> Non
     for step, reports in enumerate(after, start=1):
         assert [(r["release_count"], r["resume_count"], r["released"]) for r in reports] == [(step, step, [])] * 2
     assert samples == one_samples
+    assert all(m["perf/offload_rollout_time"] > 0 and m["perf/onload_rollout_time"] > 0 for m in metrics)
+    assert not any("perf/offload_rollout_time" in m for m in one_metrics)
     for a, b in zip(one_metrics, metrics, strict=True):
         for key in COMPARED:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
