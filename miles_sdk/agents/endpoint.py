@@ -8,8 +8,9 @@ Routes (aiohttp, on loopback):
 - ``POST /v1/chat/completions``: the same, unrecorded (eval, smoke tests).
 - ``GET /v1/models`` and ``GET /sessions/{id}/v1/models``.
 
-Non-streaming and streaming (server-sent events; the engine has no token streaming, so the chunks
-are sent once the turn is generated), ``n``, ``logprobs``, ``tools`` / ``tool_choice`` with
+Non-streaming and streaming (server-sent events: token by token on an engine that reports tokens
+as they come, ``EmbeddedEngine.generate_stream``; from the finished turn otherwise and for
+``n > 1``), ``n``, ``logprobs``, ``tools`` / ``tool_choice`` with
 ``<tool_call>`` parsing (:mod:`miles_sdk.agents.tool_calls`). Beyond the OpenAI fields, the reply
 carries ``prompt_token_ids`` and, per choice, ``token_ids`` and ``weight_version``: the ids the
 engine saw and produced, which are exactly what the session records.
@@ -25,7 +26,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
@@ -144,12 +145,11 @@ class AgentEndpoint:
                 prompt = self.renderer.encode(
                     self.renderer.render(chat.messages, chat.tools, generation=True)
                 )
-                choices = await self._generate(chat, prompt)
-                return await self._reply(request, chat, prompt, choices)
+                reply, _ = await self._turn(request, chat, prompt)
+                return reply
             async with session.lock:  # one turn at a time per session: turns extend each other
                 prompt, trajectory, history = session.prompt_ids(self.renderer, chat.messages, chat.tools)
-                choices = await self._generate(chat, prompt)
-                reply = await self._reply(request, chat, prompt, choices)
+                reply, choices = await self._turn(request, chat, prompt)
                 if _client_gone(request) or session.closed:
                     session.discarded += 1
                     logger.info("session %s: a turn finished after its client left; not recorded", session.id)
@@ -171,7 +171,25 @@ class AgentEndpoint:
 
     # -- generation --------------------------------------------------------------------------
 
+    async def _turn(
+        self, request: web.Request, chat: ChatRequest, prompt: list[int]
+    ) -> tuple[web.StreamResponse, list[_Choice]]:
+        """Generate and reply: streamed token by token when the engine can report tokens as they
+        come (``generate_stream``) and one choice is asked for, else from the finished turn."""
+        stream = getattr(self.engine, "generate_stream", None)
+        if chat.stream and chat.n == 1 and callable(stream):
+            (params,) = self._sampling_params(chat, prompt)
+            return await self._stream(request, chat, prompt, stream(prompt, params))
+        choices = await self._generate(chat, prompt)
+        return await self._reply(request, chat, prompt, choices), choices
+
     async def _generate(self, chat: ChatRequest, prompt: list[int]) -> list[_Choice]:
+        requests = [self.engine.generate(prompt, p) for p in self._sampling_params(chat, prompt)]
+        outputs = await asyncio.gather(*requests)
+        return [self._choice(chat, out) for out in outputs]
+
+    def _sampling_params(self, chat: ChatRequest, prompt: list[int]) -> list[SamplingParams]:
+        """One engine request per choice; raises ``context_length_exceeded`` when no room is left."""
         budget = chat.max_tokens or self.default_max_tokens
         if self.max_seq_len is not None:
             room = self.max_seq_len - len(prompt)
@@ -188,9 +206,8 @@ class AgentEndpoint:
             params["max_new_tokens"] = budget
             if "sampling_seed" in params:
                 params["sampling_seed"] = params["sampling_seed"] + i
-            requests.append(self.engine.generate(prompt, params))
-        outputs = await asyncio.gather(*requests)
-        return [self._choice(chat, out) for out in outputs]
+            requests.append(params)
+        return requests
 
     def _choice(self, chat: ChatRequest, out: EngineOutput) -> _Choice:
         text = self.renderer.decode(out.token_ids)
@@ -302,6 +319,105 @@ class AgentEndpoint:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    async def _stream(
+        self,
+        request: web.Request,
+        chat: ChatRequest,
+        prompt: list[int],
+        tokens: AsyncIterator[list[int] | EngineOutput],
+    ) -> tuple[web.StreamResponse, list[_Choice]]:
+        """Send the turn's content as the engine produces it (``chat.completion.chunk`` events).
+
+        Only text that the finished turn's ``content`` is sure to start with is sent early
+        (:meth:`_sendable`); tool calls, the rest of the content, the finish reason, ``token_ids``
+        and the log-probs go out once the turn is done, as the non-incremental path sends them.
+        """
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        head = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": chat.model,
+            "object": "chat.completion.chunk",
+        }
+
+        async def send(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> None:
+            entry = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None} | extra
+            await response.write(f"data: {json.dumps(head | {'choices': [entry]})}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        ids: list[int] = []
+        sent = ""
+        out: EngineOutput | None = None
+        try:
+            async for item in tokens:
+                if isinstance(item, EngineOutput):
+                    out = item
+                    break
+                ids += item
+                ready = self._sendable(chat, self.renderer.decode(ids))
+                if len(ready) > len(sent):
+                    await send({"content": ready[len(sent) :]})
+                    sent = ready
+        finally:
+            aclose = getattr(tokens, "aclose", None)
+            if aclose is not None:
+                await aclose()  # a client that left cancels the engine request
+        if out is None:
+            raise RuntimeError("the engine's token stream ended without its output")
+        choice = self._choice(chat, out)
+        content = choice.message.get("content") or ""
+        if not content.startswith(sent):  # not expected (see _sendable); the client has what it has
+            logger.warning("streamed content %r is not a prefix of the turn's content %r", sent, content)
+        elif len(content) > len(sent):
+            await send({"content": content[len(sent) :]})
+        for j, call in enumerate(choice.message.get("tool_calls") or []):
+            await send({"tool_calls": [{"index": j, **call}]})
+        await send(
+            {},
+            choice.finish_reason,
+            logprobs=self._logprobs(out) if chat.logprobs else None,
+            token_ids=list(out.token_ids),
+            weight_version=out.weight_version,
+        )
+        if chat.include_usage:
+            usage = {"choices": [], "usage": self._usage(prompt, [choice]), "prompt_token_ids": list(prompt)}
+            await response.write(f"data: {json.dumps(head | usage)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response, [choice]
+
+    def _sendable(self, chat: ChatRequest, text: str) -> str:
+        """The longest start of ``text`` (the turn so far) that the finished turn's content will
+        start with, whatever comes next: not a character still being decoded, not the start of
+        the EOS marker or a stop string (trimmed from the end), and with tools, nothing from a
+        ``<tool_call>`` on (parsed at the end), no trailing whitespace (stripped when a call
+        follows) and nothing while the text starts with whitespace (stripped then too)."""
+        text = text.rstrip("\ufffd")  # bytes of a character the next token completes
+        ends = [e for e in (self.renderer.eos_text, *chat.params.get("stop", [])) if e]
+        for end in ends:
+            for k in range(min(len(end), len(text)), 0, -1):
+                if text.endswith(end[:k]):
+                    text = text[:-k]
+                    break
+        if not chat.parse_tools:
+            return text
+        if text[:1].isspace():
+            return ""
+        at = text.find(_TOOL_CALL)
+        if at >= 0:
+            text = text[:at]
+        for k in range(min(len(_TOOL_CALL) - 1, len(text)), 0, -1):
+            if text.endswith(_TOOL_CALL[:k]):
+                text = text[:-k]
+                break
+        return text.rstrip()
+
+
+_TOOL_CALL = "<tool_call>"
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -33,6 +33,8 @@ class Request:
     tokens: list[int] = attrs.field(factory=list)
     log_probs: list[float] = attrs.field(factory=list)
     cancelled: bool = False
+    progress: asyncio.Event | None = None
+    """Set by the engine whenever tokens were appended (``EmbeddedEngine.generate_stream``)."""
 
     @property
     def stop_window(self) -> int:

@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import torch
@@ -240,6 +240,55 @@ class EmbeddedEngine:
 
     async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
         """Continue ``input_ids``; batched with every other request in flight on this loop."""
+        req = self._submit(input_ids, sampling_params, progress=None)
+        if isinstance(req, EngineOutput):
+            return req
+        try:
+            return await req.future
+        finally:
+            req.cancelled = not req.future.done()
+            if req.cancelled:
+                self._wake.set()
+
+    async def generate_stream(
+        self, input_ids: Sequence[int], sampling_params: SamplingParams
+    ) -> AsyncIterator[list[int] | EngineOutput]:
+        """:meth:`generate`, reporting tokens as the scheduler receives them: yields lists of new
+        token ids (after each model step that produced some for this request; a step decodes one
+        token, or a chunk of them on the fast path), then the finished :class:`EngineOutput`, whose
+        ``token_ids`` are everything yielded plus any tail. Closing the iterator early cancels the
+        request, as cancelling :meth:`generate` does."""
+        progress = asyncio.Event()
+        req = self._submit(input_ids, sampling_params, progress=progress)
+        if isinstance(req, EngineOutput):
+            yield req
+            return
+        sent = 0
+        try:
+            while not req.future.done():
+                waiter: asyncio.Future[Any] = asyncio.ensure_future(progress.wait())
+                either: list[asyncio.Future[Any]] = [waiter, req.future]
+                try:
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                progress.clear()
+                if req.future.done():
+                    break
+                if len(req.tokens) > sent:
+                    new = list(req.tokens[sent:])
+                    sent += len(new)
+                    yield new
+            yield await req.future
+        finally:
+            req.cancelled = not req.future.done()
+            if req.cancelled:
+                self._wake.set()
+
+    def _submit(
+        self, input_ids: Sequence[int], sampling_params: SamplingParams, progress: asyncio.Event | None
+    ) -> Request | EngineOutput:
+        """Queue a request (the scheduler picks it up), or the output when there is nothing to run."""
         self._ensure_scheduler()
         seed = self._next_seed
         self._next_seed += 1
@@ -269,14 +318,10 @@ class EmbeddedEngine:
         )
         if req.max_new_tokens == 0:
             return self._output(req, FinishReason.LENGTH)
+        req.progress = progress
         self._waiting.append(req)
         self._wake.set()
-        try:
-            return await req.future
-        finally:
-            req.cancelled = not req.future.done()
-            if req.cancelled:
-                self._wake.set()
+        return req
 
     async def abort_all(self) -> None:
         """Resolve every queued and running request now with ABORT and the tokens it has."""
@@ -406,6 +451,8 @@ class EmbeddedEngine:
             if req is None or req.future.done():
                 continue  # aborted while the step ran: its answer is already out
             reason = req.accept_many(tokens, logps, self.tokenizer)
+            if req.progress is not None:
+                req.progress.set()
             if reason is not None:
                 finished.append((req, reason))
         # Requests that finish together (a whole GRPO batch, often) are detokenized in one call.
