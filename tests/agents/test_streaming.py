@@ -183,3 +183,31 @@ async def test_the_embedded_engine_streams_through_the_endpoint(endpoint: AgentE
     (record,) = session.records
     assert "".join(pieces) == endpoint.renderer.decode(record.output_ids).removesuffix("<|im_end|>")
     assert len(pieces) > 1
+
+
+async def test_a_client_that_leaves_mid_stream_is_not_recorded(
+    policy: tuple[PreTrainedModel, PreTrainedTokenizerFast],
+) -> None:
+    _, tok = policy
+    engine = Gated(tok, "Hello", " world, and more<|im_end|>")
+    endpoint = await _gated_endpoint(engine, tok)
+    try:
+        session = endpoint.sessions.create()
+        client = AsyncOpenAI(base_url=f"{endpoint.session_url(session)}/v1", api_key="-", max_retries=0)
+        stream = await client.chat.completions.create(
+            model="p", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = aiter(stream)
+        await anext(chunks)
+        assert (await asyncio.wait_for(anext(chunks), timeout=30)).choices[0].delta.content == "Hello"
+        await stream.close()
+        engine.release.set()
+        for _ in range(1000):  # the server notices when it next writes
+            if session.discarded:
+                break
+            await asyncio.sleep(0.01)
+        async with session.lock:
+            pass
+        assert session.records == [] and session.discarded == 1
+    finally:
+        await endpoint.close()
