@@ -8,6 +8,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+import torch
 from openai import AsyncOpenAI
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -15,6 +17,7 @@ from miles_sdk.agents import AgentEndpoint
 from miles_sdk.agents.requests import parse_chat_request
 from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 from miles_sdk.engines.embedded import EmbeddedEngine
+from miles_sdk.testing import tiny_policy
 
 TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
 
@@ -211,3 +214,24 @@ async def test_a_client_that_leaves_mid_stream_is_not_recorded(
         assert session.records == [] and session.discarded == 1
     finally:
         await endpoint.close()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fast path)")
+async def test_the_fast_path_streams_its_decode_chunks() -> None:
+    """On a GPU the fast path decodes in chunks: pieces come several tokens at a time and add up
+    to the output, which equals a plain generate with the same seed."""
+    model, tok = tiny_policy("arithmetic", seed=0)
+    engine = EmbeddedEngine(model.to("cuda"), tok, max_batch_size=4)
+    assert engine.fast_path
+    params = SamplingParams(max_new_tokens=64, ignore_eos=True, sampling_seed=5)
+    pieces: list[list[int]] = []
+    out: EngineOutput | None = None
+    async for item in engine.generate_stream([1, 2, 3], params):
+        if isinstance(item, EngineOutput):
+            out = item
+        else:
+            pieces.append(item)
+    assert out is not None and len(out.token_ids) == 64
+    assert len(pieces) > 1 and max(map(len, pieces)) > 1
+    assert [t for piece in pieces for t in piece] == out.token_ids[: sum(map(len, pieces))]
+    assert out.token_ids == (await engine.generate([1, 2, 3], params)).token_ids
