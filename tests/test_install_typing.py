@@ -79,8 +79,11 @@ def project_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mypy_cache(request: pytest.FixtureRequest) -> Path:
-    return Path(request.config.cache.mkdir("miles_sdk_install_typing_mypy"))
+def mypy_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    if cache is None:
+        return tmp_path_factory.mktemp("miles_sdk_install_typing_mypy")
+    return Path(cache.mkdir("miles_sdk_install_typing_mypy"))
 
 
 def _fresh_venv(where: Path) -> Path:
