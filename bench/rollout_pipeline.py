@@ -1,0 +1,83 @@
+"""The rollout pipeline's own cost per sample: the demo's rollout against an engine that answers
+at once, so what is timed is the per-sample Python (a task per sample, generate_with_engine, the
+reward call, the dynamic filter, the group bookkeeping), the floor under the tiny step's rollout.
+
+    python -m bench.rollout_pipeline [--rollouts 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+
+from miles_sdk import Config
+from miles_sdk.data import RolloutDataSource
+from miles_sdk.demo.task import addition_reward, make_addition_dataset
+from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
+from miles_sdk.rollout import check_reward_nonzero_std
+from miles_sdk.rollout.context import RolloutContext, use_rollout_context
+from miles_sdk.rollout.default import train_rollout
+from miles_sdk.testing import tiny_policy
+
+
+class InstantEngine:
+    """Answers every request at once with a 2-token response whose text cycles through the
+    digits (so groups' rewards differ and the dynamic filter keeps them)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
+        self.calls += 1
+        return EngineOutput(
+            token_ids=[5 + self.calls % 7, 2],
+            log_probs=[-0.5, -0.1],
+            finish_reason=FinishReason.STOP,
+            weight_version=0,
+            text=str(self.calls % 10),
+        )
+
+    async def abort_all(self) -> None:
+        return None
+
+
+async def _rollouts(config: Config, ctx: RolloutContext, source: RolloutDataSource, n: int) -> list[float]:
+    seconds = []
+    with use_rollout_context(ctx):
+        for rollout_id in range(n):
+            start = time.perf_counter()
+            await train_rollout(config, rollout_id, source)
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rollouts", type=int, default=20)
+    ns = ap.parse_args(argv)
+    _, tokenizer = tiny_policy("arithmetic", seed=0)
+    config = Config(
+        label_key="label", rollout_batch_size=16, n_samples_per_prompt=16, rollout_max_response_len=3, seed=0
+    )
+    engine = InstantEngine()
+    ctx = RolloutContext(
+        engine=engine,  # type: ignore[arg-type]  # only generate and abort_all are called
+        tokenizer=tokenizer,
+        reward_fn=addition_reward,
+        dynamic_sampling_filter=check_reward_nonzero_std,
+    )
+    source = RolloutDataSource(config, dataset=make_addition_dataset(0))
+    seconds = asyncio.run(_rollouts(config, ctx, source, ns.rollouts + 1))[1:]  # the first warms caches
+    per_rollout = engine.calls / (ns.rollouts + 1)
+    median = statistics.median(seconds)
+    print(f"| rollout (instant engine), median | {median * 1e3:.1f} ms |")
+    print(f"| samples per rollout | {per_rollout:.0f} |")
+    print(f"| pipeline cost per sample | {median / per_rollout * 1e6:.0f} us |")
+    return {"median_s": median, "samples": per_rollout}
+
+
+if __name__ == "__main__":
+    main()
