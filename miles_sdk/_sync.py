@@ -31,7 +31,12 @@ import torch
 from miles_sdk._loop import LoopThread
 from miles_sdk.config import Config
 from miles_sdk.engines.base import InferenceEngine, RemoteWeightsEngine, ReplicaWeights, WeightReporter
-from miles_sdk.engines.weight_group import WeightGroupSender, WeightGroupTarget
+from miles_sdk.engines.weight_group import (
+    GroupJoinError,
+    ServerGroupTarget,
+    WeightGroupSender,
+    WeightGroupTarget,
+)
 from miles_sdk.engines.weight_sync import (
     FINGERPRINT_ROWS,
     WeightSyncError,
@@ -82,6 +87,8 @@ class WeightSync:
         self._unchecked_logged = False
         self._disk_fallback_logged = False
         self._sender: WeightGroupSender | None = None
+        self._group_refused: str | None = None
+        """Why servers (rollout_engine="http") could not join a weight update group: the disk then."""
         self._tensors: TensorSender | None = None
         self._tensor_skip_logged = False
 
@@ -97,10 +104,14 @@ class WeightSync:
             self.before_sync()
         tensors = self._tensor_target() if self.remote else None
         target = self._group_target() if self.remote and tensors is None else None
+        if target is not None and not self.loop.run(self._send_through_group(target, version)):
+            target = None  # servers that cannot join: through the disk below
         if tensors is not None:
             self.loop.run(self._send_as_tensors(tensors, version))
         elif target is not None:
-            self.loop.run(self._send_through_group(target, version))
+            note = getattr(self.engine, "note_weight_version", None)
+            if isinstance(target, ServerGroupTarget) and callable(note):
+                note(version)  # the servers took the version with the weights
         elif self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
             path = save_for_sync(self.model, self._directory() / "weights")
@@ -184,7 +195,7 @@ class WeightSync:
             await self._tensors.send(target, self.model, version)
 
     def _group_target(self) -> WeightGroupTarget | None:
-        if self.args.weight_sync_method != "distributed":
+        if self.args.weight_sync_method != "distributed" or self._group_refused is not None:
             return None
         if isinstance(self.engine, WeightGroupTarget):
             return self.engine
@@ -197,7 +208,9 @@ class WeightSync:
             self._disk_fallback_logged = True
         return None
 
-    async def _send_through_group(self, target: WeightGroupTarget, version: int) -> None:
+    async def _send_through_group(self, target: WeightGroupTarget, version: int) -> bool:
+        """Broadcast the weights; False when servers we did not start (``rollout_engine="http"``)
+        cannot join a group, twice: this and every later sync then goes through the disk."""
         if self._sender is None:
             on_gpu = any(p.is_cuda for p in self.model.parameters())
             self._sender = WeightGroupSender(
@@ -208,7 +221,18 @@ class WeightSync:
         except WeightSyncError as e:
             # Once more with a new group: a replica lost mid-sync is replaced and rejoins.
             logger.warning("%s; reopening the group and sending again", e)
-            await self._sender.send(target, self.model, version)
+            try:
+                await self._sender.send(target, self.model, version)
+            except GroupJoinError as again:
+                if not isinstance(target, ServerGroupTarget):
+                    raise
+                self._sender.close()
+                self._group_refused = str(again)
+                logger.warning(
+                    "weight_sync_method='distributed': %s; syncing through the disk from now on", again
+                )
+                return False
+        return True
 
     def close(self) -> None:
         """Remove the temporary weight directory, if one was made."""

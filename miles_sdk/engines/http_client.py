@@ -10,16 +10,20 @@ default generate function does. The wire-format helpers here (:func:`generate_pa
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from miles_sdk.engines._serving_guard import auth_headers
 from miles_sdk.engines.base import EngineOutput, FinishReason, ReplicaWeights, SamplingParams
 from miles_sdk.engines.memory import MEMORY_TAGS, parse_tags
+from miles_sdk.engines.weight_group import GroupJoinError
 from miles_sdk.engines.weight_sync import flatten_values
 
 __all__ = [
@@ -141,6 +145,15 @@ def parse_generate_response(
     )
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 async def read_json(response: aiohttp.ClientResponse) -> object:
     """The body as JSON when it parses, else the text (SGLang answers some errors in plain text)."""
     text = await response.text()
@@ -167,7 +180,11 @@ class HttpEngine:
             token). Default: the token of a server in this process at that address, if any.
 
     Weight sync: the servers hold their own weights, so the Trainer writes the trained weights to
-    a directory and calls :meth:`load_weights_from_disk` (SGLang's ``/update_weights_from_disk``).
+    a directory and calls :meth:`load_weights_from_disk` (SGLang's ``/update_weights_from_disk``),
+    or, with ``weight_sync_method="distributed"``, opens a weight update group with the servers
+    and broadcasts them (:meth:`group_members`, :meth:`member_ranks`, :meth:`post_each`: a
+    :class:`~miles_sdk.engines.weight_group.ServerGroupTarget`). Each URL must be a server
+    itself, not a router in front of several.
     """
 
     def __init__(
@@ -203,6 +220,8 @@ class HttpEngine:
         self._session_loop: asyncio.AbstractEventLoop | None = None
         self._released_tags: list[str] = []
         """Memory tags released on the servers and not resumed yet."""
+        self._group_ranks: dict[str, int] = {}
+        """Ranks each server joins a weight update group with (its tp_size), read by group_members."""
 
     # -- InferenceEngine ---------------------------------------------------------------------------
 
@@ -297,6 +316,98 @@ class HttpEngine:
                 failed.append(f"{url}{path}: {reply.get('message')}")
         if failed:
             raise HttpEngineError("; ".join(failed))
+
+    # -- ServerGroupTarget (weight_sync_method="distributed") -------------------------------------
+
+    async def group_members(self) -> list[str]:
+        """Every server, in order, after reading how many ranks each joins a weight update group
+        with (``/get_server_info``: ``tp_size``). A server that does not answer fails the sync
+        (:class:`HttpEngineError`, named); one that cannot join raises
+        :class:`~miles_sdk.engines.weight_group.GroupJoinError` naming it and why."""
+        ranks: dict[str, int] = {}
+        for url in self.urls:
+            ranks[url] = await self._group_ranks_of(url)
+        self._group_ranks = ranks
+        return list(self.urls)
+
+    async def member_ranks(self, members: Sequence[str]) -> list[int]:
+        """Each server's ``tp_size``, as :meth:`group_members` read it."""
+        return [self._group_ranks[m] for m in members]
+
+    def group_address(self) -> str:
+        """The address the servers reach this process at: loopback when every server is local,
+        else the local address of the route to the first remote one."""
+        remote = [u for u in self.urls if not _is_loopback(urlsplit(u).hostname or "")]
+        if not remote:
+            return "127.0.0.1"
+        parts = urlsplit(remote[0])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((parts.hostname or "", parts.port or 80))  # UDP: picks the route, sends nothing
+            return str(s.getsockname()[0])
+
+    async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
+        """POST ``bodies[i]`` to server i, all at once and without retries (a collective: every
+        server takes part once); raise naming each server that failed (an HTTP error or
+        ``success: false``), as soon as one does: the others may wait on a peer that is gone."""
+        if len(bodies) != len(self.urls):
+            raise HttpEngineError(f"HttpEngine: {len(bodies)} requests for {len(self.urls)} servers")
+        session = self._get_session()
+
+        async def one(url: str, body: Mapping[str, Any]) -> str | None:
+            try:
+                async with session.post(url + path, json=dict(body), headers=self._headers(url)) as resp:
+                    reply = await read_json(resp)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                return f"{url}{path}: {type(e).__name__}: {e}"
+            if resp.status != 200 or (isinstance(reply, Mapping) and reply.get("success") is False):
+                message = reply.get("message") if isinstance(reply, Mapping) else reply
+                return f"{url}{path}: HTTP {resp.status}: {str(message)[:300]}"
+            return None
+
+        pending: set[asyncio.Future[str | None]] = {
+            asyncio.ensure_future(one(u, b)) for u, b in zip(self.urls, bodies, strict=True)
+        }
+        failed: list[str] = []
+        try:
+            while pending and not failed:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed.extend(f for t in done if (f := t.result()) is not None)
+        finally:
+            for t in pending:
+                t.cancel()
+        if failed:
+            raise HttpEngineError("; ".join(sorted(failed)))
+
+    def note_weight_version(self, version: int) -> None:
+        """Record ``version``, which the servers already took with their weights (a group sync
+        sends it in ``/update_weights_from_distributed``)."""
+        self._weight_version = version
+        self._pending_version = None
+
+    async def _group_ranks_of(self, url: str) -> int:
+        session = self._get_session()
+        try:
+            async with session.get(f"{url}/get_server_info", headers=self._headers(url)) as resp:
+                info = await read_json(resp)
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise HttpEngineError(f"{url}/get_server_info: {type(e).__name__}: {e}") from e
+        where = f"{url}/get_server_info"
+        if resp.status != 200 or not isinstance(info, Mapping):
+            raise GroupJoinError(f"{where}: HTTP {resp.status}: {str(info)[:200]}; its tp_size is unknown")
+        tp = info.get("tp_size")
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise GroupJoinError(
+                f"{where} reports no tp_size ({tp!r}), so the ranks it would join a weight update group "
+                "with are unknown (an SGLang server or miles_sdk's own server reports it)"
+            )
+        for key in ("pp_size", "dp_size"):
+            size = info.get(key, 1)
+            if isinstance(size, int) and size > 1 and not (key == "dp_size" and info.get("enable_dp_attention")):
+                raise GroupJoinError(
+                    f"{where} reports {key}={size}: SGLang joins a weight update group as rank_offset + tp_rank, "
+                    f"so its {key} ranks would take the same ranks"
+                )
+        return tp
 
     # -- RemoteWeightsEngine, WeightReporter -----------------------------------------------------
 

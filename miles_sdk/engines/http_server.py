@@ -260,11 +260,12 @@ class EngineService:
         }
 
     def server_info(self) -> dict[str, Any]:
-        """``/get_server_info``: the model info, ``running_requests`` and ``memory_occupation``
+        """``/get_server_info``: the model info, ``tp_size`` (1), ``running_requests`` and ``memory_occupation``
         (what is released now, how many releases and resumes this server took, the weights'
         device and their bytes there)."""
         backup = self.memory.backup
         return self.model_info() | {
+            "tp_size": 1,  # one rank in a weight update group (SGLang reports its tensor parallel size)
             "running_requests": self.running_requests,
             "memory_occupation": {
                 "released": [t for t in MEMORY_TAGS if t in self.memory.released],

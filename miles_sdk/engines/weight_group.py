@@ -31,6 +31,8 @@ from miles_sdk.engines.weight_sync import WeightSyncError
 
 __all__ = [
     "DEFAULT_GROUP",
+    "GroupJoinError",
+    "ServerGroupTarget",
     "WeightGroupReceiver",
     "WeightGroupSender",
     "WeightGroupTarget",
@@ -59,6 +61,26 @@ class WeightGroupTarget(Protocol):
         """POST ``bodies[i]`` to ``path`` on member i, all at once; raise naming the members that
         failed (an HTTP error or ``success: false``)."""
         ...
+
+
+@runtime_checkable
+class ServerGroupTarget(WeightGroupTarget, Protocol):
+    """Members that join with several ranks each and choose the address they reach the trainer at
+    (:class:`~miles_sdk.engines.http_client.HttpEngine`: SGLang servers, where a server with
+    ``tp_size`` N joins as ranks ``rank_offset .. rank_offset + N - 1``)."""
+
+    async def member_ranks(self, members: Sequence[str]) -> list[int]:
+        """How many ranks each of ``members`` (as :meth:`group_members` named them) joins with."""
+        ...
+
+    def group_address(self) -> str:
+        """The trainer's address as the members reach it (the group's TCPStore listens there)."""
+        ...
+
+
+class GroupJoinError(WeightSyncError):
+    """A member could not join the weight update group (it refused, cannot say how many ranks it
+    joins with, or the rendezvous failed)."""
 
 
 class GroupBackend(Protocol):
@@ -130,6 +152,8 @@ class WeightGroupSender:
         self.address = address
         self.group_name = group_name
         self.members: tuple[str, ...] = ()
+        self.ranks: tuple[int, ...] = ()
+        """Ranks per member (1 each for engine replicas; a server's tp_size for SGLang servers)."""
         self._group: GroupBackend | None = None
         self._store: TCPStore | None = None
 
@@ -137,8 +161,12 @@ class WeightGroupSender:
         """Broadcast ``model``'s parameters to every replica of ``target`` as ``version``; the group
         is (re)opened first when the replicas changed (one was replaced after a fault)."""
         members = tuple(await target.group_members())
-        if self._group is None or members != self.members:
-            await self._open(target, members)
+        if isinstance(target, ServerGroupTarget):
+            ranks = tuple(await target.member_ranks(members))
+        else:
+            ranks = (1,) * len(members)
+        if self._group is None or members != self.members or ranks != self.ranks:
+            await self._open(target, members, ranks)
         params = [(n, p.detach()) for n, p in model.named_parameters()]
         device = "cuda" if self.backend == "nccl" else "cpu"  # the driver's current GPU under NCCL
         for i, bucket in enumerate(buckets(params, self.bucket_bytes)):
@@ -171,41 +199,76 @@ class WeightGroupSender:
                 self.close()
                 raise
 
-    async def _open(self, target: WeightGroupTarget, members: tuple[str, ...]) -> None:
+    async def _open(self, target: WeightGroupTarget, members: tuple[str, ...], ranks: tuple[int, ...]) -> None:
         if self._group is not None:
             try:
                 await target.post_each("/destroy_weights_update_group", [{"group_name": self.group_name}] * len(members))
             except Exception:  # noqa: BLE001 - a replica that lost its group needs none destroyed
                 pass
             self.close()
-        port = free_port(self.address)
-        world = len(members) + 1
-        store = TCPStore(self.address, port, world, is_master=True, timeout=GROUP_TIMEOUT, wait_for_workers=False)
-        # Member i is rank i + 1 (one rank per replica: no tensor parallelism in a replica).
+        address = target.group_address() if isinstance(target, ServerGroupTarget) else self.address
+        port = free_port(address)
+        world = 1 + sum(ranks)
+        store = TCPStore(address, port, world, is_master=True, timeout=GROUP_TIMEOUT, wait_for_workers=False)
+        # The trainer is rank 0; member i takes the next ranks[i] ranks (one per replica; an
+        # SGLang server joins as rank_offset + tp_rank for each of its tp_size ranks).
+        offsets = [1 + sum(ranks[:i]) for i in range(len(members))]
         bodies = [
             {
-                "master_address": self.address,
+                "master_address": address,
                 "master_port": port,
-                "rank_offset": i + 1,
+                "rank_offset": offset,
                 "world_size": world,
                 "group_name": self.group_name,
                 "backend": self.backend,
             }
-            for i in range(len(members))
+            for offset in offsets
         ]
-        joined = asyncio.ensure_future(asyncio.to_thread(open_group, self.backend, self.address, port, 0, world, store=store))
+        joined = _in_daemon_thread(open_group, self.backend, address, port, 0, world, store=store)
         try:
             await asyncio.gather(target.post_each("/init_weights_update_group", bodies), joined)
         except BaseException as e:
             joined.cancel()
-            raise WeightSyncError(
+            if not isinstance(e, Exception):
+                raise
+            raise GroupJoinError(
                 f"weight sync: opening the weight update group {self.group_name!r} ({self.backend}, "
-                f"{self.address}:{port}, world size {world}) with replicas {list(members)} failed: {e}"
+                f"{address}:{port}, world size {world}) with members {list(members)} failed: {e}"
             ) from e
-        self._store, self._group, self.members = store, joined.result(), members
+        self._store, self._group, self.members, self.ranks = store, joined.result(), members, ranks
 
     def close(self) -> None:
-        self._group, self._store, self.members = None, None, ()
+        self._group, self._store, self.members, self.ranks = None, None, (), ()
+
+
+def _in_daemon_thread(fn: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    """``fn(*args, **kwargs)`` in a daemon thread: a rendezvous that a member never joins blocks
+    it until GROUP_TIMEOUT, and must not hold up the event loop's executor (or its shutdown)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+            ok, value = False, e
+        else:
+            ok, value = True, result
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits
+            pass
+
+    threading.Thread(target=run, name="miles-sdk-weight-group-join", daemon=True).start()
+    return future
 
 
 async def _replicas_side(posted: asyncio.Future[None], error: Exception) -> str:
