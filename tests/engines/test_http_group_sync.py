@@ -30,7 +30,7 @@ from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, build_app, serve_app
 from miles_sdk.engines.weight_group import ServerGroupTarget, WeightGroupReceiver, WeightGroupSender, buckets
-from miles_sdk.engines.weight_sync import save_for_sync
+from miles_sdk.engines.weight_sync import WeightSyncError, save_for_sync
 from miles_sdk.testing.run import StepsResult, small_config
 from miles_sdk.testing.tiny import tiny_policy
 from miles_sdk.types import Metrics
@@ -211,3 +211,26 @@ def test_a_server_that_cannot_join_is_named_and_the_sync_goes_through_the_disk(
     assert len(warnings) == 1, warnings
     assert f"{server.url}/get_server_info reports no tp_size" in warnings[0]
     assert (tmp_path / "weights").is_dir(), "the disk fallback wrote no weights"
+
+
+async def test_a_failed_group_sync_names_the_server_and_the_parameter() -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    engine = EmbeddedEngine(model, tok, max_batch_size=4, seed=0, max_seq_len=64)
+    server = await serve_app(build_app(EngineService(engine, tok), api_key=TOKEN), "127.0.0.1", 0, api_key=TOKEN)
+    client = HttpEngine(server.url, api_key=TOKEN, max_retries=0)
+    try:
+        other, _ = tiny_policy("unit", seed=1)
+        other.register_parameter("extra_head", torch.nn.Parameter(torch.zeros(3)))
+        sender = WeightGroupSender(backend="gloo", bucket_bytes=1 << 30)
+        with pytest.raises(WeightSyncError) as info:
+            await sender.send(client, other, version=1)
+        message = str(info.value)
+        assert f"{server.url}/update_weights_from_distributed" in message and "extra_head" in message
+        assert engine.weight_version == 0, "a failed update must not publish a version"
+        await sender.send(client, model, version=1)  # the same group then carries a good update
+        assert engine.weight_version == 1
+        sender.close()
+    finally:
+        await client.close()
+        await server.close()
+        engine.close()
