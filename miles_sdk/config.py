@@ -247,8 +247,9 @@ class Config:
     as Miles does when not colocated; "tensor" hands replicas on the trainer's own device
     handles to its memory (/update_weights_from_tensor: CUDA IPC, or shared memory on the CPU),
     as Miles does when colocated, and is what colocate picks over "disk" when every replica is
-    on that device. Engines that cannot join a group or map the trainer's memory
-    (rollout_engine=http) use disk, with a warning."""
+    on that device. rollout_engine=http servers join the group too (each with its tp_size
+    ranks); servers that cannot join, and engines that cannot map the trainer's memory, use
+    disk, with a warning naming them."""
     update_weight_buffer_size: int = 512 * 1024**2
     """Miles flag: bytes of weights per broadcast bucket (weight_sync_method="distributed") or per
     shared staging buffer ("tensor")."""
