@@ -108,10 +108,9 @@ class WeightSync:
             target = None  # servers that cannot join: through the disk below
         if tensors is not None:
             self.loop.run(self._send_as_tensors(tensors, version))
+            self._note_version(version)
         elif target is not None:
-            note = getattr(self.engine, "note_weight_version", None)
-            if isinstance(target, ServerGroupTarget) and callable(note):
-                note(version)  # the servers took the version with the weights
+            self._note_version(version)
         elif self.remote:
             assert isinstance(self.engine, RemoteWeightsEngine)
             path = save_for_sync(self.model, self._directory() / "weights")
@@ -121,6 +120,13 @@ class WeightSync:
         self.in_sync = True
         if self.check:
             self.verify(version)
+
+    def _note_version(self, version: int) -> None:
+        """The replicas or servers took ``version`` with the weights (group and tensor syncs send
+        it with them); the engine's client records it, or the next sync would publish it again."""
+        note = getattr(self.engine, "note_weight_version", None)
+        if callable(note):
+            note(version)
 
     def verify(self, version: int) -> None:
         """Raise :class:`WeightSyncError` unless every replica reports ``version`` and the trainer's

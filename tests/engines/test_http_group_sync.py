@@ -234,3 +234,15 @@ async def test_a_failed_group_sync_names_the_server_and_the_parameter() -> None:
         await client.close()
         await server.close()
         engine.close()
+
+
+@pytest.mark.parametrize("method", ["distributed", "tensor"])
+def test_replicas_synced_through_a_group_or_handles_record_each_version(method: str) -> None:
+    """The engine's client records the version each sync gave the replicas (before, it stayed 0
+    and every sync published version 1 again)."""
+    model, tok = tiny_policy("unit", seed=0)
+    config = _config(rollout_num_gpus=2, distributed_launcher="processes", weight_sync_method=method)
+    with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET) as trainer:
+        result = _steps(trainer, 3)
+        assert trainer.engine.weight_version == 3
+    assert [{tuple(s.weight_versions) for s in step} for step in result.samples] == [{(0,)}, {(1,)}, {(2,)}]
