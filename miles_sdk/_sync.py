@@ -5,8 +5,9 @@ sampling from the weights being trained.
   the new version; an engine whose replicas hold their own weights (``rollout_engine="http"``, a
   router over URLs) gets them through a ``save_pretrained`` directory and SGLang's
   ``/update_weights_from_disk``, or, with ``weight_sync_method="distributed"`` and engine replicas
-  that can join one, through a torch.distributed group the trainer broadcasts from in buckets
-  (:class:`~miles_sdk.engines.weight_group.WeightGroupSender`), or, with
+  or SGLang servers that can join one, through a torch.distributed group the trainer broadcasts
+  from in buckets (:class:`~miles_sdk.engines.weight_group.WeightGroupSender`; servers that cannot
+  join are named and synced through the disk), or, with
   ``weight_sync_method="tensor"`` (or ``colocate``) and replicas on the trainer's device, as
   handles to the trainer's memory (:class:`~miles_sdk.engines.weight_tensor.TensorSender`).
 - With ``check_weight_sync`` (on in tests: the pytest plugin sets ``MILES_SDK_CHECK_WEIGHT_SYNC=1``)
@@ -207,8 +208,9 @@ class WeightSync:
             return self.engine
         if not self._disk_fallback_logged:
             logger.warning(
-                "weight_sync_method='distributed': %s cannot join a weight update group (only "
-                "rollout_num_gpus engine replicas can); syncing through the disk",
+                "weight_sync_method='distributed': %s cannot join a weight update group (rollout_num_gpus "
+                "engine replicas and an HttpEngine's servers can; a router in front of servers cannot); "
+                "syncing through the disk",
                 type(self.engine).__name__,
             )
             self._disk_fallback_logged = True

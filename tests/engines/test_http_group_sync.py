@@ -7,7 +7,10 @@ rank_offset per server) and broadcasts its weights in buckets, as with engine re
   after every sync, and nothing is written to disk.
 - A server with tp_size 2 joins with two ranks (rank_offset, rank_offset + 1); both receive every
   tensor.
-- A server that cannot join is named in a warning and the sync goes through the disk.
+- A server that cannot join is named in a warning and the sync goes through the disk; a refused
+  parameter is named with the server.
+- The engine's client records each synced version (engine replicas too, through a group or
+  tensor handles).
 """
 
 from __future__ import annotations
