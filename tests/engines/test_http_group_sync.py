@@ -249,3 +249,40 @@ def test_replicas_synced_through_a_group_or_handles_record_each_version(method: 
         result = _steps(trainer, 3)
         assert trainer.engine.weight_version == 3
     assert [{tuple(s.weight_versions) for s in step} for step in result.samples] == [{(0,)}, {(1,)}, {(2,)}]
+
+
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="NCCL needs a GPU per rank: the trainer on cuda:0, the server on cuda:1"
+)
+def test_a_gpu_server_is_synced_through_nccl(tmp_path: Path) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    path = save_for_sync(model, tmp_path / "initial")
+    spec = ReplicaSpec(
+        name="gpu-server",
+        weights_path=str(path),
+        weight_version=0,
+        tokenizer=tok,
+        device="cuda:1",
+        dtype=None,
+        seed=7,
+        max_batch_size=8,
+        max_seq_len=2048 + 8,
+        host="127.0.0.1",
+        api_key=TOKEN,
+    )
+    handle = start_process_replica(spec)
+    try:
+        url = handle.wait_ready()
+        client = HttpEngine([url], api_key=TOKEN, max_retries=0)
+        config = _config(device="cuda", weight_sync_method="distributed", check_weight_sync=True)
+        with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET, engine=client) as trainer:
+            try:
+                _steps(trainer, 2)  # check_weight_sync reads the server's weights after each sync
+                sender = trainer._weight_sync._sender
+                assert sender is not None and sender.backend == "nccl" and sender.members == (url,)
+                assert trainer._weight_sync._tmp is None, "the group sync wrote the weights to disk"
+                assert client.weight_version == 2
+            finally:
+                trainer._loop.run(client.close())
+    finally:
+        handle.stop()
