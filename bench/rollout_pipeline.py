@@ -25,7 +25,9 @@ from miles_sdk.testing import tiny_policy
 
 class InstantEngine:
     """Answers every request at once with a 2-token response whose text cycles through the
-    digits (so groups' rewards differ and the dynamic filter keeps them)."""
+    digits (so groups' rewards differ and the dynamic filter keeps them). Not
+    miles_sdk.testing's ScriptedEngine: it decodes each prompt and records each request, per-sample
+    work of its own that would be counted as the pipeline's."""
 
     def __init__(self) -> None:
         self.calls = 0

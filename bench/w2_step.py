@@ -24,39 +24,9 @@ from typing import Any
 import torch
 
 from bench.memory import SHAPES, W2, Settings, Workload, computed, make_trainer, measure, table
+from bench.w1 import ceilings
 
 GiB = float(2**30)
-
-
-def matmul_peak(device: torch.device) -> float:
-    """bf16 matmul FLOP/s of this card (8192^3, 20 repeats); nan off CUDA."""
-    if device.type != "cuda":
-        return float("nan")
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    a @ b
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    torch.cuda.synchronize()
-    return 20 * 2 * 8192**3 / (time.perf_counter() - t0)
-
-
-def copy_bandwidth(device: torch.device) -> float:
-    """Device copy bandwidth, bytes read + written per second (1 GiB, 20 repeats); nan off CUDA.
-    The same measure as bench.w1's decode roofline."""
-    if device.type != "cuda":
-        return float("nan")
-    src = torch.empty(1 << 29, device=device, dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(20):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    return 20 * 2 * src.numel() * 2 / (time.perf_counter() - t0)
 
 
 def decode_roofline(shape: Any, work: Any, bandwidth: float) -> float:
@@ -126,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     extra: dict[str, Any] = {"compile_model": ns.compile_model}
     if lora:
         extra |= {"lora_rank": ns.lora_rank, "lora_alpha": 2 * ns.lora_rank, "target_modules": "all-linear"}
-    peak_flops = matmul_peak(device)
+    # Copy bandwidth (read + write) for the decode roofline and the bf16 matmul peak for MFU.
+    bandwidth, peak_flops = ceilings(device) if device.type == "cuda" else (float("nan"), float("nan"))
     t0 = time.perf_counter()
     trainer = make_trainer(shape, work, settings, device, **extra)
     build_s = time.perf_counter() - t0
@@ -171,7 +142,6 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| rollout (generate + reward) | {rollout_s:.2f} | {new_tokens / rollout_s / 1e3:.1f}k new tok/s |"
     )
-    bandwidth = copy_bandwidth(device)
     roofline = decode_roofline(shape, work, bandwidth)
     print(
         f"| engine vs its decode roofline | | {new_tokens / rollout_s / roofline:.0%} of {roofline / 1e3:.1f}k new "

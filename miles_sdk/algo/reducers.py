@@ -56,14 +56,21 @@ def _segment_ids(response_lengths: Sequence[int], device: torch.device) -> torch
     return host_to_device(torch.repeat_interleave(torch.arange(len(lengths)), lengths), device)
 
 
+def _flat64(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v if v.dim() == 1 else v.reshape(-1) for v in values]).to(torch.float64)
+
+
+def _sums(flat: torch.Tensor, segments: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=flat.dtype, device=flat.device).index_add_(0, segments, flat)
+
+
 def sample_sums(values: Sequence[torch.Tensor], response_lengths: Sequence[int]) -> torch.Tensor:
     """Each sample's sum of ``values`` (float64, one entry per sample), in a fixed number of
     kernels whatever the number of samples."""
     if not values:
         return torch.zeros(0, dtype=torch.float64)
-    flat = torch.cat([v if v.dim() == 1 else v.reshape(-1) for v in values]).to(torch.float64)
-    out = torch.zeros(len(values), dtype=torch.float64, device=flat.device)
-    return out.index_add_(0, _segment_ids(response_lengths, flat.device), flat)
+    flat = _flat64(values)
+    return _sums(flat, _segment_ids(response_lengths, flat.device), len(values))
 
 
 def masked_token_weights(
@@ -82,10 +89,11 @@ def masked_token_weights(
     _check_layout(response_lengths, loss_masks)
     if not loss_masks:
         return torch.zeros(0)
-    masks = torch.cat([m if m.dim() == 1 else m.reshape(-1) for m in loss_masks]).to(torch.float64)
+    masks = _flat64(loss_masks)
     device = masks.device
+    segments = _segment_ids(response_lengths, device)  # one copy, shared by the sums and the weights
     if denominators is None:
-        dens = sample_sums(loss_masks, response_lengths)
+        dens = _sums(masks, segments, len(loss_masks))
     elif isinstance(denominators, torch.Tensor):
         dens = denominators.to(device=device, dtype=torch.float64).reshape(-1)
     else:
@@ -98,7 +106,7 @@ def masked_token_weights(
         return masks
     n = len(loss_masks) if reduction == "mean" else 1
     per_sample = torch.clamp_min(dens, 1.0) * n
-    return masks / per_sample[_segment_ids(response_lengths, device)]
+    return masks / per_sample[segments]
 
 
 def miles_scale(loss_masks: Sequence[torch.Tensor], calculate_per_token_loss: bool = False) -> float:

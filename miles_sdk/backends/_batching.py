@@ -95,17 +95,22 @@ class SequenceRows(NamedTuple):
         """:meth:`scoring_rows` concatenated, in one gather: its backward is one scatter, where
         per-sequence slices each zero-filled a gradient of the whole batch (two kernels per
         sequence, quadratic in the micro-batch)."""
-        index = [
-            self.starts[i] + t
-            for i, (n, r) in enumerate(zip(lengths, response_lengths, strict=True))
-            for t in range(n - r - 1, n - 1)
-        ]
-        return self.flat.index_select(0, host_to_device(torch.tensor(index, dtype=torch.long), self.flat.device))
+        begins = [s + n - r - 1 for s, n, r in zip(self.starts, lengths, response_lengths, strict=True)]
+        return self.flat.index_select(0, _runs_index(begins, response_lengths, self.flat.device))
 
     def all_rows(self, lengths: list[int]) -> torch.Tensor:
         """Every sequence's rows ``[0, len)``, concatenated in one gather (no padding rows)."""
-        index = [self.starts[i] + t for i, n in enumerate(lengths) for t in range(n)]
-        return self.flat.index_select(0, host_to_device(torch.tensor(index, dtype=torch.long), self.flat.device))
+        return self.flat.index_select(0, _runs_index(self.starts[: len(lengths)], lengths, self.flat.device))
+
+
+def _runs_index(begins: Sequence[int], counts: Sequence[int], device: torch.device) -> torch.Tensor:
+    """``[b, b+1, ..., b+c-1 for b, c in zip(begins, counts)]`` as a device index, built with
+    tensor ops (a Python list would be one element per token) and copied once."""
+    counts_t = torch.tensor(list(counts), dtype=torch.long)
+    shift = torch.tensor(list(begins), dtype=torch.long) - (torch.cumsum(counts_t, 0) - counts_t)
+    total = int(counts_t.sum())
+    index = torch.arange(total) + torch.repeat_interleave(shift, counts_t, output_size=total)
+    return host_to_device(index, device)
 
 
 def chunks(n: int, size: int) -> Iterator[list[int]]:

@@ -102,9 +102,11 @@ class Critic:
 
     def values(self, tokens: list[list[int]], response_lengths: list[int]) -> list[torch.Tensor]:
         """V(s_t) for each response token t (the state before t is generated), per sample."""
+        return list(torch.split(self._flat_values(tokens, response_lengths), response_lengths))
+
+    def _flat_values(self, tokens: list[list[int]], response_lengths: list[int]) -> torch.Tensor:
         values: SequenceRows = self.model(tokens, pack=self.pack and has_padding(tokens))
-        rows = values.all_scoring_rows([len(seq) for seq in tokens], response_lengths)
-        return list(torch.split(rows, response_lengths))
+        return values.all_scoring_rows([len(seq) for seq in tokens], response_lengths)
 
     def train_scope(self, batch: MicroBatch) -> contextlib.AbstractContextManager[None]:
         """Held over a micro-batch's forward and backward (see TorchBackend._train_scope)."""
@@ -118,9 +120,8 @@ class Critic:
         self.model.eval()
         try:
             with torch.no_grad():  # old values only: no activations kept for a backward
-                values = self.values(tokens, response_lengths)
-                flat = torch.cat(values).float().cpu() if values else torch.zeros(0)
-                return list(torch.split(flat, response_lengths))  # one device-to-host copy
+                flat = self._flat_values(tokens, response_lengths).float().cpu()  # one device-to-host copy
+                return list(torch.split(flat, response_lengths))
         finally:
             self.model.train(was_training)
 

@@ -178,6 +178,15 @@ class TorchBackend:
     def _response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        logp, entropy = self._flat_response_log_probs(model, tokens, response_lengths, with_entropy=with_entropy)
+        logp_list = list(torch.split(logp, response_lengths))
+        ent_list = list(torch.split(entropy, response_lengths)) if entropy is not None else None
+        return logp_list, ent_list
+
+    def _flat_response_log_probs(
+        self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs (and entropy) of every response token, concatenated over the samples."""
         hidden = self._forward_hidden(model, tokens)
         rows = hidden.all_scoring_rows([len(seq) for seq in tokens], response_lengths)
         targets = [t for seq, r in zip(tokens, response_lengths) for t in seq[len(seq) - r :]]
@@ -190,9 +199,7 @@ class TorchBackend:
             chunk_size=self.args.log_probs_chunk_size,
             with_entropy=with_entropy,
         )
-        logp_list = list(torch.split(logp, response_lengths))
-        ent_list = list(torch.split(entropy, response_lengths)) if entropy is not None else None
-        return logp_list, ent_list
+        return logp, entropy
 
     @torch.no_grad()
     def _forward_batches(self, data: TrainData) -> list[list[int]]:
@@ -219,12 +226,11 @@ class TorchBackend:
             for idx in self._forward_batches(data):
                 with torch.no_grad(), self._model_scope(which, model):
                     lengths = [data["response_lengths"][i] for i in idx]
-                    logp, _ = self._response_log_probs(
+                    logp, _ = self._flat_response_log_probs(
                         model, [data["tokens"][i] for i in idx], lengths, with_entropy=False
                     )
                 # One device-to-host copy per batch: per sample, each was a stream synchronisation.
-                flat = torch.cat(logp).float().cpu() if logp else torch.zeros(0)
-                out.extend(torch.split(flat, lengths))
+                out.extend(torch.split(logp.float().cpu(), lengths))
         finally:
             model.train(was_training)
         return out
