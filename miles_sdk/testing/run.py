@@ -10,16 +10,20 @@ sync), not only in isolation.
 
 from __future__ import annotations
 
+import math
 import tempfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from miles_sdk.config import Config
 from miles_sdk.types import Metrics, Sample
 
-__all__ = ["StepsResult", "run_steps", "small_config"]
+if TYPE_CHECKING:
+    from miles_sdk.trainer import Trainer
+
+__all__ = ["StepsResult", "assert_same_steps", "run_steps", "small_config", "step_trainer"]
 
 
 @attrs.frozen
@@ -78,12 +82,31 @@ def run_steps(
     if dataset is None and cfg.prompt_data is None and "data_source" not in kwargs:
         dataset = _default_dataset()
     trainer = Trainer(cfg, dataset=dataset, **kwargs)
-    metrics: list[Metrics] = []
-    samples: list[list[Sample]] = []
     try:
-        for _ in range(steps):
-            metrics.append(trainer.step())
-            samples.append(list(trainer.last_samples))
+        return step_trainer(trainer, steps)
     finally:
         trainer.close()
+
+
+def step_trainer(trainer: Trainer, steps: int) -> StepsResult:
+    """Run ``steps`` steps of an open ``trainer``; its metrics and trained samples per step."""
+    metrics: list[Metrics] = []
+    samples: list[list[Sample]] = []
+    for _ in range(steps):
+        metrics.append(trainer.step())
+        samples.append(list(trainer.last_samples))
     return StepsResult(metrics=metrics, samples=samples)
+
+
+def assert_same_steps(
+    a: StepsResult, b: StepsResult, keys: Sequence[str], *, rel: float = 1e-4, abs_tol: float = 1e-6
+) -> None:
+    """Two runs trained on the same samples (tokens, rewards) and agree on the metrics ``keys``
+    per step (``rel``/``abs_tol`` as math.isclose): the parity check of scale-out runs."""
+    for step, (ma, mb, sa, sb) in enumerate(zip(a.metrics, b.metrics, a.samples, b.samples, strict=True)):
+        assert [s.tokens for s in sa] == [s.tokens for s in sb], f"step {step}: different samples"
+        assert [s.reward for s in sa] == [s.reward for s in sb], f"step {step}: different rewards"
+        for key in keys:
+            assert math.isclose(mb[key], ma[key], rel_tol=rel, abs_tol=abs_tol), (
+                f"step {step}: {key} {mb[key]!r} vs {ma[key]!r}"
+            )

@@ -17,9 +17,8 @@ import pytest
 
 from miles_sdk import Config, Sample, Trainer
 from miles_sdk.distributed.replicas import EngineReplicas
-from miles_sdk.testing.run import StepsResult, small_config
+from miles_sdk.testing.run import StepsResult, assert_same_steps, small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
-from miles_sdk.types import Metrics
 
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
 DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
@@ -48,28 +47,11 @@ def _trainer(config: Config, reward: Any = spread_reward) -> Trainer:
     return Trainer(config, model=model, tokenizer=tok, reward_model=reward, dataset=DATASET)
 
 
-def _steps(trainer: Trainer, steps: int) -> StepsResult:
-    metrics: list[Metrics] = []
-    samples: list[list[Sample]] = []
-    for _ in range(steps):
-        metrics.append(trainer.step())
-        samples.append(list(trainer.last_samples))
-    return StepsResult(metrics=metrics, samples=samples)
-
-
-def _assert_same(a: StepsResult, b: StepsResult) -> None:
-    for step, (ma, mb, sa, sb) in enumerate(zip(a.metrics, b.metrics, a.samples, b.samples, strict=True)):
-        assert [s.tokens for s in sa] == [s.tokens for s in sb], f"step {step}: different samples"
-        assert [s.reward for s in sa] == [s.reward for s in sb], f"step {step}: different rewards"
-        for key in COMPARED:
-            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), f"step {step}: {key}"
-
-
 @pytest.fixture(scope="module")
 def one_engine() -> StepsResult:
     with _trainer(_config()) as trainer:
         assert not isinstance(trainer.engine, EngineReplicas)
-        return _steps(trainer, 3)
+        return step_trainer(trainer, 3)
 
 
 def test_two_replicas_sample_and_train_like_one_engine(one_engine: StepsResult) -> None:
@@ -77,11 +59,11 @@ def test_two_replicas_sample_and_train_like_one_engine(one_engine: StepsResult) 
         replicas = trainer.engine
         assert isinstance(replicas, EngineReplicas)
         assert len({pid for pid in replicas.pids()}) == 2 and os.getpid() not in replicas.pids()
-        result = _steps(trainer, 3)
+        result = step_trainer(trainer, 3)
         served = [w.requests for w in replicas.workers]
         assert all(n > 0 for n in served), f"both replicas should serve requests: {served}"
         assert {r.weight_version for r in trainer._loop.run(replicas.report_weights(["model.embed_tokens.weight"], 1))} == {3}
-    _assert_same(one_engine, result)
+    assert_same_steps(one_engine, result, COMPARED)
     assert min(m["train/grad_norm"] for m in one_engine.metrics) > 0.01, "the comparison needs a real gradient"
 
 
@@ -106,13 +88,10 @@ def test_a_replica_killed_mid_rollout_loses_no_sample_and_comes_back(one_engine:
     try:
         replicas = trainer.engine
         assert isinstance(replicas, EngineReplicas)
-        result = _steps(trainer, 2)
+        result = step_trainer(trainer, 2)
         assert killed and in_flight_at_kill[0] > 0, "the kill should land while requests are in flight"
         # Same samples as the run without a fault: none lost, none doubled, none re-drawn differently.
-        _assert_same(
-            StepsResult(one_engine.metrics[:2], one_engine.samples[:2]),
-            result,
-        )
+        assert_same_steps(StepsResult(one_engine.metrics[:2], one_engine.samples[:2]), result, COMPARED)
         first = result.samples[0]
         assert len(first) == 8 and len({s.index for s in first}) == 8
         # Replaced before the weight update of step 0, loaded with the synced weights (check_weight_sync
@@ -173,8 +152,8 @@ def test_resumed_replicas_sample_from_the_loaded_weights(one_engine: StepsResult
         trainer.step()
     with _trainer(_config(rollout_num_gpus=2, load=save)) as trainer:
         assert trainer.rollout_id == 1
-        resumed = _steps(trainer, 1)
-    _assert_same(StepsResult(one_engine.metrics[1:2], one_engine.samples[1:2]), resumed)
+        resumed = step_trainer(trainer, 1)
+    assert_same_steps(StepsResult(one_engine.metrics[1:2], one_engine.samples[1:2]), resumed, COMPARED)
 
 
 def test_ray_replicas_are_replaced_after_a_kill() -> None:

@@ -27,9 +27,8 @@ from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_server import start_server
 from miles_sdk.engines.weight_group import WeightGroupSender, buckets
 from miles_sdk.engines.weight_sync import WeightSyncError
-from miles_sdk.testing.run import StepsResult, small_config
+from miles_sdk.testing.run import StepsResult, assert_same_steps, small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
-from miles_sdk.types import Metrics
 
 DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
@@ -57,23 +56,6 @@ def _trainer(config: Config) -> Trainer:
     return Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET)
 
 
-def _steps(trainer: Trainer, steps: int) -> StepsResult:
-    metrics: list[Metrics] = []
-    samples: list[list[Sample]] = []
-    for _ in range(steps):
-        metrics.append(trainer.step())
-        samples.append(list(trainer.last_samples))
-    return StepsResult(metrics=metrics, samples=samples)
-
-
-def _assert_same(a: StepsResult, b: StepsResult) -> None:
-    for step, (ma, mb, sa, sb) in enumerate(zip(a.metrics, b.metrics, a.samples, b.samples, strict=True)):
-        assert [s.tokens for s in sa] == [s.tokens for s in sb], f"step {step}: different samples"
-        assert [s.reward for s in sa] == [s.reward for s in sb], f"step {step}: different rewards"
-        for key in COMPARED:
-            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), f"step {step}: {key}"
-
-
 GROUP = {"weight_sync_method": "distributed", "update_weight_buffer_size": 64 * 1024}
 """Small buckets: the tiny model's weights travel in several."""
 
@@ -81,7 +63,7 @@ GROUP = {"weight_sync_method": "distributed", "update_weight_buffer_size": 64 * 
 @pytest.fixture(scope="module")
 def one_engine() -> StepsResult:
     with _trainer(_config()) as trainer:
-        return _steps(trainer, 2)
+        return step_trainer(trainer, 2)
 
 
 def test_two_replicas_synced_through_a_group_sample_like_one_engine(one_engine: StepsResult) -> None:
@@ -89,11 +71,11 @@ def test_two_replicas_synced_through_a_group_sample_like_one_engine(one_engine: 
         replicas = trainer.engine
         assert isinstance(replicas, EngineReplicas)
         sync = trainer._weight_sync
-        result = _steps(trainer, 2)
+        result = step_trainer(trainer, 2)
         assert sync._sender is not None and sync._sender.members == tuple(replicas.urls())
         assert sync._tmp is None, "the group sync wrote the weights to disk"
         assert len(buckets(trainer.policy.engine_model.named_parameters(), 64 * 1024)) > 1
-    _assert_same(one_engine, result)
+    assert_same_steps(one_engine, result, COMPARED)
 
 
 def test_a_replica_replaced_after_a_fault_rejoins_the_group() -> None:

@@ -41,9 +41,8 @@ from miles_sdk.engines.weight_tensor import (
     colocated,
     segment_dir,
 )
-from miles_sdk.testing.run import StepsResult, small_config
+from miles_sdk.testing.run import StepsResult, assert_same_steps, small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
-from miles_sdk.types import Metrics
 
 DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
@@ -74,23 +73,6 @@ def _trainer(config: Config) -> Trainer:
     return Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET)
 
 
-def _steps(trainer: Trainer, steps: int) -> StepsResult:
-    metrics: list[Metrics] = []
-    samples: list[list[Sample]] = []
-    for _ in range(steps):
-        metrics.append(trainer.step())
-        samples.append(list(trainer.last_samples))
-    return StepsResult(metrics=metrics, samples=samples)
-
-
-def _assert_same(a: StepsResult, b: StepsResult) -> None:
-    for step, (ma, mb, sa, sb) in enumerate(zip(a.metrics, b.metrics, a.samples, b.samples, strict=True)):
-        assert [s.tokens for s in sa] == [s.tokens for s in sb], f"step {step}: different samples"
-        assert [s.reward for s in sa] == [s.reward for s in sb], f"step {step}: different rewards"
-        for key in COMPARED:
-            assert mb[key] == pytest.approx(ma[key], rel=1e-4, abs=1e-6), f"step {step}: {key}"
-
-
 def _our_segments() -> set[str]:
     prefix = f"{SEGMENT_PREFIX}{os.getpid()}_"
     return {n for n in os.listdir(segment_dir()) if n.startswith(prefix)}
@@ -114,7 +96,7 @@ def staged_paths(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 @pytest.fixture(scope="module")
 def one_engine() -> StepsResult:
     with _trainer(_config()) as trainer:
-        return _steps(trainer, 2)
+        return step_trainer(trainer, 2)
 
 
 def test_colocated_replicas_synced_through_tensor_handles_sample_like_one_engine(
@@ -126,7 +108,7 @@ def test_colocated_replicas_synced_through_tensor_handles_sample_like_one_engine
         replicas = trainer.engine
         assert isinstance(replicas, EngineReplicas)
         sync = trainer._weight_sync
-        result = _steps(trainer, 2)
+        result = step_trainer(trainer, 2)
         sender = sync._tensors
         assert sender is not None and sender.members == tuple(replicas.urls())
         assert sync._sender is None, "the tensor sync opened a weight update group"
@@ -136,7 +118,7 @@ def test_colocated_replicas_synced_through_tensor_handles_sample_like_one_engine
         assert len(staged_paths) == 2 * n_buckets  # one staging file per bucket and sync
         assert all(Path(p).parent == Path(segment_dir()) for p in staged_paths)
         assert not _our_segments(), "a staging file outlived its sync"
-    _assert_same(one_engine, result)
+    assert_same_steps(one_engine, result, COMPARED)
     assert not _our_segments()
 
 

@@ -34,9 +34,8 @@ from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, build_app, serve_app
 from miles_sdk.engines.weight_group import ServerGroupTarget, WeightGroupReceiver, WeightGroupSender, buckets
 from miles_sdk.engines.weight_sync import WeightSyncError, save_for_sync
-from miles_sdk.testing.run import StepsResult, small_config
+from miles_sdk.testing.run import small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
-from miles_sdk.types import Metrics
 
 DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
@@ -57,15 +56,6 @@ def _config(**overrides: Any) -> Config:
         sglang_enable_deterministic_inference=True,  # the same samples on any server
         **overrides,
     )
-
-
-def _steps(trainer: Trainer, steps: int) -> StepsResult:
-    metrics: list[Metrics] = []
-    samples: list[list[Sample]] = []
-    for _ in range(steps):
-        metrics.append(trainer.step())
-        samples.append(list(trainer.last_samples))
-    return StepsResult(metrics=metrics, samples=samples)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +89,7 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]
 def test_two_http_servers_synced_through_a_group_sample_like_one_engine(server_urls: list[str]) -> None:
     model, tok = tiny_policy("unit", seed=0)
     with Trainer(_config(), model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET) as trainer:
-        one_engine = _steps(trainer, 2)
+        one_engine = step_trainer(trainer, 2)
 
     model, tok = tiny_policy("unit", seed=0)
     client = HttpEngine(server_urls, api_key=TOKEN, max_retries=0)
@@ -107,7 +97,7 @@ def test_two_http_servers_synced_through_a_group_sample_like_one_engine(server_u
     with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET, engine=client) as trainer:
         try:
             sync = trainer._weight_sync
-            result = _steps(trainer, 2)
+            result = step_trainer(trainer, 2)
             assert sync._sender is not None and sync._sender.members == tuple(server_urls)
             assert sync._sender.ranks == (1, 1), "our server joins with one rank (tp_size 1)"
             assert sync._tmp is None, "the group sync wrote the weights to disk"
@@ -246,7 +236,7 @@ def test_replicas_synced_through_a_group_or_handles_record_each_version(method: 
     model, tok = tiny_policy("unit", seed=0)
     config = _config(rollout_num_gpus=2, distributed_launcher="processes", weight_sync_method=method)
     with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET) as trainer:
-        result = _steps(trainer, 3)
+        result = step_trainer(trainer, 3)
         assert trainer.engine.weight_version == 3
     assert [{tuple(s.weight_versions) for s in step} for step in result.samples] == [{(0,)}, {(1,)}, {(2,)}]
 
@@ -277,7 +267,7 @@ def test_a_gpu_server_is_synced_through_nccl(tmp_path: Path) -> None:
         config = _config(device="cuda", weight_sync_method="distributed", check_weight_sync=True)
         with Trainer(config, model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET, engine=client) as trainer:
             try:
-                _steps(trainer, 2)  # check_weight_sync reads the server's weights after each sync
+                step_trainer(trainer, 2)  # check_weight_sync reads the server's weights after each sync
                 sender = trainer._weight_sync._sender
                 assert sender is not None and sender.backend == "nccl" and sender.members == (url,)
                 assert trainer._weight_sync._tmp is None, "the group sync wrote the weights to disk"
