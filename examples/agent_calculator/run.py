@@ -33,7 +33,7 @@ from examples.agent_calculator.agent import ADD_TOOL, reward_fn
 from miles_sdk.agents import generate_with_agent
 from miles_sdk.rollout import check_reward_nonzero_std
 from miles_sdk.testing import tiny_policy
-from miles_sdk.testing.tiny import TINY_PRESETS
+from miles_sdk.testing.tiny import TINY_CHAT_TEMPLATE, TINY_PRESETS
 from miles_sdk.trainer import Trainer
 from miles_sdk.types import Metrics
 
@@ -49,38 +49,17 @@ __all__ = [
 ]
 
 
+_MESSAGES = "{% for message in messages %}"
 CHAT_TEMPLATE = (
     # The tiny tokenizer's ChatML template, with the tool list rendered as the tools' names
     # (``<tools>add</tools>``, ~15 tokens) instead of ~200 tokens of instructions and JSON schema:
     # a third of the tokens per episode, so the warm-up and the rollouts run ~2.5x faster on CPU.
+    # Only the header differs; the messages are rendered by the tiny template's own loop.
     "{% if tools %}{{ '<|im_start|>system\n<tools>' }}"
     "{% for tool in tools %}{{ (tool.function.name if tool.function is defined else tool.name) }}"
     "{% if not loop.last %}{{ ',' }}{% endif %}{% endfor %}{{ '</tools><|im_end|>\n' }}"
     "{% elif messages[0].role == 'system' %}{{ '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% for message in messages %}"
-    "{% if message.role == 'system' %}"
-    "{% if not loop.first %}{{ '<|im_start|>system\n' + message.content + '<|im_end|>\n' }}{% endif %}"
-    "{% elif message.role == 'tool' %}"
-    "{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{ '<|im_start|>user' }}{% endif %}"
-    "{{ '\n<tool_response>\n' + message.content + '\n</tool_response>' }}"
-    "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{ '<|im_end|>\n' }}{% endif %}"
-    "{% else %}"
-    "{{ '<|im_start|>' + message.role + '\n' }}"
-    "{% if message.content is string %}{{ message.content }}{% endif %}"
-    "{% if message.role == 'assistant' and message.tool_calls %}"
-    "{% for call in message.tool_calls %}"
-    "{% set fn = call.function if call.function is defined else call %}"
-    "{% if (message.content is string and message.content) or not loop.first %}{{ '\n' }}{% endif %}"
-    "{{ '<tool_call>\n{\"name\": \"' + fn.name + '\", \"arguments\": ' }}"
-    "{% if fn.arguments is string %}{{ fn.arguments }}{% else %}{{ fn.arguments | tojson }}{% endif %}"
-    "{{ '}\n</tool_call>' }}"
-    "{% endfor %}"
-    "{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    "{% endif %}" + TINY_CHAT_TEMPLATE[TINY_CHAT_TEMPLATE.index(_MESSAGES) :]
 )
 """The example's chat template (set on the tiny tokenizer by :func:`calculator_policy`)."""
 
