@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from bench._host_sites import HostSites
 from miles_sdk import Config, Sample, Trainer
 from miles_sdk.demo.run import _INIT_STD, demo_config
 from miles_sdk.demo.task import addition_reward, make_addition_dataset
@@ -183,6 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="N",
         help="after the steady steps, torch.profiler over N more steps: the top ops by device and host time",
     )
+    ap.add_argument(
+        "--host-sites",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the steady steps, N more steps timing torch calls by call site (syncs, per-sample work)",
+    )
     ap.add_argument("--json", default=None)
     ns = ap.parse_args(argv)
     if ns.threads:
@@ -204,6 +212,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _stop_profiles(trainer, profiles)
             if ns.torch_profile:
                 _torch_profile(trainer, extra, ns.torch_profile, sync, ns.device)
+            if ns.host_sites:
+                with HostSites() as sites:
+                    run(trainer, extra, ns.host_sites, sync)
+                print(f"\n==== host time of torch calls by call site, {ns.host_sites} steps ====")
+                print(sites.table(ns.host_sites))
         finally:
             trainer.close()
     name = torch.cuda.get_device_name(ns.device) if ns.device.startswith("cuda") else "cpu"

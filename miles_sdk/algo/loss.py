@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from miles_sdk.algo._device import Rows, detach_rows, join_rows
 from miles_sdk.algo.kl import compute_approx_kl
 from miles_sdk.algo.params import LossParams
 from miles_sdk.algo.policy_loss import (
@@ -42,6 +43,10 @@ __all__ = ["compute_loss"]
 def _tensors(values: Sequence[torch.Tensor] | None, key: str, *, like: torch.Tensor | None = None) -> list[torch.Tensor]:
     if values is None:
         raise KeyError(f"compute_loss: batch has no {key!r}")
+    if isinstance(values, Rows) and values.intact():
+        joined = values.joined
+        if (like is None or joined.device == like.device) and not joined.requires_grad:
+            return values  # already per-sample views of one flat tensor: keep them joinable
     out: list[torch.Tensor] = []
     for v in values:
         t = v if isinstance(v, torch.Tensor) else torch.as_tensor(v)
@@ -52,7 +57,11 @@ def _tensors(values: Sequence[torch.Tensor] | None, key: str, *, like: torch.Ten
 
 
 def _masks(batch: MicroBatch, response_lengths: Sequence[int], device: torch.device) -> list[torch.Tensor]:
-    masks = [m.to(device=device, dtype=torch.float32) for m in _tensors(batch.loss_masks, "loss_masks")]
+    given = _tensors(batch.loss_masks, "loss_masks")
+    if isinstance(given, Rows) and given.joined.device == device and given.joined.dtype == torch.float32:
+        masks: list[torch.Tensor] = given
+    else:
+        masks = [m.to(device=device, dtype=torch.float32) for m in given]
     for i, (m, n) in enumerate(zip(masks, response_lengths, strict=True)):
         if m.numel() != n:
             raise ValueError(
@@ -62,9 +71,7 @@ def _masks(batch: MicroBatch, response_lengths: Sequence[int], device: torch.dev
 
 
 def _flat(parts: Sequence[torch.Tensor], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    if not parts:
-        return torch.zeros(0, dtype=dtype, device=device)
-    return torch.cat([p.to(device=device, dtype=dtype) for p in parts])
+    return join_rows(parts, dtype=dtype, device=device)
 
 
 def _anchor(x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +109,7 @@ def _policy_loss(
 
     if not p.use_rollout_logprobs and batch.log_probs is None:
         # On-policy (see old_log_probs_are_current): the old log-probs are these, detached.
-        old = [lp.detach() for lp in log_probs]
+        old = detach_rows(log_probs)
     elif batch.rollout_log_probs is None and p.use_rollout_logprobs:
         raise KeyError(
             "compute_loss: policy loss needs old log-probs in batch.rollout_log_probs (use_rollout_logprobs is set)"
@@ -141,7 +148,7 @@ def _policy_loss(
         # use_rollout_logprobs the stored old log-probs ARE the engine's, so the trainer's current
         # ones (detached; equal to recomputed old ones on the first optimizer step) stand in.
         train_old = (
-            [lp.detach() for lp in log_probs]
+            detach_rows(log_probs)
             if p.use_rollout_logprobs or batch.log_probs is None
             else _tensors(batch.log_probs, "log_probs", like=cur)
         )

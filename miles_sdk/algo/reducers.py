@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from miles_sdk.algo._device import host_to_device
+from miles_sdk.algo._device import host_to_device, join_rows
 from miles_sdk.hooks import LossReducer, PGLossReducer
 
 __all__ = [
@@ -57,7 +57,7 @@ def _segment_ids(response_lengths: Sequence[int], device: torch.device) -> torch
 
 
 def _flat64(values: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([v if v.dim() == 1 else v.reshape(-1) for v in values]).to(torch.float64)
+    return join_rows(values, dtype=torch.float64)
 
 
 def _sums(flat: torch.Tensor, segments: torch.Tensor, n: int) -> torch.Tensor:
@@ -115,7 +115,7 @@ def miles_scale(loss_masks: Sequence[torch.Tensor], calculate_per_token_loss: bo
     if calculate_per_token_loss:
         if not loss_masks:
             return 1.0
-        return max(float(torch.cat([m if m.dim() == 1 else m.reshape(-1) for m in loss_masks]).sum()), 1.0)  # one host read
+        return max(float(join_rows(loss_masks).sum()), 1.0)  # one host read
     return float(max(len(loss_masks), 1))
 
 
@@ -214,7 +214,7 @@ def constant_divisor_reducer(divisor: float) -> PGLossReducer:
         if not loss_masks:
             weights = torch.zeros(0)
         else:
-            weights = torch.cat([m.to(torch.float64) for m in loss_masks]) / divisor
+            weights = join_rows(loss_masks, dtype=torch.float64) / divisor
         return _weighted_sum(weights, sum(response_lengths), "constant_divisor_reducer")
 
     return factory

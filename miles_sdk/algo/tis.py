@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from miles_sdk.algo._device import join_rows
 from miles_sdk.algo.kl import LOG_RATIO_CLAMP, safe_log_ratio
 from miles_sdk.config import Config
 from miles_sdk.hooks import TISResult
@@ -62,10 +63,8 @@ def vanilla_tis_function(
     """
     _check(train_log_probs, rollout_log_probs, loss_masks, "vanilla_tis_function")
     with torch.no_grad():
-        train = torch.cat([t.detach() for t in train_log_probs]).to(pg_loss.dtype)
-        rollout = torch.cat([r.detach() for r in rollout_log_probs]).to(
-            device=train.device, dtype=train.dtype
-        )
+        train = join_rows(train_log_probs, dtype=pg_loss.dtype).detach()
+        rollout = join_rows(rollout_log_probs, dtype=train.dtype, device=train.device).detach()
         ratio = torch.exp(safe_log_ratio(train - rollout))
         weights = ratio.clamp(args.tis_clip_low, args.tis_clip)
         metrics = {

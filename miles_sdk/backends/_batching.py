@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from miles_sdk.algo._device import host_to_device
+from miles_sdk.algo._device import Rows, host_to_device
 from miles_sdk.stages import MicroBatch, TrainBatch
 
 __all__ = [
@@ -164,7 +164,7 @@ def to_device_rows(rows: list[Any], dtype: torch.dtype, device: torch.device) ->
         flat = [torch.as_tensor(r, dtype=dtype).reshape(-1) for r in rows]
         sizes = [t.numel() for t in flat]
         host = torch.cat(flat)
-    return list(torch.split(host_to_device(host, device), sizes))
+    return Rows(host_to_device(host, device), sizes)
 
 
 def micro_batch(data: TrainBatch, idx: list[int], device: torch.device) -> MicroBatch:

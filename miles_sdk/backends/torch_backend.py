@@ -17,6 +17,7 @@ from torch import nn
 
 from miles_sdk._policy import build_reference, disable_dropout
 from miles_sdk.algo import compute_loss, log_probs_and_entropy, loss_params
+from miles_sdk.algo._device import Rows
 from miles_sdk.backends._batching import (
     SequenceRows,
     chunks,
@@ -179,9 +180,8 @@ class TorchBackend:
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         logp, entropy = self._flat_response_log_probs(model, tokens, response_lengths, with_entropy=with_entropy)
-        logp_list = list(torch.split(logp, response_lengths))
-        ent_list = list(torch.split(entropy, response_lengths)) if entropy is not None else None
-        return logp_list, ent_list
+        # Rows: the loss joins them again for free (no cat over the samples)
+        return Rows(logp, response_lengths), (Rows(entropy, response_lengths) if entropy is not None else None)
 
     def _flat_response_log_probs(
         self, model: nn.Module, tokens: list[list[int]], response_lengths: list[int], *, with_entropy: bool

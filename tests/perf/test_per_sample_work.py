@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from miles_sdk.algo.reducers import get_mean_of_sample_mean, masked_token_weights
@@ -89,6 +90,59 @@ def test_padding_and_response_rows_are_one_gather_whatever_the_samples() -> None
         hidden = torch.randn(n * 16, 8, requires_grad=True)
         counts.append(sum(_work(_pad_gather_backward, tokens, hidden).values()))
     assert counts[0] == counts[1], counts
+
+
+class _TorchCalls(TorchFunctionMode):
+    """Python-level torch calls (``Tensor.to``, ``torch.cat``, ``.shape`` ...): host work that a
+    dispatch mode does not see when it ends up a no-op (``.to`` of a tensor already there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.calls[getattr(func, "__name__", str(func))] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _train_data(n: int) -> tuple[TorchBackend, TrainBatch]:
+    model, _ = tiny_policy("unit", seed=0)
+    config = small_config(micro_batch_size=n, global_batch_size=n, n_samples_per_prompt=2, rollout_batch_size=n // 2)
+    backend = TorchBackend(config, model)
+    backend.set_num_rollout(4)
+    tokens = [[3 + (i + j) % 40 for j in range(6 + i % 4)] for i in range(n)]
+    data = TrainBatch(
+        tokens=tokens,
+        response_lengths=[3] * n,
+        rewards=[float(i % 2) for i in range(n)],
+        raw_reward=[float(i % 2) for i in range(n)],
+        truncated=[0] * n,
+        sample_indices=list(range(n)),
+        loss_masks=[[1, 1, 0] for _ in range(n)],
+        advantages=[torch.full((3,), float(i % 2) - 0.5) for i in range(n)],
+        returns=[torch.zeros(3) for _ in range(n)],
+    )
+    return backend, data
+
+
+def test_the_loss_does_not_touch_each_sample_through_torch() -> None:
+    """Per-sample rows reach the loss as views of one flat tensor, and the loss joins them
+    again for free: before, every micro-batch cost a ``.to`` per sample for each of seven
+    per-sample inputs and a ``cat`` over them (~1.8k Python-level torch calls per demo step)."""
+    per_size = []
+    for n in (8, 32):
+        backend, data = _train_data(n)
+        backend.train(0, data)
+        with _TorchCalls() as calls:
+            backend.train(1, data)
+        per_size.append(calls.calls)
+    small, large = per_size
+    growth = {k: large[k] - small[k] for k in large if large[k] - small[k] > 0}
+    # What remains per sample (11 calls): the shape checks of the loss and the reducer (numel,
+    # dim, shape reads) and the host rows of tensor-valued keys (as_tensor, reshape).
+    assert large["to"] == small["to"], growth
+    assert large["cat"] == small["cat"], growth
+    assert sum(growth.values()) <= 12 * (32 - 8), growth
 
 
 def test_a_train_micro_batch_costs_the_same_work_for_8_and_32_samples() -> None:
