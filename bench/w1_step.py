@@ -110,6 +110,11 @@ def main() -> None:
     ap.add_argument(
         "--gradient-checkpointing", action="store_true", help="recompute the layers in backward (less memory)"
     )
+    ap.add_argument(
+        "--offload-rollout",
+        action="store_true",
+        help="the engine frees its KV cache, weight copies and graphs during training (memory vs time)",
+    )
     ap.add_argument("--json", default=None, help="write the summary numbers to this file")
     ap.add_argument("--varied", action="store_true", help="response lengths 32..256 instead of exactly 256")
     ap.add_argument(
@@ -152,6 +157,7 @@ def main() -> None:
         skip_on_policy_old_log_probs=not ns.recompute_old_log_probs,
         train_backend=ns.train_backend,
         gradient_checkpointing=ns.gradient_checkpointing,
+        offload_rollout=ns.offload_rollout or None,
     )
     trainer = Trainer(
         config,
