@@ -41,6 +41,15 @@ class ShardedCausalLM(nn.Module):
         attention through transformers' AttentionInterface: this module answers for the LM's."""
         return bool(getattr(self.lm.get_decoder(), "_supports_attention_backend", False))
 
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The LM's decoder layers, each its own FSDP group: what ``compile_model`` compiles
+        (backends/_compile.py). A property, not a registered submodule, so that parameter and
+        state-dict names stay the LM's own."""
+        layers = getattr(self.lm.get_decoder(), "layers", None)
+        assert isinstance(layers, nn.ModuleList)  # shard_causal_lm checked it
+        return layers
+
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
         self.lm.gradient_checkpointing_enable(**kwargs)
 

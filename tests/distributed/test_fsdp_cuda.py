@@ -68,3 +68,32 @@ def test_one_gpu_rank_trains_like_the_torch_backend() -> None:
     plain = _steps(_config(train_backend="torch"), steps=2)
     for a, b in zip(plain, fsdp, strict=True):
         assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=5e-2)
+
+
+@pytest.mark.parametrize(
+    "features", [{}, {"gradient_checkpointing": True, "pack_sequences": "on"}], ids=["plain", "ckpt_packed"]
+)
+def test_a_gpu_rank_runs_its_layers_compiled(
+    features: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """compile_model's default (auto: inductor on CUDA) compiles the FSDP rank's decoder layers
+    (before: 0 compiled graphs under FSDP), with gradient checkpointing and packing too, and trains
+    like the eager rank (bf16 compute on both: close, not equal)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    model, tok = tiny_policy("unit", seed=0)
+    with (
+        caplog.at_level("WARNING"),
+        Trainer(
+            _config(**features), model=model, tokenizer=tok, reward_model=spread_reward, dataset=DATASET
+        ) as t,
+    ):
+        compiled = [t.step() for _ in range(2)]
+        layers = t.backend.ranks.rank.backend._compiled  # type: ignore[attr-defined]
+        assert layers is not None and layers.enabled
+    assert "torch.compile failed" not in caplog.text, caplog.text
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    eager = _steps(_config(compile_model="off", **features), steps=2)
+    for a, b in zip(eager, compiled, strict=True):
+        assert b["train/grad_norm"] == pytest.approx(a["train/grad_norm"], rel=5e-2)
+        assert b["train/pg_loss"] == pytest.approx(a["train/pg_loss"], rel=5e-2, abs=1e-4)
