@@ -1,8 +1,14 @@
 """The rollout pipeline's own cost per sample: the demo's rollout against an engine that answers
-at once, so what is timed is the per-sample Python (a task per sample, generate_with_engine, the
-reward call, the dynamic filter, the group bookkeeping), the floor under the tiny step's rollout.
+at once, so what is timed is the per-sample Python (the engine requests, the reward call, the
+dynamic filter, the group bookkeeping), the floor under the tiny step's rollout.
 
-    python -m bench.rollout_pipeline [--rollouts 20]
+    python -m bench.rollout_pipeline [--rollouts 20] [--per-sample]
+
+The instant engine takes a group in one ``generate_batch`` call, as the embedded engine does;
+``--per-sample`` hides that method, so the rollout runs a task and an engine call per sample (the
+path of engines without it, and of custom generate functions). Besides wall time it reports the
+event loop's CPU time per sample (``time.thread_time``), which other processes on a shared machine
+disturb less than wall time.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from miles_sdk import Config
 from miles_sdk.data import RolloutDataSource
@@ -46,25 +52,48 @@ class InstantEngine:
         return None
 
 
-async def _rollouts(config: Config, ctx: RolloutContext, source: RolloutDataSource, n: int) -> list[float]:
+class InstantBatchEngine(InstantEngine):
+    """:class:`InstantEngine` that also answers a group in one call (``generate_batch``)."""
+
+    async def generate_batch(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        sampling_params: Sequence[SamplingParams],
+        *,
+        on_done: Callable[[int, EngineOutput], None] | None = None,
+    ) -> list[EngineOutput]:
+        outputs = [
+            await self.generate(ids, params) for ids, params in zip(input_ids, sampling_params, strict=True)
+        ]
+        if on_done is not None:
+            for i, out in enumerate(outputs):
+                on_done(i, out)
+        return outputs
+
+
+async def _rollouts(
+    config: Config, ctx: RolloutContext, source: RolloutDataSource, n: int
+) -> list[tuple[float, float]]:
+    """(wall seconds, loop CPU seconds) per rollout."""
     seconds = []
     with use_rollout_context(ctx):
         for rollout_id in range(n):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             await train_rollout(config, rollout_id, source)
-            seconds.append(time.perf_counter() - start)
+            seconds.append((time.perf_counter() - start, time.thread_time() - cpu))
     return seconds
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rollouts", type=int, default=20)
+    ap.add_argument("--per-sample", action="store_true", help="an engine without generate_batch")
     ns = ap.parse_args(argv)
     _, tokenizer = tiny_policy("arithmetic", seed=0)
     config = Config(
         label_key="label", rollout_batch_size=16, n_samples_per_prompt=16, rollout_max_response_len=3, seed=0
     )
-    engine = InstantEngine()
+    engine = InstantEngine() if ns.per_sample else InstantBatchEngine()
     ctx = RolloutContext(
         engine=engine,  # type: ignore[arg-type]  # only generate and abort_all are called
         tokenizer=tokenizer,
@@ -72,13 +101,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         dynamic_sampling_filter=check_reward_nonzero_std,
     )
     source = RolloutDataSource(config, dataset=make_addition_dataset(0))
-    seconds = asyncio.run(_rollouts(config, ctx, source, ns.rollouts + 1))[1:]  # the first warms caches
+    timed = asyncio.run(_rollouts(config, ctx, source, ns.rollouts + 1))[1:]  # the first warms caches
     per_rollout = engine.calls / (ns.rollouts + 1)
-    median = statistics.median(seconds)
-    print(f"| rollout (instant engine), median | {median * 1e3:.1f} ms |")
+    median = statistics.median(wall for wall, _ in timed)
+    cpu = statistics.median(cpu for _, cpu in timed)
+    path = "per-sample tasks" if ns.per_sample else "generate_batch"
+    print(f"| rollout (instant engine, {path}), median | {median * 1e3:.1f} ms |")
     print(f"| samples per rollout | {per_rollout:.0f} |")
     print(f"| pipeline cost per sample | {median / per_rollout * 1e6:.0f} us |")
-    return {"median_s": median, "samples": per_rollout}
+    print(f"| event-loop CPU per sample | {cpu / per_rollout * 1e6:.0f} us |")
+    return {"median_s": median, "cpu_s": cpu, "samples": per_rollout}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """One generate request on the host side: its parsed sampling params, its tokens so far, and the
-stop checks run after every sampled token."""
+stop checks run after every sampled token; and :class:`Batch`, the requests of one submission,
+answered together."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -12,9 +13,51 @@ from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 from miles_sdk.engines._sampling import RowParams
 from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 
-__all__ = ["Request", "decode_texts", "parse_sampling_params"]
+__all__ = [
+    "Batch",
+    "OnDone",
+    "ParsedParams",
+    "Request",
+    "check_prompt",
+    "decode_texts",
+    "new_request",
+    "parse_params",
+    "parse_sampling_params",
+]
 
 _SEED_MASK = (1 << 63) - 1
+
+OnDone = Callable[[int, EngineOutput], None]
+"""Called with (index in the batch, output) as each request of a batch finishes; must not raise."""
+
+
+class Batch:
+    """The requests of one submission (``generate``: one, ``generate_batch``: several): each
+    output lands at its request's index, and one future resolves, with all of them in order, once
+    the last is in. One wake-up for the caller however many requests it sent."""
+
+    __slots__ = ("future", "left", "on_done", "outputs")
+
+    def __init__(
+        self, future: asyncio.Future[list[EngineOutput]], size: int, on_done: OnDone | None = None
+    ) -> None:
+        self.future = future
+        self.outputs: list[EngineOutput | None] = [None] * size
+        self.left = size
+        self.on_done = on_done
+
+    def put(self, index: int, output: EngineOutput) -> None:
+        """Record the output of request ``index`` (once per request)."""
+        self.outputs[index] = output
+        self.left -= 1
+        if self.on_done is not None:
+            self.on_done(index, output)
+        if self.left == 0 and not self.future.done():
+            self.future.set_result([out for out in self.outputs if out is not None])
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
 
 
 @attrs.define(eq=False)
@@ -29,12 +72,24 @@ class Request:
     """Token ids that end generation (EOS + ``stop_token_ids``; empty under ``ignore_eos``)."""
     max_context: int
     skip_special_tokens: bool
-    future: asyncio.Future[EngineOutput]
+    batch: Batch
+    """Where its output goes."""
+    index: int = 0
+    """Its place in ``batch``."""
     tokens: list[int] = attrs.field(factory=list)
     log_probs: list[float] = attrs.field(factory=list)
     cancelled: bool = False
+    """Its caller stopped waiting (cancelled): the scheduler drops it."""
+    done: bool = False
+    """Its output is out (finished, aborted or failed)."""
     progress: asyncio.Event | None = None
     """Set by the engine whenever tokens were appended (``EmbeddedEngine.generate_stream``)."""
+
+    def finish(self, output: EngineOutput) -> None:
+        """Hand ``output`` to the batch; later calls are ignored (the first answer stands)."""
+        if not self.done:
+            self.done = True
+            self.batch.put(self.index, output)
 
     @property
     def stop_window(self) -> int:
@@ -102,22 +157,23 @@ def _number(params: Mapping[str, object], key: str, default: float) -> float:
     return float(value)
 
 
-def parse_sampling_params(
-    input_ids: Sequence[int],
-    sampling_params: SamplingParams,
-    *,
-    vocab_size: int,
-    eos_ids: frozenset[int],
-    default_seed: int,
-    default_max_new_tokens: int,
-    max_context: int,
-    future: asyncio.Future[EngineOutput],
-) -> Request:
-    """Validate one request and build its :class:`Request`. Errors name the offending key.
+@attrs.frozen
+class ParsedParams:
+    """A request's sampling params, validated: everything but its prompt and default seed."""
 
-    Keys outside :class:`SamplingParams` are ignored, as SGLang passes many the engine needn't.
-    """
-    p: Mapping[str, object] = sampling_params
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    """``sampling_seed``, or None for the engine's next default seed."""
+    max_new_tokens: int
+    stop_strings: tuple[str, ...]
+    stop_ids: frozenset[int]
+    skip_special_tokens: bool
+
+
+def check_prompt(input_ids: Sequence[int], *, vocab_size: int, max_context: int) -> list[int]:
+    """The prompt as a list of ints, checked against the vocabulary and the context."""
     # Builtins over the whole prompt: a GRPO batch parses 128 x (prompt) ids before its prefill.
     prompt = list(map(int, input_ids))
     if not prompt:
@@ -129,11 +185,22 @@ def parse_sampling_params(
         raise ValueError(
             f"generate: prompt of {len(prompt)} tokens leaves no room in the context of {max_context}"
         )
+    return prompt
+
+
+def parse_params(
+    sampling_params: SamplingParams, *, eos_ids: frozenset[int], default_max_new_tokens: int
+) -> ParsedParams:
+    """Validate one request's sampling params. Errors name the offending key.
+
+    Keys outside :class:`SamplingParams` are ignored, as SGLang passes many the engine needn't.
+    """
+    p: Mapping[str, object] = sampling_params
     temperature = _number(p, "temperature", 1.0)
     top_p = _number(p, "top_p", 1.0)
     top_k = int(_number(p, "top_k", -1))
     max_new = int(_number(p, "max_new_tokens", default_max_new_tokens))
-    seed = int(_number(p, "sampling_seed", default_seed))
+    seed = int(_number(p, "sampling_seed", 0)) if p.get("sampling_seed") is not None else None
     if temperature < 0:
         raise ValueError(f"sampling_params['temperature'] must be >= 0, got {temperature}")
     if not 0.0 < top_p <= 1.0:
@@ -150,15 +217,56 @@ def parse_sampling_params(
         raise TypeError(f"sampling_params['stop_token_ids'] must be a list of ints, got {extra_ids!r}")
     # SGLang: ignore_eos turns off every token-id stop (EOS and stop_token_ids); strings still stop.
     stop_ids = frozenset() if p.get("ignore_eos", False) else eos_ids | frozenset(int(t) for t in extra_ids)
-    return Request(
-        prompt=prompt,
-        row=RowParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed & _SEED_MASK),
+    return ParsedParams(
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        seed=seed,
         max_new_tokens=max_new,
         stop_strings=tuple(str(s) for s in stop),
         stop_ids=stop_ids,
-        max_context=max_context,
         skip_special_tokens=bool(p.get("skip_special_tokens", True)),
-        future=future,
+    )
+
+
+def new_request(
+    prompt: list[int], params: ParsedParams, *, default_seed: int, max_context: int, batch: Batch, index: int
+) -> Request:
+    """The :class:`Request` for a checked prompt and parsed params (``params.seed``, else ``default_seed``)."""
+    seed = default_seed if params.seed is None else params.seed
+    return Request(
+        prompt=prompt,
+        row=RowParams(
+            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k, seed=seed & _SEED_MASK
+        ),
+        max_new_tokens=params.max_new_tokens,
+        stop_strings=params.stop_strings,
+        stop_ids=params.stop_ids,
+        max_context=max_context,
+        skip_special_tokens=params.skip_special_tokens,
+        batch=batch,
+        index=index,
+    )
+
+
+def parse_sampling_params(
+    input_ids: Sequence[int],
+    sampling_params: SamplingParams,
+    *,
+    vocab_size: int,
+    eos_ids: frozenset[int],
+    default_seed: int,
+    default_max_new_tokens: int,
+    max_context: int,
+    batch: Batch,
+    index: int = 0,
+) -> Request:
+    """Validate one request and build its :class:`Request` (:func:`check_prompt`, then
+    :func:`parse_params`). Errors name the offending key."""
+    prompt = check_prompt(input_ids, vocab_size=vocab_size, max_context=max_context)
+    params = parse_params(sampling_params, eos_ids=eos_ids, default_max_new_tokens=default_max_new_tokens)
+    return new_request(
+        prompt, params, default_seed=default_seed, max_context=max_context, batch=batch, index=index
     )
 
 

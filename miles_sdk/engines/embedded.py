@@ -31,7 +31,16 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from miles_sdk.engines._fast import FastRunner, fast_path_unsupported
-from miles_sdk.engines._requests import Request, decode_texts, parse_sampling_params
+from miles_sdk.engines._requests import (
+    Batch,
+    OnDone,
+    ParsedParams,
+    Request,
+    check_prompt,
+    decode_texts,
+    new_request,
+    parse_params,
+)
 from miles_sdk.engines._runner import HFRunner, ModelRunner, StepResult
 from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 
@@ -164,7 +173,7 @@ class EmbeddedEngine:
         has that memory). The next request rebuilds them from the weights of that moment and
         captures graphs again. A no-op on the generic path, which keeps no cache between requests.
         Refused while a request is running."""
-        live = [r for r in [*self._waiting, *self._active.values()] if not (r.cancelled or r.future.done())]
+        live = [r for r in [*self._waiting, *self._active.values()] if not (r.cancelled or r.done)]
         if live:
             raise RuntimeError(
                 f"EmbeddedEngine.release_memory_occupation: {len(live)} requests are still running"
@@ -240,14 +249,32 @@ class EmbeddedEngine:
 
     async def generate(self, input_ids: Sequence[int], sampling_params: SamplingParams) -> EngineOutput:
         """Continue ``input_ids``; batched with every other request in flight on this loop."""
-        req = self._submit(input_ids, sampling_params, progress=None)
-        if isinstance(req, EngineOutput):
-            return req
+        return (await self.generate_batch([input_ids], [sampling_params]))[0]
+
+    async def generate_batch(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        sampling_params: Sequence[SamplingParams],
+        *,
+        on_done: OnDone | None = None,
+    ) -> list[EngineOutput]:
+        """:meth:`generate` for several requests at once (SGLang's batch form of ``generate``):
+        ``sampling_params[i]`` goes with ``input_ids[i]``; the outputs come back in that order.
+
+        The same as that many concurrent :meth:`generate` calls made in this order (default seeds
+        are handed out in it), queued in one call and answered in one wake-up once the last one
+        finishes. ``on_done(i, output)``, if given, is called as each request finishes (e.g. to
+        free a concurrency slot at once). A request that fails validation raises before any is
+        queued. Cancelling the call cancels every request still running.
+        """
+        batch, requests = self._submit(input_ids, sampling_params, progress=None, on_done=on_done)
         try:
-            return await req.future
+            return await batch.future
         finally:
-            req.cancelled = not req.future.done()
-            if req.cancelled:
+            live = [r for r in requests if not r.done]
+            if live:
+                for req in live:
+                    req.cancelled = True
                 self._wake.set()
 
     async def generate_stream(
@@ -259,74 +286,100 @@ class EmbeddedEngine:
         ``token_ids`` are everything yielded plus any tail. Closing the iterator early cancels the
         request, as cancelling :meth:`generate` does."""
         progress = asyncio.Event()
-        req = self._submit(input_ids, sampling_params, progress=progress)
-        if isinstance(req, EngineOutput):
-            yield req
+        batch, requests = self._submit([input_ids], [sampling_params], progress=progress)
+        if not requests:  # answered without running (no budget, or no room for a response)
+            yield (await batch.future)[0]
             return
+        req = requests[0]
         sent = 0
         try:
-            while not req.future.done():
+            while not batch.future.done():
                 waiter: asyncio.Future[Any] = asyncio.ensure_future(progress.wait())
-                either: list[asyncio.Future[Any]] = [waiter, req.future]
+                either: list[asyncio.Future[Any]] = [waiter, batch.future]
                 try:
                     await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
                 progress.clear()
-                if req.future.done():
+                if batch.future.done():
                     break
                 if len(req.tokens) > sent:
                     new = list(req.tokens[sent:])
                     sent += len(new)
                     yield new
-            yield await req.future
+            yield (await batch.future)[0]
         finally:
-            req.cancelled = not req.future.done()
+            req.cancelled = not req.done
             if req.cancelled:
                 self._wake.set()
 
     def _submit(
-        self, input_ids: Sequence[int], sampling_params: SamplingParams, progress: asyncio.Event | None
-    ) -> Request | EngineOutput:
-        """Queue a request (the scheduler picks it up), or the output when there is nothing to run."""
-        self._ensure_scheduler()
-        seed = self._next_seed
-        self._next_seed += 1
-        limit = self._runner.max_context
-        if len(input_ids) >= limit:
-            # As SGLang answers: this request alone is aborted, with the reason; the rollout goes on.
-            return EngineOutput(
-                token_ids=[],
-                log_probs=[],
-                finish_reason=FinishReason.ABORT,
-                weight_version=self._version,
-                text="",
-                finish_message=(
-                    f"The input ({len(input_ids)} tokens) is longer than the model's context length "
-                    f"({limit} tokens): no room for a response."
-                ),
+        self,
+        input_ids: Sequence[Sequence[int]],
+        sampling_params: Sequence[SamplingParams],
+        progress: asyncio.Event | None,
+        on_done: OnDone | None = None,
+    ) -> tuple[Batch, list[Request]]:
+        """Queue requests (the scheduler picks them up); those with nothing to run are answered
+        at once. Returns the batch and the queued requests."""
+        n = len(input_ids)
+        if len(sampling_params) != n:
+            raise ValueError(
+                f"generate_batch: {n} input_ids but {len(sampling_params)} sampling_params; pass one per request"
             )
-        req = parse_sampling_params(
-            input_ids,
-            sampling_params,
-            vocab_size=self._vocab,
-            eos_ids=self._eos_ids,
-            default_seed=seed,
-            default_max_new_tokens=self.default_max_new_tokens,
-            max_context=self._runner.max_context,
-            future=asyncio.get_running_loop().create_future(),
+        self._ensure_scheduler()
+        batch = Batch(asyncio.get_running_loop().create_future(), n, on_done)
+        limit = self._runner.max_context
+        queued: list[Request] = []
+        answered: list[tuple[int, EngineOutput]] = []
+        parsed: dict[int, ParsedParams] = {}  # by id: a batch often shares one params dict
+        for i, (ids, params) in enumerate(zip(input_ids, sampling_params, strict=True)):
+            seed = self._next_seed
+            self._next_seed += 1
+            if len(ids) >= limit:
+                # As SGLang answers: this request alone is aborted, with the reason; the rollout goes on.
+                answered.append((i, self._too_long(len(ids), limit)))
+                continue
+            try:
+                prompt = check_prompt(ids, vocab_size=self._vocab, max_context=limit)
+                spec = parsed.get(id(params))
+                if spec is None:
+                    spec = parsed[id(params)] = parse_params(
+                        params, eos_ids=self._eos_ids, default_max_new_tokens=self.default_max_new_tokens
+                    )
+            except (TypeError, ValueError) as exc:
+                if n > 1:
+                    exc.add_note(f"in request {i} of a generate_batch of {n}")
+                raise
+            req = new_request(prompt, spec, default_seed=seed, max_context=limit, batch=batch, index=i)
+            if req.max_new_tokens == 0:
+                answered.append((i, self._output(req, FinishReason.LENGTH)))
+                continue
+            req.progress = progress
+            queued.append(req)
+        if queued:
+            self._waiting.extend(queued)
+            self._wake.set()
+        for i, out in answered:
+            batch.put(i, out)
+        return batch, queued
+
+    def _too_long(self, length: int, limit: int) -> EngineOutput:
+        return EngineOutput(
+            token_ids=[],
+            log_probs=[],
+            finish_reason=FinishReason.ABORT,
+            weight_version=self._version,
+            text="",
+            finish_message=(
+                f"The input ({length} tokens) is longer than the model's context length "
+                f"({limit} tokens): no room for a response."
+            ),
         )
-        if req.max_new_tokens == 0:
-            return self._output(req, FinishReason.LENGTH)
-        req.progress = progress
-        self._waiting.append(req)
-        self._wake.set()
-        return req
 
     async def abort_all(self) -> None:
         """Resolve every queued and running request now with ABORT and the tokens it has."""
-        for req in [*self._waiting, *self._active.values()]:
-            self._finish(req, FinishReason.ABORT)
+        self._finish_all([(req, FinishReason.ABORT) for req in [*self._waiting, *self._active.values()]])
         self._waiting.clear()
         self._wake.set()
         # The model step already running on the worker thread uses the shared module: let it end
@@ -387,8 +440,9 @@ class EmbeddedEngine:
                 self.stats["absorb_s"] += time.perf_counter() - t1
         except Exception as exc:  # a model error fails every request instead of hanging them
             for req in [*self._waiting, *self._active.values()]:
-                if not req.future.done():
-                    req.future.set_exception(exc)
+                if not req.done:
+                    req.done = True
+                    req.batch.fail(exc)
             self._waiting.clear()
             self._active.clear()
             raise
@@ -408,10 +462,10 @@ class EmbeddedEngine:
     def _reap(self) -> None:
         """Free slots of finished or cancelled requests (only between steps: the runner is idle)."""
         for slot, req in list(self._active.items()):
-            if req.cancelled or req.future.done():
+            if req.cancelled or req.done:
                 del self._active[slot]
                 self._to_release.append(slot)
-        while self._waiting and (self._waiting[0].cancelled or self._waiting[0].future.done()):
+        while self._waiting and (self._waiting[0].cancelled or self._waiting[0].done):
             self._waiting.popleft()
         for slot in self._to_release:
             self._runner.release(slot)
@@ -421,7 +475,7 @@ class EmbeddedEngine:
     def _admit(self) -> None:
         while self._waiting and self._free:
             req = self._waiting.popleft()
-            if req.cancelled or req.future.done():
+            if req.cancelled or req.done:
                 continue
             # The fast path's KV cache grows to what this request needs (prompt + budget): a
             # budget is never cut short by a cache sized for other requests.
@@ -448,14 +502,19 @@ class EmbeddedEngine:
         finished: list[tuple[Request, FinishReason]] = []
         for slot, (tokens, logps) in result.items():
             req = self._active.get(slot)
-            if req is None or req.future.done():
-                continue  # aborted while the step ran: its answer is already out
+            if req is None or req.done or req.cancelled:
+                continue  # aborted while the step ran (its answer is already out), or cancelled
             reason = req.accept_many(tokens, logps, self.tokenizer)
             if req.progress is not None:
                 req.progress.set()
             if reason is not None:
                 finished.append((req, reason))
-        # Requests that finish together (a whole GRPO batch, often) are detokenized in one call.
+        self._finish_all(finished)
+
+    def _finish_all(self, finished: list[tuple[Request, FinishReason]]) -> None:
+        """Finish requests; those that finish together (a whole GRPO batch, often) are
+        detokenized in one call per ``skip_special_tokens`` value."""
+        finished = [(req, reason) for req, reason in finished if not (req.done or req.cancelled)]
         for skip in (True, False):
             group = [(req, reason) for req, reason in finished if bool(req.skip_special_tokens) == skip]
             texts = decode_texts(self.tokenizer, [req.tokens for req, _ in group], skip) if group else []
@@ -465,17 +524,18 @@ class EmbeddedEngine:
     def _finish(
         self, req: Request, reason: FinishReason, text: str | None = None, *, message: str | None = None
     ) -> None:
-        if not req.future.done():
-            req.future.set_result(self._output(req, reason, text, message=message))
+        if not (req.done or req.cancelled):  # a cancelled request's caller is gone
+            req.finish(self._output(req, reason, text, message=message))
 
     def _output(
         self, req: Request, reason: FinishReason, text: str | None = None, *, message: str | None = None
     ) -> EngineOutput:
         if text is None:
             text = decode_texts(self.tokenizer, [req.tokens], req.skip_special_tokens)[0]
+        # The request's own lists, not copies: a finished request is never appended to again.
         return EngineOutput(
-            token_ids=list(req.tokens),
-            log_probs=list(req.log_probs),
+            token_ids=req.tokens,
+            log_probs=req.log_probs,
             finish_reason=reason,
             weight_version=self._version,
             text=text,

@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from miles_sdk.config import Config
-from miles_sdk.engines.base import SamplingParams
+from miles_sdk.engines.base import EngineOutput, SamplingParams
 from miles_sdk.hooks import BatchedRewardFn, GenerateFn
 from miles_sdk.rollout.context import RolloutContext
 from miles_sdk.rollout.generate import generate_with_engine
 from miles_sdk.types import Sample
 
-__all__ = ["gather_or_cancel", "hook_name", "pick_generate_fn", "run_generate_fn", "score_unscored"]
+__all__ = [
+    "BatchEngine",
+    "gather_or_cancel",
+    "hook_name",
+    "pick_generate_fn",
+    "run_generate_fn",
+    "score_unscored",
+]
 
 T = TypeVar("T")
 
 _UNSCORABLE = (Sample.Status.ABORTED, Sample.Status.FAILED)
+
+
+@runtime_checkable
+class BatchEngine(Protocol):
+    """An engine that also takes several requests in one call (the embedded engine does): the
+    default rollout then sends a group of single-turn samples in one call and wakes once for
+    their answers, instead of running a task and an engine call per sample."""
+
+    async def generate_batch(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        sampling_params: Sequence[SamplingParams],
+        *,
+        on_done: Callable[[int, EngineOutput], None] | None = None,
+    ) -> list[EngineOutput]:
+        """``generate`` for each pair, in order; ``on_done(i, output)`` as each one finishes."""
+        ...
 
 
 def hook_name(fn: object) -> str:

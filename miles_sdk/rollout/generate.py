@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Sequence, Sized
 
 from miles_sdk.config import Config
-from miles_sdk.engines.base import FinishReason, SamplingParams
+from miles_sdk.engines.base import EngineOutput, FinishReason, SamplingParams
 from miles_sdk.rollout.context import RolloutContext, TokenizerLike, get_rollout_context
 from miles_sdk.types import Sample, SampleStatus
 
@@ -144,6 +144,19 @@ async def generate_with_engine(args: Config, sample: Sample, sampling_params: Sa
       reason.
     """
     ctx = get_rollout_context()
+    call = engine_call(args, sample, sampling_params, ctx)
+    if call is None:
+        return sample
+    input_ids, params = call
+    return apply_engine_output(sample, input_ids, await ctx.engine.generate(input_ids, params), ctx)
+
+
+def engine_call(
+    args: Config, sample: Sample, sampling_params: SamplingParams, ctx: RolloutContext
+) -> tuple[list[int], SamplingParams] | None:
+    """What :func:`generate_with_engine` sends the engine for ``sample``: its input ids and the
+    params with the remaining budget; None (the sample set TRUNCATED) when no budget is left.
+    The default rollout's batched path calls it too, so both send the same requests."""
     if not sample.tokens:
         sample.tokens = tokenize_prompt(args, sample, ctx)
         sample.response_length = 0
@@ -155,11 +168,17 @@ async def generate_with_engine(args: Config, sample: Sample, sampling_params: Sa
         budget = min(budget, args.rollout_max_context_len - len(input_ids))
     if budget <= 0:
         sample.status = Sample.Status.TRUNCATED
-        return sample
+        return None
 
     params = SamplingParams(**sampling_params)
     params["max_new_tokens"] = budget
-    out = await ctx.engine.generate(input_ids, params)
+    return input_ids, params
+
+
+def apply_engine_output(
+    sample: Sample, input_ids: list[int], out: EngineOutput, ctx: RolloutContext
+) -> Sample:
+    """Append the engine's answer to the request :func:`engine_call` built from ``sample``."""
     if len(out.log_probs) != len(out.token_ids):
         raise ValueError(
             f"engine {type(ctx.engine).__name__} returned {len(out.token_ids)} tokens but "

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import PreTrainedTokenizerFast
 
-from miles_sdk.engines._requests import Request, parse_sampling_params
+from miles_sdk.engines._requests import Batch, Request, parse_sampling_params
 from miles_sdk.engines.base import EngineOutput, SamplingParams
 from miles_sdk.testing.tiny import tiny_tokenizer
 
@@ -18,11 +18,11 @@ TOK: PreTrainedTokenizerFast = tiny_tokenizer()
 
 def make(params: SamplingParams, prompt_len: int, max_context: int) -> Request:
     loop = asyncio.new_event_loop()
-    fut: asyncio.Future[EngineOutput] = loop.create_future()
+    fut: asyncio.Future[list[EngineOutput]] = loop.create_future()
     loop.close()
     return parse_sampling_params(
         [1] * prompt_len, params, vocab_size=300, eos_ids=frozenset({7}), default_seed=0,
-        default_max_new_tokens=128, max_context=max_context, future=fut,
+        default_max_new_tokens=128, max_context=max_context, batch=Batch(fut, 1),
     )  # fmt: skip
 
 
