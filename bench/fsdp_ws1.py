@@ -22,6 +22,7 @@ shares; the CPU's compute makes the FSDP share look smaller than on a GPU).
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import json
 import os
@@ -32,6 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from bench.w1 import w1_config
 from miles_sdk.distributed.launch import _free_port
@@ -52,6 +55,48 @@ def _time(device: torch.device, fn: Callable[[], object], repeat: int) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
+# Ops that move no data: views, allocations, metadata.
+_NO_TRAFFIC = {
+    "aten.view", "aten._unsafe_view", "aten.as_strided", "aten.empty", "aten.empty_strided",
+    "aten.empty_like", "aten.t", "aten.transpose", "aten.detach", "aten.alias", "aten.slice",
+    "aten.split", "aten.split_with_sizes", "aten.narrow", "aten.expand", "aten.reshape",
+    "aten.unsqueeze", "aten.squeeze", "aten.permute", "aten.select", "aten.resize_",
+    "aten.set_", "aten._reshape_alias", "aten.new_empty", "aten.new_empty_strided",
+    "aten.unbind", "aten.chunk", "aten.lift_fresh", "aten.is_same_size",
+}  # fmt: skip
+
+
+class _Traffic(TorchDispatchMode):  # type: ignore[no-untyped-call]
+    """Bytes of the plain tensors each aten op reads and writes, by op (outputs that alias an
+    input counted once; an in-place add's read of its destination is not counted): memory
+    traffic that does not depend on the CPU's timing. A tensor subclass's op (DTensor) is left
+    to the ops it runs on its local tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.bytes: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        name = str(func.overloadpacket)
+        if name not in _NO_TRAFFIC and all(type(t) in (torch.Tensor, nn.Parameter) for t in inputs):
+            seen = {t.data_ptr() for t in inputs}
+            outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            total = sum(t.numel() * t.element_size() for t in inputs)
+            total += sum(t.numel() * t.element_size() for t in outputs if t.data_ptr() not in seen)
+            self.bytes[name] += total
+        return out
+
+
+def _traffic(fn: Callable[[], object]) -> collections.Counter[str]:
+    fn()  # warm: lazy init and first-call allocations out of the count
+    counter = _Traffic()
+    with counter:
+        fn()
+    return counter.bytes
+
+
 def _fsdp_groups(model: nn.Module) -> list[Any]:
     from torch.distributed.fsdp import FSDPModule
 
@@ -65,6 +110,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=None, help="tokens per micro-batch (W1 at 64: 24576)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--traffic", action="store_true", help="count each op's bytes instead of timing")
     args = ap.parse_args()
     device = torch.device(args.device)
     layers = args.layers or (24 if device.type == "cuda" else 4)
@@ -115,6 +161,24 @@ def main() -> None:
         torch._foreach_add_(masters, grads)
         plain.zero_grad(set_to_none=True)
 
+    if args.traffic:
+        fsdp = _traffic(fsdp_step)
+        for g in groups:
+            g.set_reshard_after_forward(False, recurse=False)
+        no_reshard = _traffic(fsdp_step)
+        plain_bytes = _traffic(plain_step)
+        print(f"params {numel}, {layers} layers, {tokens} tokens; bytes per parameter, per micro-batch")
+        print(f"{'op':40s} {'fsdp':>8s} {'no reshard':>10s} {'plain':>8s}")
+        ops = sorted(set(fsdp) | set(plain_bytes), key=lambda k: plain_bytes[k] - fsdp[k])
+        for op in ops:
+            if abs(fsdp[op] - plain_bytes[op]) > 0.05 * numel:
+                print(
+                    f"{op:40s} {fsdp[op] / numel:8.2f} {no_reshard[op] / numel:10.2f} {plain_bytes[op] / numel:8.2f}"
+                )
+        totals = [sum(c.values()) / numel for c in (fsdp, no_reshard, plain_bytes)]
+        print(f"{'total':40s} {totals[0]:8.2f} {totals[1]:10.2f} {totals[2]:8.2f}")
+        dist.destroy_process_group()
+        return
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "layers": layers,
