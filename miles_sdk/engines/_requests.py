@@ -130,15 +130,14 @@ class Request:
             return None
         done = len(self.tokens)
         limit = min(self.max_new_tokens - done, self.max_context - len(self.prompt) - done)
-        cut = (
-            next((i for i, t in enumerate(tokens[:limit]) if t in self.stop_ids), None)
-            if self.stop_ids
-            else None
-        )
-        if cut is not None and cut < limit - 1:
-            self.tokens += tokens[: cut + 1]
-            self.log_probs += log_probs[: cut + 1]
-            return FinishReason.STOP
+        stop_ids = self.stop_ids
+        # Most chunks hold no stop id: one set scan in C, no Python loop over the tokens.
+        if stop_ids and not stop_ids.isdisjoint(tokens):
+            cut = next((i for i, t in enumerate(tokens[:limit]) if t in stop_ids), None)
+            if cut is not None and cut < limit - 1:
+                self.tokens += tokens[: cut + 1]
+                self.log_probs += log_probs[: cut + 1]
+                return FinishReason.STOP
         if len(tokens) >= limit:  # the budget is checked before stop ids, as in accept()
             self.tokens += tokens[:limit]
             self.log_probs += log_probs[:limit]

@@ -298,9 +298,12 @@ class _TrainRollout:
         ids: list[list[int]] = []
         params: list[SamplingParams] = []
         shared: dict[tuple[object, object], SamplingParams] = {}  # equal params, one dict: parsed once
+        deterministic = self.args.sglang_enable_deterministic_inference
         for i, sample in todo:
+            # engine_call copies the params it is given: the rollout's own dict needs no copy here.
+            params_i = self._sample_params(i) if deterministic else self.params
             try:
-                call = engine_call(self.args, sample, self._sample_params(i), self.ctx)
+                call = engine_call(self.args, sample, params_i, self.ctx)
             except Exception as exc:
                 exc.add_note(self._where(sample))
                 raise

@@ -48,7 +48,8 @@ _STATUS_OF_FINISH = {
 
 def status_from_finish_reason(reason: FinishReason) -> SampleStatus:
     """length -> TRUNCATED, abort -> ABORTED, stop -> COMPLETED (Miles's mapping)."""
-    return _STATUS_OF_FINISH[FinishReason(reason)]
+    status = _STATUS_OF_FINISH.get(reason)  # a FinishReason, or its string value (a str enum)
+    return status if status is not None else _STATUS_OF_FINISH[FinishReason(reason)]
 
 
 def sampling_params_from_args(args: Config, evaluation: bool = False) -> SamplingParams:
