@@ -131,6 +131,13 @@ class Request:
         done = len(self.tokens)
         limit = min(self.max_new_tokens - done, self.max_context - len(self.prompt) - done)
         stop_ids = self.stop_ids
+        if len(tokens) == 1 and limit >= 1:  # a decode step of one token: no slicing
+            token = tokens[0]
+            self.tokens.append(token)
+            self.log_probs.append(log_probs[0])
+            if limit == 1:  # the budget is checked before stop ids, as in accept()
+                return FinishReason.LENGTH
+            return FinishReason.STOP if token in stop_ids else None
         # Most chunks hold no stop id: one set scan in C, no Python loop over the tokens.
         if stop_ids and not stop_ids.isdisjoint(tokens):
             cut = next((i for i, t in enumerate(tokens[:limit]) if t in stop_ids), None)
