@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 from miles_sdk.algo._device import host_to_device, join_rows
@@ -52,8 +53,9 @@ def _check_layout(response_lengths: Sequence[int], loss_masks: Sequence[torch.Te
 
 def _segment_ids(response_lengths: Sequence[int], device: torch.device) -> torch.Tensor:
     """Sample index of each flat response token."""
-    lengths = torch.tensor(list(response_lengths), dtype=torch.long)
-    return host_to_device(torch.repeat_interleave(torch.arange(len(lengths)), lengths), device)
+    # numpy on the host: torch's CPU repeat_interleave costs its thread pool's start-up per call
+    lengths = np.asarray(response_lengths, dtype=np.int64)
+    return host_to_device(torch.from_numpy(np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)), device)
 
 
 def _flat64(values: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -10,6 +10,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -173,3 +174,34 @@ def test_a_train_micro_batch_costs_the_same_work_for_8_and_32_samples() -> None:
         per_size.append(_work(backend.train, 1, data))
     small, large = per_size
     assert sum(large.values()) == sum(small.values()), (large - small) + (small - large)
+
+
+def test_a_micro_batch_moves_to_the_device_in_two_copies(monkeypatch: Any) -> None:
+    """The token ids in one copy and every float key (masks, advantages, returns, old/rollout
+    log-probs) in another: a pinned copy per key was a pin and a launch each, per micro-batch."""
+    import miles_sdk.backends._batching as batching
+
+    copies: list[int] = []
+    real = batching.host_to_device
+
+    def counted(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        copies.append(host.numel())
+        return real(host, device)
+
+    monkeypatch.setattr(batching, "host_to_device", counted)
+    _, data = _train_data(8)
+    data = attrs.evolve(
+        data,
+        rollout_log_probs=[torch.tensor([-0.5 - i, -1.0, -2.0]) for i in range(8)],
+        log_probs=[torch.full((3,), -0.25) for _ in range(8)],
+    )
+    idx = [1, 3, 4, 6]
+    mb = batching.micro_batch(data, idx, torch.device("cpu"))
+    assert len(copies) == 2, copies
+    for key in ("loss_masks", "advantages", "returns", "rollout_log_probs", "log_probs"):
+        source = getattr(data, key)
+        got = getattr(mb, key)
+        if source is None:
+            assert got is None, key
+            continue
+        assert [r.tolist() for r in got] == [torch.as_tensor(source[i], dtype=torch.float32).tolist() for i in idx], key
