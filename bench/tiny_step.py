@@ -20,6 +20,7 @@ import io
 import json
 import pstats
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -91,14 +92,22 @@ def _time_method(obj: Any, name: str, key: str, into: dict[str, float]) -> None:
 def _start_profiles(trainer: Trainer) -> dict[str, cProfile.Profile]:
     """cProfile on the three threads a step runs on: the caller's (the Trainer's phases), the
     loop thread (rollout, rewards) and the engine's worker (model steps). A profiler only sees
-    the thread that enabled it, so each is enabled on its own thread."""
+    the thread that enabled it, so each is enabled on its own thread. From Python 3.12 cProfile
+    runs on sys.monitoring, which is process-wide: one profiler sees every thread, and a second
+    one cannot start."""
+    if sys.version_info >= (3, 12):
+        profiles = {"all threads": cProfile.Profile()}
+        profiles["all threads"].enable()
+        return profiles
     profiles = {"main": cProfile.Profile(), "loop": cProfile.Profile(), "engine": cProfile.Profile()}
     _switch(trainer, profiles, on=True)
     return profiles
 
 
 def _stop_profiles(trainer: Trainer, profiles: dict[str, cProfile.Profile]) -> None:
-    if profiles:
+    if "all threads" in profiles:
+        profiles["all threads"].disable()
+    elif profiles:
         _switch(trainer, profiles, on=False)
 
 
