@@ -218,29 +218,42 @@ class WeightSync:
 
     async def _send_through_group(self, target: WeightGroupTarget, version: int) -> bool:
         """Broadcast the weights; False when servers we did not start (``rollout_engine="http"``)
-        cannot join a group, twice: this and every later sync then goes through the disk."""
+        cannot join a group (at once when one refuses to join; after a second try when a sync
+        that had joined failed): this and every later sync then goes through the disk."""
         if self._sender is None:
             on_gpu = any(p.is_cuda for p in self.model.parameters())
             self._sender = WeightGroupSender(
                 backend="nccl" if on_gpu else "gloo", bucket_bytes=self.args.update_weight_buffer_size
             )
+        servers = isinstance(target, ServerGroupTarget)
         try:
             await self._sender.send(target, self.model, version)
+        except GroupJoinError as e:
+            if not servers:
+                # Once more with a new group: a replica lost mid-sync is replaced and rejoins.
+                logger.warning("%s; reopening the group and sending again", e)
+                await self._sender.send(target, self.model, version)
+                return True
+            # A server that refused to join (or cannot reach this process, or cannot say how
+            # many ranks it joins with) would do so again: the disk at once, no second try.
+            return self._refused(e)
         except WeightSyncError as e:
             # Once more with a new group: a replica lost mid-sync is replaced and rejoins.
             logger.warning("%s; reopening the group and sending again", e)
             try:
                 await self._sender.send(target, self.model, version)
             except GroupJoinError as again:
-                if not isinstance(target, ServerGroupTarget):
+                if not servers:
                     raise
-                self._sender.close()
-                self._group_refused = str(again)
-                logger.warning(
-                    "weight_sync_method='distributed': %s; syncing through the disk from now on", again
-                )
-                return False
+                return self._refused(again)
         return True
+
+    def _refused(self, error: GroupJoinError) -> bool:
+        assert self._sender is not None
+        self._sender.close()
+        self._group_refused = str(error)
+        logger.warning("weight_sync_method='distributed': %s; syncing through the disk from now on", error)
+        return False
 
     def close(self) -> None:
         """Remove the temporary weight directory, if one was made."""

@@ -359,9 +359,11 @@ class HttpEngine:
                     reply = await read_json(resp)
             except (TimeoutError, aiohttp.ClientError) as e:
                 return f"{url}{path}: {type(e).__name__}: {e}"
-            if resp.status != 200 or (isinstance(reply, Mapping) and reply.get("success") is False):
-                message = reply.get("message") if isinstance(reply, Mapping) else reply
+            message = reply.get("message") if isinstance(reply, Mapping) else reply
+            if resp.status != 200:
                 return f"{url}{path}: HTTP {resp.status}: {str(message)[:300]}"
+            if isinstance(reply, Mapping) and reply.get("success") is False:
+                return f"{url}{path} refused: {str(message)[:300]}"
             return None
 
         pending: set[asyncio.Future[str | None]] = {

@@ -48,6 +48,11 @@ GROUP_TIMEOUT = timedelta(seconds=300)
 when a peer died keeps that thread blocked until then (its server still answers; stopping it
 takes the replica's 10 s stop timeout, then a kill)."""
 
+CONNECT_TIMEOUT = timedelta(seconds=30)
+"""How long a member tries to reach the trainer's store (``master_address:master_port``) before
+it gives up and answers ``/init_weights_update_group`` with the error: the store listens before
+the request is sent, so a member that cannot connect in this time cannot reach that address."""
+
 
 @runtime_checkable
 class WeightGroupTarget(Protocol):
@@ -96,11 +101,26 @@ def free_port(host: str) -> int:
 
 
 def open_group(
-    backend: str, address: str, port: int, rank: int, world_size: int, *, store: TCPStore | None = None
+    backend: str,
+    address: str,
+    port: int,
+    rank: int,
+    world_size: int,
+    *,
+    connect_timeout: timedelta = CONNECT_TIMEOUT,
 ) -> GroupBackend:
-    """Join a standalone process group (blocks until all ``world_size`` ranks joined)."""
-    if store is None:
-        store = TCPStore(address, port, world_size, is_master=False, timeout=GROUP_TIMEOUT)
+    """Join a standalone process group whose store listens at ``address:port`` (blocks until all
+    ``world_size`` ranks joined). Reaching the store may take ``connect_timeout``; the rendezvous
+    after it, GROUP_TIMEOUT. When the store goes away (its owner aborted the rendezvous) this
+    raises at once."""
+    try:
+        store = TCPStore(address, port, world_size, is_master=False, timeout=connect_timeout)
+    except (RuntimeError, OSError) as e:  # torch's DistNetworkError is a RuntimeError
+        raise ConnectionError(
+            f"cannot reach the weight update group's store at {address}:{port} within "
+            f"{connect_timeout.total_seconds():g} s (rank {rank} of {world_size}): {_first_line(e)}"
+        ) from e
+    store.set_timeout(GROUP_TIMEOUT)
     # torch's stubs give c10d backends no broadcast (they have one at runtime): hence the casts.
     if backend == "gloo":
         return cast(GroupBackend, dist.ProcessGroupGloo(store, rank, world_size, GROUP_TIMEOUT))
@@ -109,6 +129,11 @@ def open_group(
         options._timeout = GROUP_TIMEOUT
         return cast(GroupBackend, dist.ProcessGroupNCCL(store, rank, world_size, options))
     raise ValueError(f"weight update group: backend {backend!r} is not 'nccl' or 'gloo'")
+
+
+def _first_line(error: BaseException) -> str:
+    """torch's c10d errors carry a C++ backtrace after the first line."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _broadcast(group: GroupBackend, tensor: torch.Tensor) -> None:
@@ -209,7 +234,12 @@ class WeightGroupSender:
         address = target.group_address() if isinstance(target, ServerGroupTarget) else self.address
         port = free_port(address)
         world = 1 + sum(ranks)
-        store = TCPStore(address, port, world, is_master=True, timeout=GROUP_TIMEOUT, wait_for_workers=False)
+        # The store is held here alone: rank 0 below joins through a client of it like every
+        # member, so dropping it aborts the whole rendezvous at once (every rank waiting on it
+        # fails with a closed connection) instead of leaving them blocked for GROUP_TIMEOUT.
+        store: TCPStore | None = TCPStore(
+            address, port, world, is_master=True, timeout=GROUP_TIMEOUT, wait_for_workers=False
+        )
         # The trainer is rank 0; member i takes the next ranks[i] ranks (one per replica; an
         # SGLang server joins as rank_offset + tp_rank for each of its tp_size ranks).
         offsets = [1 + sum(ranks[:i]) for i in range(len(members))]
@@ -224,16 +254,23 @@ class WeightGroupSender:
             }
             for offset in offsets
         ]
-        joined = _in_daemon_thread(open_group, self.backend, address, port, 0, world, store=store)
+        joined = _in_daemon_thread(open_group, self.backend, address, port, 0, world)
+        answered = asyncio.ensure_future(target.post_each("/init_weights_update_group", bodies))
         try:
-            await asyncio.gather(target.post_each("/init_weights_update_group", bodies), joined)
+            # The members' answers first: a member that refuses, or cannot reach the store, says
+            # so in its answer, and the rendezvous is aborted then, not when it times out.
+            await asyncio.gather(answered, joined)
         except BaseException as e:
+            members_said = answered.done() and not answered.cancelled() and answered.exception() is e
+            answered.cancel()
             joined.cancel()
+            store = None  # aborts the rendezvous: every rank still waiting on the store fails now
             if not isinstance(e, Exception):
                 raise
+            detail = str(e) if members_said else f"the trainer's rank 0: {_first_line(e)}"
             raise GroupJoinError(
                 f"weight sync: opening the weight update group {self.group_name!r} ({self.backend}, "
-                f"{address}:{port}, world size {world}) with members {list(members)} failed: {e}"
+                f"{address}:{port}, world size {world}) with members {list(members)} failed: {detail}"
             ) from e
         self._store, self._group, self.members, self.ranks = store, joined.result(), members, ranks
 
@@ -302,7 +339,10 @@ class _Joined:
 class WeightGroupReceiver:
     """A server's side of weight-update groups: join one, receive broadcast weights from it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, connect_timeout: timedelta = CONNECT_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+        """How long joining tries to reach the trainer's store before it fails (and the server
+        answers ``/init_weights_update_group`` with the error)."""
         self._groups: dict[str, _Joined] = {}
         self._lock = threading.Lock()
 
@@ -326,7 +366,7 @@ class WeightGroupReceiver:
             torch.cuda.set_device(device)  # NCCL's communicator binds the current GPU
         else:
             device = torch.device("cpu")  # gloo broadcasts CPU tensors
-        group = open_group(backend, address, port, rank, world)
+        group = open_group(backend, address, port, rank, world, connect_timeout=self.connect_timeout)
         with self._lock:
             self._groups[name] = _Joined(group, backend, rank, device)
 

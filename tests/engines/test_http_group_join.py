@@ -1,0 +1,182 @@
+"""A server that cannot join the weight update group fails the join at once, not after the
+group's 300 s timeout (twice, with the retry):
+
+- a server that refuses ``/init_weights_update_group`` is named, asked once, and the sync goes
+  through the disk at once; the servers that had joined are let go at once (the trainer drops
+  its store, so their rendezvous fails instead of blocking a thread for 300 s);
+- a server that cannot reach the trainer's store gives up after its connect timeout and says
+  so in its answer, which aborts the rendezvous for everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import torch
+
+from miles_sdk import Config, Sample, Trainer
+from miles_sdk._loop import LoopThread
+from miles_sdk.engines.embedded import EmbeddedEngine
+from miles_sdk.engines.http_client import HttpEngine
+from miles_sdk.engines.http_server import EngineService, ServerHandle, build_app, serve_app
+from miles_sdk.engines.weight_group import GroupJoinError, WeightGroupReceiver, WeightGroupSender, free_port
+from miles_sdk.testing.run import small_config
+from miles_sdk.testing.tiny import tiny_policy
+
+TOKEN = "test-group-join-token"
+DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+PROMPT = timedelta(seconds=5)
+"""Far below the group's 300 s timeout: what "at once" is allowed to take on 2 shared cores."""
+
+
+async def some_reward(args: Config, sample: Sample) -> float:
+    return float(sum(sample.tokens[-4:]) % 2)
+
+
+class _WatchedReceiver(WeightGroupReceiver):
+    """Records when each join started and ended (joined or failed)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ended: list[str] = []
+        self.started = threading.Event()
+        self.done = threading.Event()
+
+    def init(self, payload: Mapping[str, Any], device: torch.device | None = None, rank_in_engine: int = 0) -> None:
+        self.started.set()
+        try:
+            super().init(payload, device, rank_in_engine)
+        except Exception as e:
+            self.ended.append(f"failed: {e}")
+            raise
+        else:
+            self.ended.append("joined")
+        finally:
+            self.done.set()
+
+
+@attrs.define
+class _Refusing(EngineService):
+    """A server that answers every /init_weights_update_group with an error (as an SGLang server
+    does when its ranks cannot join), once ``after`` started joining (so that one is waiting in
+    the rendezvous when the refusal comes)."""
+
+    after: threading.Event | None = None
+    joins: int = 0
+
+    async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self.joins += 1
+        if self.after is not None and await asyncio.to_thread(self.after.wait, PROMPT.total_seconds()):
+            await asyncio.sleep(0.2)  # it reaches the trainer's store meanwhile
+        return {"success": False, "message": "init_weights_update_group failed: no route to the master"}
+
+
+@attrs.define
+class _Unreachable(EngineService):
+    """A server for which the trainer's store is unreachable (its requests go to a closed port)."""
+
+    async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return await super().init_weights_update_group({**payload, "master_port": free_port("127.0.0.1")})
+
+
+@attrs.define
+class _Server:
+    service: EngineService
+    handle: ServerHandle
+    loop: LoopThread
+    engine: EmbeddedEngine
+
+
+@pytest.fixture
+def start_server() -> Iterator[Any]:
+    started: list[_Server] = []
+
+    def start(
+        kind: type[EngineService], model: torch.nn.Module, tok: Any, receiver: WeightGroupReceiver, **extra: Any
+    ) -> _Server:
+        loop = LoopThread()  # the server's own loop, as a process of its own would have
+        engine = EmbeddedEngine(copy.deepcopy(model), tok, max_batch_size=8)
+        service = kind(engine, tok, weight_groups=receiver, **extra)
+        handle = loop.run(serve_app(build_app(service, api_key=TOKEN), "127.0.0.1", 0, api_key=TOKEN))
+        started.append(_Server(service, handle, loop, engine))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.loop.run(server.handle.close())
+        server.loop.close()
+        server.engine.close()
+
+
+def test_a_refused_join_goes_to_the_disk_at_once_and_lets_the_other_servers_go(
+    start_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    watched = _WatchedReceiver()
+    good = start_server(EngineService, model, tok, watched)
+    refusing = start_server(_Refusing, model, tok, WeightGroupReceiver(), after=watched.started)
+    client = HttpEngine([good.handle.url, refusing.handle.url], api_key=TOKEN, max_retries=0)
+    config = small_config(
+        rollout_batch_size=2,
+        n_samples_per_prompt=2,
+        rollout_max_response_len=4,
+        weight_sync_method="distributed",
+        weight_sync_dir=str(tmp_path),
+        check_weight_sync=True,
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="miles_sdk.trainer"),
+        Trainer(config, model=model, tokenizer=tok, reward_model=some_reward, dataset=DATASET, engine=client) as trainer,
+    ):
+        try:
+            start = time.monotonic()
+            trainer._weight_sync.sync()  # what a step's sync does
+            took = time.monotonic() - start
+        finally:
+            trainer._loop.run(client.close())
+    assert took < PROMPT.total_seconds(), f"the sync took {took:.1f} s"
+    assert isinstance(refusing.service, _Refusing) and refusing.service.joins == 1, "a refusal is not asked again"
+    receiver = good.service.weight_groups
+    assert isinstance(receiver, _WatchedReceiver)
+    assert receiver.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
+    assert receiver.ended and receiver.ended[0].startswith("failed"), receiver.ended
+    warnings = [r.getMessage() for r in caplog.records if "syncing through the disk from now on" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"{refusing.handle.url}/init_weights_update_group refused: " in warnings[0]
+    assert "no route to the master" in warnings[0]
+    assert (tmp_path / "weights").is_dir(), "the disk fallback wrote no weights"
+    assert good.engine.weight_version == refusing.engine.weight_version == 1
+
+
+async def test_a_server_that_cannot_reach_the_store_says_so_and_the_rendezvous_is_aborted(start_server: Any) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    good = start_server(EngineService, model, tok, _WatchedReceiver())
+    unreachable = start_server(_Unreachable, model, tok, WeightGroupReceiver(connect_timeout=timedelta(seconds=1)))
+    client = HttpEngine([good.handle.url, unreachable.handle.url], api_key=TOKEN, max_retries=0)
+    sender = WeightGroupSender(backend="gloo", bucket_bytes=1 << 20)
+    try:
+        start = time.monotonic()
+        with pytest.raises(GroupJoinError) as info:
+            await sender.send(client, model, version=1)
+        took = time.monotonic() - start
+    finally:
+        await client.close()
+    message = str(info.value)
+    assert f"{unreachable.handle.url}/init_weights_update_group refused: " in message, message
+    assert "cannot reach the weight update group's store" in message and "within 1 s" in message, message
+    assert took < PROMPT.total_seconds(), f"the join failed after {took:.1f} s"
+    receiver = good.service.weight_groups
+    assert isinstance(receiver, _WatchedReceiver)
+    assert receiver.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
+    assert receiver.ended[0].startswith("failed"), receiver.ended
+    assert good.engine.weight_version == 0
