@@ -12,6 +12,7 @@ import difflib
 import math
 import types
 import typing
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -219,6 +220,15 @@ class Config:
     """Host of the SGLang(-compatible) server or router; filled in when this SDK serves one."""
     sglang_router_port: int | None = None
     """Port of the SGLang(-compatible) server or router."""
+    rollout_external: bool = False
+    """Miles flag: generate with SGLang servers started outside this run, at
+    rollout_external_engine_addrs (sets rollout_engine="http")."""
+    rollout_external_engine_addrs: list[str] | None = None
+    """Miles flag: host:port of each external SGLang(-compatible) server (--rollout-external-engine-addrs
+    h1:30000 h2:30000). Requests go to the least busy one and every weight sync reaches each (with
+    weight_sync_method="distributed" each joins the group; an address that is a router is joined
+    through its workers). sglang_router_ip/port, when set, name a router in front of them for
+    custom generate functions; unset, this SDK serves one over them."""
     update_weights_interval: int = 1
     """Sync weights to the engine every this many rollout steps."""
     use_miles_router: bool = False
@@ -685,6 +695,9 @@ class Config:
     def __attrs_post_init__(self) -> None:
         if self.custom_config_path is not None:
             _apply_custom_config(self, self.custom_config_path)
+        if self.rollout_external and self.rollout_engine == "embedded":
+            # Miles's --rollout-external: no engine of ours; frozen, so set during construction
+            object.__setattr__(self, "rollout_engine", "http")
         _validate(self)
 
     @classmethod
@@ -762,6 +775,7 @@ def _validate(c: Config) -> None:
         if not cond:
             raise ConfigError(msg)
 
+    _validate_external_engines(c)
     need(c.rollout_batch_size >= 1, f"rollout_batch_size must be >= 1, got {c.rollout_batch_size}")
     need(c.n_samples_per_prompt >= 1, f"n_samples_per_prompt must be >= 1, got {c.n_samples_per_prompt}")
     _validate_ranges(c)
@@ -913,6 +927,41 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("eval_interval", 0.0, None, True, True),
     ("num_epoch", 1.0, None, True, True),
 )
+
+
+def _validate_external_engines(c: Config) -> None:
+    """--rollout-external and its addresses: each ``host:port`` (an ``http://`` prefix is
+    accepted), none twice, before anything loads."""
+    flag = "rollout_external_engine_addrs (--rollout-external-engine-addrs)"
+    addrs = c.rollout_external_engine_addrs
+    if c.rollout_external and not addrs:
+        raise ConfigError(f"rollout_external (--rollout-external) needs {flag}: host:port of each SGLang server")
+    if addrs is None:
+        return
+    if c.rollout_engine != "http":
+        raise ConfigError(
+            f"{flag} is set but rollout_engine is {c.rollout_engine!r}: pass --rollout-external (Miles) or "
+            "--rollout-engine http to generate with those servers"
+        )
+    if not addrs:
+        raise ConfigError(f"{flag} is empty: name host:port of each SGLang server")
+    seen: dict[str, str] = {}
+    for addr in addrs:
+        url = addr.strip().rstrip("/")
+        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path:
+            raise ConfigError(f"{flag}: {addr!r} is not host:port (e.g. 10.0.0.2:30000)")
+        key = f"{parts.hostname}:{port}"
+        if key in seen:
+            raise ConfigError(
+                f"{flag}: {addr!r} names the server of {seen[key]!r} again (it would join the weight update "
+                "group twice)"
+            )
+        seen[key] = addr
 
 
 def _validate_lora(c: Config) -> None:

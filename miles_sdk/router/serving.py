@@ -11,9 +11,11 @@ embedded/sglang   False               our SGLang-API server over the engine (rol
                                       engine directly)
 embedded/sglang   True                a Router (with middlewares) over the engine, served over
                                       HTTP; the rollout calls the router
-http              False               ``HttpEngine`` to the given ip/port; nothing is served
-http              True                a Router over that URL, served on a new port; args point
-                                      at the router
+http              False               ``HttpEngine`` to the given ip/port, or over
+                                      rollout_external_engine_addrs (then, without a router
+                                      ip/port, our server over it; args point at it)
+http              True                a Router over that URL (or those addresses), served on a
+                                      new port; args point at the router
 ================  ==================  =========================================================
 
 Passing middlewares counts as ``use_miles_router``.
@@ -32,7 +34,7 @@ import attrs
 from miles_sdk.config import Config
 from miles_sdk.engines._serving_guard import GenerationGate, ServerLimits
 from miles_sdk.engines.base import InferenceEngine
-from miles_sdk.engines.http_client import HttpEngine
+from miles_sdk.engines.http_client import HttpEngine, normalize_url
 from miles_sdk.engines.http_server import ServerHandle, start_server
 from miles_sdk.hooks import RouterMiddleware
 from miles_sdk.rollout.context import TokenizerLike
@@ -85,18 +87,36 @@ async def serve_rollout(
     limits = ServerLimits.for_context(args.rollout_max_context_len, max_body_bytes=args.serve_max_body_bytes)
     limits = attrs.evolve(limits, max_concurrent_requests=args.serve_max_concurrent_requests)
     if args.rollout_engine == "http":
-        if not args.sglang_router_ip or not args.sglang_router_port:
+        external = args.rollout_external_engine_addrs
+        routed = bool(args.sglang_router_ip and args.sglang_router_port)
+        if not external and not routed:
             raise ValueError(
-                "rollout_engine='http' needs sglang_router_ip and sglang_router_port (the SGLang server or router)"
+                "rollout_engine='http' needs sglang_router_ip and sglang_router_port (the SGLang server or router), "
+                "or rollout_external_engine_addrs (--rollout-external-engine-addrs host:port ...)"
             )
-        url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
+        urls = [normalize_url(a) for a in external] if external else [f"http://{args.sglang_router_ip}:{args.sglang_router_port}"]
         if not use_router:
             client = HttpEngine(
-                url, tokenizer=tokenizer, max_connections=args.sglang_server_concurrency, api_key=key
+                urls, tokenizer=tokenizer, max_connections=args.sglang_server_concurrency, api_key=key
             )
-            return RolloutServing(engine=client, args=args, http_engine=client)
+            if routed:
+                return RolloutServing(engine=client, args=args, http_engine=client)
+            # External servers and no router named: Miles starts its router in front of them;
+            # here our SGLang-API server over the client, so generate functions reach them all.
+            server = await start_server(
+                client,
+                tokenizer,
+                host,
+                0,
+                model_path=args.hf_checkpoint,
+                api_key=key,
+                limits=limits,
+                gate=gate,
+                max_context_len=args.rollout_max_context_len,
+            )
+            return RolloutServing(engine=client, args=_pointing_at(args, server), server=server, http_engine=client)
         router = Router(
-            [url],
+            urls,
             middlewares=middlewares,
             tokenizer=tokenizer,
             max_connections=args.sglang_server_concurrency,

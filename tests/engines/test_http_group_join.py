@@ -6,6 +6,10 @@ group's 300 s timeout (twice, with the retry):
   its store, so their rendezvous fails instead of blocking a thread for 300 s);
 - a server that cannot reach the trainer's store gives up after its connect timeout and says
   so in its answer, which aborts the rendezvous for everyone.
+
+Miles's ``--rollout-external --rollout-external-engine-addrs h1:p1 h2:p2`` builds the Trainer's
+engine over every server (requests spread, each one joins the group and is checked after every
+sync); a malformed or repeated address is a ConfigError naming the flag and the address.
 """
 
 from __future__ import annotations
@@ -24,13 +28,13 @@ import attrs
 import pytest
 import torch
 
-from miles_sdk import Config, Sample, Trainer
+from miles_sdk import Config, ConfigError, Sample, Trainer
 from miles_sdk._loop import LoopThread
 from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, ServerHandle, build_app, serve_app
 from miles_sdk.engines.weight_group import GroupJoinError, WeightGroupReceiver, WeightGroupSender, free_port
-from miles_sdk.testing.run import small_config
+from miles_sdk.testing.run import small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
 
 TOKEN = "test-group-join-token"
@@ -87,6 +91,17 @@ class _Unreachable(EngineService):
 
     async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         return await super().init_weights_update_group({**payload, "master_port": free_port("127.0.0.1")})
+
+
+@attrs.define
+class _Counting(EngineService):
+    """Counts the /generate requests it served."""
+
+    generated: int = 0
+
+    async def generate_one(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        self.generated += 1
+        return await super().generate_one(payload)
 
 
 @attrs.define
@@ -180,3 +195,66 @@ async def test_a_server_that_cannot_reach_the_store_says_so_and_the_rendezvous_i
     assert receiver.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
     assert receiver.ended[0].startswith("failed"), receiver.ended
     assert good.engine.weight_version == 0
+
+
+def _flags(*urls: str) -> list[str]:
+    """A Miles launch script's flags for external engines at ``urls``, sized for the CPU."""
+    return [
+        "--rollout-external",
+        "--rollout-external-engine-addrs",
+        *(u.removeprefix("http://") for u in urls),
+        "--sglang-api-key",
+        TOKEN,
+        "--weight-sync-method",
+        "distributed",
+        "--check-weight-sync",
+        *["--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "4"],
+        *["--label-key", "label", "--lr", "1e-4", "--device", "cpu", "--no-progress-bar", "--micro-batch-size", "2"],
+        *["--update-weight-buffer-size", "65536"],
+    ]
+
+
+def test_the_external_engine_flags_reach_every_server_and_sync_each_through_the_group(
+    start_server: Any, tmp_path: Path
+) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    servers = [start_server(_Counting, model, tok, WeightGroupReceiver()) for _ in range(2)]
+    urls = [s.handle.url for s in servers]
+    config = Config.from_args(_flags(*urls))
+    assert config.rollout_engine == "http"
+    with Trainer(config, model=model, tokenizer=tok, reward_model=some_reward, dataset=DATASET) as trainer:
+        step_trainer(trainer, 2)  # check_weight_sync reads every server's weights after each sync
+        engine = trainer.engine
+        assert isinstance(engine, HttpEngine) and engine.urls == urls
+        sender = trainer._weight_sync._sender
+        assert sender is not None and sender.members == tuple(urls) and sender.ranks == (1, 1)
+        assert trainer._weight_sync._tmp is None, "the group sync wrote the weights to disk"
+        # No router address was given: generate functions reach the servers through ours.
+        assert trainer.args.sglang_router_ip is not None and trainer.args.sglang_router_port is not None
+        assert f"http://{trainer.args.sglang_router_ip}:{trainer.args.sglang_router_port}" not in urls
+    assert [s.engine.weight_version for s in servers] == [2, 2]
+    assert all(isinstance(s.service, _Counting) and s.service.generated > 0 for s in servers), "a server got no request"
+
+
+@pytest.mark.parametrize(
+    ("addrs", "wrong"),
+    [
+        (["10.0.0.2"], "'10.0.0.2' is not host:port"),
+        (["10.0.0.2:30000", "10.0.0.3:http"], "'10.0.0.3:http' is not host:port"),
+        (["10.0.0.2:30000", "http://10.0.0.2:30000/"], "names the server of '10.0.0.2:30000' again"),
+        (["10.0.0.2:30000/generate"], "is not host:port"),
+    ],
+)
+def test_a_bad_external_address_is_named_with_the_flag_before_anything_loads(addrs: list[str], wrong: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_args(["--rollout-external", "--rollout-external-engine-addrs", *addrs])
+    assert "--rollout-external-engine-addrs" in str(info.value) and wrong in str(info.value), str(info.value)
+
+
+def test_external_flags_without_addresses_or_with_another_engine_are_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--rollout-external\) needs rollout_external_engine_addrs"):
+        Config.from_args(["--rollout-external"])
+    with pytest.raises(ConfigError, match="rollout_engine is 'sglang'"):
+        Config.from_args(["--rollout-external", "--rollout-engine", "sglang", "--rollout-external-engine-addrs", "h:1"])
+    with pytest.raises(ConfigError, match="pass --rollout-external"):
+        Config.from_args(["--rollout-external-engine-addrs", "h:1"])
