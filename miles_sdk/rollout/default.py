@@ -340,8 +340,9 @@ class _TrainRollout:
             )
             raise
         finally:
-            for index, still in enumerate(held):
+            for index, still in enumerate(held):  # cancelled or refused: no on_done for these
                 if still:
+                    held[index] = False
                     self.batched_out -= 1
                     self.semaphore.release()
         for (sample, input_ids), out in zip(sent, outputs, strict=True):

@@ -5,7 +5,8 @@ abort, partial rollout, deterministic seeds and a concurrency limit smaller than
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -169,3 +170,69 @@ async def test_an_engine_error_in_a_batched_group_names_the_samples() -> None:
     assert "request 0 of a generate_batch of 4" in notes
     assert "generate_with_engine on the samples of group" in notes
     assert f"index={[s.index for s in group]}" in notes
+
+
+class FirstGroupShort(EmbeddedEngine):
+    """Answers the first batch in one token; records each batch's size and the cancelled ones."""
+
+    calls: list[int]
+    cancelled: list[int]
+
+    async def generate_batch(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        sampling_params: Sequence[SamplingParams],
+        *,
+        on_done: Callable[[int, EngineOutput], None] | None = None,
+    ) -> list[EngineOutput]:
+        self.calls.append(len(input_ids))
+        if len(self.calls) == 1:
+            short = []
+            for p in sampling_params:
+                q = SamplingParams(**p)
+                q["max_new_tokens"] = 1
+                short.append(q)
+            sampling_params = short
+        try:
+            return await super().generate_batch(input_ids, sampling_params, on_done=on_done)
+        except asyncio.CancelledError:
+            self.cancelled.append(len(input_ids))
+            raise
+
+
+async def test_an_error_mid_rollout_cancels_the_batched_groups_in_flight() -> None:
+    args = config(rollout_max_response_len=40, rollout_stop_token_ids=[], over_sampling_batch_size=6)
+    model, tok = tiny_policy("unit", seed=1)
+    engine = FirstGroupShort(model, tok)
+    engine.calls, engine.cancelled = [], []
+
+    class BrokenFilter(Exception):
+        pass
+
+    def broken(args: Config, samples: list[Sample]) -> bool:
+        raise BrokenFilter("filter bug")
+
+    ctx = RolloutContext(
+        engine=engine, tokenizer=tok, reward_fn=parity_reward, dynamic_sampling_filter=broken
+    )
+    source = RolloutDataSourceWithBuffer(args, dataset=make_addition_dataset(0)[:40])
+    # The first group answers in one token and reaches the broken filter while the other groups
+    # (40 tokens each) are still decoding: the rollout cancels them on its way out.
+    with use_rollout_context(ctx), pytest.raises(BrokenFilter):
+        await train_rollout(args, 0, source)
+    assert engine.calls == [args.n_samples_per_prompt] * args.effective_over_sampling_batch_size
+    assert engine.cancelled == [args.n_samples_per_prompt] * (args.effective_over_sampling_batch_size - 1)
+    for _ in range(100):  # the scheduler drops the cancelled requests on its next tick
+        if not engine._active and not engine._waiting:
+            break
+        await asyncio.sleep(0.01)
+    assert not engine._active and not engine._waiting
+    # The engine serves the next rollout, on the batched path again.
+    ctx.dynamic_sampling_filter = None
+    with use_rollout_context(ctx):
+        out = await train_rollout(args, 1, source)
+    assert len(out.samples) == args.rollout_batch_size
+    assert (
+        engine.calls[args.effective_over_sampling_batch_size :]
+        == [args.n_samples_per_prompt] * args.effective_over_sampling_batch_size
+    )
