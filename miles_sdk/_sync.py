@@ -209,8 +209,9 @@ class WeightSync:
         if not self._disk_fallback_logged:
             logger.warning(
                 "weight_sync_method='distributed': %s cannot join a weight update group (rollout_num_gpus "
-                "engine replicas and an HttpEngine's servers can; a router in front of servers cannot); "
-                "syncing through the disk",
+                "engine replicas and an HttpEngine's servers can, a router's URL through its workers; the "
+                "in-process Router that use_miles_router or middlewares put in front cannot); syncing through "
+                "the disk",
                 type(self.engine).__name__,
             )
             self._disk_fallback_logged = True

@@ -163,6 +163,42 @@ async def read_json(response: aiohttp.ClientResponse) -> object:
         return text
 
 
+def _worker_names(body: object) -> list[object] | None:
+    """The workers in a router's ``/list_workers`` (``{"urls": [...]}``) or ``/workers``
+    (``{"workers": [{"url": ...}]}``) reply; None when the reply is neither."""
+    if not isinstance(body, Mapping):
+        return None
+    urls = body.get("urls")
+    if isinstance(urls, list):
+        return list(urls)
+    workers = body.get("workers")
+    if isinstance(workers, list) and all(isinstance(w, Mapping) for w in workers):
+        return [w.get("url", w.get("name")) for w in workers]
+    return None
+
+
+def _worker_urls(names: Sequence[object], *, router: str) -> list[str]:
+    out: list[str] = []
+    for name in names:
+        text = str(name)
+        base, at, rank = text.rpartition("@")
+        if at and rank.isdigit():  # dp-aware routing names each data-parallel rank url@rank
+            text = base
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise GroupJoinError(
+                f"{router} lists worker {name!r}, which is not an HTTP server's address, so it cannot join a "
+                "weight update group through the router; pass the servers' own addresses instead "
+                "(--rollout-external-engine-addrs host:port ..., or HttpEngine([...]) over their URLs)"
+            )
+        url = normalize_url(text)
+        if url not in out:
+            out.append(url)
+    if not out:
+        raise GroupJoinError(f"{router}: the router has no workers to join a weight update group")
+    return out
+
+
 class HttpEngine:
     """An InferenceEngine over one or more SGLang-compatible HTTP servers.
 
@@ -183,8 +219,9 @@ class HttpEngine:
     a directory and calls :meth:`load_weights_from_disk` (SGLang's ``/update_weights_from_disk``),
     or, with ``weight_sync_method="distributed"``, opens a weight update group with the servers
     and broadcasts them (:meth:`group_members`, :meth:`member_ranks`, :meth:`post_each`: a
-    :class:`~miles_sdk.engines.weight_group.ServerGroupTarget`). Each URL must be a server
-    itself, not a router in front of several.
+    :class:`~miles_sdk.engines.weight_group.ServerGroupTarget`). A URL that is a router (it
+    answers ``/list_workers`` or ``/workers``) joins through its workers: the trainer must reach
+    them at the addresses the router lists.
     """
 
     def __init__(
@@ -222,6 +259,13 @@ class HttpEngine:
         """Memory tags released on the servers and not resumed yet."""
         self._group_ranks: dict[str, int] = {}
         """Ranks each server joins a weight update group with (its tp_size), read by group_members."""
+        self._members: list[str] = []
+        """The servers that hold weights, as group_members last named them (a router's workers
+        in place of the router)."""
+        self._routers: dict[str, list[str]] = {}
+        """Each URL that is a router, with the servers behind it."""
+        self._servers: set[str] = set()
+        """URLs known to be servers (no worker list), not asked again."""
 
     # -- InferenceEngine ---------------------------------------------------------------------------
 
@@ -320,15 +364,51 @@ class HttpEngine:
     # -- ServerGroupTarget (weight_sync_method="distributed") -------------------------------------
 
     async def group_members(self) -> list[str]:
-        """Every server, in order, after reading how many ranks each joins a weight update group
-        with (``/get_server_info``: ``tp_size``). A server that does not answer fails the sync
-        (:class:`HttpEngineError`, named); one that cannot join raises
-        :class:`~miles_sdk.engines.weight_group.GroupJoinError` naming it and why."""
+        """Every server, in order (a router's workers in place of the router), after reading how
+        many ranks each joins a weight update group with (``/get_server_info``: ``tp_size``). A
+        server that does not answer fails the sync (:class:`HttpEngineError`, named); one that
+        cannot join raises :class:`~miles_sdk.engines.weight_group.GroupJoinError` naming it and
+        why."""
+        members = await self._weight_holders()
         ranks: dict[str, int] = {}
-        for url in self.urls:
+        for url in members:
             ranks[url] = await self._group_ranks_of(url)
-        self._group_ranks = ranks
-        return list(self.urls)
+        self._group_ranks, self._members = ranks, members
+        return list(members)
+
+    async def router_workers(self, url: str) -> list[str] | None:
+        """The servers behind ``url`` when it is a router, else None. Miles's router and ours
+        answer ``GET /list_workers`` with ``{"urls": [...]}``, SGLang's router (model gateway)
+        ``GET /workers`` with ``{"workers": [{"url": ...}, ...]}``; an ``@<dp rank>`` suffix
+        (data-parallel-aware routing) is dropped. A router whose workers are not HTTP servers
+        (ours over in-process engines) or that has none raises
+        :class:`~miles_sdk.engines.weight_group.GroupJoinError` saying what to pass instead."""
+        if url in self._servers:
+            return None
+        session = self._get_session()
+        for path in ("/list_workers", "/workers"):
+            try:
+                async with session.get(url + path, headers=self._headers(url)) as resp:
+                    body = await read_json(resp)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                raise HttpEngineError(f"{url}{path}: {type(e).__name__}: {e}") from e
+            names = _worker_names(body) if resp.status == 200 else None
+            if names is not None:
+                return _worker_urls(names, router=f"{url}{path}")
+        self._servers.add(url)
+        return None
+
+    async def _weight_holders(self) -> list[str]:
+        """The servers that hold weights: each URL, a router's workers in its place (each once)."""
+        holders: list[str] = []
+        routers: dict[str, list[str]] = {}
+        for url in self.urls:
+            workers = await self.router_workers(url)
+            if workers is not None:
+                routers[url] = workers
+            holders.extend(w for w in (workers or [url]) if w not in holders)
+        self._routers = routers
+        return holders
 
     async def member_ranks(self, members: Sequence[str]) -> list[int]:
         """Each server's ``tp_size``, as :meth:`group_members` read it."""
@@ -337,7 +417,7 @@ class HttpEngine:
     def group_address(self) -> str:
         """The address the servers reach this process at: loopback when every server is local,
         else the local address of the route to the first remote one."""
-        remote = [u for u in self.urls if not _is_loopback(urlsplit(u).hostname or "")]
+        remote = [u for u in self._members or self.urls if not _is_loopback(urlsplit(u).hostname or "")]
         if not remote:
             return "127.0.0.1"
         parts = urlsplit(remote[0])
@@ -346,11 +426,13 @@ class HttpEngine:
             return str(s.getsockname()[0])
 
     async def post_each(self, path: str, bodies: Sequence[Mapping[str, Any]]) -> None:
-        """POST ``bodies[i]`` to server i, all at once and without retries (a collective: every
-        server takes part once); raise naming each server that failed (an HTTP error or
-        ``success: false``), as soon as one does: the others may wait on a peer that is gone."""
-        if len(bodies) != len(self.urls):
-            raise HttpEngineError(f"HttpEngine: {len(bodies)} requests for {len(self.urls)} servers")
+        """POST ``bodies[i]`` to member i (as :meth:`group_members` named them), all at once and
+        without retries (a collective: every server takes part once); raise naming each server
+        that failed (an HTTP error or ``success: false``), as soon as one does: the others may
+        wait on a peer that is gone."""
+        members = self._members or self.urls
+        if len(bodies) != len(members):
+            raise HttpEngineError(f"HttpEngine: {len(bodies)} requests for {len(members)} servers")
         session = self._get_session()
 
         async def one(url: str, body: Mapping[str, Any]) -> str | None:
@@ -367,7 +449,7 @@ class HttpEngine:
             return None
 
         pending: set[asyncio.Future[str | None]] = {
-            asyncio.ensure_future(one(u, b)) for u, b in zip(self.urls, bodies, strict=True)
+            asyncio.ensure_future(one(u, b)) for u, b in zip(members, bodies, strict=True)
         }
         failed: list[str] = []
         try:
@@ -382,9 +464,11 @@ class HttpEngine:
 
     def note_weight_version(self, version: int) -> None:
         """Record ``version``, which the servers already took with their weights (a group sync
-        sends it in ``/update_weights_from_distributed``)."""
+        sends it in ``/update_weights_from_distributed``). A router the update went around is
+        sent it before the next request (``/update_weight_version``: it records the version and
+        drops what it cached from the old weights)."""
         self._weight_version = version
-        self._pending_version = None
+        self._pending_version = version if self._routers else None
 
     async def _group_ranks_of(self, url: str) -> int:
         session = self._get_session()
@@ -423,10 +507,11 @@ class HttpEngine:
         await self.update_weights_from_disk(model_path, version=version)
 
     async def report_weights(self, names: Sequence[str], truncate_size: int) -> list[ReplicaWeights]:
-        """Each server's ``/get_weight_version`` and ``/get_weights_by_name`` for ``names``."""
+        """Each server's ``/get_weight_version`` and ``/get_weights_by_name`` for ``names`` (each
+        worker of a router: through the router only one of them would answer)."""
         session = self._get_session()
         out: list[ReplicaWeights] = []
-        for url in self.urls:
+        for url in await self._weight_holders():
             async with session.get(f"{url}/get_weight_version", headers=self._headers(url)) as resp:
                 reply = await read_json(resp)
             if resp.status != 200 or not isinstance(reply, Mapping):
@@ -489,6 +574,7 @@ class HttpEngine:
         for attempt in range(self._max_retries + 1):
             if only is not None:
                 url = only
+                self._active.setdefault(url, 0)  # a router's worker, asked directly
             else:
                 # Fail over: servers that already failed this request go last.
                 candidates = [u for u in self.urls if u not in failed] or self.urls

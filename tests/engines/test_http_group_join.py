@@ -9,7 +9,9 @@ group's 300 s timeout (twice, with the retry):
 
 Miles's ``--rollout-external --rollout-external-engine-addrs h1:p1 h2:p2`` builds the Trainer's
 engine over every server (requests spread, each one joins the group and is checked after every
-sync); a malformed or repeated address is a ConfigError naming the flag and the address.
+sync); a malformed or repeated address is a ConfigError naming the flag and the address. An
+address that is a router joins the group through the workers it lists (``/list_workers``, or
+SGLang's gateway ``/workers``); a router whose workers have no address says what to pass instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import attrs
 import pytest
 import torch
+from aiohttp import web
 
 from miles_sdk import Config, ConfigError, Sample, Trainer
 from miles_sdk._loop import LoopThread
@@ -34,6 +37,8 @@ from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, ServerHandle, build_app, serve_app
 from miles_sdk.engines.weight_group import GroupJoinError, WeightGroupReceiver, WeightGroupSender, free_port
+from miles_sdk.router import Router
+from miles_sdk.router.server import start_router_server
 from miles_sdk.testing.run import small_config, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
 
@@ -258,3 +263,66 @@ def test_external_flags_without_addresses_or_with_another_engine_are_refused() -
         Config.from_args(["--rollout-external", "--rollout-engine", "sglang", "--rollout-external-engine-addrs", "h:1"])
     with pytest.raises(ConfigError, match="pass --rollout-external"):
         Config.from_args(["--rollout-external-engine-addrs", "h:1"])
+
+
+@pytest.fixture
+def start_router() -> Iterator[Any]:
+    started: list[tuple[Router, ServerHandle, LoopThread]] = []
+
+    def start(workers: list[Any]) -> str:
+        loop = LoopThread()
+        router = Router(workers, api_key=TOKEN)
+        handle = loop.run(start_router_server(router, "127.0.0.1", 0, api_key=TOKEN))
+        started.append((router, handle, loop))
+        return handle.url
+
+    yield start
+    for router, handle, loop in started:
+        loop.run(handle.close())
+        loop.run(router.close())
+        loop.close()
+
+
+def test_a_router_address_joins_the_group_through_its_workers(start_server: Any, start_router: Any) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    servers = [start_server(_Counting, model, tok, WeightGroupReceiver()) for _ in range(2)]
+    workers = [s.handle.url for s in servers]
+    router_url = start_router(workers)
+    config = Config.from_args(_flags(router_url))
+    with Trainer(config, model=model, tokenizer=tok, reward_model=some_reward, dataset=DATASET) as trainer:
+        step_trainer(trainer, 2)  # check_weight_sync reads each worker's weights, not the router's pick
+        sender = trainer._weight_sync._sender
+        assert sender is not None and sender.members == tuple(workers) and sender.ranks == (1, 1)
+        assert trainer._weight_sync._tmp is None, "the group sync wrote the weights to disk"
+    assert [s.engine.weight_version for s in servers] == [2, 2]
+
+
+async def test_a_router_over_engines_it_cannot_name_says_what_to_pass_instead(start_router: Any) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    engine = EmbeddedEngine(model, tok, max_batch_size=4)
+    client = HttpEngine(start_router([engine]), api_key=TOKEN, max_retries=0)
+    try:
+        with pytest.raises(GroupJoinError) as info:
+            await client.group_members()
+    finally:
+        await client.close()
+        engine.close()
+    message = str(info.value)
+    assert "/list_workers lists worker 'engine-0:EmbeddedEngine'" in message, message
+    assert "pass the servers' own addresses instead (--rollout-external-engine-addrs host:port" in message
+
+
+async def test_the_sglang_gateway_worker_list_is_read_and_dp_ranks_are_one_server() -> None:
+    async def workers(_: web.Request) -> web.Response:
+        listed = ["http://10.0.0.2:30000@0", "http://10.0.0.2:30000@1", "http://10.0.0.3:30000"]
+        return web.json_response({"workers": [{"id": str(i), "url": u} for i, u in enumerate(listed)], "total": 3})
+
+    app = web.Application()
+    app.router.add_get("/workers", workers)  # SGLang's model gateway; /list_workers is a 404 there
+    gateway = await serve_app(app, "127.0.0.1", 0)
+    client = HttpEngine(gateway.url, max_retries=0)
+    try:
+        assert await client.router_workers(gateway.url) == ["http://10.0.0.2:30000", "http://10.0.0.3:30000"]
+    finally:
+        await client.close()
+        await gateway.close()
