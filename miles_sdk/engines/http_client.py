@@ -310,10 +310,11 @@ class HttpEngine:
             await self._post_with_retries("/update_weight_version", body, only=url)
 
     async def update_weights_from_disk(self, model_path: str, *, version: int | None = None) -> None:
-        """Ask every server to load ``model_path`` (SGLang's ``/update_weights_from_disk``)."""
+        """Ask every server to load ``model_path`` (SGLang's ``/update_weights_from_disk``; a
+        router's workers each, then the version goes through the router)."""
         new_version = self._weight_version + 1 if version is None else version
         body = {"model_path": model_path, "weight_version": str(new_version), "abort_all_requests": False}
-        for url in self.urls:
+        for url in await self._weight_holders(strict=False):
             _, reply = await self._post_with_retries("/update_weights_from_disk", body, only=url)
             if isinstance(reply, Mapping) and reply.get("success") is False:
                 raise HttpEngineError(f"{url}/update_weights_from_disk: {reply.get('message')}")
@@ -350,7 +351,7 @@ class HttpEngine:
 
     async def _post_each(self, path: str, body: Mapping[str, Any]) -> None:
         failed: list[str] = []
-        for url in self.urls:
+        for url in await self._weight_holders(strict=False):
             try:
                 _, reply = await self._post_with_retries(path, body, only=url)
             except HttpEngineError as e:
@@ -398,12 +399,18 @@ class HttpEngine:
         self._servers.add(url)
         return None
 
-    async def _weight_holders(self) -> list[str]:
-        """The servers that hold weights: each URL, a router's workers in its place (each once)."""
+    async def _weight_holders(self, *, strict: bool = True) -> list[str]:
+        """The servers that hold weights: each URL, a router's workers in its place (each once).
+        Not ``strict``: a router whose workers have no address stays itself (it relays the call)."""
         holders: list[str] = []
         routers: dict[str, list[str]] = {}
         for url in self.urls:
-            workers = await self.router_workers(url)
+            try:
+                workers = await self.router_workers(url)
+            except GroupJoinError:
+                if strict:
+                    raise
+                workers = None
             if workers is not None:
                 routers[url] = workers
             holders.extend(w for w in (workers or [url]) if w not in holders)
@@ -511,7 +518,7 @@ class HttpEngine:
         worker of a router: through the router only one of them would answer)."""
         session = self._get_session()
         out: list[ReplicaWeights] = []
-        for url in await self._weight_holders():
+        for url in await self._weight_holders(strict=False):
             async with session.get(f"{url}/get_weight_version", headers=self._headers(url)) as resp:
                 reply = await read_json(resp)
             if resp.status != 200 or not isinstance(reply, Mapping):

@@ -37,6 +37,7 @@ from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, ServerHandle, build_app, serve_app
 from miles_sdk.engines.weight_group import GroupJoinError, WeightGroupReceiver, WeightGroupSender, free_port
+from miles_sdk.engines.weight_sync import save_for_sync
 from miles_sdk.router import Router
 from miles_sdk.router.server import start_router_server
 from miles_sdk.testing.run import small_config, step_trainer
@@ -326,3 +327,26 @@ async def test_the_sglang_gateway_worker_list_is_read_and_dp_ranks_are_one_serve
     finally:
         await client.close()
         await gateway.close()
+
+
+async def test_a_router_address_loads_and_releases_on_each_worker(
+    start_server: Any, start_router: Any, tmp_path: Path
+) -> None:
+    """Through the disk too, each of a router's workers is asked itself (a router passes a
+    release on to one worker only)."""
+    model, tok = tiny_policy("unit", seed=0)
+    servers = [start_server(EngineService, model, tok, WeightGroupReceiver()) for _ in range(2)]
+    client = HttpEngine(start_router([s.handle.url for s in servers]), api_key=TOKEN, max_retries=0)
+    trained, _ = tiny_policy("unit", seed=1)
+    try:
+        await client.load_weights_from_disk(str(save_for_sync(trained, tmp_path / "weights")), 3)
+        await client.release_memory_occupation()
+        await client.resume_memory_occupation()
+    finally:
+        await client.close()
+    expected = dict(trained.named_parameters())
+    for server in servers:
+        assert server.engine.weight_version == 3
+        assert (server.service.memory.releases, server.service.memory.resumes) == (1, 1), server.handle.url
+        for name, param in server.engine._model.named_parameters():
+            assert torch.equal(param.detach(), expected[name].detach()), name
