@@ -171,11 +171,22 @@ def parse_dtype(name: object) -> torch.dtype:
 class WeightGroupSender:
     """Rank 0 of a weight-update group: opens it with the replicas and broadcasts weights."""
 
-    def __init__(self, *, backend: str, bucket_bytes: int, address: str = "127.0.0.1", group_name: str = DEFAULT_GROUP):
+    def __init__(
+        self,
+        *,
+        backend: str,
+        bucket_bytes: int,
+        address: str = "127.0.0.1",
+        group_name: str = DEFAULT_GROUP,
+        join_timeout: timedelta = GROUP_TIMEOUT,
+    ):
         self.backend = backend
         self.bucket_bytes = bucket_bytes
         self.address = address
         self.group_name = group_name
+        self.join_timeout = join_timeout
+        """How long opening a group waits for every member's answer (NCCL's rendezvous is lazy,
+        so with NCCL only the members' answers tell that they joined)."""
         self.members: tuple[str, ...] = ()
         self.ranks: tuple[int, ...] = ()
         """Ranks per member (1 each for engine replicas; a server's tp_size for SGLang servers)."""
@@ -257,17 +268,26 @@ class WeightGroupSender:
         joined = _in_daemon_thread(open_group, self.backend, address, port, 0, world)
         answered = asyncio.ensure_future(target.post_each("/init_weights_update_group", bodies))
         try:
-            # The members' answers first: a member that refuses, or cannot reach the store, says
-            # so in its answer, and the rendezvous is aborted then, not when it times out.
-            await asyncio.gather(answered, joined)
+            # A member that refuses, or cannot reach the store, says so in its answer, and the
+            # rendezvous is aborted then; one that never answers, after join_timeout.
+            await asyncio.wait_for(asyncio.gather(answered, joined), self.join_timeout.total_seconds())
         except BaseException as e:
+            if isinstance(e, TimeoutError):
+                e = TimeoutError(
+                    f"not every member answered /init_weights_update_group within "
+                    f"{self.join_timeout.total_seconds():g} s (a member that cannot reach {address}:{port}, the "
+                    "trainer's address as the members see it, keeps the others waiting)"
+                )
             members_said = answered.done() and not answered.cancelled() and answered.exception() is e
             answered.cancel()
             joined.cancel()
             store = None  # aborts the rendezvous: every rank still waiting on the store fails now
             if not isinstance(e, Exception):
                 raise
-            detail = str(e) if members_said else f"the trainer's rank 0: {_first_line(e)}"
+            if members_said or isinstance(e, TimeoutError):
+                detail = str(e)
+            else:
+                detail = f"the trainer's rank 0: {_first_line(e)}"
             raise GroupJoinError(
                 f"weight sync: opening the weight update group {self.group_name!r} ({self.backend}, "
                 f"{address}:{port}, world size {world}) with members {list(members)} failed: {detail}"

@@ -5,7 +5,8 @@ group's 300 s timeout (twice, with the retry):
   through the disk at once; the servers that had joined are let go at once (the trainer drops
   its store, so their rendezvous fails instead of blocking a thread for 300 s);
 - a server that cannot reach the trainer's store gives up after its connect timeout and says
-  so in its answer, which aborts the rendezvous for everyone.
+  so in its answer, which aborts the rendezvous for everyone;
+- a server that never answers is given up after the sender's join timeout.
 
 Miles's ``--rollout-external --rollout-external-engine-addrs h1:p1 h2:p2`` builds the Trainer's
 engine over every server (requests spread, each one joins the group and is checked after every
@@ -97,6 +98,16 @@ class _Unreachable(EngineService):
 
     async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         return await super().init_weights_update_group({**payload, "master_port": free_port("127.0.0.1")})
+
+
+@attrs.define
+class _Silent(EngineService):
+    """A server whose /init_weights_update_group never answers (an SGLang server waiting out its
+    own 30-minute rendezvous timeout for a master it cannot reach)."""
+
+    async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"success": False, "message": "unreachable"}
 
 
 @attrs.define
@@ -201,6 +212,25 @@ async def test_a_server_that_cannot_reach_the_store_says_so_and_the_rendezvous_i
     assert receiver.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
     assert receiver.ended[0].startswith("failed"), receiver.ended
     assert good.engine.weight_version == 0
+
+
+async def test_a_member_that_never_answers_the_join_is_given_up_after_the_join_timeout(start_server: Any) -> None:
+    model, tok = tiny_policy("unit", seed=0)
+    watched = _WatchedReceiver()
+    good = start_server(EngineService, model, tok, watched)
+    silent = start_server(_Silent, model, tok, WeightGroupReceiver())
+    client = HttpEngine([good.handle.url, silent.handle.url], api_key=TOKEN, max_retries=0)
+    sender = WeightGroupSender(backend="gloo", bucket_bytes=1 << 20, join_timeout=timedelta(seconds=1))
+    try:
+        start = time.monotonic()
+        with pytest.raises(GroupJoinError, match="not every member answered /init_weights_update_group within 1 s"):
+            await sender.send(client, model, version=1)
+        took = time.monotonic() - start
+    finally:
+        await client.close()
+    assert took < PROMPT.total_seconds(), f"the join was given up after {took:.1f} s"
+    assert watched.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
+    assert watched.ended[0].startswith("failed"), watched.ended
 
 
 def _flags(*urls: str) -> list[str]:
