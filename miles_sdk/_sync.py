@@ -313,8 +313,10 @@ def warn_on_logprob_gap(
         + (": the engine's weights live in another process" if remote else "")
         + "; check_weight_sync=True checks every sync)",
         "dropout left on in the model (the engine samples without it)",
-        "the engine computes in another dtype or with other kernels than the trainer (raise the "
-        "threshold if that is its noise)",
+        (
+            "the engine computes in another dtype or with other kernels than the trainer (raise the "
+            "threshold if that is its noise)"
+        ),
         "a tokenizer or chat template that differs between the engine and the trainer",
     )
     logger.warning(
