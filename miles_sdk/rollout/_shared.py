@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import contextlib
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from miles_sdk.config import Config
 from miles_sdk.engines.base import EngineOutput, SamplingParams
 from miles_sdk.hooks import BatchedRewardFn, GenerateFn
 from miles_sdk.rollout.context import RolloutContext
-from miles_sdk.rollout.generate import generate_with_engine
+from miles_sdk.rollout.generate import apply_engine_output, engine_call, generate_with_engine
 from miles_sdk.types import Sample
 
 __all__ = [
     "BatchEngine",
+    "GroupBatcher",
     "gather_or_cancel",
     "hook_name",
     "pick_generate_fn",
@@ -119,3 +122,110 @@ async def gather_or_cancel(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class GroupBatcher:
+    """Sends a single-turn group (every sample on :func:`generate_with_engine`) to a
+    :class:`BatchEngine` in one call, under the rollout's ``sglang_server_concurrency`` semaphore,
+    which the per-sample path (a task and a generate call per sample) shares.
+
+    A group is batched only while its slots are free and no per-sample group is in flight (one
+    may be waiting for a slot): the batched group then takes its slots when the per-sample path
+    would have, and in the same order. Each slot is given back as its request finishes.
+    """
+
+    def __init__(self, args: Config, ctx: RolloutContext, semaphore: asyncio.Semaphore) -> None:
+        self.args = args
+        self.ctx = ctx
+        self.semaphore = semaphore
+        engine = ctx.engine
+        self.engine = engine if ctx.generate_fn is None and isinstance(engine, BatchEngine) else None
+        self.slots_out = 0  # semaphore slots held by requests of batched groups
+        self.per_sample_groups = 0  # groups in flight on the per-sample path
+
+    def can_batch(self, group: Sequence[Sample]) -> bool:
+        return (
+            self.engine is not None
+            and self.per_sample_groups == 0
+            and self.args.sglang_server_concurrency - self.slots_out >= len(group)
+            and not any(s.generate_function_path for s in group)
+        )
+
+    @contextlib.contextmanager
+    def per_sample(self) -> Iterator[None]:
+        """Around a group generated on the per-sample path."""
+        self.per_sample_groups += 1
+        try:
+            yield
+        finally:
+            self.per_sample_groups -= 1
+
+    async def generate(self, todo: Sequence[tuple[Sample, SamplingParams]]) -> float:
+        """:func:`generate_with_engine` on each ``(sample, params)``, in one engine call: the same
+        requests (:func:`engine_call`), answered in one wake-up. Returns the seconds the requests
+        ran, summed over them (busy time, as the per-sample path sums it)."""
+        engine = self.engine
+        assert engine is not None, "GroupBatcher.generate: check can_batch first"
+        sent: list[tuple[Sample, list[int]]] = []
+        ids: list[list[int]] = []
+        params: list[SamplingParams] = []
+        shared: dict[tuple[object, object], SamplingParams] = {}  # equal params, one dict: parsed once
+        for sample, sampling_params in todo:
+            try:
+                call = engine_call(self.args, sample, sampling_params, self.ctx)
+            except Exception as exc:
+                exc.add_note(_where(sample))
+                raise
+            if call is None:  # no budget left: TRUNCATED without an engine call
+                continue
+            sent.append((sample, call[0]))
+            ids.append(call[0])
+            p = call[1]
+            params.append(shared.setdefault((p.get("sampling_seed"), p.get("max_new_tokens")), p))
+        if not sent:
+            return 0.0
+        # The slots are free (can_batch): acquire() returns without waiting.
+        for _ in sent:
+            await self.semaphore.acquire()
+        self.slots_out += len(sent)
+        held = [True] * len(sent)
+        busy = 0.0
+        start = time.perf_counter()
+
+        def give_back(index: int) -> None:
+            if held[index]:
+                held[index] = False
+                self.slots_out -= 1
+                self.semaphore.release()
+
+        def done(index: int, output: EngineOutput) -> None:
+            nonlocal busy
+            if held[index]:
+                busy += time.perf_counter() - start
+            give_back(index)
+
+        try:
+            outputs = await engine.generate_batch(ids, params, on_done=done)
+        except Exception as exc:
+            exc.add_note(
+                f"in generate function {hook_name(generate_with_engine)} on the samples of group "
+                f"{sent[0][0].group_index} (index={[s.index for s, _ in sent]})"
+            )
+            raise
+        finally:
+            for index in range(len(sent)):  # cancelled or refused: no on_done for these
+                give_back(index)
+        for (sample, input_ids), out in zip(sent, outputs, strict=True):
+            try:
+                apply_engine_output(sample, input_ids, out, self.ctx)
+            except Exception as exc:
+                exc.add_note(_where(sample))
+                raise
+        return busy
+
+
+def _where(sample: Sample) -> str:
+    return (
+        f"in generate function {hook_name(generate_with_engine)} on sample index={sample.index} "
+        f"group={sample.group_index}"
+    )

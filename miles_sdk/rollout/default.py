@@ -46,9 +46,8 @@ from miles_sdk.config import Config
 from miles_sdk.engines.base import SamplingParams
 from miles_sdk.hooks import DataSource
 from miles_sdk.rollout._shared import (
-    BatchEngine,
+    GroupBatcher,
     gather_or_cancel,
-    hook_name,
     pick_generate_fn,
     run_generate_fn,
     score_unscored,
@@ -56,12 +55,7 @@ from miles_sdk.rollout._shared import (
 from miles_sdk.rollout.context import RolloutContext, get_rollout_context
 from miles_sdk.rollout.eval import eval_rollout
 from miles_sdk.rollout.filters import call_dynamic_filter
-from miles_sdk.rollout.generate import (
-    apply_engine_output,
-    engine_call,
-    generate_with_engine,
-    sampling_params_from_args,
-)
+from miles_sdk.rollout.generate import sampling_params_from_args
 from miles_sdk.rollout.shapes import check_groups, describe_hook
 from miles_sdk.types import Metrics, RolloutFnEvalOutput, RolloutFnTrainOutput, Sample
 
@@ -132,10 +126,7 @@ class _TrainRollout:
         self.data_source = data_source
         self.ctx = ctx
         self.semaphore = asyncio.Semaphore(args.sglang_server_concurrency)
-        engine = ctx.engine
-        self.batch_engine = engine if ctx.generate_fn is None and isinstance(engine, BatchEngine) else None
-        self.batched_out = 0  # semaphore slots held by requests of batched groups
-        self.per_sample_groups = 0  # groups in flight on the per-sample path
+        self.batcher = GroupBatcher(args, ctx, self.semaphore)
         self.params = sampling_params_from_args(args)
         self.aborted = False
         # task -> the group as drawn, so an unfinished group can go back to the data source whole
@@ -227,31 +218,16 @@ class _TrainRollout:
         return task.result()
 
     async def _generate_group(self, group: list[Sample]) -> list[Sample]:
-        if self._can_batch(group):
+        if self.batcher.can_batch(group):
             samples = await self._generate_batched(group)
         else:
-            self.per_sample_groups += 1
-            try:
+            with self.batcher.per_sample():
                 results = await gather_or_cancel([self._generate_sample(s, i) for i, s in enumerate(group)])
-            finally:
-                self.per_sample_groups -= 1
             samples = [s for result in results for s in result]
         if self.args.group_rm and not self.aborted:
             with self._busy("perf/reward_time_sum"):
                 await score_unscored(self.args, samples, self.ctx, batched=True)
         return samples
-
-    def _can_batch(self, group: list[Sample]) -> bool:
-        """Whether ``group`` goes to the engine in one call: every sample single-turn, and its
-        semaphore slots free now with no sample of the per-sample path in flight (which may be
-        waiting for one), so the batched group takes its slots in the order the per-sample path
-        would."""
-        return (
-            self.batch_engine is not None
-            and self.per_sample_groups == 0
-            and self.args.sglang_server_concurrency - self.batched_out >= len(group)
-            and not any(s.generate_function_path for s in group)
-        )
 
     def _prepare(self, sample: Sample) -> None:
         """What every sample gets before its generation, on either path."""
@@ -267,22 +243,24 @@ class _TrainRollout:
         return params
 
     async def _generate_batched(self, group: list[Sample]) -> list[Sample]:
-        """:meth:`_generate_sample` for a whole single-turn group: the same engine requests (built
-        by :func:`engine_call`, in the group's order), sent in one ``generate_batch`` call whose
-        answers come back in one wake-up; then the group's unscored samples in one reward call."""
+        """:meth:`_generate_sample` for a whole single-turn group: the same engine requests, in
+        the group's order, sent in one call whose answers come back in one wake-up
+        (:class:`GroupBatcher`); then the group's unscored samples in one reward call."""
         args = self.args
-        todo: list[tuple[int, Sample]] = []
+        todo: list[tuple[Sample, SamplingParams]] = []
+        deterministic = args.sglang_enable_deterministic_inference
         for i, sample in enumerate(group):
             self._prepare(sample)
             if sample.status not in _FINISHED:  # else finished in an earlier rollout: scored below
-                todo.append((i, sample))
+                # engine_call copies the params: without a seed the rollout's own dict will do.
+                todo.append((sample, self._sample_params(i) if deterministic else self.params))
         if todo and self.aborted:
-            for _, sample in todo:
+            for sample, _ in todo:
                 sample.status = Sample.Status.ABORTED
             todo = []
         if todo:
             self.counts["rollout/generate_calls"] += len(todo)
-            await self._call_engine(todo)
+            self.busy["perf/generate_time_sum"] += await self.batcher.generate(todo)
         if not args.group_rm:
             scored = sum(1 for s in group if s.reward is None and s.status not in _UNSCORABLE)
             start = time.perf_counter()
@@ -290,74 +268,6 @@ class _TrainRollout:
             # Busy time summed over samples, as the per-sample path sums it: they ran side by side.
             self.busy["perf/reward_time_sum"] += scored * (time.perf_counter() - start)
         return list(group)
-
-    async def _call_engine(self, todo: list[tuple[int, Sample]]) -> None:
-        engine = self.batch_engine
-        assert engine is not None
-        sent: list[tuple[Sample, list[int]]] = []
-        ids: list[list[int]] = []
-        params: list[SamplingParams] = []
-        shared: dict[tuple[object, object], SamplingParams] = {}  # equal params, one dict: parsed once
-        deterministic = self.args.sglang_enable_deterministic_inference
-        for i, sample in todo:
-            # engine_call copies the params it is given: the rollout's own dict needs no copy here.
-            params_i = self._sample_params(i) if deterministic else self.params
-            try:
-                call = engine_call(self.args, sample, params_i, self.ctx)
-            except Exception as exc:
-                exc.add_note(self._where(sample))
-                raise
-            if call is None:  # no budget left: TRUNCATED without an engine call
-                continue
-            sent.append((sample, call[0]))
-            ids.append(call[0])
-            p = call[1]
-            params.append(shared.setdefault((p.get("sampling_seed"), p.get("max_new_tokens")), p))
-        if not sent:
-            return
-        # Slots are free (see _can_batch): acquire() returns without waiting. Each is given back
-        # as its request finishes, as the per-sample path gives its slot back.
-        for _ in sent:
-            await self.semaphore.acquire()
-        self.batched_out += len(sent)
-        held = [True] * len(sent)
-        start = time.perf_counter()
-
-        def done(index: int, output: object) -> None:
-            if not held[index]:
-                return
-            held[index] = False
-            self.batched_out -= 1
-            self.semaphore.release()
-            self.busy["perf/generate_time_sum"] += time.perf_counter() - start
-
-        try:
-            outputs = await engine.generate_batch(ids, params, on_done=done)
-        except Exception as exc:
-            exc.add_note(
-                f"in generate function {hook_name(generate_with_engine)} on the samples of group "
-                f"{sent[0][0].group_index} (index={[s.index for s, _ in sent]})"
-            )
-            raise
-        finally:
-            for index, still in enumerate(held):  # cancelled or refused: no on_done for these
-                if still:
-                    held[index] = False
-                    self.batched_out -= 1
-                    self.semaphore.release()
-        for (sample, input_ids), out in zip(sent, outputs, strict=True):
-            try:
-                apply_engine_output(sample, input_ids, out, self.ctx)
-            except Exception as exc:
-                exc.add_note(self._where(sample))
-                raise
-
-    @staticmethod
-    def _where(sample: Sample) -> str:
-        return (
-            f"in generate function {hook_name(generate_with_engine)} on sample index={sample.index} "
-            f"group={sample.group_index}"
-        )
 
     async def _generate_sample(self, sample: Sample, index_in_group: int) -> list[Sample]:
         args = self.args

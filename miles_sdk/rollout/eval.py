@@ -4,6 +4,9 @@ Each dataset's samples (already repeated ``n_samples_per_eval_prompt`` times, wi
 metadata such as ``rm_type`` injected, by ``miles_sdk.data.load_eval_datasets``) are generated
 with the eval sampling settings (``eval_*`` over ``rollout_*``, per-dataset values over both) and
 scored per sample. The datasets run concurrently under one ``sglang_server_concurrency`` limit.
+As in the train rollout, a single-turn group on an engine with ``generate_batch`` goes to the
+engine in one call and is scored in one reward call (:class:`~miles_sdk.rollout._shared.GroupBatcher`);
+custom and per-sample generate functions run once per sample, each in a task.
 
 A sample whose reward failed is reported as NaN in ``rewards`` (and counted in
 ``eval/{name}/reward_failed``): never a 0 that would pass for a wrong answer.
@@ -17,7 +20,13 @@ import time
 
 from miles_sdk.config import Config, ConfigError
 from miles_sdk.engines.base import SamplingParams
-from miles_sdk.rollout._shared import gather_or_cancel, pick_generate_fn, run_generate_fn, score_unscored
+from miles_sdk.rollout._shared import (
+    GroupBatcher,
+    gather_or_cancel,
+    pick_generate_fn,
+    run_generate_fn,
+    score_unscored,
+)
 from miles_sdk.rollout.context import EvalDatasetLike, RolloutContext, get_rollout_context
 from miles_sdk.rollout.generate import sampling_params_from_args
 from miles_sdk.types import EvalDatasetResult, Metrics, RolloutFnEvalOutput, Sample
@@ -66,11 +75,12 @@ async def eval_rollout(args: Config, rollout_id: int) -> RolloutFnEvalOutput:
             "(--eval-prompt-data name path ...) or pass eval datasets to the Trainer"
         )
     semaphore = asyncio.Semaphore(args.sglang_server_concurrency)
+    batcher = GroupBatcher(args, ctx, semaphore)
     metrics: Metrics = {}
     names = list(ctx.eval_datasets)
     results = await asyncio.gather(
         *(
-            _eval_dataset(args, rollout_id, ctx, name, ctx.eval_datasets[name], semaphore, metrics)
+            _eval_dataset(args, rollout_id, ctx, name, ctx.eval_datasets[name], batcher, metrics)
             for name in names
         )
     )
@@ -83,7 +93,7 @@ async def _eval_dataset(
     ctx: RolloutContext,
     name: str,
     dataset: EvalDatasetLike,
-    semaphore: asyncio.Semaphore,
+    batcher: GroupBatcher,
     metrics: Metrics,
 ) -> EvalDatasetResult:
     start = time.perf_counter()
@@ -92,19 +102,34 @@ async def _eval_dataset(
     groups = dataset.groups()
     _number_unindexed(groups)
 
-    async def one(sample: Sample, index_in_group: int) -> list[Sample]:
-        sample.rollout_id = rollout_id
-        if override and not sample.generate_function_path:
-            sample.generate_function_path = str(override)
+    def params_for(index_in_group: int) -> SamplingParams:
         params = SamplingParams(**base)
         if args.sglang_enable_deterministic_inference:
             params["sampling_seed"] = args.rollout_seed + index_in_group
-        async with semaphore:
-            samples = await run_generate_fn(pick_generate_fn(ctx, sample), args, sample, params)
+        return params
+
+    async def one(sample: Sample, index_in_group: int) -> list[Sample]:
+        async with batcher.semaphore:
+            samples = await run_generate_fn(
+                pick_generate_fn(ctx, sample), args, sample, params_for(index_in_group)
+            )
         await score_unscored(args, samples, ctx, batched=False)
         return samples
 
-    results = await gather_or_cancel([one(s, j) for group in groups for j, s in enumerate(group)])
+    async def one_group(group: list[Sample]) -> list[Sample]:
+        for sample in group:
+            sample.rollout_id = rollout_id
+            if override and not sample.generate_function_path:
+                sample.generate_function_path = str(override)
+        if batcher.can_batch(group):
+            await batcher.generate([(s, params_for(j)) for j, s in enumerate(group)])
+            await score_unscored(args, group, ctx, batched=False)
+            return list(group)
+        with batcher.per_sample():
+            results = await gather_or_cancel([one(s, j) for j, s in enumerate(group)])
+        return [s for r in results for s in r]
+
+    results = await gather_or_cancel([one_group(group) for group in groups])
     samples = sorted((s for r in results for s in r), key=lambda s: -1 if s.index is None else s.index)
 
     reward_key = getattr(dataset, "reward_key", None) or args.eval_reward_key or args.reward_key

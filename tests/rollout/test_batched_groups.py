@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import pytest
 
 from miles_sdk.config import Config
@@ -17,6 +18,7 @@ from miles_sdk.demo.task import make_addition_dataset
 from miles_sdk.engines.base import EngineOutput, SamplingParams
 from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.rollout import RolloutContext, check_reward_nonzero_std, train_rollout, use_rollout_context
+from miles_sdk.rollout.eval import eval_rollout
 from miles_sdk.rollout.generate import generate_with_engine
 from miles_sdk.testing import tiny_policy
 from miles_sdk.types import Metrics, Sample
@@ -236,3 +238,48 @@ async def test_an_error_mid_rollout_cancels_the_batched_groups_in_flight() -> No
         engine.calls[args.effective_over_sampling_batch_size :]
         == [args.n_samples_per_prompt] * args.effective_over_sampling_batch_size
     )
+
+
+@attrs.define
+class EvalSet:
+    name: str
+    prompts: list[str]
+    n: int
+    max_response_len: int | None = None
+
+    def groups(self) -> list[list[Sample]]:
+        return [[Sample(prompt=p, label=p[-1]) for _ in range(self.n)] for p in self.prompts]
+
+
+async def evaluate(args: Config, *, batched: bool) -> tuple[dict[str, list[object]], dict[str, float], int]:
+    model, tok = tiny_policy("unit", seed=1)
+    engine = EmbeddedEngine(model, tok, max_batch_size=16, seed=args.rollout_seed)
+    wrapped = PerSample(engine)
+    datasets = {
+        "a": EvalSet("a", ["1+2=", "3+4=", "5+5="], n=3),
+        "b": EvalSet("b", ["7+1=", "2+2="], n=2, max_response_len=3),
+    }
+    ctx = RolloutContext(
+        engine=engine if batched else wrapped, tokenizer=tok, reward_fn=parity_reward, eval_datasets=datasets
+    )
+    with use_rollout_context(ctx):
+        out = await eval_rollout(args, 7)
+    data = {
+        name: [result["rewards"], result["truncated"], [snapshot(s) for s in result["samples"]]]
+        for name, result in out.data.items()
+    }
+    return data, {k: v for k, v in out.metrics.items() if not k.endswith("time_s")}, wrapped.calls
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"sglang_enable_deterministic_inference": True}, {"sglang_server_concurrency": 4}],
+    ids=["default", "deterministic", "concurrency"],
+)
+async def test_batched_eval_groups_equal_per_sample_generation(overrides: dict[str, Any]) -> None:
+    args = config(**overrides)
+    batched, batched_metrics, none = await evaluate(args, batched=True)
+    per_sample, per_sample_metrics, calls = await evaluate(args, batched=False)
+    assert none == 0 and calls == 3 * 3 + 2 * 2
+    assert batched == per_sample
+    assert batched_metrics == per_sample_metrics
