@@ -450,14 +450,16 @@ class EmbeddedEngine:
     def _step(self, max_tokens: int) -> StepResult:
         with self._lock:
             flipped = [m for m in self._model.modules() if m.training]
+            # What Module.train(False) sets, without nn.Module.__setattr__'s parameter/buffer/child
+            # lookups: 4x cheaper a module, paid on every step (120 -> 30 us for the demo's policy).
             for m in flipped:
-                m.training = False
+                _set_attr(m, "training", False)
             try:
                 with torch.inference_mode():
                     return self._runner.step(max_tokens)
             finally:
                 for m in flipped:
-                    m.training = True
+                    _set_attr(m, "training", True)
 
     def _reap(self) -> None:
         """Free slots of finished or cancelled requests (only between steps: the runner is idle)."""
@@ -541,6 +543,9 @@ class EmbeddedEngine:
             text=text,
             finish_message=message,
         )
+
+
+_set_attr = object.__setattr__
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
