@@ -11,8 +11,9 @@ event loop's CPU time per sample (``time.thread_time``), which other processes o
 disturb less than wall time.
 
 ``--engine embedded`` runs the demo's own rollout instead (its settings, the tiny policy after
-the format warm-up, the embedded engine on the CPU, one torch thread): 512 samples a rollout in
-two waves. Its event-loop CPU is the rollout's and the engine scheduler's host work (request
+the format warm-up, the embedded engine on ``--device``, default the CPU with one torch thread;
+on CUDA the fast path from a bf16 copy, as the Trainer builds it): 512 samples a rollout in two
+waves. Its event-loop CPU is the rollout's and the engine scheduler's host work (request
 admission, stop checks, hand-back), the part that stays on the host on a GPU; the model steps
 run on the engine's worker thread and are reported apart.
 """
@@ -120,8 +121,13 @@ def _embedded(ns: argparse.Namespace) -> dict[str, float]:
     rows = make_addition_dataset(0)
     model, tokenizer = tiny_policy("arithmetic", seed=0, initializer_range=_INIT_STD)
     format_warmup(model, tokenizer, [r["input"] for r in rows], seed=0)
+    torch.nn.Module.to(model, ns.device)
     config = demo_config(tempfile.mkdtemp(), 10_000, 0, progress_bar=False)
-    engine = EmbeddedEngine(model, tokenizer, max_batch_size=config.max_engine_batch_size, seed=0)
+    # As the Trainer builds it: on CUDA the fast path, decoding from a bf16 copy of fp32 weights.
+    dtype = torch.bfloat16 if ns.device.startswith("cuda") else None
+    engine = EmbeddedEngine(
+        model, tokenizer, max_batch_size=config.max_engine_batch_size, seed=0, dtype=dtype
+    )
     ctx = RolloutContext(
         engine=_PerSampleEngine(engine) if ns.per_sample else engine,  # type: ignore[arg-type]
         tokenizer=tokenizer,
@@ -137,7 +143,7 @@ def _embedded(ns: argparse.Namespace) -> dict[str, float]:
     cpu = statistics.median(cpu / n for _, cpu, n in timed)
     samples = statistics.median(n for _, _, n in timed)
     path = "per-sample tasks" if ns.per_sample else "generate_batch"
-    print(f"| rollout (embedded engine, CPU, {path}), median | {median * 1e3:.1f} ms |")
+    print(f"| rollout (embedded engine, {ns.device}, {path}), median | {median * 1e3:.1f} ms |")
     print(f"| engine model steps (worker thread), mean | {steps * 1e3:.1f} ms |")
     print(f"| samples per rollout | {samples:.0f} |")
     print(f"| event-loop CPU per sample | {cpu * 1e6:.1f} us |")
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     ap.add_argument("--rollouts", type=int, default=20)
     ap.add_argument("--per-sample", action="store_true", help="an engine without generate_batch")
     ap.add_argument("--engine", choices=["instant", "embedded"], default="instant")
+    ap.add_argument("--device", default="cpu", help="with --engine embedded: where the policy and engine run")
     ns = ap.parse_args(argv)
     if ns.engine == "embedded":
         return _embedded(ns)
