@@ -294,6 +294,17 @@ class TrainRank:
             "buffers": {n: b.detach().cpu() for n, b in lm.named_buffers()},
         }
 
+    def compile_report(self) -> dict[str, Any]:
+        """Whether this rank's decoder layers run compiled (compile_model; False once the
+        compiler failed and they fell back to eager), the graphs dynamo compiled in this process,
+        and whether a compiled layer call is still installed (it must be only during a pass)."""
+        compiled = self.backend._compiled
+        return {
+            "compiled": compiled is not None and compiled.enabled,
+            "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
+            "installed": any(layer._compiled_call_impl is not None for layer in self.model.layers),
+        }
+
     def _parts(self) -> dict[str, tuple[nn.Module, torch.optim.Optimizer]]:
         """What a checkpoint holds, by key prefix: the policy, and ppo's critic."""
         parts: dict[str, tuple[nn.Module, torch.optim.Optimizer]] = {"": (self.model, self.backend.optimizer)}
