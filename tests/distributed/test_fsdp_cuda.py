@@ -71,14 +71,17 @@ def test_one_gpu_rank_trains_like_the_torch_backend() -> None:
 
 
 @pytest.mark.parametrize(
-    "features", [{}, {"gradient_checkpointing": True, "pack_sequences": "on"}], ids=["plain", "ckpt_packed"]
+    "features",
+    [{}, {"gradient_checkpointing": True, "pack_sequences": "on"}, {"fsdp_cpu_offload": True}],
+    ids=["plain", "ckpt_packed", "cpu_offload"],
 )
 def test_a_gpu_rank_runs_its_layers_compiled(
     features: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     """compile_model's default (auto: inductor on CUDA) compiles the FSDP rank's decoder layers
-    (before: 0 compiled graphs under FSDP), with gradient checkpointing and packing too, and trains
-    like the eager rank (bf16 compute on both: close, not equal)."""
+    (before: 0 compiled graphs under FSDP), with gradient checkpointing and packing, or with the
+    shards in host memory, and trains like the eager rank (bf16 compute on both: close, not
+    equal)."""
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     model, tok = tiny_policy("unit", seed=0)
