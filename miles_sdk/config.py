@@ -9,7 +9,9 @@ friends read exactly as in Miles.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
+import re
 import types
 import typing
 import urllib.parse
@@ -229,6 +231,13 @@ class Config:
     weight_sync_method="distributed" each joins the group; an address that is a router is joined
     through its workers). sglang_router_ip/port, when set, name a router in front of them for
     custom generate functions; unset, this SDK serves one over them."""
+    rollout_external_wait_timeout: float = 60.0
+    """Seconds the Trainer waits when it starts, before any weights load, for each server that
+    rollout_engine="http" uses (every rollout_external_engine_addrs entry; the server or router at
+    sglang_router_ip/port) to answer GET /health (SGLang's, or /get_model_info where there is no
+    /health). A server still loading (connection refused, or 503 while it warms up) is asked again
+    until then; one that has not answered fails the start, named with the flag that listed it. 0:
+    ask once. Not a Miles flag (Miles waits for its external engines without a bound)."""
     update_weights_interval: int = 1
     """Sync weights to the engine every this many rollout steps."""
     use_miles_router: bool = False
@@ -260,6 +269,14 @@ class Config:
     on that device. rollout_engine=http servers join the group too (each with its tp_size
     ranks); servers that cannot join, and engines that cannot map the trainer's memory, use
     disk, with a warning naming them."""
+    weight_sync_master_address: str | None = None
+    """weight_sync_method="distributed" with rollout_engine="http" servers: the address they reach
+    this process at for the weight update group (the master_address of SGLang's
+    /init_weights_update_group; the group's store listens there, so it must be an address of this
+    machine). None: the MILES_HOST_IP environment variable (Miles's override of this host's
+    address), else loopback when every server is local, else the local address of the route to the
+    first remote server. Checked when the Trainer starts. Not a Miles flag (Miles uses Ray's node
+    address); MASTER_ADDR is not read (a cluster launcher sets it to its own rendezvous host)."""
     update_weight_buffer_size: int = 512 * 1024**2
     """Miles flag: bytes of weights per broadcast bucket (weight_sync_method="distributed") or per
     shared staging buffer ("tensor")."""
@@ -776,6 +793,7 @@ def _validate(c: Config) -> None:
             raise ConfigError(msg)
 
     _validate_external_engines(c)
+    _validate_master_address(c)
     need(c.rollout_batch_size >= 1, f"rollout_batch_size must be >= 1, got {c.rollout_batch_size}")
     need(c.n_samples_per_prompt >= 1, f"n_samples_per_prompt must be >= 1, got {c.n_samples_per_prompt}")
     _validate_ranges(c)
@@ -919,6 +937,7 @@ _RANGES: tuple[tuple[str, float | None, float | None, bool, bool], ...] = (
     ("tis_clip", 0.0, None, True, True),
     ("tis_clip_low", 0.0, None, True, True),
     ("reward_timeout", 0.0, None, False, True),
+    ("rollout_external_wait_timeout", 0.0, None, True, True),
     ("reward_concurrency", 1.0, None, True, True),
     ("max_engine_batch_size", 1.0, None, True, True),
     ("rollout_max_prompt_len", 1.0, None, True, True),
@@ -962,6 +981,37 @@ def _validate_external_engines(c: Config) -> None:
                 "group twice)"
             )
         seen[key] = addr
+
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?")
+
+
+def _validate_master_address(c: Config) -> None:
+    """weight_sync_master_address: a bare IP address or host name another machine can connect to
+    (no scheme, no port: the port is picked per group), and only where it is used. Whether it is
+    an address of this machine is checked when the Trainer starts (it may be built elsewhere)."""
+    address = c.weight_sync_master_address
+    if address is None:
+        return
+    flag = "weight_sync_master_address (--weight-sync-master-address)"
+    if c.weight_sync_method != "distributed":
+        raise ConfigError(
+            f"{flag} is set but weight_sync_method is {c.weight_sync_method!r}: the address is used only by "
+            "--weight-sync-method distributed"
+        )
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    if ip is None and not _HOSTNAME.fullmatch(address):
+        raise ConfigError(
+            f"{flag}: {address!r} is not an IP address or host name (no scheme and no port: e.g. 10.0.0.1)"
+        )
+    if ip is not None and (ip.is_unspecified or ip.is_multicast):
+        raise ConfigError(
+            f"{flag}: {address!r} is not an address the servers can connect to; name this machine's address "
+            "on their network"
+        )
 
 
 def _validate_lora(c: Config) -> None:
