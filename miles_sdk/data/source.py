@@ -16,10 +16,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import pickle
 import random
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +26,7 @@ import numpy.typing as npt
 import torch
 
 from miles_sdk.config import Config, ConfigError
+from miles_sdk.data._copy import copier
 from miles_sdk.data.buffer import check_groups, pop_first, take_from_buffer
 from miles_sdk.data.dataset import DataInput, DatasetError, PromptDataset
 from miles_sdk.types import Sample
@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_copier = copier
+"""A prompt's group copies (:func:`miles_sdk.data._copy.copier`), under the name tests read."""
 
 STATE_FORMAT = "miles_sdk.data_source/1"
 _STATE_FILE = re.compile(r"^global_dataset_state_dict_(\d+)\.pt$")
@@ -353,21 +356,3 @@ class RolloutDataSourceWithBuffer(RolloutDataSource):
         except (KeyError, TypeError, ValueError) as exc:
             raise DataSourceStateError(f"data-source state: bad buffer entry: {exc}") from exc
         self.buffer = check_groups(buffer, self.args.n_samples_per_prompt, what="data-source state buffer")
-
-
-def _copier(prompt: Sample) -> Callable[[], Sample]:
-    """Independent deep copies of ``prompt``, one per call. Pickled once and unpickled per copy:
-    the same result as ``copy.deepcopy`` for picklable samples, in C rather than a Python call
-    per field and list element (a GRPO step copies every prompt n_samples_per_prompt times; the
-    demo's 512 copies a step cost ~21 ms with deepcopy on the CPU, ~7 ms unpickled). A sample
-    holding something unpicklable (a lock, a lambda in its metadata) falls back to deepcopy."""
-    try:
-        blob = pickle.dumps(prompt, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # noqa: BLE001 - any pickling failure: deepcopy is the reference behaviour
-        return lambda: copy.deepcopy(prompt)
-
-    def unpickled() -> Sample:
-        sample: Sample = pickle.loads(blob)  # our own bytes, made just above
-        return sample
-
-    return unpickled
