@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from miles_sdk._external import HOST_IP_ENV, master_address
 from miles_sdk._loop import LoopThread
 from miles_sdk.config import Config
 from miles_sdk.engines.base import InferenceEngine, RemoteWeightsEngine, ReplicaWeights, WeightReporter
@@ -223,8 +224,11 @@ class WeightSync:
         that had joined failed): this and every later sync then goes through the disk."""
         if self._sender is None:
             on_gpu = any(p.is_cuda for p in self.model.parameters())
+            chosen = master_address(self.args)
             self._sender = WeightGroupSender(
-                backend="nccl" if on_gpu else "gloo", bucket_bytes=self.args.update_weight_buffer_size
+                backend="nccl" if on_gpu else "gloo",
+                bucket_bytes=self.args.update_weight_buffer_size,
+                server_address=chosen[0] if chosen is not None else None,
             )
         servers = isinstance(target, ServerGroupTarget)
         try:
@@ -253,7 +257,14 @@ class WeightSync:
         assert self._sender is not None
         self._sender.close()
         self._group_refused = str(error)
-        logger.warning("weight_sync_method='distributed': %s; syncing through the disk from now on", error)
+        hint = (
+            ""
+            if master_address(self.args) is not None
+            else " (the address the servers were told to reach this process at was picked from the route to "
+            "them: if they cannot reach it, set weight_sync_master_address, --weight-sync-master-address, or "
+            f"{HOST_IP_ENV})"
+        )
+        logger.warning("weight_sync_method='distributed': %s%s; syncing through the disk from now on", error, hint)
         return False
 
     def close(self) -> None:

@@ -21,12 +21,14 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Protocol, cast, runtime_checkable
+from urllib.parse import urlsplit
 
 import attrs
 import torch
 import torch.distributed as dist
 from torch._C._distributed_c10d import TCPStore
 
+from miles_sdk.engines._serving_guard import is_loopback
 from miles_sdk.engines.weight_sync import WeightSyncError
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "WeightGroupSender",
     "WeightGroupTarget",
     "buckets",
+    "check_master_address",
     "open_group",
 ]
 
@@ -98,6 +101,35 @@ def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def check_master_address(address: str, *, named_by: str, servers: Sequence[str] = ()) -> None:
+    """Raise :class:`GroupJoinError` (naming ``named_by``, the setting that gave ``address``)
+    unless ``address`` can be the group's master address: it resolves, it is an address of this
+    machine (the group's store listens there), and it is not loopback while one of ``servers``
+    (URLs) is on another host."""
+    try:
+        infos = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise GroupJoinError(f"{named_by}: {address!r} does not resolve ({e})") from None
+    family, _, _, _, sockaddr = infos[0]
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((sockaddr[0], 0))
+    except OSError as e:
+        raise GroupJoinError(
+            f"{named_by}: {address!r} ({sockaddr[0]}) is not an address of this machine ({e.strerror or e}); "
+            "the weight update group's store listens at it, so name this machine's address as the servers "
+            "reach it"
+        ) from None
+    if not is_loopback(str(sockaddr[0])):
+        return
+    remote = [u for u in servers if not is_loopback(urlsplit(u if "://" in u else f"http://{u}").hostname or "")]
+    if remote:
+        raise GroupJoinError(
+            f"{named_by}: {address!r} is a loopback address, which the servers on other hosts "
+            f"({', '.join(remote)}) cannot reach; name this machine's address on their network"
+        )
 
 
 def open_group(
@@ -177,12 +209,17 @@ class WeightGroupSender:
         backend: str,
         bucket_bytes: int,
         address: str = "127.0.0.1",
+        server_address: str | None = None,
         group_name: str = DEFAULT_GROUP,
         join_timeout: timedelta = GROUP_TIMEOUT,
     ):
         self.backend = backend
         self.bucket_bytes = bucket_bytes
         self.address = address
+        """The group's master address for engine replicas (local processes)."""
+        self.server_address = server_address
+        """The master address servers (a :class:`ServerGroupTarget`) are told to reach this
+        process at; None: the target's ``group_address()``."""
         self.group_name = group_name
         self.join_timeout = join_timeout
         """How long opening a group waits for every member's answer (NCCL's rendezvous is lazy,
@@ -242,7 +279,10 @@ class WeightGroupSender:
             except Exception:  # noqa: BLE001, S110 - a replica that lost its group needs none destroyed
                 pass
             self.close()
-        address = target.group_address() if isinstance(target, ServerGroupTarget) else self.address
+        if isinstance(target, ServerGroupTarget):
+            address = self.server_address or target.group_address()
+        else:
+            address = self.address
         port = free_port(address)
         world = 1 + sum(ranks)
         # The store is held here alone: rank 0 below joins through a client of it like every
