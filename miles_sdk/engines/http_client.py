@@ -423,7 +423,9 @@ class HttpEngine:
 
     def group_address(self) -> str:
         """The address the servers reach this process at: loopback when every server is local,
-        else the local address of the route to the first remote one."""
+        else the local address of the route to the first remote one. (The Trainer tells them
+        ``weight_sync_master_address`` or ``MILES_HOST_IP`` instead when set:
+        :class:`~miles_sdk.engines.weight_group.WeightGroupSender`'s ``server_address``.)"""
         remote = [u for u in self._members or self.urls if not _is_loopback(urlsplit(u).hostname or "")]
         if not remote:
             return "127.0.0.1"

@@ -15,11 +15,12 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
-from miles_sdk.engines._serving_guard import auth_headers
+from miles_sdk.engines._serving_guard import auth_headers, is_loopback
 from miles_sdk.engines.http_client import HttpEngineError, normalize_url, read_json
 
 __all__ = ["ProbedServer", "ServersDownError", "probe_servers", "wait_for_servers"]
@@ -124,6 +125,25 @@ def wait_for_servers(
     if not servers:
         return
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="miles-sdk-probe") as pool:
-        pool.submit(
-            asyncio.run, probe_servers(servers, wait=wait, api_key=api_key, what=what, wait_setting=wait_setting)
-        ).result()
+        try:
+            pool.submit(
+                asyncio.run, probe_servers(servers, wait=wait, api_key=api_key, what=what, wait_setting=wait_setting)
+            ).result()
+        except ServersDownError as e:
+            if not _in_running_loop() or not any(is_loopback(urlsplit(u).hostname or "") for u in e.down):
+                raise
+            # A server served by this thread's loop (started with `await start_server(...)` in a
+            # notebook cell) cannot answer while this sync call blocks that loop.
+            raise ServersDownError(
+                f"{e} This thread runs an event loop, blocked while this call waits: a server served by it "
+                "cannot answer; start the Trainer off the loop (await asyncio.to_thread(Trainer, ...)).",
+                e.down,
+            ) from None
+
+
+def _in_running_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

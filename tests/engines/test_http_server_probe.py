@@ -22,7 +22,7 @@ import miles_sdk.trainer
 from miles_sdk import Config, Trainer
 from miles_sdk._loop import LoopThread
 from miles_sdk.engines.http_server import ServerHandle, serve_app, start_server
-from miles_sdk.engines.server_probe import ProbedServer, ServersDownError, probe_servers
+from miles_sdk.engines.server_probe import ProbedServer, ServersDownError, probe_servers, wait_for_servers
 from miles_sdk.engines.weight_group import free_port
 from miles_sdk.testing import ScriptedEngine
 from miles_sdk.testing.tiny import tiny_tokenizer
@@ -155,3 +155,14 @@ def test_the_router_address_of_an_http_engine_is_probed_too(monkeypatch: pytest.
     )
     with pytest.raises(ServersDownError, match=r"port\)\): GET /health: ClientConnectorError"):
         Trainer(config, tokenizer=tiny_tokenizer(), dataset=DATASET)
+
+
+async def test_a_server_on_the_blocked_loop_of_the_caller_is_explained() -> None:
+    """A notebook cell that awaits start_server, then builds the Trainer in the same loop: the
+    server cannot answer while the Trainer's start blocks that loop; the error says so."""
+    handle = await start_server(ScriptedEngine("4"), tiny_tokenizer())
+    try:
+        with pytest.raises(ServersDownError, match=r"start the Trainer off the loop \(await asyncio.to_thread"):
+            wait_for_servers([ProbedServer(handle.url, FLAG)], wait=0.3)
+    finally:
+        await handle.close()
