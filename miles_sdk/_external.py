@@ -55,7 +55,9 @@ def check_external_servers(args: Config) -> None:
     """Fail now, naming the setting, when a server is down or the master address cannot work."""
     servers = external_servers(args)
     chosen = master_address(args) if args.weight_sync_method == "distributed" else None
-    if chosen is not None:
+    # The flag is checked whatever the engine (an HttpEngine passed as engine= uses it too); the
+    # environment variable, which may be set for Miles's other uses, only where servers take it.
+    if chosen is not None and (args.weight_sync_master_address is not None or servers):
         address, named_by = chosen
         try:
             check_master_address(address, named_by=named_by, servers=[s.url for s in servers])

@@ -159,3 +159,14 @@ def test_the_environment_variable_is_checked_and_named_too(monkeypatch: pytest.M
     _, tok = tiny_policy("unit", seed=0)
     with pytest.raises(ConfigError, match=rf"^{HOST_IP_ENV} \(environment variable\): '192.0.2.1'"):
         Trainer(config, tokenizer=tok, dataset=DATASET)
+
+
+def test_the_environment_variable_is_not_checked_without_servers_to_tell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MILES_HOST_IP may be set for Miles's router and engines; a run without external servers
+    (engine replicas, which are told loopback) does not fail on it."""
+    monkeypatch.setattr(miles_sdk.trainer, "build_policy", _no_weights)
+    monkeypatch.setenv(HOST_IP_ENV, "192.0.2.1")
+    config = Config.from_args(["--weight-sync-method", "distributed", "--n-samples-per-prompt", "2", "--rm-type", "math"])
+    _, tok = tiny_policy("unit", seed=0)
+    with pytest.raises(AssertionError, match="the weights started loading"):
+        Trainer(config, tokenizer=tok, dataset=DATASET)
