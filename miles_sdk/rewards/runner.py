@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from miles_sdk.data.dataset import DEFAULT_LABEL_COLUMN
@@ -157,55 +157,89 @@ async def call_reward(args: Config, fn: Callable[..., object], payload: object, 
                 executor, context.run, fn, args, payload
             )
         if inspect.isawaitable(result):
-            result = await _LoopHoldWatch(result, name)
+            result = await _LoopHoldWatch(result.__await__(), name)
         return result
 
     return await asyncio.wait_for(run(), args.reward_timeout)
 
 
-class _LoopHoldWatch:
-    """Awaits an awaitable step by step, timing each stretch it runs without yielding to the loop."""
+_NOT_STARTED = object()
 
-    def __init__(self, awaitable: Awaitable[object], name: str) -> None:
-        self._awaitable = awaitable
+
+class _LoopHoldWatch:
+    """Awaits an awaitable's steps one by one, timing each stretch it runs without yielding to the
+    loop. ``yielded``: what its first step yielded, for a reward whose first stretch already ran
+    (:func:`_first_stretch`); awaiting goes on from there. ``context``: where each step runs (the
+    caller's when None)."""
+
+    def __init__(
+        self,
+        steps: Generator[Any, Any, object],
+        name: str,
+        *,
+        yielded: Any = _NOT_STARTED,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        self._steps = steps
         self._name = name
+        self._yielded = yielded
+        self._context = context
 
     def __await__(self) -> Generator[Any, Any, object]:
-        steps = self._awaitable.__await__()
+        steps, context = self._steps, self._context
         send: Any = None
         error: BaseException | None = None
+        if self._yielded is not _NOT_STARTED:
+            try:
+                send = yield self._yielded
+            except GeneratorExit:
+                _close(steps)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - passed on to the reward, as await would
+                error = exc
         while True:
             start = time.perf_counter()
             try:
-                yielded = steps.send(send) if error is None else steps.throw(error)
+                if context is None:
+                    yielded = steps.send(send) if error is None else steps.throw(error)
+                else:  # the reward's own context, as its own task would run it
+                    yielded = (
+                        context.run(steps.send, send) if error is None else context.run(steps.throw, error)
+                    )
             except StopIteration as stop:
-                self._check(time.perf_counter() - start)
+                _check_hold(self._name, time.perf_counter() - start)
                 return stop.value
             except BaseException:
-                self._check(time.perf_counter() - start)
+                _check_hold(self._name, time.perf_counter() - start)
                 raise
-            self._check(time.perf_counter() - start)
+            _check_hold(self._name, time.perf_counter() - start)
             try:
                 send, error = (yield yielded), None
             except GeneratorExit:
-                close = getattr(steps, "close", None)
-                if callable(close):
-                    close()
+                _close(steps)
                 raise
             except BaseException as exc:  # noqa: BLE001 - passed on to the reward, as await would
                 send, error = None, exc
 
-    def _check(self, held: float) -> None:
-        if held > BLOCKING_WARN_S and self._name not in _warned_blocking:
-            _warned_blocking.add(self._name)
-            logger.warning(
-                "reward function %s held the event loop for %.1f s without awaiting: a blocking call "
-                "(time.sleep, requests.get, a slow grader) inside an async def makes every sample wait "
-                "for it, one after another, and reward_timeout cannot interrupt it. Make it a plain def "
-                "(run in a thread pool, timeout applied), or await an async client instead",
-                self._name,
-                held,
-            )
+
+def _close(steps: object) -> None:
+    close = getattr(steps, "close", None)
+    if callable(close):
+        close()
+
+
+def _check_hold(name: str, held: float) -> None:
+    """Warn, once per hook, about a stretch of an ``async def`` reward that held the loop too long."""
+    if held > BLOCKING_WARN_S and name not in _warned_blocking:
+        _warned_blocking.add(name)
+        logger.warning(
+            "reward function %s held the event loop for %.1f s without awaiting: a blocking call "
+            "(time.sleep, requests.get, a slow grader) inside an async def makes every sample wait "
+            "for it, one after another, and reward_timeout cannot interrupt it. Make it a plain def "
+            "(run in a thread pool, timeout applied), or await an async client instead",
+            name,
+            held,
+        )
 
 
 def _reason(exc: BaseException, timeout: float | None) -> str:
@@ -230,6 +264,8 @@ async def score_samples(
     With ``batched_reward_fn`` the pending samples are scored in one call; else each sample is
     scored with ``reward_fn`` (default: the built-in rm type), at most ``reward_concurrency`` at a
     time. Failures mark the sample FAILED with ``metadata["reward_error"]`` (see the module doc).
+    An ``async def`` reward that does not suspend costs no task (:func:`_score_async`); a plain
+    ``def`` one runs in the thread pool (:func:`call_reward`).
     """
     pending = [s for s in samples if s.reward is None and s.status not in _SKIP]
     if not pending:
@@ -239,17 +275,16 @@ async def score_samples(
         await _score_batched(args, pending, batched_reward_fn, timeout)
         return
     fn: RewardFn = reward_fn if reward_fn is not None else compute_builtin_reward
+    hook = hook_name(reward_fn) if reward_fn is not None else None
+    if is_async_callable(fn) and (timeout is None or timeout > 0):
+        await _score_async(args, pending, fn, hook, timeout)
+        return
     limit = asyncio.Semaphore(max(1, args.reward_concurrency))
 
     async def score_one(sample: Sample) -> None:
-        if reward_fn is not None:
-            source = hook_name(reward_fn)
-        else:
-            try:
-                source = resolve_rm_type(args, sample)
-            except RewardConfigError as exc:
-                _fail(sample, "rm_type", str(exc))
-                return
+        source = hook if hook is not None else _rm_source(args, sample)
+        if source is None:
+            return
         async with limit:
             try:
                 value: object = await call_reward(args, fn, sample, name=source)
@@ -262,6 +297,116 @@ async def score_samples(
         await score_one(pending[0])
         return
     await asyncio.gather(*(score_one(s) for s in pending))
+
+
+def _rm_source(args: Config, sample: Sample) -> str | None:
+    """The built-in rm type that scores ``sample`` (its name in errors), or None after marking the
+    sample FAILED when it has none that is valid."""
+    try:
+        return resolve_rm_type(args, sample)
+    except RewardConfigError as exc:
+        _fail(sample, "rm_type", str(exc))
+        return None
+
+
+def _first_stretch(
+    fn: RewardFn, args: Config, sample: Sample, name: str
+) -> tuple[bool, object, Generator[Any, Any, object] | None]:
+    """Call an ``async def`` reward and run it up to its first suspension, timed like every stretch
+    (:func:`_check_hold`). ``(True, value, None)`` when it finished there (most rewards: string
+    rules, no I/O), else ``(False, what it yielded, its step iterator)`` to go on awaiting."""
+    result: object = fn(args, sample)
+    if not inspect.isawaitable(result):
+        return True, result, None
+    steps = result.__await__()
+    start = time.perf_counter()
+    try:
+        yielded = steps.send(None)
+    except StopIteration as stop:
+        _check_hold(name, time.perf_counter() - start)
+        return True, stop.value, None
+    except BaseException:
+        _check_hold(name, time.perf_counter() - start)
+        raise
+    _check_hold(name, time.perf_counter() - start)
+    return False, yielded, steps
+
+
+async def _score_async(
+    args: Config, pending: list[Sample], fn: RewardFn, hook: str | None, timeout: float | None
+) -> None:
+    """Score ``pending`` with an ``async def`` reward without a task, ``wait_for`` or watcher per
+    sample when the rewards do not suspend (string rules, no I/O: most rewards).
+
+    Each sample's reward runs in a copy of the caller's context, as in a task of its own, up to its
+    first suspension (:func:`_first_stretch`), one sample after another in this task. A reward that
+    finishes there is accepted at once. One that suspends is awaited to its end by the task that
+    started it, so everything it learnt of its task (``asyncio.current_task()``, an aiohttp timer,
+    an ``asyncio.timeout``) stays true, under ``reward_timeout`` counted from its start; the samples
+    after it go on in a new task (:func:`_score_from`), so rewards that wait on I/O still wait
+    together. At most ``reward_concurrency`` rewards are started and unfinished at a time.
+    """
+    limit = asyncio.Semaphore(max(1, args.reward_concurrency))
+    spawned: list[asyncio.Task[None]] = []
+    try:
+        await _score_from(args, pending, 0, fn, hook, timeout, limit, spawned)
+        done = 0
+        while done < len(spawned):  # a spawned run may spawn the next one
+            await spawned[done]
+            done += 1
+    except BaseException:
+        for task in spawned:
+            task.cancel()
+        raise
+
+
+async def _score_from(
+    args: Config,
+    pending: list[Sample],
+    start: int,
+    fn: RewardFn,
+    hook: str | None,
+    timeout: float | None,
+    limit: asyncio.Semaphore,
+    spawned: list[asyncio.Task[None]],
+) -> None:
+    """Score ``pending[start:]`` in this task until one reward suspends (see :func:`_score_async`)."""
+    loop = asyncio.get_running_loop()
+    for i in range(start, len(pending)):
+        sample = pending[i]
+        source = hook if hook is not None else _rm_source(args, sample)
+        if source is None:
+            continue
+        await limit.acquire()  # returns at once while a slot is free
+        deadline = None if timeout is None else loop.time() + timeout
+        context = contextvars.copy_context()
+        try:
+            finished, value, steps = context.run(_first_stretch, fn, args, sample, source)
+        except Exception as exc:  # noqa: BLE001 - any reward bug is recorded on its sample
+            limit.release()
+            _fail(sample, source, _reason(exc, timeout))
+            continue
+        except BaseException:
+            limit.release()
+            raise
+        if finished:
+            limit.release()
+            _accept(args, sample, source, value)
+            continue
+        assert steps is not None
+        if i + 1 < len(pending):
+            rest = _score_from(args, pending, i + 1, fn, hook, timeout, limit, spawned)
+            spawned.append(loop.create_task(rest))
+        try:
+            async with asyncio.timeout_at(deadline):
+                value = await _LoopHoldWatch(steps, source, yielded=value, context=context)
+        except Exception as exc:  # noqa: BLE001 - any reward bug is recorded on its sample
+            _fail(sample, source, _reason(exc, timeout))
+            return
+        finally:
+            limit.release()
+        _accept(args, sample, source, value)
+        return
 
 
 async def _score_batched(
