@@ -85,7 +85,12 @@ async def test_the_staging_buffer_is_freed_once_the_replicas_answered() -> None:
         for version in range(2, 5):
             await sender.send(replicas, model, version)
         torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
-        assert torch.cuda.memory_allocated() == before, "a staging buffer outlived its sync"
+        after = torch.cuda.memory_allocated()
+        # Failed once on an H100 (session 7, output lost to a timeout): say by how much, in buckets.
+        assert after == before, (
+            f"a staging buffer outlived its sync: {after - before} bytes more than after the first "
+            f"sync ({(after - before) / BUCKET:.2f} buckets of {BUCKET})"
+        )
         reports = await replicas.report_weights(["model.embed_tokens.weight"], 2)
         assert [r.weight_version for r in reports] == [4, 4]
     finally:
