@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import pytest
@@ -105,8 +105,13 @@ class _Silent(EngineService):
     """A server whose /init_weights_update_group never answers (an SGLang server waiting out its
     own 30-minute rendezvous timeout for a master it cannot reach)."""
 
+    # Set by the test when it is done: a handler still sleeping held the server's close for
+    # aiohttp's 60 s shutdown timeout (the test's teardown took 61 s).
+    released: ClassVar[threading.Event] = threading.Event()
+
     async def init_weights_update_group(self, payload: Mapping[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(3600)
+        while not self.released.is_set():
+            await asyncio.sleep(0.05)
         return {"success": False, "message": "unreachable"}
 
 
@@ -218,6 +223,7 @@ async def test_a_member_that_never_answers_the_join_is_given_up_after_the_join_t
     model, tok = tiny_policy("unit", seed=0)
     watched = _WatchedReceiver()
     good = start_server(EngineService, model, tok, watched)
+    _Silent.released.clear()
     silent = start_server(_Silent, model, tok, WeightGroupReceiver())
     client = HttpEngine([good.handle.url, silent.handle.url], api_key=TOKEN, max_retries=0)
     sender = WeightGroupSender(backend="gloo", bucket_bytes=1 << 20, join_timeout=timedelta(seconds=1))
@@ -227,6 +233,7 @@ async def test_a_member_that_never_answers_the_join_is_given_up_after_the_join_t
             await sender.send(client, model, version=1)
         took = time.monotonic() - start
     finally:
+        _Silent.released.set()
         await client.close()
     assert took < PROMPT.total_seconds(), f"the join was given up after {took:.1f} s"
     assert watched.done.wait(PROMPT.total_seconds()), "the server that joined is still blocked in the rendezvous"
