@@ -28,6 +28,7 @@ import torch
 
 from miles_sdk import algo
 from miles_sdk._external import check_external_servers
+from miles_sdk._gc import GcFreeze
 from miles_sdk._hookset import check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread, call_off_loop
 from miles_sdk._policy import Policy, build_policy, load_policy_tokenizer
@@ -197,6 +198,7 @@ class Trainer:
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
         )
         self.tokenizer = self.policy.tokenizer  # (without a tokenizer build_policy said what to pass)
+        self._gc = GcFreeze()  # full collections skip the setup's objects once training runs (_gc.py)
         self._loop = LoopThread()
         self._offload_rollout_warned = False
         self._engine_released: MemoryReleasingEngine | None = None  # its replicas released their memory
@@ -256,6 +258,7 @@ class Trainer:
 
     def _step(self, timer: PhaseTimer) -> Metrics:
         self._check_open()
+        self._gc.step()
         args, rollout_id = self.args, self.rollout_id
         on_policy = self._rollout_is_on_policy(rollout_id)
         self._resume_engine_memory()  # a step that failed after the release left the replicas released
@@ -719,6 +722,7 @@ class Trainer:
         """Stop servers and the loop thread; the Trainer cannot step afterwards. Idempotent."""
         if self._loop.loop.is_closed():
             return
+        self._gc.release()  # the last Trainer of the process unfreezes (no cycles kept past close)
         from miles_sdk.rewards import close_reward_resources
 
         if self._serving is not None:
