@@ -13,7 +13,7 @@ copies. :func:`copier` reads the prompt once and picks the cheapest way that giv
   for unpickling the whole sample and ~13 us for ``copy.deepcopy``);
 * any other sample (a tensor, an object of the user's, a container shared by two fields, a subclass
   of Sample): the whole sample unpickled from one blob, which keeps shared references shared as
-  deepcopy does; a sample that does not pickle (a lock, a lambda in its metadata) is deep-copied.
+  deepcopy does; a sample that does not pickle (a local function in its metadata) is deep-copied.
 """
 
 from __future__ import annotations
