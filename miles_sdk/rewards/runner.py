@@ -377,22 +377,31 @@ async def _score_from(
         source = hook if hook is not None else _rm_source(args, sample)
         if source is None:
             continue
-        await limit.acquire()  # returns at once while a slot is free
+        # A slot is a reward waiting on I/O. One that finishes in its first stretch never waits
+        # next to another: it takes a slot only when all are taken (it waits for one first).
+        held = limit.locked()
+        if held:
+            await limit.acquire()
         deadline = None if timeout is None else loop.time() + timeout
         context = contextvars.copy_context()
         try:
             finished, value, steps = context.run(_first_stretch, fn, args, sample, source)
         except Exception as exc:  # noqa: BLE001 - any reward bug is recorded on its sample
-            limit.release()
+            if held:
+                limit.release()
             _fail(sample, source, _reason(exc, timeout))
             continue
         except BaseException:
-            limit.release()
+            if held:
+                limit.release()
             raise
         if finished:
-            limit.release()
+            if held:
+                limit.release()
             _accept(args, sample, source, value)
             continue
+        if not held:  # free when checked above, and nothing else ran since: returns at once
+            await limit.acquire()
         assert steps is not None
         if i + 1 < len(pending):
             rest = _score_from(args, pending, i + 1, fn, hook, timeout, limit, spawned)
