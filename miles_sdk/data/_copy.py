@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import enum
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from miles_sdk.types import RewardSpec, Sample
@@ -30,6 +30,8 @@ __all__ = ["copier"]
 
 _ATOMS = (type(None), bool, int, float, complex, str, bytes)
 """Immutable values a copy may share with the prompt (exact types: a subclass may carry state)."""
+
+_ATOM_TYPES = frozenset(_ATOMS)
 
 _MAX_NODES = 10_000
 """Past this many containers the walk stops and the whole sample is pickled."""
@@ -42,12 +44,17 @@ def _is_atom(value: object) -> bool:
     return type(value) is RewardSpec and _is_atom(value.rm_type) and _is_atom(value.custom_rm_path)
 
 
+def _atoms(values: Iterable[object]) -> bool:
+    """Whether ``values`` are all atoms: their types checked in C first (a prompt's 4k token ids)."""
+    return _ATOM_TYPES.issuperset(map(type, values)) or all(_is_atom(v) for v in values)
+
+
 def _is_flat(value: object) -> bool:
     """A list or dict (exact types) of atoms, copied by ``.copy()``."""
     if type(value) is list:
-        return all(_is_atom(v) for v in value)
+        return _atoms(value)
     if type(value) is dict:
-        return all(_is_atom(k) and _is_atom(v) for k, v in value.items())
+        return _atoms(value.keys()) and _atoms(value.values())
     return False
 
 
@@ -64,9 +71,11 @@ def _is_tree(values: list[object]) -> bool:
             return False
         seen.add(id(value))
         if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list | tuple):
+            keys, items = value.keys(), value.values()
+            if not (_ATOM_TYPES.issuperset(map(type, keys)) and _ATOM_TYPES.issuperset(map(type, items))):
+                stack.extend(keys)
+                stack.extend(items)
+        elif isinstance(value, list | tuple) and not _ATOM_TYPES.issuperset(map(type, value)):
             stack.extend(value)
     return True
 
