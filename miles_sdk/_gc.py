@@ -16,8 +16,10 @@ step's start it collects the young generations (well under a millisecond) and fr
 Frozen objects are still freed when their reference count drops; only garbage in reference
 cycles among them waits until they are unfrozen. :meth:`GcFreeze.release` (``Trainer.close``)
 unfreezes when no other Trainer of the process still trains, so a notebook that builds one Trainer
-after another does not keep the earlier ones' cycles; the interpreter's exit unfreezes too. A
-process that froze objects before any Trainer trained manages the freeze itself: it is left alone.
+after another does not keep the earlier ones' cycles; the interpreter's exit unfreezes too. That
+unfreezes whatever else was frozen as well: ``gc.unfreeze`` takes no argument, and a freeze kept
+past close would keep the Trainers' cycles. (CPython 3.12 starts with a few hundred objects frozen
+of its own, so a non-zero count cannot tell a user's freeze from the interpreter's.)
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ __all__ = ["GcFreeze"]
 _lock = threading.Lock()
 _holders = 0
 """Trainers of the process that train (stepped, not closed)."""
-_managed = False
-"""Whether the freeze is ours: nothing was frozen when the first of the current holders came."""
 _full_collections = 0
 """Full collections seen while holders train (counted by :func:`_on_collection`)."""
 _frozen = False
@@ -56,44 +56,42 @@ class GcFreeze:
 
     def step(self) -> None:
         """At a step's start: hold (the first time), and freeze once a full collection has run."""
-        global _holders, _managed, _frozen, _exit_hook
+        global _holders, _frozen, _exit_hook
         if not self._holding:
             with _lock:
                 self._holding = True
                 _holders += 1
                 if _holders == 1:
-                    _managed = gc.get_freeze_count() == 0
-                    if _managed:
-                        gc.callbacks.append(_on_collection)
+                    gc.callbacks.append(_on_collection)
                     if not _exit_hook:
                         atexit.register(_unfreeze_at_exit)
                         _exit_hook = True
-        if _managed and not _frozen and _full_collections:
+        if not _frozen and _full_collections:
             with _lock:
-                if _managed and not _frozen and _holders:
+                if not _frozen and _holders:
                     gc.collect(1)  # the young generations' garbage, not frozen with the rest
                     gc.freeze()
                     _frozen = True
 
     def release(self) -> None:
         """The Trainer stops training: the last one of the process unfreezes what was frozen."""
-        global _holders, _managed, _frozen, _full_collections
+        global _holders, _frozen, _full_collections
         with _lock:
             if not self._holding:
                 return
             self._holding = False
             _holders -= 1
-            if _holders or not _managed:
+            if _holders:
                 return
             if _on_collection in gc.callbacks:
                 gc.callbacks.remove(_on_collection)
             if _frozen:
                 gc.unfreeze()
-            _managed = _frozen = False
+            _frozen = False
             _full_collections = 0
 
 
 def _unfreeze_at_exit() -> None:
     """Objects left frozen by a Trainer never closed are collected at exit like any other."""
-    if _managed and _frozen:
+    if _frozen:
         gc.unfreeze()

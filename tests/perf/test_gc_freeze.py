@@ -28,7 +28,7 @@ def _fresh_gc_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     earlier test may have frozen the process), and leaves the process as it found it."""
     was_frozen = gc.get_freeze_count() > 0
     gc.unfreeze()
-    for name, fresh in (("_holders", 0), ("_managed", False), ("_frozen", False), ("_full_collections", 0)):
+    for name, fresh in (("_holders", 0), ("_frozen", False), ("_full_collections", 0)):
         monkeypatch.setattr(_gc, name, fresh)
     had_callback = _gc._on_collection in gc.callbacks
     if had_callback:  # gc.callbacks is the collector's own list: changed in place, never replaced
@@ -93,17 +93,20 @@ def test_a_cycle_dropped_while_frozen_is_collected_after_close(tmp_path: Path) -
     assert alive() is None
 
 
-def test_a_process_that_froze_objects_itself_is_left_alone() -> None:
-    gc.freeze()
-    own = gc.get_freeze_count()
+def test_objects_frozen_before_do_not_stop_the_freeze_and_close_unfreezes_all() -> None:
+    """CPython 3.12 starts with a few hundred objects frozen of its own: a count above zero before
+    the Trainer must not turn the freeze off (the device's Python would never freeze), and close
+    must still unfreeze (else the Trainers' cycles outlive them)."""
+    gc.freeze()  # as the interpreter (3.12) or the user did before the Trainer
+    before = gc.get_freeze_count()
+    made_after = [[i] for i in range(1000)]  # tracked objects the Trainer's freeze takes in
     holder = GcFreeze()
     holder.step()
     gc.collect()
     holder.step()
-    assert gc.get_freeze_count() == own  # no freeze of ours on top of the process's own
+    assert gc.get_freeze_count() >= before + len(made_after)
     holder.release()
-    assert gc.get_freeze_count() == own  # and no unfreeze of what it froze
-    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
 
 
 def test_release_without_a_step_and_twice_is_harmless() -> None:
