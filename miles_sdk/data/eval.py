@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from miles_sdk.config import Config
+from miles_sdk.data._copy import copier
 from miles_sdk.data.dataset import PromptDataset
 from miles_sdk.engines.base import SamplingParams
 from miles_sdk.types import Sample
@@ -281,8 +282,9 @@ class EvalDataset:
         out: list[list[Sample]] = []
         for g, prompt in enumerate(self.prompts.samples):
             group: list[Sample] = []
+            fresh_copy = copier(prompt)  # what copy.deepcopy(prompt) gives, without a deep copy per sample
             for j in range(n):
-                sample = copy.deepcopy(prompt)
+                sample = fresh_copy()
                 sample.group_index = g
                 sample.index = g * n + j
                 sample.metadata = self.settings.inject_metadata(sample.metadata)

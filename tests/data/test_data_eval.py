@@ -156,3 +156,32 @@ def test_missing_config_file_and_bad_eval_rows(tmp_path: Path) -> None:
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"input": "a"}])
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing label key 'label'"):
         load_eval_datasets(Config(eval_prompt_data=["bad", bad], label_key="label"))
+
+
+def test_eval_groups_are_independent_copies_made_without_a_deepcopy_per_sample(
+    tmp_path: Path, files: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each eval sample is a fresh copy of its prompt (as ``copy.deepcopy`` gives), built by the
+    data source's copier: before, every sample of every eval group was a ``copy.deepcopy``."""
+    import copy
+
+    from miles_sdk import Sample
+
+    args = Config(eval_prompt_data=["aime", files["aime"]], label_key="label", n_samples_per_eval_prompt=2)
+    aime = load_eval_datasets(args)["aime"]
+    deep_copied: list[object] = []
+    real = copy.deepcopy
+
+    def counting(value: object, *args: object, **kwargs: object) -> object:
+        if isinstance(value, Sample):
+            deep_copied.append(value)
+        return real(value, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(copy, "deepcopy", counting)
+    groups = aime.groups()
+    assert deep_copied == []
+    first, second = groups[0][0], groups[0][1]
+    first.tokens.append(7)
+    first.metadata["seen"] = True
+    assert second.tokens == [] and "seen" not in second.metadata
+    assert aime.groups()[0][0].tokens == [] and "seen" not in aime.groups()[0][0].metadata
