@@ -43,6 +43,28 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
+def _bool_or_literal(tp: Any) -> list[str] | None:
+    """The literal's values of a ``bool | Literal[...]`` type, else None."""
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
+    args = typing.get_args(tp)
+    literals = [a for a in args if typing.get_origin(a) is typing.Literal]
+    if bool not in args or not literals or len(args) != 1 + len(literals):
+        return None
+    return [str(v) for a in literals for v in typing.get_args(a)]
+
+
+def _bool_or_choice(text: str, *, choices: list[str]) -> bool | str:
+    if text in choices:
+        return text
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true, false or one of {choices}, got {text!r}")
+
+
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -88,6 +110,22 @@ def _add_field(
     help_text = _argparse_safe(docs.get(name))
     base = _strip_optional(tp)
     origin = typing.get_origin(base)
+    choices = _bool_or_literal(base)
+    if choices is not None:
+        # bool | Literal["auto"]: the bare flag is on (Miles's store_true), --no-... off, and
+        # the literal's values may follow the flag (--gradient-checkpointing auto).
+        parser.add_argument(
+            flag,
+            dest=name,
+            nargs="?",
+            const=True,
+            default=field.default,
+            type=functools.partial(_bool_or_choice, choices=choices),
+            metavar="{" + ",".join(["true", "false", *choices]) + "}",
+            help=help_text,
+        )
+        parser.add_argument("--no-" + flag[2:], dest=name, action="store_false", help=argparse.SUPPRESS)
+        return
     if base is bool:
         if flag.startswith("--disable-"):
             parser.add_argument(flag, dest=name, action="store_false", default=field.default, help=help_text)

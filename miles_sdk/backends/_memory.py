@@ -13,7 +13,8 @@ for a CUDA OOM still catch it) from the original.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,10 @@ __all__ = [
     "oom_phase",
     "oom_report",
     "owner_bytes",
+    "resolve_gradient_checkpointing",
 ]
+
+log = logging.getLogger(__name__)
 
 GiB = float(2**30)
 
@@ -195,8 +199,10 @@ def helpful_flags(phase: str, args: Config) -> list[str]:
         flags.append(f"--log-probs-chunk-size (now {args.log_probs_chunk_size}) lower: smaller logits chunks")
     elif phase in ("train", "train_forward_backward"):
         flags.append(f"--micro-batch-size (now {args.micro_batch_size}) lower, or {token_budget}")
-        if not args.gradient_checkpointing:
-            flags.append("--gradient-checkpointing: recompute activations in backward")
+        if args.gradient_checkpointing is not True:  # auto may have left it off
+            flags.append(
+                f"--gradient-checkpointing (now {args.gradient_checkpointing!r}): recompute activations in backward"
+            )
         flags.append(f"--log-probs-chunk-size (now {args.log_probs_chunk_size}) lower: smaller logits chunks")
     if phase in ("train", "optimizer", "sync"):
         if args.train_backend == "fsdp" and not args.fsdp_cpu_offload:
@@ -274,3 +280,139 @@ def oom_report(
             table.owners = {}
             exc.add_note(f"(memory owners unavailable: {owner_exc!r})")
         raise StepOutOfMemoryError(phase, table, helpful_flags(phase, args), exc) from exc
+
+
+# ---- gradient_checkpointing="auto" --------------------------------------------------------------
+
+CHECKPOINTING_HEADROOM = 0.1
+"""Share of the device kept out of the auto estimate for fragmentation, temporaries and CUDA-graph
+pools (bench/memory.py's ``suggested_max_tokens`` keeps the same)."""
+
+
+def free_device_memory(device: torch.device) -> tuple[int, int]:
+    """(free, total) bytes of ``device`` for this process's next allocations: the driver's free
+    memory plus what PyTorch's allocator has reserved and not handed out."""
+    free, total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device), total
+
+
+def activation_bytes_per_token(model_config: Any) -> int:
+    """Train activations of one token through every decoder layer, bf16, no checkpointing:
+    ``20h + 4kv + 8I`` bytes per layer (docs/memory.md; checked against the tensors autograd
+    saves in tests/perf/test_bench_memory.py). Raises AttributeError naming a missing field."""
+    h = int(model_config.hidden_size)
+    inter = int(model_config.intermediate_size)
+    layers = int(model_config.num_hidden_layers)
+    heads = int(model_config.num_attention_heads)
+    kv_heads = int(getattr(model_config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(model_config, "head_dim", None) or h // heads)
+    return (20 * h + 4 * kv_heads * head_dim + 8 * inter) * layers
+
+
+def micro_batch_tokens(args: Config) -> tuple[int, str]:
+    """The most tokens one train micro-batch can hold, and where the figure comes from."""
+    if args.use_dynamic_batch_size and args.max_tokens_per_gpu:
+        return args.max_tokens_per_gpu, f"max_tokens_per_gpu {args.max_tokens_per_gpu}"
+    bounds = [n for n in (args.rollout_max_context_len, args.max_seq_len) if n]
+    if args.rollout_max_prompt_len:
+        bounds.append(args.rollout_max_prompt_len + args.rollout_max_response_len)
+    if bounds:
+        seq, source = min(bounds), "tokens"
+    else:  # no bound on the prompts: the response budget alone (the estimate is low by the prompt)
+        seq, source = args.rollout_max_response_len, "response tokens (no prompt bound set)"
+    return args.micro_batch_size * seq, f"micro_batch_size {args.micro_batch_size} x {seq} {source}"
+
+
+def _local_numel(t: torch.Tensor) -> int:
+    """Elements this process holds of ``t`` (an FSDP-sharded DTensor: its shard)."""
+    to_local = getattr(t, "to_local", None)
+    return int(to_local().numel()) if callable(to_local) else t.numel()
+
+
+def _bytes_to_come(args: Config, trained: Sequence[torch.Tensor], optim: Any) -> int:
+    """Gradients and optimizer state the first step will allocate on the device (the owner
+    formulas of docs/memory.md, over what this process holds): fp32 gradient accumulators and
+    AdamW's two moments in the dtype it steps; nothing of either on the device with
+    fsdp_cpu_offload, only the gradients with optimizer_cpu_offload."""
+    if getattr(args, "fsdp_cpu_offload", False) and args.train_backend == "fsdp":
+        return 0
+    if optim is not None and getattr(optim, "grad_buffers", None) is not None:  # OffloadedOptimizer
+        return sum(4 * _local_numel(p) for p in trained)
+    stepped: Sequence[torch.Tensor] = getattr(optim, "masters", None) or trained
+    state = getattr(getattr(optim, "optimizer", None), "state", None) or {}
+    total = 0
+    for t in stepped:
+        size = _local_numel(t) * t.element_size()
+        total += size + (0 if t in state else 2 * size)  # its gradient, then the two moments
+    return total
+
+
+def _agree_over_shards(decision: bool, trained: Sequence[torch.Tensor], device: torch.device) -> bool:
+    """Sharded (FSDP) parameters: every rank takes the same decision (on if any rank needs it),
+    so the ranks run the same layers in backward. Each rank builds its backend at the same point,
+    so this collective is reached by all of them."""
+    mesh = next((getattr(p, "device_mesh", None) for p in trained if getattr(p, "device_mesh", None)), None)
+    if mesh is None or mesh.size() <= 1:
+        return decision
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(decision)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=mesh.get_group())
+    return bool(flag.item())
+
+
+def resolve_gradient_checkpointing(
+    args: Config, model: Any, device: torch.device, *, optim: Any = None
+) -> bool:
+    """``args.gradient_checkpointing`` as a bool for the backend about to train ``model`` on
+    ``device`` (called once, as the backend is built: weights, masters, the reference model and
+    the engine are resident then). True/False as given. auto: off on the CPU; on CUDA on only
+    when one micro-batch's activations (:func:`micro_batch_tokens` x
+    :func:`activation_bytes_per_token`), its logits chunk, and the gradients and optimizer state
+    still to come exceed the free memory less :data:`CHECKPOINTING_HEADROOM` of the device.
+    The decision and its numbers are logged once."""
+    setting = args.gradient_checkpointing
+    if setting is True or setting is False:
+        return setting
+    if device.type != "cuda":
+        return False
+    cfg: Any = getattr(model, "config", None)
+    try:
+        per_token = activation_bytes_per_token(cfg)
+        vocab = int(cfg.vocab_size)
+    except (AttributeError, TypeError, ValueError, ZeroDivisionError) as exc:
+        log.warning(
+            "gradient_checkpointing auto: off: no estimate for %s (its config lacks a decoder shape: %s); "
+            "pass --gradient-checkpointing to turn it on",
+            type(model).__name__,
+            exc,
+        )
+        return False
+    trained = [p for p in model.parameters() if p.requires_grad]
+    tokens, source = micro_batch_tokens(args)
+    activations = tokens * per_token
+    logits = min(args.log_probs_chunk_size, tokens) * vocab * 4  # bf16 logits and their gradient
+    to_come = _bytes_to_come(args, trained, optim)
+    free, total = free_device_memory(device)
+    available = free - CHECKPOINTING_HEADROOM * total
+    need = activations + logits + to_come
+    on = _agree_over_shards(need > available, trained, device)
+    log.log(
+        logging.WARNING if on else logging.INFO,
+        "gradient_checkpointing auto: %s: one micro-batch's activations ~%.2f GiB (%s x %d bytes), "
+        "logits chunk %.2f GiB, gradients + optimizer state to come %.2f GiB; %.2f GiB free of %.2f GiB "
+        "(%.0f%% kept for fragmentation)%s",
+        "on" if on else "off",
+        activations / GiB,
+        source,
+        per_token,
+        logits / GiB,
+        to_come / GiB,
+        free / GiB,
+        total / GiB,
+        100 * CHECKPOINTING_HEADROOM,
+        "; --no-gradient-checkpointing turns it off (about +20% step time when on)"
+        if on
+        else "; --gradient-checkpointing turns it on",
+    )
+    return on

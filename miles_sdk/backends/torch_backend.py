@@ -27,7 +27,7 @@ from miles_sdk.backends._batching import (
     token_budget_chunks,
 )
 from miles_sdk.backends._compile import compiled_layers
-from miles_sdk.backends._memory import oom_phase
+from miles_sdk.backends._memory import oom_phase, resolve_gradient_checkpointing
 from miles_sdk.backends._varlen import attention_implementation, decoder_rows, has_padding, packing_enabled
 from miles_sdk.backends.base import LogProbModel
 from miles_sdk.backends.critic import Critic
@@ -112,10 +112,12 @@ class TorchBackend:
         self.step_id = 0
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         # Gradient checkpointing: around the compiled layers when they are compiled (so the
-        # recompute calls them too; see _compile.py), else the model's own.
+        # recompute calls them too; see _compile.py), else the model's own. auto is decided here,
+        # with the weights, masters and reference resident (_memory.py).
+        self.gradient_checkpointing = resolve_gradient_checkpointing(args, model, self.device, optim=self.optim)
         enable_checkpointing = getattr(model, "gradient_checkpointing_enable", None)
         model_checkpointing = (
-            enable_checkpointing if args.gradient_checkpointing and callable(enable_checkpointing) else None
+            enable_checkpointing if self.gradient_checkpointing and callable(enable_checkpointing) else None
         )
         self._compiled = compiled_layers(
             args.compile_model,
