@@ -6,6 +6,8 @@ The free-memory source and the device type are replaced here: no GPU is needed."
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from miles_sdk._errors import ConfigError
 from miles_sdk.backends import _memory, torch_backend
 from miles_sdk.backends._memory import helpful_flags, micro_batch_tokens, resolve_gradient_checkpointing
 from miles_sdk.backends.torch_backend import TorchBackend
+from miles_sdk.distributed.launch import _free_port
 from miles_sdk.testing import small_config, tiny_policy
 
 CUDA = torch.device("cuda")
@@ -175,3 +178,41 @@ def test_an_oom_under_auto_still_suggests_checkpointing() -> None:
     assert any(f.startswith("--gradient-checkpointing (now 'auto')") for f in flags)
     on = helpful_flags("train", small_config(gradient_checkpointing=True))
     assert not any("--gradient-checkpointing" in f for f in on)
+
+
+_AGREE = '''
+import sys
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+
+from miles_sdk.backends._memory import _agree_over_shards
+
+
+def main(rank, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    sharded = torch.nn.Parameter(distribute_tensor(torch.zeros(4), mesh, [Shard(0)]))
+    agreed = _agree_over_shards(rank == 1, [sharded], torch.device("cpu"))
+    own = _agree_over_shards(rank == 1, [torch.zeros(2)], torch.device("cpu"))
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(f"{agreed} {own}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(main, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+'''
+
+
+def test_sharded_ranks_take_one_decision(tmp_path: Path) -> None:
+    """FSDP ranks (two gloo processes here): only rank 1's estimate says on, and both turn it on,
+    so the ranks recompute the same layers in backward. Unsharded parameters keep their own."""
+    script = tmp_path / "agree.py"
+    script.write_text(_AGREE)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(script), str(_free_port()), str(out)], check=True, timeout=300)
+    assert (tmp_path / "out.0").read_text() == "True False"
+    assert (tmp_path / "out.1").read_text() == "True True"
