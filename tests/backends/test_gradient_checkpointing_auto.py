@@ -6,6 +6,7 @@ The free-memory source and the device type are replaced here: no GPU is needed."
 from __future__ import annotations
 
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from miles_sdk import Config
+from miles_sdk import Config, Sample, Trainer
 from miles_sdk._errors import ConfigError
 from miles_sdk.backends import _memory, torch_backend
 from miles_sdk.backends._memory import helpful_flags, micro_batch_tokens, resolve_gradient_checkpointing
@@ -216,3 +217,28 @@ def test_sharded_ranks_take_one_decision(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(script), str(_free_port()), str(out)], check=True, timeout=300)
     assert (tmp_path / "out.0").read_text() == "True False"
     assert (tmp_path / "out.1").read_text() == "True True"
+
+
+async def _length_reward(args: Config, sample: Sample) -> float:
+    return float(len(sample.tokens) % 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the real free memory of a CUDA device")
+def test_cuda_auto_reads_the_device_and_trains_either_way(caplog: pytest.LogCaptureFixture) -> None:
+    """On a GPU, with the real free-memory source: a tiny step fits (off); a token budget of 10^9
+    cannot (on), and the step then trains with the model's checkpointing on."""
+    rows = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+    decided: list[bool] = []
+    budgets: list[dict[str, Any]] = [{}, {"use_dynamic_batch_size": True, "max_tokens_per_gpu": 10**9}]
+    caplog.set_level(logging.INFO, logger="miles_sdk.backends._memory")
+    for overrides in budgets:
+        model, tok = tiny_policy("unit", seed=0)
+        cfg = small_config(device="cuda", rollout_max_context_len=64, compile_model="off", **overrides)
+        with Trainer(cfg, model=model, tokenizer=tok, dataset=rows, reward_model=_length_reward) as t:
+            on = t.backend.gradient_checkpointing  # type: ignore[attr-defined]
+            assert on == bool(model.is_gradient_checkpointing)
+            assert math.isfinite(t.step()["train/grad_norm"])
+        decided.append(on)
+    assert decided == [False, True]
+    assert "gradient_checkpointing auto: off" in caplog.text
+    assert "gradient_checkpointing auto: on" in caplog.text and "GiB free of" in caplog.text
