@@ -18,7 +18,7 @@ from miles_sdk.engines.http_client import normalize_url
 from miles_sdk.engines.server_probe import ProbedServer, wait_for_servers
 from miles_sdk.engines.weight_group import GroupJoinError, check_master_address
 
-__all__ = ["HOST_IP_ENV", "check_external_servers", "external_servers", "master_address"]
+__all__ = ["HOST_IP_ENV", "check_engine_servers", "check_external_servers", "external_servers", "master_address"]
 
 HOST_IP_ENV = "MILES_HOST_IP"
 """Miles's environment variable for this host's address as other machines reach it."""
@@ -64,3 +64,19 @@ def check_external_servers(args: Config) -> None:
         except GroupJoinError as e:
             raise ConfigError(str(e)) from None
     wait_for_servers(servers, wait=args.rollout_external_wait_timeout, api_key=args.sglang_api_key)
+
+
+def check_engine_servers(args: Config, engine: object) -> None:
+    """An :class:`~miles_sdk.engines.http_client.HttpEngine` passed as ``Trainer(engine=...)``:
+    each of its servers answers before the weights load, as the servers the Config names do."""
+    from miles_sdk.engines.http_client import HttpEngine
+
+    if not isinstance(engine, HttpEngine):
+        return
+    listed = "the HttpEngine passed as Trainer(engine=...)"
+    wait_for_servers(
+        [ProbedServer(url, listed) for url in engine.urls],
+        wait=args.rollout_external_wait_timeout,
+        api_key=engine.api_key,
+        what="Trainer(engine=HttpEngine(...))",
+    )

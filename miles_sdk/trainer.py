@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import torch
 
 from miles_sdk import algo
-from miles_sdk._external import check_external_servers
+from miles_sdk._external import check_engine_servers, check_external_servers
 from miles_sdk._gc import GcFreeze
 from miles_sdk._hookset import check_group_size, resolve_hooks
 from miles_sdk._loop import LoopThread, call_off_loop
@@ -194,6 +194,7 @@ class Trainer:
             self.data_source = self._build_data_source(dataset)
             self._check_labels()
         check_external_servers(config)  # rollout_engine="http": each server up, before the weights load
+        check_engine_servers(config, engine)  # an HttpEngine passed in: the same, for its servers
         self.policy = build_policy(
             config, model=model, tokenizer=tokenizer, model_provider=self.hooks.model_provider
         )

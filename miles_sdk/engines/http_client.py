@@ -560,6 +560,11 @@ class HttpEngine:
             self._session_loop = loop
         return self._session
 
+    @property
+    def api_key(self) -> str | None:
+        """The key sent as ``Authorization: Bearer`` (SGLang's ``--api-key``); None: no key."""
+        return self._api_key
+
     def _headers(self, url: str) -> dict[str, str]:
         return auth_headers(url, self._api_key)
 

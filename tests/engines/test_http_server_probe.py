@@ -157,6 +157,23 @@ def test_the_router_address_of_an_http_engine_is_probed_too(monkeypatch: pytest.
         Trainer(config, tokenizer=tiny_tokenizer(), dataset=DATASET)
 
 
+def test_the_servers_of_an_http_engine_passed_in_are_probed_too(
+    live_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trainer(engine=HttpEngine([...])): its servers are asked before the weights load, as the
+    ones the Config names are (before, a dead one was found at the first rollout)."""
+    from miles_sdk.engines.http_client import HttpEngine
+
+    monkeypatch.setattr(miles_sdk.trainer, "build_policy", _no_weights)
+    dead = _dead_url()
+    engine = HttpEngine([live_server.url, dead], max_retries=0)
+    config = Config.from_args(RUN).replace(rollout_external_wait_timeout=0.3)
+    with pytest.raises(ServersDownError) as info:
+        Trainer(config, tokenizer=tiny_tokenizer(), dataset=DATASET, engine=engine)
+    assert list(info.value.down) == [dead], str(info.value)
+    assert "Trainer(engine=HttpEngine(...))" in str(info.value) and "passed as Trainer(engine=...)" in str(info.value)
+
+
 async def test_a_server_on_the_blocked_loop_of_the_caller_is_explained() -> None:
     """A notebook cell that awaits start_server, then builds the Trainer in the same loop: the
     server cannot answer while the Trainer's start blocks that loop; the error says so."""
