@@ -84,7 +84,9 @@ class WandbRun(Protocol):
 
 
 class WandbModule(Protocol):
-    def init(self, *, project: str | None = ..., group: str | None = ...) -> WandbRun: ...
+    def init(
+        self, *, project: str | None = ..., group: str | None = ..., config: dict[str, Any] | None = ...
+    ) -> WandbRun: ...
 
 
 def import_wandb() -> WandbModule:

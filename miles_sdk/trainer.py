@@ -234,9 +234,21 @@ class Trainer:
                 self._resume(config.load)
             if not self.writer.started:  # not resumed: this run gets its own metrics.jsonl
                 self.writer.start_new_run()
+            self.writer.write_run_config(self._resolved_settings())  # config.json beside the metrics
         except BaseException:
             self.close()  # a bad setting must not leave a loop thread (and a server) behind in a notebook
             raise
+
+    def _resolved_settings(self) -> dict[str, Any]:
+        """What this Trainer decided from its Config, for config.json (None: decided elsewhere,
+        e.g. on each FSDP rank)."""
+        return {
+            "device": str(self.policy.device),
+            "train_backend": type(self.backend).__name__,
+            "gradient_checkpointing": getattr(self.backend, "gradient_checkpointing", None),
+            "engine": type(self.engine).__name__,
+            "first_rollout_id": self.rollout_id,
+        }
 
     # ==== the loop ==============================================================================
 

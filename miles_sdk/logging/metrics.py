@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from miles_sdk._untyped_deps import import_wandb
 from miles_sdk.config import Config
+from miles_sdk.logging.run_config import run_config, write_json_atomically
 from miles_sdk.types import Metrics, Sample
 
 __all__ = ["MetricsWriter", "PhaseTimer", "eval_metrics", "rollout_metrics"]
@@ -119,6 +120,19 @@ class MetricsWriter:
         return self.output_dir / "metrics.jsonl" if self.output_dir else None
 
     @property
+    def config_path(self) -> Path | None:
+        return self.output_dir / "config.json" if self.output_dir else None
+
+    def write_run_config(self, resolved: dict[str, Any]) -> Path | None:
+        """``config.json`` beside ``metrics.jsonl``: the run's settings, what the Trainer resolved
+        from them and the library versions (:mod:`miles_sdk.logging.run_config`)."""
+        path = self.config_path
+        if path is None:
+            return None
+        write_json_atomically(path, run_config(self.args, resolved))
+        return path
+
+    @property
     def started(self) -> bool:
         """Whether this run's JSONL file is open (by :meth:`start_new_run` or :meth:`resume_at`)."""
         return self._file is not None
@@ -137,6 +151,9 @@ class MetricsWriter:
                 k += 1
             moved = path.parent / f"metrics.run{k}.jsonl"
             path.rename(moved)
+            old_config = self.config_path
+            if old_config is not None and old_config.exists():  # that run's settings go with its metrics
+                old_config.rename(path.parent / f"config.run{k}.json")
             logger.warning(
                 "%s held metrics of an earlier run: moved to %s; this run writes a new %s (pass --load "
                 "to resume that run and continue its file instead)",
@@ -230,4 +247,7 @@ def _wandb_run(args: Config) -> Any:
         wandb = import_wandb()
     except ImportError as exc:
         raise ImportError("use_wandb needs the `wandb` extra: pip install 'miles_sdk[wandb]'") from exc
-    return wandb.init(project=args.wandb_project or "miles_sdk", group=args.wandb_group)
+    # The run's settings go to W&B's config too, as every RL library records them there.
+    return wandb.init(
+        project=args.wandb_project or "miles_sdk", group=args.wandb_group, config=run_config(args, {})["config"]
+    )

@@ -47,6 +47,7 @@ def test_resume_cuts_the_file_back_to_the_checkpoint(tmp_path: Path) -> None:
     _run(config.replace(load=str(tmp_path / "ckpt")), steps=2)  # replays step 2, then step 3
     assert _steps(tmp_path / "out" / "metrics.jsonl") == [0, 1, 2, 3]  # old code: [0, 1, 2, 2, 3]
     assert not list((tmp_path / "out").glob("metrics.run*.jsonl"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["resolved"]["first_rollout_id"] == 2
 
 
 def test_resume_drops_a_line_torn_by_a_kill(tmp_path: Path) -> None:
@@ -57,3 +58,24 @@ def test_resume_drops_a_line_torn_by_a_kill(tmp_path: Path) -> None:
     writer.write(2, {"a": 3.0})
     writer.close()
     assert _steps(path) == [0, 1, 2]
+
+
+def test_config_json_records_the_settings_and_what_the_trainer_decided(tmp_path: Path) -> None:
+    """config.json beside metrics.jsonl: every setting as given, what the Trainer resolved from
+    them (gradient_checkpointing='auto' -> off on the CPU, the backend, the engine) and the
+    library versions; a second run in the folder moves the first one's aside with its metrics."""
+    _run(small_config(output_dir=str(tmp_path), lr=3e-4), steps=1)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["config"]["lr"] == 3e-4 and record["config"]["gradient_checkpointing"] == "auto"
+    assert record["config"]["output_dir"] == str(tmp_path)
+    assert record["resolved"] == {
+        "device": "cpu",
+        "train_backend": "TorchBackend",
+        "gradient_checkpointing": False,
+        "engine": "EmbeddedEngine",
+        "first_rollout_id": 0,
+    }
+    assert {"python", "miles_sdk", "torch"} <= set(record["versions"])
+    _run(small_config(output_dir=str(tmp_path), lr=1e-4), steps=1)
+    assert json.loads((tmp_path / "config.run1.json").read_text())["config"]["lr"] == 3e-4
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["lr"] == 1e-4
