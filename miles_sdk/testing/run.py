@@ -23,7 +23,19 @@ from miles_sdk.types import Metrics, Sample
 if TYPE_CHECKING:
     from miles_sdk.trainer import Trainer
 
-__all__ = ["StepsResult", "assert_same_steps", "run_steps", "small_config", "step_trainer"]
+__all__ = [
+    "ARITHMETIC_ROWS",
+    "StepsResult",
+    "assert_same_steps",
+    "parity_config",
+    "run_steps",
+    "small_config",
+    "spread_reward",
+    "step_trainer",
+]
+
+ARITHMETIC_ROWS: list[dict[str, Any]] = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+"""Nine one-digit additions: the rows the loop tests train on."""
 
 
 @attrs.frozen
@@ -54,7 +66,29 @@ def small_config(**overrides: Any) -> Config:
 
 
 def _default_dataset() -> list[dict[str, Any]]:
-    return [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+    return [dict(row) for row in ARITHMETIC_ROWS]
+
+
+def parity_config(**overrides: Any) -> Config:
+    """:func:`small_config` for parity runs (several replicas, ranks or servers against one
+    engine): 4 prompts x 2 samples, 8 new tokens, a seed per sample and deterministic sampling,
+    so the same samples come from any engine."""
+    base: dict[str, Any] = {
+        "rollout_batch_size": 4,
+        "n_samples_per_prompt": 2,
+        "rollout_max_response_len": 8,
+        "lr": 1e-3,
+        "rollout_seed": 7,
+        "sglang_enable_deterministic_inference": True,
+    }
+    base.update(overrides)
+    return small_config(**base)
+
+
+async def spread_reward(args: Config, sample: Sample) -> float:
+    """A reward with spread within groups (from the last 8 tokens), so every step of a parity
+    run has a gradient to compare."""
+    return float(sum(sample.tokens[-8:]) % 3) / 2.0
 
 
 def run_steps(

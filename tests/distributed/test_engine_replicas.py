@@ -17,26 +17,22 @@ import pytest
 
 from miles_sdk import Config, Sample, Trainer
 from miles_sdk.distributed.replicas import EngineReplicas
-from miles_sdk.testing.run import StepsResult, assert_same_steps, small_config, step_trainer
+from miles_sdk.testing.run import (
+    ARITHMETIC_ROWS,
+    StepsResult,
+    assert_same_steps,
+    parity_config,
+    spread_reward,
+    step_trainer,
+)
 from miles_sdk.testing.tiny import tiny_policy
 
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
-DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
-
-
-async def spread_reward(args: Config, sample: Sample) -> float:
-    """Spread within groups, so every step has a gradient to compare."""
-    return float(sum(sample.tokens[-8:]) % 3) / 2.0
+DATASET = ARITHMETIC_ROWS
 
 
 def _config(**overrides: Any) -> Config:
-    return small_config(
-        rollout_batch_size=4,
-        n_samples_per_prompt=2,
-        rollout_max_response_len=8,
-        lr=1e-3,
-        rollout_seed=7,
-        sglang_enable_deterministic_inference=True,
+    return parity_config(
         distributed_launcher="processes",
         **overrides,
     )

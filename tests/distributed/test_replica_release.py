@@ -17,30 +17,20 @@ from typing import Any
 import pytest
 import torch
 
-from miles_sdk import Config, Sample, Trainer
+from miles_sdk import Config, Trainer
 from miles_sdk.distributed.replicas import EngineReplicas
 from miles_sdk.engines.embedded import EmbeddedEngine
 from miles_sdk.engines.http_server import start_server
 from miles_sdk.router.router import RouterError
-from miles_sdk.testing.run import small_config
+from miles_sdk.testing.run import ARITHMETIC_ROWS, parity_config, spread_reward
 from miles_sdk.testing.tiny import tiny_policy
 
-DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+DATASET = ARITHMETIC_ROWS
 COMPARED = ("train/grad_norm", "train/pg_loss", "rollout/reward_mean")
 
 
-async def spread_reward(args: Config, sample: Sample) -> float:
-    return float(sum(sample.tokens[-8:]) % 3) / 2.0
-
-
 def _config(**overrides: Any) -> Config:
-    return small_config(
-        rollout_batch_size=4,
-        n_samples_per_prompt=2,
-        rollout_max_response_len=8,
-        lr=1e-3,
-        rollout_seed=7,
-        sglang_enable_deterministic_inference=True,
+    return parity_config(
         distributed_launcher="processes",
         **overrides,
     )

@@ -9,31 +9,21 @@ from typing import Any
 import pytest
 import torch
 
-from miles_sdk import Config, Sample, Trainer
+from miles_sdk import Config, Trainer
 from miles_sdk.distributed.replicas import EngineReplicas, start_engine_replicas
 from miles_sdk.engines.weight_tensor import TensorSender
-from miles_sdk.testing.run import small_config
+from miles_sdk.testing.run import ARITHMETIC_ROWS, parity_config, spread_reward
 from miles_sdk.testing.tiny import tiny_policy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
-DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+DATASET = ARITHMETIC_ROWS
 BUCKET = 64 * 1024
 
 
-async def spread_reward(args: Config, sample: Sample) -> float:
-    return float(sum(sample.tokens[-8:]) % 3) / 2.0
-
-
 def _config(**overrides: Any) -> Config:
-    return small_config(
-        rollout_batch_size=4,
-        n_samples_per_prompt=2,
-        rollout_max_response_len=8,
-        lr=1e-3,
-        rollout_seed=7,
+    return parity_config(
         device="cuda",
-        sglang_enable_deterministic_inference=True,
         distributed_launcher="processes",
         rollout_num_gpus=2,
         check_weight_sync=True,

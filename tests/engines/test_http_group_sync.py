@@ -26,7 +26,7 @@ import attrs
 import pytest
 import torch
 
-from miles_sdk import Config, Sample, Trainer
+from miles_sdk import Config, Trainer
 from miles_sdk._loop import LoopThread
 from miles_sdk.distributed.engine_replica import ReplicaSpec, start_process_replica
 from miles_sdk.engines.embedded import EmbeddedEngine
@@ -34,26 +34,16 @@ from miles_sdk.engines.http_client import HttpEngine
 from miles_sdk.engines.http_server import EngineService, build_app, serve_app
 from miles_sdk.engines.weight_group import ServerGroupTarget, WeightGroupReceiver, WeightGroupSender, buckets
 from miles_sdk.engines.weight_sync import WeightSyncError, save_for_sync
-from miles_sdk.testing.run import small_config, step_trainer
+from miles_sdk.testing.run import ARITHMETIC_ROWS, parity_config, spread_reward, step_trainer
 from miles_sdk.testing.tiny import tiny_policy
 
-DATASET = [{"input": f"{a}+{b}=", "label": str(a + b)} for a in range(3) for b in range(3)]
+DATASET = ARITHMETIC_ROWS
 COMPARED = ("train/grad_norm", "train/pg_loss", "train/entropy_loss", "rollout/reward_mean")
 TOKEN = "test-group-sync-token"
 
 
-async def spread_reward(args: Config, sample: Sample) -> float:
-    return float(sum(sample.tokens[-8:]) % 3) / 2.0
-
-
 def _config(**overrides: Any) -> Config:
-    return small_config(
-        rollout_batch_size=4,
-        n_samples_per_prompt=2,
-        rollout_max_response_len=8,
-        lr=1e-3,
-        rollout_seed=7,
-        sglang_enable_deterministic_inference=True,  # the same samples on any server
+    return parity_config(
         **overrides,
     )
 
