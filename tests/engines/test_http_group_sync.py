@@ -48,26 +48,30 @@ def _config(**overrides: Any) -> Config:
     )
 
 
-@pytest.fixture(scope="module")
-def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    """Two of our HTTP servers, each a process of its own over the tiny policy's initial weights
-    (what two SGLang servers launched from the same checkpoint hold)."""
-    model, tok = tiny_policy("unit", seed=0)
-    path = save_for_sync(model, tmp_path_factory.mktemp("servers") / "initial")
-    spec = ReplicaSpec(
+def _server_spec(weights: Path, tok: Any, device: str, **extra: Any) -> ReplicaSpec:
+    """One of our HTTP servers as a process, over the weights saved at ``weights``."""
+    return ReplicaSpec(
         name="server",
-        weights_path=str(path),
+        weights_path=str(weights),
         weight_version=0,
         tokenizer=tok,
-        device="cpu",
+        device=device,
         dtype=None,
         seed=7,
         max_batch_size=8,
         max_seq_len=2048 + 8,
         host="127.0.0.1",
         api_key=TOKEN,
-        torch_threads=1,
+        **extra,
     )
+
+
+@pytest.fixture(scope="module")
+def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    """Two of our HTTP servers, each a process of its own over the tiny policy's initial weights
+    (what two SGLang servers launched from the same checkpoint hold)."""
+    model, tok = tiny_policy("unit", seed=0)
+    spec = _server_spec(save_for_sync(model, tmp_path_factory.mktemp("servers") / "initial"), tok, "cpu", torch_threads=1)
     handles = [start_process_replica(attrs.evolve(spec, name=f"server-{i}", seed=7 + i)) for i in range(2)]
     try:
         yield [h.wait_ready() for h in handles]
@@ -236,21 +240,7 @@ def test_replicas_synced_through_a_group_or_handles_record_each_version(method: 
 )
 def test_a_gpu_server_is_synced_through_nccl(tmp_path: Path) -> None:
     model, tok = tiny_policy("unit", seed=0)
-    path = save_for_sync(model, tmp_path / "initial")
-    spec = ReplicaSpec(
-        name="gpu-server",
-        weights_path=str(path),
-        weight_version=0,
-        tokenizer=tok,
-        device="cuda:1",
-        dtype=None,
-        seed=7,
-        max_batch_size=8,
-        max_seq_len=2048 + 8,
-        host="127.0.0.1",
-        api_key=TOKEN,
-    )
-    handle = start_process_replica(spec)
+    handle = start_process_replica(_server_spec(save_for_sync(model, tmp_path / "initial"), tok, "cuda:1"))
     try:
         url = handle.wait_ready()
         client = HttpEngine([url], api_key=TOKEN, max_retries=0)
