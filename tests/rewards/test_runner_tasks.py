@@ -66,25 +66,30 @@ async def test_built_in_rm_types_run_without_a_task_per_sample() -> None:
 
 
 async def test_suspending_rewards_wait_together_each_in_its_own_task_and_context() -> None:
-    """Rewards that await I/O: they overlap (8 x 0.2 s take about 0.2 s), a reward sees one task
+    """Rewards that await I/O: they overlap (all 8 are waiting at once), a reward sees one task
     from its start to its end (aiohttp's timers and asyncio.timeout cancel the task they were
     entered in), no two rewards share a task, and a context variable a reward sets stays its own."""
     tasks: dict[int, tuple[asyncio.Task[Any] | None, asyncio.Task[Any] | None]] = {}
+    waiting: list[int] = []
+    most_waiting = 0
 
     async def waits(args: Config, sample: Sample) -> RewardValue:
+        nonlocal most_waiting
         index = sample.index or 0
         assert _seen.get() == "caller"
         _seen.set(f"sample {index}")
         before = asyncio.current_task()
-        await asyncio.sleep(0.2)
+        waiting.append(index)
+        most_waiting = max(most_waiting, len(waiting))
+        await asyncio.sleep(0.05)
+        waiting.remove(index)
         tasks[index] = (before, asyncio.current_task())
         assert _seen.get() == f"sample {index}"
         return 1.0
 
     samples = _samples(8)
-    start = time.perf_counter()
     await score_samples(Config(), samples, reward_fn=waits)
-    assert time.perf_counter() - start < 1.0  # one after another: 1.6 s
+    assert most_waiting == 8  # one after another: 1
     assert [s.reward for s in samples] == [1.0] * 8
     assert all(before is after and before is not None for before, after in tasks.values())
     assert len({id(before) for before, _ in tasks.values()}) == 8
